@@ -8,7 +8,6 @@
 // output gradient) are expanded to a dense tile and multiplied with the features.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <omp.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -44,8 +43,6 @@ Geometry make_geometry(const at::Tensor& query, const at::Tensor& target) {
   return g;
 }
 
-int num_threads() { return std::max(1, at::get_num_threads()); }
-
 template <typename scalar_t, typename mask_t>
 void forward_impl(const Geometry& g, int64_t k, const at::Tensor& q2, const at::Tensor& t2,
                   const int64_t* qlen, const int64_t* tlen, scalar_t* out, mask_t* mask) {
@@ -53,11 +50,12 @@ void forward_impl(const Geometry& g, int64_t k, const at::Tensor& q2, const at::
   const int64_t R = g.R;
   const int64_t ntx = g.tiles_x(), nty = g.tiles_y(), ntasks = ntx * nty;
   const acc_t scale = acc_t(1) / static_cast<acc_t>(k * R);
-#pragma omp parallel num_threads(num_threads())
-  {
+  // at::parallel_for runs on torch's OpenMP pool (torch.set_num_threads rules it), carries the
+  // dispatcher's thread-local state into the workers and rethrows their errors in this thread.
+  at::parallel_for(0, ntasks, 1, [&](int64_t begin, int64_t end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain BLAS calls in the workers
     at::Tensor buffer = at::empty({g.fx * R * g.fy * R}, q2.options());
-#pragma omp for schedule(dynamic)
-    for (int64_t task = 0; task < ntasks; ++task) {
+    for (int64_t task = begin; task < end; ++task) {
       const int64_t gx0 = (task / nty) * g.fx, gx1 = std::min(gx0 + g.fx, g.Bq * g.T);
       const int64_t gy0 = (task % nty) * g.fy, gy1 = std::min(gy0 + g.fy, g.Bt * g.T2);
       const int64_t nrows = (gx1 - gx0) * R, ncols = (gy1 - gy0) * R;
@@ -82,7 +80,7 @@ void forward_impl(const Geometry& g, int64_t k, const at::Tensor& q2, const at::
         }
       }
     }
-  }
+  });
 }
 
 // Expands the tile's sparse backward weights into the dense [nrows, ncols] buffer W:
@@ -128,11 +126,10 @@ void backward_impl(const Geometry& g, int64_t k, const scalar_t* grad, const mas
   // Owning the output band avoids atomics and keeps the sums deterministic.
   for (int pass = 0; pass < 2; ++pass) {
     const int64_t nouter = pass == 0 ? ntx : nty, ninner = pass == 0 ? nty : ntx;
-#pragma omp parallel num_threads(num_threads())
-    {
+    at::parallel_for(0, nouter, 1, [&](int64_t begin, int64_t end) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
       at::Tensor buffer = at::empty({g.fx * R * g.fy * R}, q2.options());
-#pragma omp for schedule(dynamic)
-      for (int64_t outer = 0; outer < nouter; ++outer) {
+      for (int64_t outer = begin; outer < end; ++outer) {
         for (int64_t inner = 0; inner < ninner; ++inner) {
           const int64_t tx = pass == 0 ? outer : inner, ty = pass == 0 ? inner : outer;
           const int64_t gx0 = tx * g.fx, gx1 = std::min(gx0 + g.fx, nq);
@@ -151,7 +148,7 @@ void backward_impl(const Geometry& g, int64_t k, const scalar_t* grad, const mas
           }
         }
       }
-    }
+    });
   }
 }
 
@@ -173,8 +170,8 @@ std::tuple<at::Tensor, at::Tensor> spatial_topk_chamfer_cpu(const at::Tensor& qu
   at::Tensor mask =
       at::zeros({g.Bq, g.Bt, g.T, g.T2, g.R}, query.options().dtype(mask_dtype_for_regions(g.R)));
   if (out.numel() == 0) return {out, mask};
-  const at::Tensor q2 = query.contiguous().view({g.Bq * g.T * g.R, g.D});
-  const at::Tensor t2 = target.contiguous().view({g.Bt * g.T2 * g.R, g.D});
+  const at::Tensor q2 = query.detach().contiguous().view({g.Bq * g.T * g.R, g.D});
+  const at::Tensor t2 = target.detach().contiguous().view({g.Bt * g.T2 * g.R, g.D});
   const at::Tensor ql = query_lengths.contiguous(), tl = target_lengths.contiguous();
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "spatial_topk_chamfer_cpu", [&] {
     dispatch_mask(mask.scalar_type(), [&](auto mask_tag) {
@@ -202,8 +199,8 @@ std::tuple<at::Tensor, at::Tensor> spatial_topk_chamfer_backward_cpu(
   at::Tensor dq2 = at::zeros({g.Bq * g.T * g.R, g.D}, query.options());
   at::Tensor dt2 = at::zeros({g.Bt * g.T2 * g.R, g.D}, target.options());
   if (grad_out.numel() > 0 && g.D > 0) {
-    const at::Tensor q2 = query.contiguous().view({g.Bq * g.T * g.R, g.D});
-    const at::Tensor t2 = target.contiguous().view({g.Bt * g.T2 * g.R, g.D});
+    const at::Tensor q2 = query.detach().contiguous().view({g.Bq * g.T * g.R, g.D});
+    const at::Tensor t2 = target.detach().contiguous().view({g.Bt * g.T2 * g.R, g.D});
     const at::Tensor go = grad_out.to(query.scalar_type()).contiguous();
     const at::Tensor mk = mask.contiguous();
     const at::Tensor ql = query_lengths.contiguous(), tl = target_lengths.contiguous();
