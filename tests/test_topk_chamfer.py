@@ -182,8 +182,9 @@ def test_ties_select_the_lower_region_in_every_compiled_backend():
     for k in (1, 2, 3):
         _, m_cpp = torch.ops.hapvr.spatial_topk_chamfer(q, t, k, ql, tl)
         _, m_tri = torch.ops.hapvr.spatial_topk_chamfer_triton(q, t, k, ql, tl)
-        assert m_cpp.dtype == mask_dtype(4)
-        assert (m_cpp == (1 << k) - 1).all(), m_cpp
+        assert m_cpp.dtype == mask_dtype(4, k)
+        expected = 0 if k == 1 else (1 << k) - 1  # k = 1 saves the index, k > 1 the bit mask
+        assert (m_cpp == expected).all(), m_cpp
         assert torch.equal(m_cpp, m_tri)
 
 

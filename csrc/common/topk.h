@@ -67,10 +67,33 @@ HAPVR_HD uint64_t topk_select(const scalar_t* vals, int64_t stride, int n, int k
   return mask;
 }
 
-// Masks are stored in signed int16/int32/int64 tensors; reinterpret the bits as unsigned.
+HAPVR_HD int lowest_bit(uint64_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __ffsll(static_cast<long long>(bits)) - 1;
+#else
+  return __builtin_ctzll(bits);
+#endif
+}
+
+// The saved selection comes in two encodings, told apart by the storage type:
+//  - int8 (k == 1, the paper's default): the index of the selected region, 1 byte per entry;
+//  - int16/int32/int64 (k > 1): the bit mask itself, stored in a signed type of >= R bits.
+template <typename mask_t>
+HAPVR_HD mask_t store_selection(uint64_t bits) {
+  if constexpr (sizeof(mask_t) == 1) {
+    return static_cast<mask_t>(lowest_bit(bits));
+  } else {
+    return static_cast<mask_t>(bits);
+  }
+}
+
 template <typename mask_t>
 HAPVR_HD uint64_t load_mask(mask_t m) {
-  return static_cast<uint64_t>(static_cast<std::make_unsigned_t<mask_t>>(m));
+  if constexpr (sizeof(mask_t) == 1) {
+    return uint64_t{1} << static_cast<int>(m);
+  } else {
+    return static_cast<uint64_t>(static_cast<std::make_unsigned_t<mask_t>>(m));
+  }
 }
 
 HAPVR_HD bool mask_has(uint64_t mask, int j) { return (mask >> j) & uint64_t{1}; }

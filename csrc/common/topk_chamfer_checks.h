@@ -8,7 +8,9 @@
 
 namespace hapvr {
 
-inline at::ScalarType mask_dtype_for_regions(int64_t R) {
+// Storage of the saved selection (see store_selection in common/topk.h).
+inline at::ScalarType mask_dtype_for(int64_t R, int64_t k) {
+  if (k == 1) return at::kChar;
   if (R <= 16) return at::kShort;
   if (R <= 32) return at::kInt;
   return at::kLong;
@@ -18,6 +20,7 @@ inline at::ScalarType mask_dtype_for_regions(int64_t R) {
 template <typename F>
 void dispatch_mask(at::ScalarType mask_type, F&& f) {
   switch (mask_type) {
+    case at::kChar: f(int8_t{}); break;
     case at::kShort: f(int16_t{}); break;
     case at::kInt: f(int32_t{}); break;
     case at::kLong: f(int64_t{}); break;

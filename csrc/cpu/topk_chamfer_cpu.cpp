@@ -73,7 +73,7 @@ void forward_impl(const Geometry& g, int64_t k, const at::Tensor& q2, const at::
           for (int64_t i = 0; i < R; ++i) {
             const scalar_t* row = s + ((gx - gx0) * R + i) * ncols + (gy - gy0) * R;
             acc_t part;
-            mask[o * R + i] = static_cast<mask_t>(topk_select<acc_t>(row, 1, R, k, &part));
+            mask[o * R + i] = store_selection<mask_t>(topk_select<acc_t>(row, 1, R, k, &part));
             total += part;
           }
           out[o] = static_cast<scalar_t>(total * scale);
@@ -168,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor> spatial_topk_chamfer_cpu(const at::Tensor& qu
   const Geometry g = make_geometry(query, target);
   at::Tensor out = at::zeros({g.Bq, g.Bt, g.T, g.T2}, query.options());
   at::Tensor mask =
-      at::zeros({g.Bq, g.Bt, g.T, g.T2, g.R}, query.options().dtype(mask_dtype_for_regions(g.R)));
+      at::zeros({g.Bq, g.Bt, g.T, g.T2, g.R}, query.options().dtype(mask_dtype_for(g.R, k)));
   if (out.numel() == 0) return {out, mask};
   const at::Tensor q2 = query.detach().contiguous().view({g.Bq * g.T * g.R, g.D});
   const at::Tensor t2 = target.detach().contiguous().view({g.Bt * g.T2 * g.R, g.D});
@@ -194,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor> spatial_topk_chamfer_backward_cpu(
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({g.Bq, g.Bt, g.T, g.T2}),
               "spatial_topk_chamfer_backward: grad_out must be [Bq, Bt, T, T']");
   TORCH_CHECK(mask.sizes() == at::IntArrayRef({g.Bq, g.Bt, g.T, g.T2, g.R}) &&
-                  mask.scalar_type() == mask_dtype_for_regions(g.R),
+                  mask.scalar_type() == mask_dtype_for(g.R, k),
               "spatial_topk_chamfer_backward: mask does not match the forward's");
   at::Tensor dq2 = at::zeros({g.Bq * g.T * g.R, g.D}, query.options());
   at::Tensor dt2 = at::zeros({g.Bt * g.T2 * g.R, g.D}, target.options());

@@ -49,7 +49,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ q, const scalar_t* _
         vals[j] = dot;
       }
       acc_t part;
-      mask[o * R + i] = static_cast<mask_t>(topk_select<acc_t>(vals, 1, int(R), int(k), &part));
+      mask[o * R + i] = store_selection<mask_t>(topk_select<acc_t>(vals, 1, int(R), int(k), &part));
       total += part;
     }
     out[o] = static_cast<scalar_t>(total / static_cast<acc_t>(k * R));
@@ -126,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor> spatial_topk_chamfer_cuda(const at::Tensor& q
   const int64_t Bq = query.size(0), T = query.size(1), R = query.size(2), D = query.size(3);
   const int64_t Bt = target.size(0), T2 = target.size(1);
   at::Tensor out = at::zeros({Bq, Bt, T, T2}, query.options());
-  at::Tensor mask = at::zeros({Bq, Bt, T, T2, R}, query.options().dtype(mask_dtype_for_regions(R)));
+  at::Tensor mask = at::zeros({Bq, Bt, T, T2, R}, query.options().dtype(mask_dtype_for(R, k)));
   if (out.numel() == 0) return {out, mask};
   const at::Tensor q = query.contiguous(), t = target.contiguous();
   const at::Tensor ql = query_lengths.contiguous(), tl = target_lengths.contiguous();
@@ -157,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor> spatial_topk_chamfer_backward_cuda(
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({Bq, Bt, T, T2}),
               "spatial_topk_chamfer_backward: grad_out must be [Bq, Bt, T, T']");
   TORCH_CHECK(mask.sizes() == at::IntArrayRef({Bq, Bt, T, T2, R}) &&
-                  mask.scalar_type() == mask_dtype_for_regions(R),
+                  mask.scalar_type() == mask_dtype_for(R, k),
               "spatial_topk_chamfer_backward: mask does not match the forward's");
   at::Tensor dq = at::zeros_like(query, at::MemoryFormat::Contiguous);
   at::Tensor dt = at::zeros_like(target, at::MemoryFormat::Contiguous);

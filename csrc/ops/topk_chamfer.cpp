@@ -5,8 +5,9 @@
 TORCH_LIBRARY_FRAGMENT(hapvr, m) {
   // query [Bq, T, R, D], target [Bt, T', R, D], lengths int64 [Bq] / [Bt] on the same device.
   // Returns the frame-similarity maps [Bq, Bt, T, T'] and the top-k selection mask
-  // [Bq, Bt, T, T', R] (bit j of entry i set <=> target region j is among the top-k of query
-  // region i), int16 for R <= 16, int32 for R <= 32, int64 for R <= 64.
+  // [Bq, Bt, T, T', R]: for k = 1 (int8) the index of the selected target region; for k > 1 a
+  // bit mask (bit j set <=> target region j is among the top-k of query region i), int16 for
+  // R <= 16, int32 for R <= 32, int64 for R <= 64.
   m.def(
       "spatial_topk_chamfer(Tensor query, Tensor target, int k, Tensor query_lengths, "
       "Tensor target_lengths) -> (Tensor, Tensor)");

@@ -33,7 +33,7 @@ def _frame_block(RP: int) -> int:
 
 @triton.jit
 def _forward_kernel(q_ptr, t_ptr, ql_ptr, tl_ptr, out_ptr, mask_ptr, Bt, T, T2, R, D, k, scale,
-                    RP: tl.constexpr, BY: tl.constexpr, BD: tl.constexpr):
+                    RP: tl.constexpr, BY: tl.constexpr, BD: tl.constexpr, AS_INDEX: tl.constexpr):
     pid_ab = tl.program_id(0)
     x = tl.program_id(1)
     y0 = tl.program_id(2) * BY
@@ -69,8 +69,11 @@ def _forward_kernel(q_ptr, t_ptr, ql_ptr, tl_ptr, out_ptr, mask_ptr, Bt, T, T2, 
         rank += beats.to(tl.int32)
     sel = (rank < k) & (j3 < R)
     part = tl.sum(tl.where(sel, s, 0.0), axis=2)  # [RP, BY]
-    one = tl.full([1, 1, 1], 1, dtype=tl.int64)
-    bits = tl.sum(tl.where(sel, one << j3.to(tl.int64), 0), axis=2)  # [RP, BY]
+    if AS_INDEX:  # k == 1: save the selected region's index (int8), as the compiled kernels do
+        bits = tl.sum(tl.where(sel, j3, 0), axis=2)
+    else:
+        one = tl.full([1, 1, 1], 1, dtype=tl.int64)
+        bits = tl.sum(tl.where(sel, one << j3.to(tl.int64), 0), axis=2)  # [RP, BY]
     total = tl.sum(tl.where(row_ok[:, None], part, 0.0), axis=0) * scale  # [BY]
 
     y = y0 + tl.arange(0, BY)
@@ -82,8 +85,16 @@ def _forward_kernel(q_ptr, t_ptr, ql_ptr, tl_ptr, out_ptr, mask_ptr, Bt, T, T2, 
 
 
 @triton.jit
+def _load_bits(mask_ptr, offsets, ok, AS_INDEX: tl.constexpr):
+    m = tl.load(mask_ptr + offsets, mask=ok, other=0).to(tl.int64)
+    if AS_INDEX:
+        m = tl.where(ok, tl.full(m.shape, 1, dtype=tl.int64) << m, 0)
+    return m
+
+
+@triton.jit
 def _grad_query_kernel(g_ptr, mask_ptr, t_ptr, ql_ptr, tl_ptr, dq_ptr, Bt, T, T2, R, D, scale,
-                       RP: tl.constexpr, BY: tl.constexpr, BD: tl.constexpr):
+                       RP: tl.constexpr, BY: tl.constexpr, BD: tl.constexpr, AS_INDEX: tl.constexpr):
     # dq[a, x, i, :] = sum_{b, y, j selected} grad[a, b, x, y] * scale * t[b, y, j, :]
     pid = tl.program_id(0)
     a = pid // T
@@ -103,8 +114,7 @@ def _grad_query_kernel(g_ptr, mask_ptr, t_ptr, ql_ptr, tl_ptr, dq_ptr, Bt, T, T2
             ok = (yc < lt) & (x < lq)
             base = ((a * Bt + b) * T + x) * T2 + yc
             g = tl.load(g_ptr + base, mask=ok, other=0.0).to(tl.float32) * scale
-            m = tl.load(mask_ptr + base[None, :] * R + i[:, None],
-                        mask=ok[None, :] & row_ok[:, None], other=0).to(tl.int64)
+            m = _load_bits(mask_ptr, base[None, :] * R + i[:, None], ok[None, :] & row_ok[:, None], AS_INDEX)
             hit = ((m >> jc[None, :].to(tl.int64)) & 1) != 0
             w = tl.where(hit & (jc < R)[None, :], g[None, :], 0.0)
             tb = tl.load(t_ptr + ((b * T2 + yc) * R + jc)[:, None] * D + d[None, :],
@@ -116,7 +126,7 @@ def _grad_query_kernel(g_ptr, mask_ptr, t_ptr, ql_ptr, tl_ptr, dq_ptr, Bt, T, T2
 
 @triton.jit
 def _grad_target_kernel(g_ptr, mask_ptr, q_ptr, ql_ptr, tl_ptr, dt_ptr, Bq, Bt, T, T2, R, D, scale,
-                        RP: tl.constexpr, BX: tl.constexpr, BD: tl.constexpr):
+                        RP: tl.constexpr, BX: tl.constexpr, BD: tl.constexpr, AS_INDEX: tl.constexpr):
     # dt[b, y, j, :] = sum_{a, x, i: j selected} grad[a, b, x, y] * scale * q[a, x, i, :]
     pid = tl.program_id(0)
     b = pid // T2
@@ -135,7 +145,7 @@ def _grad_target_kernel(g_ptr, mask_ptr, q_ptr, ql_ptr, tl_ptr, dt_ptr, Bq, Bt, 
             ok = (xc < lq) & (y < lt) & (ic < R)
             base = ((a * Bt + b) * T + xc) * T2 + y
             g = tl.load(g_ptr + base, mask=ok, other=0.0).to(tl.float32) * scale
-            m = tl.load(mask_ptr + base * R + ic, mask=ok, other=0).to(tl.int64)
+            m = _load_bits(mask_ptr, base * R + ic, ok, AS_INDEX)
             hit = ((m[None, :] >> j[:, None].to(tl.int64)) & 1) != 0
             w = tl.where(hit & (j < R)[:, None], g[None, :], 0.0)  # [RP(j), BX*RP(x, i)]
             qa = tl.load(q_ptr + ((a * T + xc) * R + ic)[:, None] * D + d[None, :],
@@ -151,14 +161,15 @@ def _spatial_triton(query: torch.Tensor, target: torch.Tensor, k: int, query_len
     Bq, T, R, D = query.shape
     Bt, T2 = target.shape[:2]
     out = query.new_zeros((Bq, Bt, T, T2))
-    mask = query.new_zeros((Bq, Bt, T, T2, R), dtype=mask_dtype(R))
+    mask = query.new_zeros((Bq, Bt, T, T2, R), dtype=mask_dtype(R, k))
     if out.numel() == 0:
         return out, mask
     RP = _region_pad(R)
     BY = _frame_block(RP)
     grid = (Bq * Bt, T, triton.cdiv(T2, BY))
     _forward_kernel[grid](query.contiguous(), target.contiguous(), query_lengths, target_lengths,
-                          out, mask, Bt, T, T2, R, D, k, 1.0 / (k * R), RP=RP, BY=BY, BD=_BLOCK_D)
+                          out, mask, Bt, T, T2, R, D, k, 1.0 / (k * R), RP=RP, BY=BY, BD=_BLOCK_D,
+                          AS_INDEX=k == 1)
     return out, mask
 
 
@@ -166,7 +177,7 @@ def _spatial_triton(query: torch.Tensor, target: torch.Tensor, k: int, query_len
 def _(query, target, k, query_lengths, target_lengths):
     Bq, T, R, _ = query.shape
     Bt, T2 = target.shape[:2]
-    return query.new_empty((Bq, Bt, T, T2)), query.new_empty((Bq, Bt, T, T2, R), dtype=mask_dtype(R))
+    return query.new_empty((Bq, Bt, T, T2)), query.new_empty((Bq, Bt, T, T2, R), dtype=mask_dtype(R, k))
 
 
 @torch.library.custom_op("hapvr::spatial_topk_chamfer_triton_backward", mutates_args=())
@@ -186,9 +197,11 @@ def _spatial_triton_backward(grad_out: torch.Tensor, query: torch.Tensor, target
     scale = 1.0 / (k * R)
     nd = triton.cdiv(D, _BLOCK_D)
     _grad_query_kernel[(Bq * T, nd)](g, m, target.contiguous(), query_lengths, target_lengths, dq,
-                                     Bt, T, T2, R, D, scale, RP=RP, BY=block, BD=_BLOCK_D)
+                                     Bt, T, T2, R, D, scale, RP=RP, BY=block, BD=_BLOCK_D,
+                                     AS_INDEX=k == 1)
     _grad_target_kernel[(Bt * T2, nd)](g, m, query.contiguous(), query_lengths, target_lengths, dt,
-                                       Bq, Bt, T, T2, R, D, scale, RP=RP, BX=block, BD=_BLOCK_D)
+                                       Bq, Bt, T, T2, R, D, scale, RP=RP, BX=block, BD=_BLOCK_D,
+                                       AS_INDEX=k == 1)
     return dq, dt
 
 
@@ -202,10 +215,14 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(query, target, output[1], query_lengths, target_lengths)
     ctx.k = k
     ctx.mark_non_differentiable(output[1])
+    # Without this, autograd hands backward a zero-filled tensor the size of the mask.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_out, _grad_mask):
     query, target, mask, ql, tl_ = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None, None, None
     dq, dt = _spatial_triton_backward(grad_out, query, target, mask, ctx.k, ql, tl_)
     return dq, dt, None, None, None
 

@@ -45,8 +45,11 @@ def topk_count(rate: float, n: int) -> int:
     return min(max(round(rate * n), 1), n)
 
 
-def mask_dtype(num_regions: int) -> torch.dtype:
-    """Dtype of the saved selection mask of the compiled kernels (one bit per target region)."""
+def mask_dtype(num_regions: int, k: int) -> torch.dtype:
+    """Dtype of the selection the compiled kernels save for backward: for ``k = 1`` the index of
+    the selected target region (int8); otherwise a bit mask with one bit per target region."""
+    if k == 1:
+        return torch.int8
     if num_regions <= 16:
         return torch.int16
     if num_regions <= 32:
@@ -87,7 +90,7 @@ if _ext.has_cpu_kernels:
         Bq, T, R, _ = query.shape
         Bt, T2 = target.shape[:2]
         out = query.new_empty((Bq, Bt, T, T2))
-        return out, query.new_empty((Bq, Bt, T, T2, R), dtype=mask_dtype(R))
+        return out, query.new_empty((Bq, Bt, T, T2, R), dtype=mask_dtype(R, k))
 
     @torch.library.register_fake("hapvr::spatial_topk_chamfer_backward")
     def _spatial_backward_fake(grad_out, query, target, mask, k, query_lengths, target_lengths):
@@ -98,9 +101,13 @@ if _ext.has_cpu_kernels:
         ctx.save_for_backward(query, target, output[1], query_lengths, target_lengths)
         ctx.k = k
         ctx.mark_non_differentiable(output[1])
+        # Without this, autograd hands backward a zero-filled tensor the size of the mask.
+        ctx.set_materialize_grads(False)
 
     def _spatial_backward(ctx, grad_out, _grad_mask):
         query, target, mask, ql, tl = ctx.saved_tensors
+        if grad_out is None:
+            return None, None, None, None, None
         gq, gt = torch.ops.hapvr.spatial_topk_chamfer_backward(
             grad_out.contiguous(), query, target, mask, ctx.k, ql, tl
         )
