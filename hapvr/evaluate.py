@@ -1,0 +1,194 @@
+"""Evaluate video similarity on a retrieval benchmark.
+
+    python -m hapvr.evaluate --dataset fivr-5k --features fivr.hdf5 --annotations fivr.pickle --features-only
+    torchrun --nproc-per-node 2 -m hapvr.evaluate ... --cache-dir runs/cache   # sharded
+
+Features: HDF5, one dataset [T, 9, 512] per video id (the public FIVR/EVVE/SVD feature files as
+they are). Prints mAP (retrieval) and uAP (detection) as a table, writes JSON (--output) and
+precision-recall curves (--plot). Similarities are cached under --cache-dir, so an interrupted
+run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from hapvr.evaluation.benchmarks import LOADERS, EvaluationResult, evaluate_scores, load_benchmark
+from hapvr.evaluation.engine import EngineConfig, collect_scores, compute_scores
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m hapvr.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", required=True, choices=sorted(LOADERS), help="benchmark protocol")
+    ap.add_argument("--features", required=True, help="HDF5 feature file (one [T, R, D] dataset per video id)")
+    ap.add_argument("--annotations", required=True, help="annotation file (see hapvr/evaluation/benchmarks.py)")
+    model = ap.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="trained hapvr model checkpoint")
+    model.add_argument("--features-only", action="store_true",
+                       help="untrained baseline: region Chamfer then frame Chamfer on the raw features")
+    ap.add_argument("--easy-duplicates", help="FIVR: file of easy-duplicate ids (one per line or a JSON list); "
+                                              "adds the 'hard' variant without them")
+    ap.add_argument("--output", help="write the results as JSON here")
+    ap.add_argument("--plot", help="write precision-recall curves (PNG) here")
+    ap.add_argument("--cache-dir", help="cache similarities here (resumable; needed for several ranks)")
+    ap.add_argument("--chunk-frames", type=int, default=EngineConfig.chunk_frames,
+                    help="split longer targets into chunks of this many frames and average (default 2048)")
+    ap.add_argument("--max-map-elements", type=int, default=EngineConfig.max_map_elements,
+                    help="bound on query frames x target frames scored per fused call (memory)")
+    ap.add_argument("--backend", default="auto", help="similarity operator backend (auto, cpp, cuda, triton, reference)")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def _fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _read_ids(path: str) -> set[str]:
+    text = Path(path).read_text()
+    try:
+        return {str(v) for v in json.loads(text)}
+    except json.JSONDecodeError:
+        return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+def make_scorer(args):
+    if args.features_only:
+        from hapvr.evaluation.scorers import ChamferBaseline
+
+        return ChamferBaseline(backend=args.backend)
+    try:
+        from hapvr.models import load_scorer  # the trained model (hapvr.models)
+    except ImportError:
+        _fail("this install has no hapvr.models (the trained video similarity model); "
+              "use --features-only for the untrained baseline")
+    return load_scorer(args.checkpoint, backend=args.backend)
+
+
+def format_table(results: dict[str, EvaluationResult]) -> str:
+    rows = []
+    for variant, res in results.items():
+        for task, value in res.retrieval.items():
+            rows.append((variant, task, "mAP", f"{100 * value:.2f}",
+                         f"{res.queries_used[task]} ({len(res.queries_skipped[task])} without GT skipped)"))
+        for name, value in res.detection.items():
+            rows.append((variant, name, "uAP", f"{100 * value:.2f}", ""))
+    headers = ("benchmark", "task", "metric", "%", "queries")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def plot_pr(bench_scores, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hapvr import metrics
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for label, (s, r, gt) in bench_scores.items():
+        if gt:
+            p, rc = metrics.precision_recall_curve(s, r, gt)
+            ax.plot(rc, p, label=f"{label} (uAP {100 * metrics.micro_average_precision(s, r, gt):.1f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    ax.set_title("precision-recall over all query-candidate pairs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _pooled(bench, scores, present):
+    pooled = {}
+    for task, per in bench.positives.items():
+        s, r, gt = [], [], 0
+        for q in bench.queries:
+            if q not in present:
+                continue
+            g = {v for v in per.get(q, ()) if v in present and v != q}
+            if not g:
+                continue
+            for v in sorted({v for v in bench.candidates_of(q) if v in present and v != q}):
+                s.append(scores[q][v])
+                r.append(v in g)
+            gt += len(g)
+        pooled[f"{bench.name} {task}"] = (s, r, gt)
+    return pooled
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from hapvr.evaluation.feature_store import FeatureStore
+
+    try:
+        bench = load_benchmark(args.dataset, args.annotations)
+        store = FeatureStore(args.features)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(str(exc))
+    scorer = make_scorer(args)
+    present = store.ids() & bench.all_videos()
+    queries = sorted(q for q in bench.queries if q in present)
+    targets = sorted({v for q in queries for v in bench.candidates_of(q) if v in present})
+    absent = len(bench.all_videos() - present)
+    print(f"{bench.name}: {len(queries)}/{len(bench.queries)} queries and {len(targets)} candidates have features"
+          f" ({absent} annotated videos are missing from {args.features})", file=sys.stderr)
+    if not queries:
+        _fail("no query of the benchmark has features in the feature file")
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    cfg = EngineConfig(chunk_frames=args.chunk_frames, max_map_elements=args.max_map_elements)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        if not args.cache_dir:
+            _fail("a sharded run (WORLD_SIZE > 1) needs --cache-dir on storage every rank can reach")
+        dist.init_process_group("gloo")
+        compute_scores(scorer, store, queries, targets, cfg, args.cache_dir, rank, world_size,
+                       progress=not args.no_progress)
+        dist.barrier()
+        if rank != 0:
+            dist.destroy_process_group()
+            return 0
+        scores = collect_scores(scorer, store, queries, targets, args.cache_dir, world_size, cfg)
+        dist.destroy_process_group()
+    else:
+        scores = compute_scores(scorer, store, queries, targets, cfg, args.cache_dir, progress=not args.no_progress)
+
+    variants = {bench.name: bench}
+    if args.easy_duplicates:
+        hard = bench.without(_read_ids(args.easy_duplicates), "-hard")
+        variants[hard.name] = hard
+    results = {name: evaluate_scores(b, scores, present) for name, b in variants.items()}
+    print(format_table(results))
+    if args.output:
+        payload = {name: {"retrieval_mAP": r.retrieval, "detection_uAP": r.detection,
+                          "queries_used": r.queries_used, "queries_skipped": r.queries_skipped,
+                          "per_query_AP": r.per_query_ap} for name, r in results.items()}
+        tmp = args.output + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    if args.plot:
+        plot_pr(_pooled(bench, scores, present), args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Benchmark evaluation: annotation loaders, the batched similarity engine and the evaluators."""

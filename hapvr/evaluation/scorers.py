@@ -1,0 +1,61 @@
+"""What the engine asks of a video-similarity model.
+
+A scorer turns stored region features into its own index form (``index``), and scores every
+query of a padded batch against every target of another (``pairwise``), honouring lengths.
+``min_frames`` is the shortest video it accepts; shorter chunks are repeated up to it (the
+predecessor's rule), so a tail chunk of a long video never crashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+import torch
+
+from hapvr.ops import spatial_topk_chamfer, temporal_topk_chamfer
+
+
+class Scorer(Protocol):
+    min_frames: int
+
+    def index(self, features: torch.Tensor) -> torch.Tensor:
+        """``[T, R, D]`` stored features -> ``[T, R', D']`` indexed features."""
+
+    def pairwise(self, queries: torch.Tensor, query_lengths: torch.Tensor, targets: torch.Tensor,
+                 target_lengths: torch.Tensor) -> torch.Tensor:
+        """Padded ``[Q, T, R, D]`` against padded ``[B, T', R, D]`` -> ``[Q, B]`` similarities."""
+
+    def fingerprint(self) -> str:
+        """Changes whenever the scores would (guards the on-disk cache)."""
+
+
+class ChamferBaseline:
+    """The features-only baseline: region Chamfer similarity (eq. 3 with K = 1) gives the frame
+    map, frame Chamfer similarity (eq. 5 with K = 1) the video score. No learned weights."""
+
+    min_frames = 1
+
+    def __init__(self, backend: str = "auto"):
+        self.backend = backend
+
+    def index(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+    @torch.no_grad()
+    def pairwise(self, queries, query_lengths, targets, target_lengths):
+        maps = spatial_topk_chamfer(queries, targets, 1, query_lengths, target_lengths, backend=self.backend)
+        return temporal_topk_chamfer(maps, 1, query_lengths=query_lengths[:, None],
+                                     target_lengths=target_lengths[None, :])
+
+    def fingerprint(self) -> str:
+        return "chamfer-baseline-v1"
+
+
+def tensor_fingerprint(module: torch.nn.Module, name: str) -> str:
+    """A stable digest of a module's parameters and buffers (for cache keys)."""
+    h = hashlib.sha256(name.encode())
+    for key, value in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
