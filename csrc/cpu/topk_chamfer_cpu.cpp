@@ -43,6 +43,13 @@ Geometry make_geometry(const at::Tensor& query, const at::Tensor& target) {
   return g;
 }
 
+// True if a frame in the flattened range [g0, g1) lies within its video (frames_per_video each).
+bool any_valid(int64_t g0, int64_t g1, int64_t frames_per_video, const int64_t* lengths) {
+  for (int64_t gf = g0; gf < g1; ++gf)
+    if (frame_valid(gf % frames_per_video, lengths[gf / frames_per_video])) return true;
+  return false;
+}
+
 template <typename scalar_t, typename mask_t>
 void forward_impl(const Geometry& g, int64_t k, const at::Tensor& q2, const at::Tensor& t2,
                   const int64_t* qlen, const int64_t* tlen, scalar_t* out, mask_t* mask) {
@@ -59,6 +66,8 @@ void forward_impl(const Geometry& g, int64_t k, const at::Tensor& q2, const at::
       const int64_t gx0 = (task / nty) * g.fx, gx1 = std::min(gx0 + g.fx, g.Bq * g.T);
       const int64_t gy0 = (task % nty) * g.fy, gy1 = std::min(gy0 + g.fy, g.Bt * g.T2);
       const int64_t nrows = (gx1 - gx0) * R, ncols = (gy1 - gy0) * R;
+      // Padded batches (length-bucketed evaluation) leave tiles with no valid frame: skip them.
+      if (!any_valid(gx0, gx1, g.T, qlen) || !any_valid(gy0, gy1, g.T2, tlen)) continue;
       at::Tensor S = buffer.narrow(0, 0, nrows * ncols).view({nrows, ncols});
       at::mm_out(S, q2.narrow(0, gx0 * R, nrows), t2.narrow(0, gy0 * R, ncols).t());
       const scalar_t* s = S.data_ptr<scalar_t>();

@@ -155,9 +155,9 @@ def compute_scores(
     if missing:
         raise KeyError(f"queries without features: {missing[:5]}{'...' if len(missing) > 5 else ''}")
     queries = [repeat_to(scorer.index(store.load(q)), scorer.min_frames) for q in query_ids]
-    qpad, qlen = pad_stack(queries) if queries else (None, None)
+    groups = _query_groups(queries, cfg)
     chunks = [c for vid in target_ids for c in split_chunks(vid, store.length(vid), cfg.chunk_frames)]
-    query_frames = len(query_ids) * (int(qlen.max()) if queries else 1)
+    query_frames = max((len(g) * int(lens.max()) for g, _, lens in groups), default=1)
     batches = plan_batches(chunks, query_frames, cfg)
     mine = [b for i, b in enumerate(batches) if i % world_size == rank]
 
@@ -178,7 +178,9 @@ def compute_scores(
         for batch in todo:
             targets = [repeat_to(scorer.index(store.load(c.vid, c.start, c.end)), scorer.min_frames) for c in batch]
             tpad, tlen = pad_stack(targets)
-            sims = scorer.pairwise(qpad, qlen, tpad, tlen)  # [Q, B]
+            sims = torch.empty(len(query_ids), len(batch))
+            for members, qpad, qlen in groups:
+                sims[members] = scorer.pairwise(qpad, qlen, tpad, tlen).float()  # [Q_g, B]
             records = [(c.key(), [float(v) for v in sims[:, j].tolist()]) for j, c in enumerate(batch)]
             results.update(records)
             if cache:
@@ -193,6 +195,17 @@ def compute_scores(
     if world_size > 1:
         return None
     return _average_chunks(query_ids, chunks, results)
+
+
+def _query_groups(queries: list[torch.Tensor], cfg: EngineConfig, max_group: int = 16):
+    """Queries sorted by length and padded in small groups, so padding wastes little work."""
+    order = sorted(range(len(queries)), key=lambda i: queries[i].shape[0])
+    groups = []
+    for s in range(0, len(order), max_group):
+        members = order[s:s + max_group]
+        qpad, qlen = pad_stack([queries[i] for i in members])
+        groups.append((torch.tensor(members), qpad, qlen))
+    return groups
 
 
 def _average_chunks(query_ids, chunks: list[Chunk], results: dict[str, list[float]]):
