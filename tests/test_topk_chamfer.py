@@ -309,3 +309,20 @@ def test_temporal_bad_input():
         temporal_topk_chamfer(torch.rand(3, 3), 1, target_lengths=4)
     with pytest.raises(ValueError, match="sim must have at least 2"):
         temporal_topk_chamfer(torch.rand(3), 1)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_inference_keeps_no_selection(backend):
+    q, t = unit(2, 3, 9, 8), unit(2, 4, 9, 8)
+    ql, tl = torch.tensor([3, 2]), torch.tensor([4, 1])
+    op = torch.ops.hapvr.spatial_topk_chamfer if backend == "cpp" else torch.ops.hapvr.spatial_topk_chamfer_triton
+    out_train, mask = op(q, t, 2, ql, tl, True)
+    out_infer, empty = op(q, t, 2, ql, tl, False)
+    torch.testing.assert_close(out_train, out_infer)
+    assert mask.shape == (2, 2, 3, 4, 9) and empty.numel() == 0
+    with torch.no_grad():  # the public function asks for no selection when no gradient is needed
+        torch.testing.assert_close(spatial_topk_chamfer(q, t, 2, ql, tl, backend=backend), out_train)
+    qg = q.clone().requires_grad_()
+    out, _ = op(qg, t, 2, ql, tl, False)
+    with pytest.raises(RuntimeError, match="save_selection=False"):
+        out.sum().backward()

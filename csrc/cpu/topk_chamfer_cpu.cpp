@@ -82,7 +82,8 @@ void forward_impl(const Geometry& g, int64_t k, const at::Tensor& q2, const at::
           for (int64_t i = 0; i < R; ++i) {
             const scalar_t* row = s + ((gx - gx0) * R + i) * ncols + (gy - gy0) * R;
             acc_t part;
-            mask[o * R + i] = store_selection<mask_t>(topk_select<acc_t>(row, 1, R, k, &part));
+            const uint64_t sel = topk_select<acc_t>(row, 1, R, k, &part);
+            if (mask != nullptr) mask[o * R + i] = store_selection<mask_t>(sel);
             total += part;
           }
           out[o] = static_cast<scalar_t>(total * scale);
@@ -171,13 +172,15 @@ void check_cpu(const at::Tensor& query, const at::Tensor& target) {
 std::tuple<at::Tensor, at::Tensor> spatial_topk_chamfer_cpu(const at::Tensor& query,
                                                             const at::Tensor& target, int64_t k,
                                                             const at::Tensor& query_lengths,
-                                                            const at::Tensor& target_lengths) {
+                                                            const at::Tensor& target_lengths,
+                                                            bool save_selection) {
   check_topk_chamfer_args(query, target, k, query_lengths, target_lengths);
   check_cpu(query, target);
   const Geometry g = make_geometry(query, target);
   at::Tensor out = at::zeros({g.Bq, g.Bt, g.T, g.T2}, query.options());
-  at::Tensor mask =
-      at::zeros({g.Bq, g.Bt, g.T, g.T2, g.R}, query.options().dtype(mask_dtype_for(g.R, k)));
+  const auto mask_options = query.options().dtype(mask_dtype_for(g.R, k));
+  at::Tensor mask = save_selection ? at::zeros({g.Bq, g.Bt, g.T, g.T2, g.R}, mask_options)
+                                   : at::empty({0}, mask_options);
   if (out.numel() == 0) return {out, mask};
   const at::Tensor q2 = query.detach().contiguous().view({g.Bq * g.T * g.R, g.D});
   const at::Tensor t2 = target.detach().contiguous().view({g.Bt * g.T2 * g.R, g.D});
@@ -187,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor> spatial_topk_chamfer_cpu(const at::Tensor& qu
       using mask_t = decltype(mask_tag);
       forward_impl<scalar_t, mask_t>(g, k, q2, t2, ql.data_ptr<int64_t>(),
                                      tl.data_ptr<int64_t>(), out.data_ptr<scalar_t>(),
-                                     mask.data_ptr<mask_t>());
+                                     save_selection ? mask.data_ptr<mask_t>() : nullptr);
     });
   });
   return {out, mask};

@@ -49,7 +49,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ q, const scalar_t* _
         vals[j] = dot;
       }
       acc_t part;
-      mask[o * R + i] = store_selection<mask_t>(topk_select<acc_t>(vals, 1, int(R), int(k), &part));
+      const uint64_t sel = topk_select<acc_t>(vals, 1, int(R), int(k), &part);
+      if (mask != nullptr) mask[o * R + i] = store_selection<mask_t>(sel);
       total += part;
     }
     out[o] = static_cast<scalar_t>(total / static_cast<acc_t>(k * R));
@@ -119,14 +120,17 @@ void check_cuda(const at::Tensor& query) {
 std::tuple<at::Tensor, at::Tensor> spatial_topk_chamfer_cuda(const at::Tensor& query,
                                                              const at::Tensor& target, int64_t k,
                                                              const at::Tensor& query_lengths,
-                                                             const at::Tensor& target_lengths) {
+                                                             const at::Tensor& target_lengths,
+                                                             bool save_selection) {
   check_topk_chamfer_args(query, target, k, query_lengths, target_lengths);
   check_cuda(query);
   const c10::cuda::CUDAGuard guard(query.device());
   const int64_t Bq = query.size(0), T = query.size(1), R = query.size(2), D = query.size(3);
   const int64_t Bt = target.size(0), T2 = target.size(1);
   at::Tensor out = at::zeros({Bq, Bt, T, T2}, query.options());
-  at::Tensor mask = at::zeros({Bq, Bt, T, T2, R}, query.options().dtype(mask_dtype_for(R, k)));
+  const auto mask_options = query.options().dtype(mask_dtype_for(R, k));
+  at::Tensor mask = save_selection ? at::zeros({Bq, Bt, T, T2, R}, mask_options)
+                                   : at::empty({0}, mask_options);
   if (out.numel() == 0) return {out, mask};
   const at::Tensor q = query.contiguous(), t = target.contiguous();
   const at::Tensor ql = query_lengths.contiguous(), tl = target_lengths.contiguous();
@@ -137,7 +141,8 @@ std::tuple<at::Tensor, at::Tensor> spatial_topk_chamfer_cuda(const at::Tensor& q
       using mask_t = decltype(mask_tag);
       forward_kernel<scalar_t, mask_t><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
           q.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), ql.data_ptr<int64_t>(),
-          tl.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), mask.data_ptr<mask_t>(), Bq, Bt, T,
+          tl.data_ptr<int64_t>(), out.data_ptr<scalar_t>(),
+          save_selection ? mask.data_ptr<mask_t>() : nullptr, Bq, Bt, T,
           T2, R, D, k);
     });
   });

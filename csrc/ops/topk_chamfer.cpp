@@ -7,10 +7,11 @@ TORCH_LIBRARY_FRAGMENT(hapvr, m) {
   // Returns the frame-similarity maps [Bq, Bt, T, T'] and the top-k selection mask
   // [Bq, Bt, T, T', R]: for k = 1 (int8) the index of the selected target region; for k > 1 a
   // bit mask (bit j set <=> target region j is among the top-k of query region i), int16 for
-  // R <= 16, int32 for R <= 32, int64 for R <= 64.
+  // R <= 16, int32 for R <= 32, int64 for R <= 64. With save_selection=False (inference) the
+  // selection is not kept and the second output is empty.
   m.def(
       "spatial_topk_chamfer(Tensor query, Tensor target, int k, Tensor query_lengths, "
-      "Tensor target_lengths) -> (Tensor, Tensor)");
+      "Tensor target_lengths, bool save_selection=True) -> (Tensor, Tensor)");
   m.def(
       "spatial_topk_chamfer_backward(Tensor grad_out, Tensor query, Tensor target, Tensor mask, "
       "int k, Tensor query_lengths, Tensor target_lengths) -> (Tensor, Tensor)");

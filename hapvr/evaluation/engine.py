@@ -33,6 +33,7 @@ class EngineConfig:
     chunk_frames: int = 2048
     max_map_elements: int = 1 << 25  # queries x query frames x target frames per fused call
     max_batch_videos: int = 256
+    max_padding_ratio: float = 1.3  # longest / shortest video in one padded batch or query group
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def plan_batches(chunks: list[Chunk], query_frames: int, cfg: EngineConfig) -> l
     for c in sorted(chunks, key=lambda c: (c.length, c.vid, c.start)):
         new_longest = max(longest, c.length)
         if current and (query_frames * (len(current) + 1) * new_longest > cfg.max_map_elements
-                        or len(current) >= cfg.max_batch_videos):
+                        or len(current) >= cfg.max_batch_videos
+                        or new_longest > cfg.max_padding_ratio * max(current[0].length, 1)):
             batches.append(current)
             current, new_longest = [], c.length
         current.append(c)
@@ -198,14 +200,22 @@ def compute_scores(
 
 
 def _query_groups(queries: list[torch.Tensor], cfg: EngineConfig, max_group: int = 16):
-    """Queries sorted by length and padded in small groups, so padding wastes little work."""
+    """Queries sorted by length and padded in groups of similar length, so padding wastes little."""
     order = sorted(range(len(queries)), key=lambda i: queries[i].shape[0])
-    groups = []
-    for s in range(0, len(order), max_group):
-        members = order[s:s + max_group]
+    groups, current = [], []
+    for i in order:
+        if current and (len(current) >= max_group
+                        or queries[i].shape[0] > cfg.max_padding_ratio * max(queries[current[0]].shape[0], 1)):
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    out = []
+    for members in groups:
         qpad, qlen = pad_stack([queries[i] for i in members])
-        groups.append((torch.tensor(members), qpad, qlen))
-    return groups
+        out.append((torch.tensor(members), qpad, qlen))
+    return out
 
 
 def _average_chunks(query_ids, chunks: list[Chunk], results: dict[str, list[float]]):

@@ -157,27 +157,29 @@ def _grad_target_kernel(g_ptr, mask_ptr, q_ptr, ql_ptr, tl_ptr, dt_ptr, Bq, Bt, 
 
 @torch.library.custom_op("hapvr::spatial_topk_chamfer_triton", mutates_args=())
 def _spatial_triton(query: torch.Tensor, target: torch.Tensor, k: int, query_lengths: torch.Tensor,
-                    target_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    target_lengths: torch.Tensor, save_selection: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     Bq, T, R, D = query.shape
     Bt, T2 = target.shape[:2]
     out = query.new_zeros((Bq, Bt, T, T2))
     mask = query.new_zeros((Bq, Bt, T, T2, R), dtype=mask_dtype(R, k))
     if out.numel() == 0:
-        return out, mask
+        return out, mask if save_selection else mask.new_empty((0,))
     RP = _region_pad(R)
     BY = _frame_block(RP)
     grid = (Bq * Bt, T, triton.cdiv(T2, BY))
     _forward_kernel[grid](query.contiguous(), target.contiguous(), query_lengths, target_lengths,
                           out, mask, Bt, T, T2, R, D, k, 1.0 / (k * R), RP=RP, BY=BY, BD=_BLOCK_D,
                           AS_INDEX=k == 1)
-    return out, mask
+    # The kernel always writes the selection; inference simply drops it.
+    return out, mask if save_selection else mask.new_empty((0,))
 
 
 @_spatial_triton.register_fake
-def _(query, target, k, query_lengths, target_lengths):
+def _(query, target, k, query_lengths, target_lengths, save_selection=True):
     Bq, T, R, _ = query.shape
     Bt, T2 = target.shape[:2]
-    return query.new_empty((Bq, Bt, T, T2)), query.new_empty((Bq, Bt, T, T2, R), dtype=mask_dtype(R, k))
+    mask_shape = (Bq, Bt, T, T2, R) if save_selection else (0,)
+    return query.new_empty((Bq, Bt, T, T2)), query.new_empty(mask_shape, dtype=mask_dtype(R, k))
 
 
 @torch.library.custom_op("hapvr::spatial_topk_chamfer_triton_backward", mutates_args=())
@@ -211,7 +213,7 @@ def _(grad_out, query, target, mask, k, query_lengths, target_lengths):
 
 
 def _setup_context(ctx, inputs, output):
-    query, target, k, query_lengths, target_lengths = inputs
+    query, target, k, query_lengths, target_lengths = inputs[:5]
     ctx.save_for_backward(query, target, output[1], query_lengths, target_lengths)
     ctx.k = k
     ctx.mark_non_differentiable(output[1])
@@ -222,13 +224,15 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out, _grad_mask):
     query, target, mask, ql, tl_ = ctx.saved_tensors
     if grad_out is None:
-        return None, None, None, None, None
+        return None, None, None, None, None, None
+    if mask.numel() == 0 and grad_out.numel() > 0:
+        raise RuntimeError("spatial_topk_chamfer was called with save_selection=False; it has no gradient")
     dq, dt = _spatial_triton_backward(grad_out, query, target, mask, ctx.k, ql, tl_)
-    return dq, dt, None, None, None
+    return dq, dt, None, None, None, None
 
 
 _spatial_triton.register_autograd(_backward, setup_context=_setup_context)
 
 
-def spatial_topk_chamfer_triton(query, target, k, query_lengths, target_lengths) -> torch.Tensor:
-    return _spatial_triton(query, target, k, query_lengths, target_lengths)[0]
+def spatial_topk_chamfer_triton(query, target, k, query_lengths, target_lengths, save_selection=True) -> torch.Tensor:
+    return _spatial_triton(query, target, k, query_lengths, target_lengths, save_selection)[0]

@@ -86,18 +86,19 @@ def spatial_topk_chamfer_reference(
 if _ext.has_cpu_kernels:
 
     @torch.library.register_fake("hapvr::spatial_topk_chamfer")
-    def _spatial_fake(query, target, k, query_lengths, target_lengths):
+    def _spatial_fake(query, target, k, query_lengths, target_lengths, save_selection=True):
         Bq, T, R, _ = query.shape
         Bt, T2 = target.shape[:2]
         out = query.new_empty((Bq, Bt, T, T2))
-        return out, query.new_empty((Bq, Bt, T, T2, R), dtype=mask_dtype(R, k))
+        mask_shape = (Bq, Bt, T, T2, R) if save_selection else (0,)
+        return out, query.new_empty(mask_shape, dtype=mask_dtype(R, k))
 
     @torch.library.register_fake("hapvr::spatial_topk_chamfer_backward")
     def _spatial_backward_fake(grad_out, query, target, mask, k, query_lengths, target_lengths):
         return torch.empty_like(query), torch.empty_like(target)
 
     def _spatial_setup_context(ctx, inputs, output):
-        query, target, k, query_lengths, target_lengths = inputs
+        query, target, k, query_lengths, target_lengths = inputs[:5]
         ctx.save_for_backward(query, target, output[1], query_lengths, target_lengths)
         ctx.k = k
         ctx.mark_non_differentiable(output[1])
@@ -107,11 +108,13 @@ if _ext.has_cpu_kernels:
     def _spatial_backward(ctx, grad_out, _grad_mask):
         query, target, mask, ql, tl = ctx.saved_tensors
         if grad_out is None:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
+        if mask.numel() == 0 and grad_out.numel() > 0:
+            raise RuntimeError("spatial_topk_chamfer was called with save_selection=False; it has no gradient")
         gq, gt = torch.ops.hapvr.spatial_topk_chamfer_backward(
             grad_out.contiguous(), query, target, mask, ctx.k, ql, tl
         )
-        return gq, gt, None, None, None
+        return gq, gt, None, None, None, None
 
     torch.library.register_autograd(
         "hapvr::spatial_topk_chamfer", _spatial_backward, setup_context=_spatial_setup_context
@@ -134,8 +137,13 @@ def _compiled_reasons(device_type: str):
     return reasons
 
 
+def _needs_grad(query, target) -> bool:
+    return torch.is_grad_enabled() and (query.requires_grad or target.requires_grad)
+
+
 def _compiled_run(query, target, k, ql, tl):
-    return torch.ops.hapvr.spatial_topk_chamfer(query, target, k, ql, tl)[0]
+    # Inference keeps no top-k selection (it is only needed for the backward).
+    return torch.ops.hapvr.spatial_topk_chamfer(query, target, k, ql, tl, _needs_grad(query, target))[0]
 
 
 def _triton_reasons(query, target, k, ql, tl) -> list[str]:
@@ -154,7 +162,7 @@ def _triton_reasons(query, target, k, ql, tl) -> list[str]:
 def _triton_run(query, target, k, ql, tl):
     from hapvr.ops import _triton_topk_chamfer
 
-    return _triton_topk_chamfer.spatial_topk_chamfer_triton(query, target, k, ql, tl)
+    return _triton_topk_chamfer.spatial_topk_chamfer_triton(query, target, k, ql, tl, _needs_grad(query, target))
 
 
 SPATIAL_BACKENDS = (
@@ -284,12 +292,18 @@ def temporal_topk_chamfer(
         kk = torch.round(lt.to(torch.float64) * rate).to(torch.int64)  # half to even, like round()
         kk = torch.minimum(torch.clamp(kk, min=1), lt)
     kk = torch.clamp(kk, min=1)  # a zero-length target selects nothing below anyway
+    if T == 0 or T2 == 0:
+        return sim.new_zeros(batch)
+    # Only the largest K over all pairs is gathered (top-k, not a full sort): the maps of a
+    # whole evaluation batch can be large, K is small (k_t = 0.03).
+    kmax = min(int(kk.max()) if kk.numel() else 1, T2)
     col_valid = torch.arange(T2, device=dev) < lt[..., None]  # [..., T']
     neg_inf = torch.tensor(float("-inf"), dtype=sim.dtype, device=dev)
-    ordered = torch.where(col_valid[..., None, :], sim, neg_inf).sort(dim=-1, descending=True).values
-    take = (torch.arange(T2, device=dev) < kk[..., None]) & (torch.arange(T2, device=dev) < lt[..., None])
+    top = torch.where(col_valid[..., None, :], sim, neg_inf).topk(kmax, dim=-1).values  # [..., T, kmax]
+    pos = torch.arange(kmax, device=dev)
+    take = (pos < kk[..., None]) & (pos < lt[..., None])
     zero = torch.zeros((), dtype=sim.dtype, device=dev)
-    rows = torch.where(take[..., None, :], ordered, zero).sum(-1) / kk[..., None].to(sim.dtype)  # [..., T]
+    rows = torch.where(take[..., None, :], top, zero).sum(-1) / kk[..., None].to(sim.dtype)  # [..., T]
     row_valid = torch.arange(T, device=dev) < lq[..., None]
     total = torch.where(row_valid, rows, zero).sum(-1)
     return total / torch.clamp(lq, min=1).to(sim.dtype)

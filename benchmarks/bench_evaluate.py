@@ -1,0 +1,154 @@
+"""Benchmark of the evaluation engine against a straightforward per-pair loop.
+
+    python benchmarks/bench_evaluate.py [--quick] [--json PATH] [--memory-run]
+
+Throughput (query-target pairs per second) and peak memory of
+``hapvr.evaluation.engine.compute_scores`` (length-bucketed batches through the fused
+operators, database streamed from HDF5) against a loop that loads each target and scores each
+pair with one call, on ``--queries`` x ``--targets`` random videos with lengths drawn from 10 to
+300 frames (R = 9, D = ``--dim``). The loop is timed on the first ``--loop-pairs`` pairs (its
+throughput is a rate), and its scores are compared with the engine's on those pairs.
+``--memory-run`` also scores 50 queries against 20,000 targets (D = ``--memory-dim``) in a
+fresh process and reports its peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import _harness as H  # noqa: E402
+
+
+def make_file(path: Path, n_queries: int, n_targets: int, dim: int, seed: int = 0) -> list[str]:
+    """Random unit region features, written once and reused (the file name encodes the sizes)."""
+    import h5py
+
+    ids = [f"q{i:03d}" for i in range(n_queries)] + [f"t{i:06d}" for i in range(n_targets)]
+    if path.exists():
+        return ids
+    rng = np.random.default_rng(seed)
+    tmp = path.with_suffix(".tmp")
+    with h5py.File(tmp, "w") as f:
+        for vid in ids:
+            x = rng.standard_normal((int(rng.integers(10, 301)), 9, dim), dtype=np.float32)
+            x /= np.linalg.norm(x, axis=-1, keepdims=True)
+            f.create_dataset(vid, data=x)
+    os.replace(tmp, path)
+    return ids
+
+
+def run_engine(path: Path, n_queries: int, progress: bool):
+    from hapvr.evaluation.engine import compute_scores
+    from hapvr.evaluation.feature_store import FeatureStore
+    from hapvr.evaluation.scorers import ChamferBaseline
+
+    with FeatureStore(path) as store:
+        ids = sorted(store.ids())
+        queries = [i for i in ids if i.startswith("q")][:n_queries]
+        targets = [i for i in ids if i.startswith("t")]
+        start = time.perf_counter()
+        scores = compute_scores(ChamferBaseline(), store, queries, targets, progress=progress)
+        seconds = time.perf_counter() - start
+    return scores, seconds, len(queries) * len(targets)
+
+
+def run_loop(path: Path, pairs: list[tuple[str, str]], backend: str):
+    """The straightforward way: for every pair, read both videos and score them alone."""
+    from hapvr.evaluation.feature_store import FeatureStore
+    from hapvr.evaluation.scorers import ChamferBaseline
+
+    scorer = ChamferBaseline(backend=backend)
+    out = {}
+    with FeatureStore(path) as store:
+        start = time.perf_counter()
+        for q, t in pairs:
+            qx, tx = scorer.index(store.load(q))[None], scorer.index(store.load(t))[None]
+            out[(q, t)] = float(scorer.pairwise(qx, torch.tensor([qx.shape[1]]), tx, torch.tensor([tx.shape[1]]))[0, 0])
+        seconds = time.perf_counter() - start
+    return out, seconds
+
+
+def child(args) -> None:
+    """Peak-memory run in a fresh process: prints peak extra bytes and seconds."""
+    base = H.reset_peak()
+    _, seconds, pairs = run_engine(Path(args.child_file), args.child_queries, progress=True)
+    print(json.dumps({"peak": H.peak_since_reset(base), "seconds": seconds, "pairs": pairs}))
+
+
+def in_subprocess(path: Path, n_queries: int) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child-file", str(path), "--child-queries", str(n_queries)],
+                          stdout=subprocess.PIPE, text=True, env=dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072"))
+    if proc.returncode != 0:
+        raise SystemExit(f"child run failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--queries", type=int, default=20)
+    ap.add_argument("--targets", type=int, default=2000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--loop-pairs", type=int, default=200, help="pairs the per-pair loop is timed on")
+    ap.add_argument("--memory-run", action="store_true", help="also 50 queries x 20,000 targets, peak memory")
+    ap.add_argument("--memory-dim", type=int, default=32, help="feature size of the memory run (disk: ~3 GB at 32)")
+    ap.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "hapvr-bench-evaluate"))
+    ap.add_argument("--quick", action="store_true", help="4 queries x 100 targets, D = 64")
+    ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--child-file", help=argparse.SUPPRESS)
+    ap.add_argument("--child-queries", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child_file:
+        child(args)
+        return
+    if args.quick:
+        args.queries, args.targets, args.dim, args.loop_pairs = 4, 100, 64, 40
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"features_q{args.queries}_t{args.targets}_d{args.dim}.hdf5"
+    print(f"generating {path} ...", file=sys.stderr)
+    make_file(path, args.queries, args.targets, args.dim)
+
+    engine = in_subprocess(path, args.queries)
+    scores, _, _ = run_engine(path, args.queries, progress=False)
+    queries = sorted(scores)
+    targets = sorted(next(iter(scores.values())))
+    pairs = [(q, t) for t in targets for q in queries][: args.loop_pairs]
+    rows, results = [], {"engine": engine}
+    rows.append(["engine (batched, streamed)", f"{engine['pairs']}", f"{engine['seconds']:.1f}",
+                 f"{engine['pairs'] / engine['seconds']:.0f}", H.fmt_bytes(engine["peak"]), "1.00", ""])
+    for backend in ("cpp", "reference"):
+        loop, seconds = run_loop(path, pairs, backend)
+        diff = max(abs(loop[p] - scores[p[0]][p[1]]) for p in pairs)
+        speed = len(pairs) / seconds
+        results[f"loop_{backend}"] = {"pairs": len(pairs), "seconds": seconds, "max_abs_diff": diff}
+        rows.append([f"per-pair loop ({backend} backend)", f"{len(pairs)}", f"{seconds:.1f}", f"{speed:.0f}", "",
+                     f"{(engine['pairs'] / engine['seconds']) / speed:.1f}", f"{diff:.1e}"])
+    print(f"\n{args.queries} queries x {args.targets} targets, lengths 10-300 frames, R = 9, D = {args.dim}, "
+          f"{torch.get_num_threads()} threads\n")
+    H.print_table(["method", "pairs", "seconds", "pairs/s", "peak extra memory", "engine speed-up", "max |score diff|"], rows)
+    if args.memory_run:
+        mpath = work / f"features_q50_t20000_d{args.memory_dim}.hdf5"
+        print(f"generating {mpath} ...", file=sys.stderr)
+        make_file(mpath, 50, 20000, args.memory_dim, seed=1)
+        mem = in_subprocess(mpath, 50)
+        results["memory_run"] = dict(mem, dim=args.memory_dim)
+        print(f"\nmemory run: 50 queries x 20,000 targets (D = {args.memory_dim}): peak extra memory "
+              f"{H.fmt_bytes(mem['peak'])}, {mem['seconds']:.0f} s, {mem['pairs'] / mem['seconds']:.0f} pairs/s")
+    if args.json:
+        H.write_json(args.json, dict(queries=args.queries, targets=args.targets, dim=args.dim, results=results))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
