@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import hapvr
+import hapvr.ops._triton_topk_chamfer  # noqa: F401  (registers the Triton custom ops)
 from hapvr.ops import (
     NoBackendError,
     spatial_topk_chamfer,
