@@ -2,7 +2,10 @@
 full objective (eq. 15)."""
 
 import importlib.util
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -146,6 +149,10 @@ def test_frame_loss_bad_inputs():
         loss(frame_sims, teacher, labels[:2])
     with pytest.raises(ValueError, match="r_b"):
         FrameQuadLinearAPLoss(r_b=0.0)
+    bad = frame_sims.clone()
+    bad[0, 1, 0, 0] = float("nan")  # clips 0 and 1 are a positive pair: their rows are read
+    with pytest.raises(ValueError, match="frame_sims contains NaN"):
+        loss(bad, teacher, labels)
 
 
 # --- the objective (eq. 15) ----------------------------------------------------------------
@@ -191,3 +198,25 @@ def test_objective_weights_are_configurable():
         HAPVRObjective(lambda_f=0)(sim, labels)
     with pytest.raises(TypeError, match="unknown HAPVRObjective option"):
         HAPVRObjective(lambda_x=1)
+
+
+def test_frame_loss_fits_paper_batch_in_memory():
+    """N = 128 clips of T = 28 frames, forward + backward: peak growth under 2 GiB (own process)."""
+    code = """
+import resource, torch
+from hapvr.losses import FrameQuadLinearAPLoss
+N, T = 128, 28
+video = torch.arange(N) // 2
+labels = (video[:, None] == video[None, :]).long()
+x = torch.rand(N, N, T, T, requires_grad=True)
+teacher = torch.rand(N, N, T, T)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+FrameQuadLinearAPLoss()(x, teacher, labels).backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+"""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    peak = int(out.stdout.strip().splitlines()[-1])
+    assert peak < 2 * 2**30, f"peak {peak / 2**20:.0f} MiB"

@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hapvr.losses.base import check_labels, check_sim
+from hapvr.losses.base import check_labels
 from hapvr.losses.quadlinear_ap import check_delta_rho
 from hapvr.losses.registry import register_loss
+from hapvr.ops._validate import check_finite, check_floating, check_tensor
 from hapvr.ops.quadlinear_ap import quadlinear_ap
 from hapvr.ops.topk_chamfer import topk_count
 
@@ -79,12 +80,16 @@ class FrameQuadLinearAPLoss(nn.Module):
         self.delta, self.rho, self.r_t, self.r_b, self.backend = delta, rho, r_t, r_b, backend
 
     def forward(self, frame_sims: torch.Tensor, teacher: torch.Tensor, pair_labels: torch.Tensor) -> torch.Tensor:
-        check_sim("frame_sims", frame_sims, 4, "[N, N, T, T']")
+        # Only the positive pairs are read: their rows are checked for NaN/inf (by quadlinear_ap
+        # and below), not the whole [N, N, T, T'] batch, which would cost more than the loss.
+        check_tensor("frame_sims", frame_sims, 4, "[N, N, T, T']")
+        check_floating("frame_sims", frame_sims)
         N, N2, T, T2 = frame_sims.shape
         if N != N2:
             raise ValueError(f"frame_sims must be [N, N, T, T'] over clip pairs, got {tuple(frame_sims.shape)}")
         labels = check_labels("pair_labels", pair_labels, (N, N), frame_sims.device)
-        check_sim("teacher", teacher, None)
+        check_tensor("teacher", teacher, None)
+        check_floating("teacher", teacher)
         if teacher.dim() == 4:
             if teacher.shape != frame_sims.shape:
                 raise ValueError(f"teacher similarities must have the shape of frame_sims "
@@ -105,6 +110,8 @@ class FrameQuadLinearAPLoss(nn.Module):
             t_sims = teacher[a, b]
         else:
             t_sims = teacher_frame_similarities(teacher[a], teacher[b])
+        check_finite("frame_sims", student)
+        check_finite("teacher", t_sims)
         frame_labels = frame_pseudo_labels(t_sims.reshape(-1, T2).to(student.dtype), self.r_t, self.r_b)
         risk, valid = quadlinear_ap(student, frame_labels, self.delta, self.rho, backend=self.backend)
         risk, valid = risk.view(-1, T), valid.view(-1, T)
