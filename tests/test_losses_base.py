@@ -12,6 +12,7 @@ from hapvr.losses import (
     SimilarityRegularizer,
     SSHNLoss,
     build_loss,
+    labels_from_ids,
     loss_names,
 )
 
@@ -110,3 +111,10 @@ def test_bad_hyperparameters():
         QuadLinearAPLoss(delta=-1.0)
     with pytest.raises(ValueError, match="rho must be"):
         QuadLinearAPLoss(rho=-1.0)
+
+
+def test_labels_from_ids():
+    labels = labels_from_ids(torch.tensor([0, 0, 1, 1, 2]))
+    assert labels.tolist() == [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]]
+    with pytest.raises(TypeError, match="ids must hold integer"):
+        labels_from_ids(torch.tensor([0.0, 1.0]))

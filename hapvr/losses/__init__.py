@@ -6,7 +6,7 @@ Ranking losses take ``(sim [Q, M], labels [Q, M])`` with 1 = positive, 0 = negat
 """
 
 from hapvr.losses.adaptive_margin import AdaptiveMarginLoss
-from hapvr.losses.base import RankingLoss
+from hapvr.losses.base import RankingLoss, labels_from_ids
 from hapvr.losses.blackbox_ap import BlackBoxAPLoss, BlackBoxRank
 from hapvr.losses.circle import CircleLoss
 from hapvr.losses.contrastive import ContrastiveLoss
@@ -51,6 +51,7 @@ __all__ = [
     "TripletLoss",
     "build_loss",
     "frame_pseudo_labels",
+    "labels_from_ids",
     "loss_names",
     "register_loss",
     "teacher_frame_similarities",

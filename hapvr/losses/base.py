@@ -34,6 +34,15 @@ def check_labels(name: str, labels, shape: tuple[int, ...], device: torch.device
     return labels.to(torch.int8)
 
 
+def labels_from_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Self-supervised batch labels ``[N, N]`` (int64): 1 where clips k and i come from the same
+    video (``ids[k] == ids[i]``, the diagonal included), else 0. ``ids``: ``[N]`` video index per clip."""
+    check_tensor("ids", ids, 1, "[N]")
+    if ids.is_floating_point() or ids.is_complex():
+        raise TypeError(f"ids must hold integer video indices, got {ids.dtype}")
+    return (ids[:, None] == ids[None, :]).to(torch.int64)
+
+
 def check_sim(name: str, sim, ndim: int = 2, shape_doc: str = "[Q, M]") -> torch.Tensor:
     check_tensor(name, sim, ndim, shape_doc)
     check_floating(name, sim)
