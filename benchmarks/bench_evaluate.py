@@ -30,7 +30,8 @@ import torch  # noqa: E402
 import _harness as H  # noqa: E402
 
 
-def make_file(path: Path, n_queries: int, n_targets: int, dim: int, seed: int = 0) -> list[str]:
+def make_file(path: Path, n_queries: int, n_targets: int, dim: int, seed: int = 0,
+              lengths: tuple[int, int] = (10, 300)) -> list[str]:
     """Random unit region features, written once and reused (the file name encodes the sizes)."""
     import h5py
 
@@ -41,7 +42,7 @@ def make_file(path: Path, n_queries: int, n_targets: int, dim: int, seed: int = 
     tmp = path.with_suffix(".tmp")
     with h5py.File(tmp, "w") as f:
         for vid in ids:
-            x = rng.standard_normal((int(rng.integers(10, 301)), 9, dim), dtype=np.float32)
+            x = rng.standard_normal((int(rng.integers(lengths[0], lengths[1] + 1)), 9, dim), dtype=np.float32)
             x /= np.linalg.norm(x, axis=-1, keepdims=True)
             f.create_dataset(vid, data=x)
     os.replace(tmp, path)
@@ -101,7 +102,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--loop-pairs", type=int, default=200, help="pairs the per-pair loop is timed on")
     ap.add_argument("--memory-run", action="store_true", help="also 50 queries x 20,000 targets, peak memory")
-    ap.add_argument("--memory-dim", type=int, default=32, help="feature size of the memory run (disk: ~3 GB at 32)")
+    ap.add_argument("--memory-dim", type=int, default=32, help="feature size of the memory run")
+    ap.add_argument("--memory-max-length", type=int, default=300, help="longest video of the memory run (frames)")
     ap.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "hapvr-bench-evaluate"))
     ap.add_argument("--quick", action="store_true", help="4 queries x 100 targets, D = 64")
     ap.add_argument("--json", metavar="PATH")
@@ -138,12 +140,13 @@ def main() -> None:
           f"{torch.get_num_threads()} threads\n")
     H.print_table(["method", "pairs", "seconds", "pairs/s", "peak extra memory", "engine speed-up", "max |score diff|"], rows)
     if args.memory_run:
-        mpath = work / f"features_q50_t20000_d{args.memory_dim}.hdf5"
+        mpath = work / f"features_q50_t20000_d{args.memory_dim}_l{args.memory_max_length}.hdf5"
         print(f"generating {mpath} ...", file=sys.stderr)
-        make_file(mpath, 50, 20000, args.memory_dim, seed=1)
+        make_file(mpath, 50, 20000, args.memory_dim, seed=1, lengths=(10, args.memory_max_length))
         mem = in_subprocess(mpath, 50)
-        results["memory_run"] = dict(mem, dim=args.memory_dim)
-        print(f"\nmemory run: 50 queries x 20,000 targets (D = {args.memory_dim}): peak extra memory "
+        results["memory_run"] = dict(mem, dim=args.memory_dim, max_length=args.memory_max_length)
+        print(f"\nmemory run: 50 queries x 20,000 targets (lengths 10-{args.memory_max_length}, "
+              f"D = {args.memory_dim}): peak extra memory "
               f"{H.fmt_bytes(mem['peak'])}, {mem['seconds']:.0f} s, {mem['pairs'] / mem['seconds']:.0f} pairs/s")
     if args.json:
         H.write_json(args.json, dict(queries=args.queries, targets=args.targets, dim=args.dim, results=results))

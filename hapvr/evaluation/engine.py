@@ -33,6 +33,7 @@ class EngineConfig:
     chunk_frames: int = 2048
     max_map_elements: int = 1 << 25  # queries x query frames x target frames per fused call
     max_batch_videos: int = 256
+    max_batch_frames: int = 16384  # target frames held in memory at once (16384 x 9 x 512 fp32 = 302 MB)
     max_padding_ratio: float = 1.3  # longest / shortest video in one padded batch or query group
 
 
@@ -80,6 +81,7 @@ def plan_batches(chunks: list[Chunk], query_frames: int, cfg: EngineConfig) -> l
         new_longest = max(longest, c.length)
         if current and (query_frames * (len(current) + 1) * new_longest > cfg.max_map_elements
                         or len(current) >= cfg.max_batch_videos
+                        or (len(current) + 1) * new_longest > cfg.max_batch_frames
                         or new_longest > cfg.max_padding_ratio * max(current[0].length, 1)):
             batches.append(current)
             current, new_longest = [], c.length
