@@ -80,15 +80,26 @@ def run_loop(path: Path, pairs: list[tuple[str, str]], backend: str):
     return out, seconds
 
 
+def loop_pairs(scores_or_ids, n: int) -> list[tuple[str, str]]:
+    queries = sorted(i for i in scores_or_ids if i.startswith("q"))
+    targets = sorted(i for i in scores_or_ids if i.startswith("t"))
+    return [(q, t) for t in targets for q in queries][:n]
+
+
 def child(args) -> None:
-    """Peak-memory run in a fresh process: prints peak extra bytes and seconds."""
+    """Engine run in a fresh process: prints peak extra bytes, seconds, and the scores of the
+    pairs the loop will time (to compare)."""
     base = H.reset_peak()
-    _, seconds, pairs = run_engine(Path(args.child_file), args.child_queries, progress=True)
-    print(json.dumps({"peak": H.peak_since_reset(base), "seconds": seconds, "pairs": pairs}))
+    scores, seconds, pairs = run_engine(Path(args.child_file), args.child_queries, progress=True)
+    peak = H.peak_since_reset(base)
+    ids = list(scores) + list(next(iter(scores.values())))
+    sample = {f"{q} {t}": scores[q][t] for q, t in loop_pairs(ids, args.child_sample)}
+    print(json.dumps({"peak": peak, "seconds": seconds, "pairs": pairs, "sample": sample}))
 
 
-def in_subprocess(path: Path, n_queries: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child-file", str(path), "--child-queries", str(n_queries)],
+def in_subprocess(path: Path, n_queries: int, sample: int = 0) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child-file", str(path), "--child-queries", str(n_queries),
+                           "--child-sample", str(sample)],
                           stdout=subprocess.PIPE, text=True, env=dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072"))
     if proc.returncode != 0:
         raise SystemExit(f"child run failed with exit code {proc.returncode}")
@@ -109,6 +120,7 @@ def main() -> None:
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--child-file", help=argparse.SUPPRESS)
     ap.add_argument("--child-queries", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--child-sample", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_file:
         child(args)
@@ -121,17 +133,15 @@ def main() -> None:
     print(f"generating {path} ...", file=sys.stderr)
     make_file(path, args.queries, args.targets, args.dim)
 
-    engine = in_subprocess(path, args.queries)
-    scores, _, _ = run_engine(path, args.queries, progress=False)
-    queries = sorted(scores)
-    targets = sorted(next(iter(scores.values())))
-    pairs = [(q, t) for t in targets for q in queries][: args.loop_pairs]
+    engine = in_subprocess(path, args.queries, sample=args.loop_pairs)
+    sample = {tuple(k.split()): v for k, v in engine.pop("sample").items()}
+    pairs = list(sample)
     rows, results = [], {"engine": engine}
     rows.append(["engine (batched, streamed)", f"{engine['pairs']}", f"{engine['seconds']:.1f}",
                  f"{engine['pairs'] / engine['seconds']:.0f}", H.fmt_bytes(engine["peak"]), "1.00", ""])
     for backend in ("cpp", "reference"):
         loop, seconds = run_loop(path, pairs, backend)
-        diff = max(abs(loop[p] - scores[p[0]][p[1]]) for p in pairs)
+        diff = max(abs(loop[p] - sample[p]) for p in pairs)
         speed = len(pairs) / seconds
         results[f"loop_{backend}"] = {"pairs": len(pairs), "seconds": seconds, "max_abs_diff": diff}
         rows.append([f"per-pair loop ({backend} backend)", f"{len(pairs)}", f"{seconds:.1f}", f"{speed:.0f}", "",
