@@ -57,4 +57,18 @@ inline void check_topk_chamfer_args(const at::Tensor& query, const at::Tensor& t
               "spatial_topk_chamfer: lengths must be on the device of query");
 }
 
+// Checks of the extra inputs of spatial_topk_chamfer_backward (after check_topk_chamfer_args).
+inline void check_topk_chamfer_backward_args(const at::Tensor& grad_out, const at::Tensor& query,
+                                             const at::Tensor& target, const at::Tensor& mask,
+                                             int64_t k) {
+  const int64_t Bq = query.size(0), T = query.size(1), R = query.size(2);
+  const int64_t Bt = target.size(0), T2 = target.size(1);
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({Bq, Bt, T, T2}),
+              "spatial_topk_chamfer_backward: grad_out must be [Bq, Bt, T, T']");
+  TORCH_CHECK(mask.sizes() == at::IntArrayRef({Bq, Bt, T, T2, R}) &&
+                  mask.scalar_type() == mask_dtype_for(R, k),
+              "spatial_topk_chamfer_backward: mask does not match the forward's (was the forward "
+              "run with save_selection=False?)");
+}
+
 }  // namespace hapvr

@@ -202,12 +202,8 @@ std::tuple<at::Tensor, at::Tensor> spatial_topk_chamfer_backward_cpu(
     const at::Tensor& target_lengths) {
   check_topk_chamfer_args(query, target, k, query_lengths, target_lengths);
   check_cpu(query, target);
+  check_topk_chamfer_backward_args(grad_out, query, target, mask, k);
   const Geometry g = make_geometry(query, target);
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({g.Bq, g.Bt, g.T, g.T2}),
-              "spatial_topk_chamfer_backward: grad_out must be [Bq, Bt, T, T']");
-  TORCH_CHECK(mask.sizes() == at::IntArrayRef({g.Bq, g.Bt, g.T, g.T2, g.R}) &&
-                  mask.scalar_type() == mask_dtype_for(g.R, k),
-              "spatial_topk_chamfer_backward: mask does not match the forward's");
   at::Tensor dq2 = at::zeros({g.Bq * g.T * g.R, g.D}, query.options());
   at::Tensor dt2 = at::zeros({g.Bt * g.T2 * g.R, g.D}, target.options());
   if (grad_out.numel() > 0 && g.D > 0) {

@@ -156,14 +156,10 @@ std::tuple<at::Tensor, at::Tensor> spatial_topk_chamfer_backward_cuda(
     const at::Tensor& target_lengths) {
   check_topk_chamfer_args(query, target, k, query_lengths, target_lengths);
   check_cuda(query);
+  check_topk_chamfer_backward_args(grad_out, query, target, mask, k);
   const c10::cuda::CUDAGuard guard(query.device());
   const int64_t Bq = query.size(0), T = query.size(1), R = query.size(2), D = query.size(3);
   const int64_t Bt = target.size(0), T2 = target.size(1);
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({Bq, Bt, T, T2}),
-              "spatial_topk_chamfer_backward: grad_out must be [Bq, Bt, T, T']");
-  TORCH_CHECK(mask.sizes() == at::IntArrayRef({Bq, Bt, T, T2, R}) &&
-                  mask.scalar_type() == mask_dtype_for(R, k),
-              "spatial_topk_chamfer_backward: mask does not match the forward's");
   at::Tensor dq = at::zeros_like(query, at::MemoryFormat::Contiguous);
   at::Tensor dt = at::zeros_like(target, at::MemoryFormat::Contiguous);
   if (grad_out.numel() == 0 || D == 0) return {dq, dt};

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hapvr.ops.topk_chamfer import mask_dtype
+from hapvr.ops.topk_chamfer import mask_dtype, register_spatial_autograd, spatial_backward_fake, spatial_fake
 
 _BLOCK_D = 32
 
@@ -174,12 +174,7 @@ def _spatial_triton(query: torch.Tensor, target: torch.Tensor, k: int, query_len
     return out, mask if save_selection else mask.new_empty((0,))
 
 
-@_spatial_triton.register_fake
-def _(query, target, k, query_lengths, target_lengths, save_selection=True):
-    Bq, T, R, _ = query.shape
-    Bt, T2 = target.shape[:2]
-    mask_shape = (Bq, Bt, T, T2, R) if save_selection else (0,)
-    return query.new_empty((Bq, Bt, T, T2)), query.new_empty(mask_shape, dtype=mask_dtype(R, k))
+_spatial_triton.register_fake(spatial_fake)
 
 
 @torch.library.custom_op("hapvr::spatial_topk_chamfer_triton_backward", mutates_args=())
@@ -207,31 +202,8 @@ def _spatial_triton_backward(grad_out: torch.Tensor, query: torch.Tensor, target
     return dq, dt
 
 
-@_spatial_triton_backward.register_fake
-def _(grad_out, query, target, mask, k, query_lengths, target_lengths):
-    return torch.empty_like(query), torch.empty_like(target)
-
-
-def _setup_context(ctx, inputs, output):
-    query, target, k, query_lengths, target_lengths = inputs[:5]
-    ctx.save_for_backward(query, target, output[1], query_lengths, target_lengths)
-    ctx.k = k
-    ctx.mark_non_differentiable(output[1])
-    # Without this, autograd hands backward a zero-filled tensor the size of the mask.
-    ctx.set_materialize_grads(False)
-
-
-def _backward(ctx, grad_out, _grad_mask):
-    query, target, mask, ql, tl_ = ctx.saved_tensors
-    if grad_out is None:
-        return None, None, None, None, None, None
-    if mask.numel() == 0 and grad_out.numel() > 0:
-        raise RuntimeError("spatial_topk_chamfer was called with save_selection=False; it has no gradient")
-    dq, dt = _spatial_triton_backward(grad_out, query, target, mask, ctx.k, ql, tl_)
-    return dq, dt, None, None, None, None
-
-
-_spatial_triton.register_autograd(_backward, setup_context=_setup_context)
+_spatial_triton_backward.register_fake(spatial_backward_fake)
+register_spatial_autograd(_spatial_triton, _spatial_triton_backward)
 
 
 def spatial_topk_chamfer_triton(query, target, k, query_lengths, target_lengths, save_selection=True) -> torch.Tensor:
