@@ -115,6 +115,7 @@ def main() -> None:
     ap.add_argument("--memory-run", action="store_true", help="also 50 queries x 20,000 targets, peak memory")
     ap.add_argument("--memory-dim", type=int, default=32, help="feature size of the memory run")
     ap.add_argument("--memory-max-length", type=int, default=300, help="longest video of the memory run (frames)")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory run")
     ap.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "hapvr-bench-evaluate"))
     ap.add_argument("--quick", action="store_true", help="4 queries x 100 targets, D = 64")
     ap.add_argument("--json", metavar="PATH")
@@ -129,6 +130,17 @@ def main() -> None:
         args.queries, args.targets, args.dim, args.loop_pairs = 4, 100, 64, 40
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    results = {}
+    if not args.memory_only:
+        results.update(throughput(args, work))
+    if args.memory_run or args.memory_only:
+        results["memory_run"] = memory_run(args, work)
+    if args.json:
+        H.write_json(args.json, dict(queries=args.queries, targets=args.targets, dim=args.dim, results=results))
+        print(f"wrote {args.json}")
+
+
+def throughput(args, work: Path) -> dict:
     path = work / f"features_q{args.queries}_t{args.targets}_d{args.dim}.hdf5"
     print(f"generating {path} ...", file=sys.stderr)
     make_file(path, args.queries, args.targets, args.dim)
@@ -149,18 +161,18 @@ def main() -> None:
     print(f"\n{args.queries} queries x {args.targets} targets, lengths 10-300 frames, R = 9, D = {args.dim}, "
           f"{torch.get_num_threads()} threads\n")
     H.print_table(["method", "pairs", "seconds", "pairs/s", "peak extra memory", "engine speed-up", "max |score diff|"], rows)
-    if args.memory_run:
-        mpath = work / f"features_q50_t20000_d{args.memory_dim}_l{args.memory_max_length}.hdf5"
-        print(f"generating {mpath} ...", file=sys.stderr)
-        make_file(mpath, 50, 20000, args.memory_dim, seed=1, lengths=(10, args.memory_max_length))
-        mem = in_subprocess(mpath, 50)
-        results["memory_run"] = dict(mem, dim=args.memory_dim, max_length=args.memory_max_length)
-        print(f"\nmemory run: 50 queries x 20,000 targets (lengths 10-{args.memory_max_length}, "
-              f"D = {args.memory_dim}): peak extra memory "
-              f"{H.fmt_bytes(mem['peak'])}, {mem['seconds']:.0f} s, {mem['pairs'] / mem['seconds']:.0f} pairs/s")
-    if args.json:
-        H.write_json(args.json, dict(queries=args.queries, targets=args.targets, dim=args.dim, results=results))
-        print(f"wrote {args.json}")
+    return results
+
+
+def memory_run(args, work: Path) -> dict:
+    mpath = work / f"features_q50_t20000_d{args.memory_dim}_l{args.memory_max_length}.hdf5"
+    print(f"generating {mpath} ...", file=sys.stderr)
+    make_file(mpath, 50, 20000, args.memory_dim, seed=1, lengths=(10, args.memory_max_length))
+    mem = in_subprocess(mpath, 50)
+    print(f"\nmemory run: 50 queries x 20,000 targets (lengths 10-{args.memory_max_length}, "
+          f"D = {args.memory_dim}): peak extra memory "
+          f"{H.fmt_bytes(mem['peak'])}, {mem['seconds']:.0f} s, {mem['pairs'] / mem['seconds']:.0f} pairs/s")
+    return dict(mem, dim=args.memory_dim, max_length=args.memory_max_length)
 
 
 if __name__ == "__main__":
