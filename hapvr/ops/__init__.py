@@ -24,3 +24,20 @@ __all__ = [
     "temporal_topk_chamfer",
     "topk_count",
 ]
+from hapvr.ops.quadlinear_ap import (  # noqa: E402
+    QuadLinearAPResult,
+    explain_quadlinear_ap_backends,
+    heaviside,
+    quadlinear_ap,
+    quadlinear_ap_reference,
+    quadlinear_r_minus,
+)
+
+__all__ += [
+    "QuadLinearAPResult",
+    "explain_quadlinear_ap_backends",
+    "heaviside",
+    "quadlinear_ap",
+    "quadlinear_ap_reference",
+    "quadlinear_r_minus",
+]
