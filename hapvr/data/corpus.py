@@ -4,11 +4,12 @@ Training videos are pans and zooms of a virtual camera over real photos. The ben
 built from *other* media (the real clips and other photos) and has three relevance levels in
 the spirit of FIVR (SPEC section 4):
 
-- ``DS`` (duplicate scene): the query's own footage transformed (crop, colour, overlays, blur,
-  temporal edits, picture-in-picture), or a real re-encoding / re-cut shipped with the clip
-  (``carphone_distorted``, ``v2s``);
-- ``CS`` (complementary scene): the same scene filmed with another camera path (another pan /
-  zoom over the same photo or footage; the two skyline clips ``v1`` / ``v2``);
+- ``DS`` (duplicate scene): the query's own footage re-edited (temporal edit, crop, colour,
+  captions / emoji, blur, picture-in-picture), or a real re-encoding / re-cut shipped with the
+  clip (``carphone_distorted``, ``v2s``);
+- ``CS`` (complementary scene): the same scene filmed by another camera (another pan / zoom
+  over the same part of the photo or footage, with another white balance, gamma and noise; the
+  two skyline clips ``v1`` / ``v2``);
 - ``IS`` (incident scene): the same source, a different scene (a disjoint part of the photo, the
   other shots of ``bikes``).
 
@@ -38,8 +39,8 @@ LEVELS = ("DS", "CS", "IS")
 class CorpusConfig:
     """Sizes of the built-in corpus (kept small: it must build and train in minutes on 2 cores)."""
 
-    train_videos_per_photo: int = 2
-    train_frames: int = 24
+    train_videos_per_photo: int = 1
+    train_frames: int = 20
     benchmark_frames: int = 12
     clip_fps: float = 3.0  # the bundled clips last 4-10 s: sample 3 frames per second
     seed: int = 0
@@ -111,15 +112,33 @@ def build_train_videos(cfg: CorpusConfig) -> dict[str, torch.Tensor]:
 # --- benchmark ----------------------------------------------------------------------------------
 
 
-def _transformed_copy(frames: torch.Tensor, rng: random.Random, host: torch.Tensor | None = None) -> torch.Tensor:
-    """A DS copy: strong view with a temporal edit (no crop to 224 yet: back to 256 px)."""
+def _copy_edit(frames: torch.Tensor, rng: random.Random, host: torch.Tensor | None = None) -> torch.Tensor:
+    """A DS copy: the same footage re-edited as copies are in practice: one temporal edit, a crop
+    (70-100 % of the area), a colour change, captions / emoji, a little blur; optionally shown
+    picture-in-picture inside ``host``. Returns 256x256 frames."""
     import torchvision.transforms.v2.functional as TF
 
-    view = augment.strong_view(frames, rng, augment.AugmentConfig(size=SHORT_SIDE, p_mixup=0.0)).frames
-    if host is not None:  # picture-in-picture: the query shown inside another video
-        view = augment.video_in_video(host[: view.shape[0]] if host.shape[0] >= view.shape[0]
-                                      else host[torch.arange(view.shape[0]) % host.shape[0]], view, rng, (0.55, 0.7))
-    return TF.resize(view, [SHORT_SIDE, SHORT_SIDE], antialias=True)
+    _, idx = augment.temporal_edit_indices(frames.shape[0], rng)
+    x = augment.random_resized_crop_flip(frames[idx], rng, (0.7, 1.0), SHORT_SIDE, flip_p=0.3)
+    x = TF.adjust_brightness(x, rng.uniform(0.75, 1.25))
+    x = TF.adjust_contrast(x, rng.uniform(0.75, 1.25))
+    x = TF.adjust_saturation(x, rng.uniform(0.6, 1.4))
+    x = augment.per_frame_overlays(x, rng, augment.AugmentConfig(p_text=0.5, p_emoji=0.4, p_blur=0.3))
+    if host is not None:  # picture-in-picture: the copy shown inside another video
+        host = host[torch.arange(x.shape[0]) % host.shape[0]]
+        x = augment.video_in_video(host, x, rng, (0.55, 0.7))
+    return x
+
+
+def _other_camera(frames: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """The look of another camera: white balance, gamma, contrast and sensor noise."""
+    x = frames.float() / 255
+    x = x * torch.tensor([rng.uniform(0.85, 1.15) for _ in range(3)]).view(1, 3, 1, 1)
+    x = x.clamp(0, 1) ** rng.uniform(0.75, 1.3)
+    x = (x - 0.5) * rng.uniform(0.8, 1.2) + 0.5
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    x = x + torch.randn(x.shape, generator=g) * rng.uniform(0.0, 0.03)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def build_benchmark(cfg: CorpusConfig) -> Benchmark:
@@ -149,27 +168,30 @@ def build_benchmark(cfg: CorpusConfig) -> Benchmark:
         q = camera_path(photo, a0, a1, n)
         new_query(name, q)
         hosts.append(q)
-        add(name, "DS", f"{name}-ds1", _transformed_copy(q, rng))
-        for k in range(2):  # another camera path over the same part of the scene
-            add(name, "CS", f"{name}-cs{k}", camera_path(photo, random_box(rng, (0.4, 0.6), near=a0),
-                                                         random_box(rng, (0.4, 0.6), near=a1), n + rng.randint(-2, 4)))
+        add(name, "DS", f"{name}-ds1", _copy_edit(q, rng))
+        for k in range(2):  # another camera, another path over the same part of the scene
+            path = camera_path(photo, random_box(rng, (0.35, 0.7), near=a0, spread=0.2),
+                               random_box(rng, (0.35, 0.7), near=a1, spread=0.2), n + rng.randint(-2, 4))
+            add(name, "CS", f"{name}-cs{k}", _other_camera(path, rng))
         # the far side of the photo: same source, different scene
         far = (1 - a0[0], 1 - a0[1], 0.4)
         add(name, "IS", f"{name}-is0", camera_path(photo, far, random_box(rng, (0.35, 0.45), near=far, spread=0.05), n))
     for i, name in enumerate(BENCHMARK_PHOTOS):  # picture-in-picture copies, hosted by another query
-        add(name, "DS", f"{name}-ds2", _transformed_copy(bench.videos[name], rng, host=hosts[(i + 1) % len(hosts)]))
+        host = BENCHMARK_PHOTOS[(i + 1) % len(BENCHMARK_PHOTOS)]
+        add(name, "DS", f"{name}-ds2", _copy_edit(bench.videos[name], rng, host=hosts[(i + 1) % len(hosts)]))
+        bench.labels[host]["DS"].append(f"{name}-ds2")  # it shows the host's footage too
 
     bikes = clips["bikes"]  # 10 s with scene cuts: the first shots are the query, the last ones IS
     new_query("bikes", bikes[:n])
-    add("bikes", "DS", "bikes-ds1", _transformed_copy(bikes[:n], rng))
-    add("bikes", "CS", "bikes-cs0", camera_path(bikes[:n], (0.3, 0.5, 0.7), (0.7, 0.5, 0.7), n))
+    add("bikes", "DS", "bikes-ds1", _copy_edit(bikes[:n], rng))
+    add("bikes", "CS", "bikes-cs0", _other_camera(camera_path(bikes[:n], (0.3, 0.5, 0.7), (0.7, 0.5, 0.7), n), rng))
     add("bikes", "IS", "bikes-is0", bikes[-n:])
 
     cp = clips["carphone_pristine"]
     new_query("carphone", cp[:n])
     add("carphone", "DS", "carphone-distorted", clips["carphone_distorted"][:n])  # a real degraded copy
-    add("carphone", "DS", "carphone-ds1", _transformed_copy(cp[:n], rng))
-    add("carphone", "CS", "carphone-cs0", camera_path(cp, (0.35, 0.4, 0.6), (0.6, 0.55, 0.75), n))
+    add("carphone", "DS", "carphone-ds1", _copy_edit(cp[:n], rng))
+    add("carphone", "CS", "carphone-cs0", _other_camera(camera_path(cp, (0.35, 0.4, 0.6), (0.6, 0.55, 0.75), n), rng))
 
     for qid, other in (("v2", "v1"), ("v1", "v2")):  # two camera paths over the same skyline
         new_query(qid, clips[qid])
@@ -177,11 +199,13 @@ def build_benchmark(cfg: CorpusConfig) -> Benchmark:
     add("v1", "CS", "v2s", clips["v2s"])
     add("v2", "CS", "v1", clips["v1"])
     add("v1", "CS", "v2", clips["v2"])
-    add("v1", "DS", "v1-ds1", _transformed_copy(clips["v1"], rng))
-    add("v2", "DS", "v2-ds1", _transformed_copy(clips["v2"], rng))
+    add("v1", "DS", "v1-ds1", _copy_edit(clips["v1"], rng))
+    add("v2", "DS", "v2-ds1", _copy_edit(clips["v2"], rng))
+    bench.labels["v2"]["CS"].append("v1-ds1")  # copies of the other camera path
+    bench.labels["v1"]["CS"].append("v2-ds1")
 
     bunny = clips["bigbuckbunny"]
     new_query("bunny", bunny)
-    add("bunny", "DS", "bunny-ds1", _transformed_copy(bunny, rng))
-    add("bunny", "CS", "bunny-cs0", camera_path(bunny, (0.3, 0.45, 0.75), (0.65, 0.55, 0.6), bunny.shape[0]))
+    add("bunny", "DS", "bunny-ds1", _copy_edit(bunny, rng))
+    add("bunny", "CS", "bunny-cs0", _other_camera(camera_path(bunny, (0.3, 0.45, 0.75), (0.65, 0.55, 0.6), bunny.shape[0]), rng))
     return bench
