@@ -298,3 +298,23 @@ def test_explain_lists_every_backend():
     assert any("dtype" in w for w in why["triton"])  # float64 is not a Triton dtype
     if not torch.cuda.is_available():
         assert why["cuda"]  # no device: the reason is reported, not silently skipped
+
+
+@pytest.mark.skipif(not _ext.has_cpu_kernels, reason=f"hapvr._C not built: {_ext.cpu_error}")
+def test_cpp_non_contiguous_inputs():
+    scores_t, labels_t = random_case(40, 5, seed=9, dtype=torch.float64)
+    scores, labels = scores_t.t(), labels_t.t()  # [5, 40] views with strides (1, 40)
+    assert not scores.is_contiguous()
+    ref = quadlinear_ap_reference(scores.contiguous(), labels.contiguous(), 0.05, 0.1)
+    out = quadlinear_ap(scores, labels, 0.05, 0.1, backend="cpp")
+    torch.testing.assert_close(out.risk, ref.risk, rtol=1e-12, atol=1e-12)
+
+
+def test_auto_picks_a_backend_that_supports_the_dtype():
+    scores = torch.rand(3, 9).half()
+    labels = torch.tensor([[1, 0, 0, 1, 0, 0, -1, 0, 1]] * 3)
+    why = explain_quadlinear_ap_backends(scores, labels)
+    assert any("dtype" in w for w in why["cpp"])  # the C++ kernel takes float32/float64 only
+    out = quadlinear_ap(scores, labels)  # falls through to a backend that takes float16
+    ref = quadlinear_ap_reference(scores.double(), labels.to(torch.int8), 0.05, 0.1)
+    torch.testing.assert_close(out.risk.double(), ref.risk, rtol=2e-3, atol=2e-3)

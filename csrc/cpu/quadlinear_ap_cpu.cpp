@@ -19,6 +19,10 @@
 namespace hapvr {
 namespace {
 
+// Rows per parallel task: about 32k candidates of work, so that small batches run inline
+// instead of paying a thread wake-up that costs more than the rows themselves.
+int64_t grain_rows(int64_t M) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(M, 1)); }
+
 // Buffers of one worker, reused across its rows.
 struct Workspace {
   std::vector<double> neg, p1, p2;                   // sorted negative scores, their moments
@@ -60,7 +64,7 @@ bool prepare_row(const scalar_t* s, const int8_t* lab, int64_t M, Workspace& ws)
 template <typename scalar_t>
 void forward_impl(const scalar_t* scores, const int8_t* labels, int64_t Q, int64_t M, double delta,
                   double rho, scalar_t* risk, bool* valid) {
-  at::parallel_for(0, Q, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, Q, grain_rows(M), [&](int64_t begin, int64_t end) {
     Workspace ws;
     ws.reserve(M);
     for (int64_t q = begin; q < end; ++q) {
@@ -90,7 +94,7 @@ void forward_impl(const scalar_t* scores, const int8_t* labels, int64_t Q, int64
 template <typename scalar_t>
 void backward_impl(const scalar_t* grad_risk, const scalar_t* scores, const int8_t* labels,
                    int64_t Q, int64_t M, double delta, double rho, scalar_t* grad) {
-  at::parallel_for(0, Q, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, Q, grain_rows(M), [&](int64_t begin, int64_t end) {
     Workspace ws;
     ws.reserve(M);
     for (int64_t q = begin; q < end; ++q) {

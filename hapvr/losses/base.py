@@ -1,0 +1,88 @@
+"""What every ranking loss shares: the ``(sim, labels)`` convention, its checks and the reduction.
+
+A loss sees one ranked list per query: ``sim [Q, M]`` and ``labels [Q, M]`` with 1 = positive,
+0 = negative, -1 = ignored. For the video level this is the ``N x N`` batch similarity matrix,
+row k holding query k against every clip of the batch. The paper's lists exclude the query
+itself (``S^{k+}`` requires ``k != i``), so by default a square input's diagonal is ignored;
+``self_label`` overrides it (1 counts the query as its own positive, as the HAP-VR release does
+for QuadLinear-AP; None keeps the given labels).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hapvr.ops._validate import check_finite, check_floating, check_tensor
+
+
+def check_labels(name: str, labels, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``labels`` as int8 after checking shape, dtype, device and values (1 / 0 / -1)."""
+    check_tensor(name, labels, None)
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"{name} must be an integer or bool tensor (1 positive, 0 negative, -1 ignored), "
+                        f"got {labels.dtype}")
+    if labels.device != device:
+        raise ValueError(f"{name} must be on {device}, got {labels.device}")
+    if labels.dtype != torch.bool and labels.numel():
+        bad = (labels != 1) & (labels != 0) & (labels != -1)
+        if bool(bad.any()):
+            raise ValueError(f"{name} must hold only 1 (positive), 0 (negative) or -1 (ignored), found "
+                             f"{labels[bad].unique()[:5].tolist()}")
+    return labels.to(torch.int8)
+
+
+def labels_from_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Self-supervised batch labels ``[N, N]`` (int64): 1 where clips k and i come from the same
+    video (``ids[k] == ids[i]``, the diagonal included), else 0. ``ids``: ``[N]`` video index per clip."""
+    check_tensor("ids", ids, 1, "[N]")
+    if ids.is_floating_point() or ids.is_complex():
+        raise TypeError(f"ids must hold integer video indices, got {ids.dtype}")
+    return (ids[:, None] == ids[None, :]).to(torch.int64)
+
+
+def check_sim(name: str, sim, ndim: int = 2, shape_doc: str = "[Q, M]") -> torch.Tensor:
+    check_tensor(name, sim, ndim, shape_doc)
+    check_floating(name, sim)
+    check_finite(name, sim)
+    return sim
+
+
+def mean_over(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``valid``; 0 (still attached to the graph) when none is."""
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    total = torch.where(valid, values, zero).sum()
+    return total / valid.sum().clamp(min=1).to(values.dtype)
+
+
+class RankingLoss(nn.Module):
+    """Base of the losses on ranked lists: ``forward(sim [Q, M], labels [Q, M]) -> scalar``.
+
+    Subclasses implement ``compute(sim, labels)`` on checked inputs (labels int8).
+    """
+
+    def __init__(self, self_label: int | None = -1):
+        super().__init__()
+        if self_label not in (None, -1, 0, 1):
+            raise ValueError(f"self_label must be None, -1, 0 or 1, got {self_label!r}")
+        self.self_label = self_label
+
+    def prepare(self, sim, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        check_sim("sim", sim)
+        labels = check_labels("labels", labels, tuple(sim.shape), sim.device)
+        if self.self_label is not None and sim.shape[0] == sim.shape[1]:
+            labels = labels.clone()
+            labels.fill_diagonal_(self.self_label)
+        return sim, labels
+
+    def forward(self, sim: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        sim, labels = self.prepare(sim, labels)
+        return self.compute(sim, labels)
+
+    def compute(self, sim: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"self_label={self.self_label}"

@@ -1,0 +1,124 @@
+"""Frame-level QuadLinear-AP with teacher pseudo-labels (HAP-VR paper section 3.4, eqs. 13-14).
+
+For every positive video pair (a, b) and every frame x of a, the frames y of b form one ranked
+list: the student's frame similarities ``m_s[a, b, x, :]`` are scored by QuadLinear-AP against
+pseudo-labels from a frozen teacher's frame similarities ``S'[a, b, x, :]`` (eq. 13). Only the
+positive pairs are gathered, and their ``(pair, query frame)`` rows become the query axis of
+:func:`hapvr.ops.quadlinear_ap`: at N = 128 clips of T = 28 frames this is a few thousand lists
+of 28 candidates, instead of the predecessor's ``N^2 T^3`` pair tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hapvr.losses.base import check_labels
+from hapvr.losses.quadlinear_ap import check_delta_rho
+from hapvr.losses.registry import register_loss
+from hapvr.ops._validate import check_finite, check_floating, check_tensor
+from hapvr.ops.quadlinear_ap import quadlinear_ap
+from hapvr.ops.topk_chamfer import topk_count
+
+
+def check_rates(r_t: float, r_b: float) -> None:
+    for name, r in (("r_t", r_t), ("r_b", r_b)):
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
+            raise ValueError(f"{name} must be a float in (0, 1), got {r!r}")
+    if r_t + r_b > 1:
+        raise ValueError(f"r_t + r_b must be <= 1 (positives and negatives may not overlap), got {r_t + r_b}")
+
+
+def frame_pseudo_labels(teacher: torch.Tensor, r_t: float = 0.35, r_b: float = 0.35) -> torch.Tensor:
+    """Eq. 14 along the last axis of ``teacher [..., T']``: int8 labels of the same shape.
+
+    1 where the value is at least the ``K_t``-th largest of its row (``K_t = max(round(r_t T'), 1)``,
+    the rounding rule of ``topk_count``), 0 where it is at most the ``K_b``-th smallest
+    (``K_b = max(round(r_b T'), 1)``), -1 in between. Ties at a threshold join its side; a value
+    meeting both thresholds (a constant row) is positive, which leaves that row without
+    negatives, so it is skipped by the loss.
+    """
+    check_rates(r_t, r_b)
+    T2 = teacher.shape[-1]
+    k_pos, k_neg = topk_count(r_t, T2), topk_count(r_b, T2)
+    ordered = teacher.detach().sort(dim=-1, descending=True).values
+    pos_threshold = ordered[..., k_pos - 1: k_pos]
+    neg_threshold = ordered[..., T2 - k_neg: T2 - k_neg + 1]
+    labels = torch.full(teacher.shape, -1, dtype=torch.int8, device=teacher.device)
+    labels[teacher <= neg_threshold] = 0
+    labels[teacher >= pos_threshold] = 1
+    return labels
+
+
+def teacher_frame_similarities(emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
+    """Eq. 13: cosine similarities ``[..., T, T']`` of frame embeddings ``[..., T, D']`` and ``[..., T', D']``."""
+    a = nn.functional.normalize(emb_a.detach(), dim=-1)
+    b = nn.functional.normalize(emb_b.detach(), dim=-1)
+    return a @ b.transpose(-1, -2)
+
+
+@register_loss("frame_quadlinear_ap")
+class FrameQuadLinearAPLoss(nn.Module):
+    """``L^F_QLAP`` (section 3.4): frame-level QuadLinear-AP over the positive video pairs.
+
+    ``forward(frame_sims, teacher, pair_labels)``:
+        frame_sims: ``[N, N, T, T']`` student frame similarities ``m_s`` of every clip pair.
+        teacher: either the teacher's frame similarities ``[N, N, T, T']`` (eq. 13), or its frame
+            embeddings ``[N, T, D']`` (then eq. 13 is computed for the positive pairs only).
+        pair_labels: ``[N, N]`` video labels; pairs labelled 1 (off the diagonal) are used.
+    Returns the mean over positive pairs of the mean over their query frames of eq. 11; frames
+    whose list lacks a positive or a negative are skipped, and so are pairs left without frames.
+
+    Defaults are the paper's: ``delta_f = 0.05``, ``rho_f = 5.0``, ``r_t = r_b = 0.35``.
+    """
+
+    def __init__(self, delta: float = 0.05, rho: float = 5.0, r_t: float = 0.35, r_b: float = 0.35,
+                 backend: str = "auto"):
+        super().__init__()
+        check_rates(r_t, r_b)
+        check_delta_rho(delta, rho)
+        self.delta, self.rho, self.r_t, self.r_b, self.backend = delta, rho, r_t, r_b, backend
+
+    def forward(self, frame_sims: torch.Tensor, teacher: torch.Tensor, pair_labels: torch.Tensor) -> torch.Tensor:
+        # Only the positive pairs are read: their rows are checked for NaN/inf (by quadlinear_ap
+        # and below), not the whole [N, N, T, T'] batch, which would cost more than the loss.
+        check_tensor("frame_sims", frame_sims, 4, "[N, N, T, T']")
+        check_floating("frame_sims", frame_sims)
+        N, N2, T, T2 = frame_sims.shape
+        if N != N2:
+            raise ValueError(f"frame_sims must be [N, N, T, T'] over clip pairs, got {tuple(frame_sims.shape)}")
+        labels = check_labels("pair_labels", pair_labels, (N, N), frame_sims.device)
+        check_tensor("teacher", teacher, None)
+        check_floating("teacher", teacher)
+        if teacher.dim() == 4:
+            if teacher.shape != frame_sims.shape:
+                raise ValueError(f"teacher similarities must have the shape of frame_sims "
+                                 f"{tuple(frame_sims.shape)}, got {tuple(teacher.shape)}")
+        elif teacher.dim() == 3:
+            if teacher.shape[0] != N or teacher.shape[1] not in (T, T2) or T != T2:
+                raise ValueError(f"teacher embeddings must be [N={N}, T={T}, D'] (needs T == T'), "
+                                 f"got {tuple(teacher.shape)}")
+        else:
+            raise ValueError(f"teacher must be [N, N, T, T'] similarities or [N, T, D'] embeddings, "
+                             f"got shape {tuple(teacher.shape)}")
+        off_diagonal = ~torch.eye(N, dtype=torch.bool, device=frame_sims.device)
+        a, b = torch.nonzero((labels == 1) & off_diagonal, as_tuple=True)
+        if a.numel() == 0 or T == 0 or T2 == 0:
+            return frame_sims.sum() * 0  # no positive pair: zero, but still part of the graph
+        student = frame_sims[a, b].reshape(-1, T2)  # [P * T, T'] (pair, query frame) rows
+        if teacher.dim() == 4:
+            t_sims = teacher[a, b]
+        else:
+            t_sims = teacher_frame_similarities(teacher[a], teacher[b])
+        check_finite("frame_sims", student)
+        check_finite("teacher", t_sims)
+        frame_labels = frame_pseudo_labels(t_sims.reshape(-1, T2).to(student.dtype), self.r_t, self.r_b)
+        risk, valid = quadlinear_ap(student, frame_labels, self.delta, self.rho, backend=self.backend)
+        risk, valid = risk.view(-1, T), valid.view(-1, T)
+        n_frames = valid.sum(1)
+        per_pair = torch.where(valid, risk, 0.0).sum(1) / n_frames.clamp(min=1).to(risk.dtype)
+        pair_ok = n_frames > 0
+        return torch.where(pair_ok, per_pair, 0.0).sum() / pair_ok.sum().clamp(min=1).to(risk.dtype)
+
+    def extra_repr(self) -> str:
+        return f"delta={self.delta}, rho={self.rho}, r_t={self.r_t}, r_b={self.r_b}, backend={self.backend!r}"

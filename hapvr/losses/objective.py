@@ -1,0 +1,93 @@
+"""The full HAP-VR training objective (paper eq. 15, with ``L_base`` of eq. 16)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+from torch import nn
+
+from hapvr.losses.frame_quadlinear_ap import FrameQuadLinearAPLoss
+from hapvr.losses.infonce import InfoNCELoss
+from hapvr.losses.quadlinear_ap import QuadLinearAPLoss
+from hapvr.losses.registry import register_loss
+from hapvr.losses.similarity_regularizer import SimilarityRegularizer
+from hapvr.losses.sshn import SSHNLoss
+
+
+@dataclass(frozen=True)
+class HAPVRObjectiveConfig:
+    """Weights and hyper-parameters of eq. 15; defaults are the paper's (appendix B.3)."""
+
+    lambda_f: float = 6.0     # frame-level QuadLinear-AP
+    lambda_v: float = 4.0     # video-level QuadLinear-AP
+    lambda_nce: float = 1.0   # InfoNCE (in L_base with weight 1)
+    lambda_s: float = 3.0     # SSHN (eq. 16)
+    lambda_reg: float = 1.0   # similarity regulariser on the raw comparator output
+    delta_v: float = 0.05
+    rho_v: float = 0.10
+    delta_f: float = 0.05
+    rho_f: float = 5.0
+    r_t: float = 0.35
+    r_b: float = 0.35
+    tau: float = 0.03
+    video_self_label: int | None = 1  # the HAP-VR release counts the query as its own positive
+    backend: str = "auto"
+
+
+@register_loss("hapvr")
+class HAPVRObjective(nn.Module):
+    """``L = lambda_f L^F_QLAP + lambda_v L^V_QLAP + lambda_nce L_NCE + lambda_s L_SSHN + lambda_reg L_reg``.
+
+    Build with ``HAPVRObjective()`` (paper defaults), ``HAPVRObjective(config)`` or keyword
+    overrides, e.g. ``HAPVRObjective(lambda_f=0)`` for the video level only.
+
+    ``forward(sim, labels, raw=None, frame_sims=None, teacher=None)``:
+        sim: ``[N, N]`` batch video similarities in [0, 1]; labels: ``[N, N]`` (1 same video,
+        0 different); raw: the comparator's raw output (a tensor or a sequence of tensors) for
+        the regulariser; frame_sims ``[N, N, T, T']`` and teacher (``[N, N, T, T']``
+        similarities or ``[N, T, D']`` embeddings) for the frame level. An input may be omitted
+        only when its term's weight is 0.
+    Returns ``(total, parts)``; ``parts`` maps ``frame_ap``, ``video_ap``, ``infonce``, ``sshn``,
+    ``regularizer`` to the unweighted (detached) values of the terms that were computed.
+    """
+
+    def __init__(self, config: HAPVRObjectiveConfig | None = None, **overrides):
+        super().__init__()
+        names = {f.name for f in fields(HAPVRObjectiveConfig)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise TypeError(f"unknown HAPVRObjective option(s) {sorted(unknown)}; valid: {sorted(names)}")
+        self.config = replace(config or HAPVRObjectiveConfig(), **overrides)
+        c = self.config
+        self.frame_ap = FrameQuadLinearAPLoss(c.delta_f, c.rho_f, c.r_t, c.r_b, backend=c.backend)
+        self.video_ap = QuadLinearAPLoss(c.delta_v, c.rho_v, self_label=c.video_self_label, backend=c.backend)
+        self.infonce = InfoNCELoss(c.tau)
+        self.sshn = SSHNLoss()
+        self.regularizer = SimilarityRegularizer()
+
+    def forward(self, sim, labels, raw=None, frame_sims=None, teacher=None):
+        c = self.config
+        terms: dict[str, tuple[float, torch.Tensor]] = {}
+        if c.lambda_f:
+            if frame_sims is None or teacher is None:
+                raise ValueError("frame_sims and teacher are required while lambda_f != 0 "
+                                 "(pass lambda_f=0 to train the video level only)")
+            terms["frame_ap"] = (c.lambda_f, self.frame_ap(frame_sims, teacher, labels))
+        if c.lambda_v:
+            terms["video_ap"] = (c.lambda_v, self.video_ap(sim, labels))
+        if c.lambda_nce:
+            terms["infonce"] = (c.lambda_nce, self.infonce(sim, labels))
+        if c.lambda_s:
+            terms["sshn"] = (c.lambda_s, self.sshn(sim, labels))
+        if c.lambda_reg:
+            if raw is None:
+                raise ValueError("raw (the comparator's raw output) is required while lambda_reg != 0")
+            terms["regularizer"] = (c.lambda_reg, self.regularizer(raw))
+        if not terms:
+            raise ValueError("every weight of HAPVRObjective is 0: nothing to optimise")
+        total = sum(w * v for w, v in terms.values())
+        return total, {name: v.detach() for name, (_, v) in terms.items()}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in asdict(self.config).items())

@@ -1,0 +1,222 @@
+"""The QuadLinear-AP losses: video level (eq. 12), frame level (section 3.4, eqs. 13-14) and the
+full objective (eq. 15)."""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hapvr.losses import (
+    FrameQuadLinearAPLoss,
+    HAPVRObjective,
+    HAPVRObjectiveConfig,
+    InfoNCELoss,
+    QuadLinearAPLoss,
+    SimilarityRegularizer,
+    SSHNLoss,
+    build_loss,
+    frame_pseudo_labels,
+    teacher_frame_similarities,
+)
+from hapvr.ops import quadlinear_ap_reference
+
+
+def _load_materialised():
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "frame_loss_materialised.py"
+    spec = importlib.util.spec_from_file_location("frame_loss_materialised", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.frame_quadlinear_ap_materialised
+
+
+def batch_labels(N, views=2):
+    """Self-supervised labels: clips 2v and 2v+1 are two views of video v."""
+    video = torch.arange(N) // views
+    return (video[:, None] == video[None, :]).to(torch.int64)
+
+
+# --- video level ------------------------------------------------------------------------
+
+
+def test_video_loss_is_mean_reference_risk_and_self_label():
+    g = torch.Generator().manual_seed(0)
+    sim = torch.rand(6, 6, generator=g, dtype=torch.float64)
+    labels = batch_labels(6)
+    with_self = labels.clone().to(torch.int8)
+    without_self = with_self.clone()
+    without_self.fill_diagonal_(-1)
+    loss = QuadLinearAPLoss()  # paper: delta 0.05, rho 0.10, query counted as positive
+    assert (loss.delta, loss.rho, loss.self_label) == (0.05, 0.10, 1)
+    expected = quadlinear_ap_reference(sim, with_self, 0.05, 0.10).risk.mean()
+    torch.testing.assert_close(loss(sim, labels), expected)
+    expected = quadlinear_ap_reference(sim, without_self, 0.05, 0.10).risk.mean()
+    torch.testing.assert_close(QuadLinearAPLoss(self_label=-1)(sim, labels), expected)
+
+
+def test_video_loss_skips_invalid_queries():
+    sim = torch.rand(3, 4, dtype=torch.float64)
+    labels = torch.tensor([[1, 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, -1]])
+    r = quadlinear_ap_reference(sim, labels.to(torch.int8), 0.05, 0.1).risk
+    torch.testing.assert_close(QuadLinearAPLoss(self_label=None)(sim, labels), r[0])
+
+
+# --- frame level ------------------------------------------------------------------------
+
+
+def test_pseudo_labels_eq14():
+    # T' = 10, r_t = r_b = 0.35: K = round(3.5) = 4 frames on each side, 2 ignored.
+    row = torch.tensor([0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 1.0, 0.4, 0.8, 0.6])
+    lab = frame_pseudo_labels(row[None], 0.35, 0.35)[0]
+    assert lab.tolist() == [-1, 0, 1, 0, 1, 0, 1, 0, 1, -1]
+    # Ties at the threshold join its side; a constant row is all positive (no negatives).
+    tied = frame_pseudo_labels(torch.tensor([[0.9, 0.9, 0.9, 0.1, 0.5]]), 0.2, 0.2)[0]
+    assert tied.tolist() == [1, 1, 1, 0, -1]
+    assert frame_pseudo_labels(torch.ones(1, 6), 0.35, 0.35).tolist() == [[1] * 6]
+    with pytest.raises(ValueError, match="r_t"):
+        frame_pseudo_labels(row[None], 1.2, 0.35)
+    with pytest.raises(ValueError, match="r_t \\+ r_b"):
+        frame_pseudo_labels(row[None], 0.6, 0.6)
+
+
+def frame_loss_loop(frame_sims, teacher, pair_labels, delta, rho, r_t, r_b):
+    """Section 3.4 pair by pair, frame by frame, on the reference operator."""
+    N, _, T, T2 = frame_sims.shape
+    pair_values = []
+    for a in range(N):
+        for b in range(N):
+            if a == b or pair_labels[a, b] != 1:
+                continue
+            lab = frame_pseudo_labels(teacher[a, b], r_t, r_b)
+            risk, valid = quadlinear_ap_reference(frame_sims[a, b], lab, delta, rho)
+            if valid.any():
+                pair_values.append(risk[valid].mean())
+    return torch.stack(pair_values).mean()
+
+
+def frame_case(N=6, T=7, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    frame_sims = torch.rand(N, N, T, T, generator=g, dtype=dtype)
+    emb = torch.randn(N, T, 5, generator=g, dtype=dtype)
+    teacher = teacher_frame_similarities(emb[:, None], emb[None, :])  # [N, N, T, T]
+    return frame_sims, emb, teacher, batch_labels(N)
+
+
+def test_frame_loss_matches_loop_and_materialised():
+    frame_sims, emb, teacher, labels = frame_case()
+    loss = FrameQuadLinearAPLoss()
+    assert (loss.delta, loss.rho, loss.r_t, loss.r_b) == (0.05, 5.0, 0.35, 0.35)
+    value = loss(frame_sims, teacher, labels)
+    torch.testing.assert_close(value, frame_loss_loop(frame_sims, teacher, labels, 0.05, 5.0, 0.35, 0.35))
+    materialised = _load_materialised()
+    torch.testing.assert_close(value, materialised(frame_sims, teacher, labels))
+    # Teacher embeddings [N, T, D'] give the same value (eq. 13 computed for positive pairs only).
+    torch.testing.assert_close(loss(frame_sims, emb, labels), value)
+
+
+def test_frame_loss_gradient_matches_materialised_and_touches_positive_pairs_only():
+    frame_sims, _, teacher, labels = frame_case(N=4, T=6, seed=1)
+    x = frame_sims.clone().requires_grad_(True)
+    FrameQuadLinearAPLoss(delta=0.2)(x, teacher, labels).backward()
+    y = frame_sims.clone().requires_grad_(True)
+    _load_materialised()(y, teacher, labels, delta=0.2).backward()
+    torch.testing.assert_close(x.grad, y.grad)
+    positive_pair = (labels == 1) & ~torch.eye(4, dtype=torch.bool)
+    assert torch.all(x.grad[~positive_pair] == 0)
+    assert x.grad[positive_pair].abs().sum() > 0
+
+
+def test_frame_loss_without_positive_pairs_is_zero_with_graph():
+    frame_sims, _, teacher, _ = frame_case(N=3, T=4)
+    x = frame_sims.clone().requires_grad_(True)
+    value = FrameQuadLinearAPLoss()(x, teacher, torch.eye(3, dtype=torch.int64))
+    assert value.item() == 0.0
+    value.backward()
+    assert torch.all(x.grad == 0)
+
+
+def test_frame_loss_bad_inputs():
+    frame_sims, emb, teacher, labels = frame_case(N=3, T=4)
+    loss = FrameQuadLinearAPLoss()
+    with pytest.raises(ValueError, match="frame_sims must have 4 dimensions"):
+        loss(frame_sims[0], teacher, labels)
+    with pytest.raises(ValueError, match="teacher similarities must have the shape"):
+        loss(frame_sims, teacher[:, :, :2], labels)
+    with pytest.raises(ValueError, match="pair_labels must have shape"):
+        loss(frame_sims, teacher, labels[:2])
+    with pytest.raises(ValueError, match="r_b"):
+        FrameQuadLinearAPLoss(r_b=0.0)
+    bad = frame_sims.clone()
+    bad[0, 1, 0, 0] = float("nan")  # clips 0 and 1 are a positive pair: their rows are read
+    with pytest.raises(ValueError, match="frame_sims contains NaN"):
+        loss(bad, teacher, labels)
+
+
+# --- the objective (eq. 15) ----------------------------------------------------------------
+
+
+def test_objective_is_weighted_sum_of_parts():
+    frame_sims, _, teacher, labels = frame_case(N=6, T=5, seed=2)
+    sim = torch.rand(6, 6, dtype=torch.float64, requires_grad=True)
+    raw = torch.randn(6, 6, 2, 2, dtype=torch.float64) * 2
+    objective = HAPVRObjective()
+    c = objective.config
+    assert (c.lambda_f, c.lambda_v, c.lambda_nce, c.lambda_s, c.lambda_reg) == (6.0, 4.0, 1.0, 3.0, 1.0)
+    total, parts = objective(sim, labels, raw=raw, frame_sims=frame_sims, teacher=teacher)
+    expected_parts = {
+        "frame_ap": FrameQuadLinearAPLoss()(frame_sims, teacher, labels),
+        "video_ap": QuadLinearAPLoss()(sim, labels),
+        "infonce": InfoNCELoss(tau=0.03)(sim, labels),
+        "sshn": SSHNLoss()(sim, labels),
+        "regularizer": SimilarityRegularizer()(raw),
+    }
+    assert set(parts) == set(expected_parts)
+    for name, value in expected_parts.items():
+        torch.testing.assert_close(parts[name], value.detach())
+    weights = dict(frame_ap=6, video_ap=4, infonce=1, sshn=3, regularizer=1)
+    torch.testing.assert_close(total, sum(weights[k] * v for k, v in expected_parts.items()))
+    total.backward()
+    assert sim.grad is not None and torch.isfinite(sim.grad).all()
+
+
+def test_objective_weights_are_configurable():
+    sim = torch.rand(4, 4, dtype=torch.float64)
+    labels = batch_labels(4)
+    video_only = HAPVRObjective(lambda_f=0, lambda_reg=0, lambda_v=2.0)
+    total, parts = video_only(sim, labels)
+    assert set(parts) == {"video_ap", "infonce", "sshn"}
+    torch.testing.assert_close(total, 2 * parts["video_ap"] + parts["infonce"] + 3 * parts["sshn"])
+    config = HAPVRObjectiveConfig(lambda_f=0, lambda_reg=0, rho_v=1.0)
+    assert HAPVRObjective(config).video_ap.rho == 1.0
+    assert isinstance(build_loss("hapvr", lambda_f=0), HAPVRObjective)
+    with pytest.raises(ValueError, match="frame_sims and teacher are required"):
+        HAPVRObjective()(sim, labels, raw=sim)
+    with pytest.raises(ValueError, match="raw"):
+        HAPVRObjective(lambda_f=0)(sim, labels)
+    with pytest.raises(TypeError, match="unknown HAPVRObjective option"):
+        HAPVRObjective(lambda_x=1)
+
+
+def test_frame_loss_fits_paper_batch_in_memory():
+    """N = 128 clips of T = 28 frames, forward + backward: peak growth under 2 GiB (own process)."""
+    code = """
+import resource, torch
+from hapvr.losses import FrameQuadLinearAPLoss
+N, T = 128, 28
+video = torch.arange(N) // 2
+labels = (video[:, None] == video[None, :]).long()
+x = torch.rand(N, N, T, T, requires_grad=True)
+teacher = torch.rand(N, N, T, T)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+FrameQuadLinearAPLoss()(x, teacher, labels).backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+"""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    peak = int(out.stdout.strip().splitlines()[-1])
+    assert peak < 2 * 2**30, f"peak {peak / 2**20:.0f} MiB"
