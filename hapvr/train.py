@@ -217,7 +217,7 @@ def run(cfg) -> dict:
         csv_file = open(csv_path, "w" if new else "a", newline="")
         log_csv = csv.writer(csv_file)
         if new:
-            log_csv.writerow(["step", "lr", "loss", "frame_ap", "video_ap", "infonce", "sshn", "reg", "seconds"])
+            log_csv.writerow(["step", "lr", "loss", "frame_ap", "video_ap", "infonce", "sshn", "regularizer", "seconds"])
 
     def checkpoint(step):
         extra = {}
@@ -256,8 +256,8 @@ def run(cfg) -> dict:
             bar.set_postfix(loss=f"{parts['loss']:.3f}")
             if done % cfg.log_every == 0 or done == cfg.iterations:
                 lr = optimizer.param_groups[0]["lr"]
-                log_csv.writerow([done, f"{lr:.6g}"] + [f"{parts[k]:.6f}" for k in
-                                 ("loss", "frame_ap", "video_ap", "infonce", "sshn", "reg")] + [f"{time.time() - t_train:.1f}"])
+                log_csv.writerow([done, f"{lr:.6g}"] + [f"{parts.get(k, 0.0):.6f}" for k in
+                                 ("loss", "frame_ap", "video_ap", "infonce", "sshn", "regularizer")] + [f"{time.time() - t_train:.1f}"])
                 csv_file.flush()
                 if writer is not None:
                     writer.add_scalar("lr", lr, done)
