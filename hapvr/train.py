@@ -59,6 +59,7 @@ def load_or_build_pool(cfg, info, extractor):
         source = dict(data="builtin", corpus=dataclasses.asdict(corpus.CorpusConfig()))
     key = cache_key(source=source, backbone=cfg.backbone, weights=cfg.backbone_weights, teacher=cfg.teacher,
                     teacher_weights=cfg.teacher_weights, raw=cfg.teacher_raw_pixels, views=cfg.views_per_video,
+                    teacher_all=cfg.teacher_all_views,
                     frames=cfg.pool_frames, seed=cfg.seed)
     path = os.path.join(cfg.cache_dir, f"pool-{key}.pt")
     skipped = []
@@ -84,7 +85,7 @@ def load_or_build_pool(cfg, info, extractor):
                    f"({frames} frames, once) ...")
         with _progress(info, frames, "features") as bar:
             pool = build_view_pool(videos, extractor, teacher, cfg.views_per_video, cfg.pool_frames, cfg.seed,
-                                   progress=bar.update, group_of=group_of)
+                                   progress=bar.update, group_of=group_of, teacher_on_all_views=cfg.teacher_all_views)
         atomic_save(dict(pool=pool.state(), skipped=skipped), path)
         _log(info, f"cached {path} ({time.time() - t0:.0f} s)")
     from hapvr.training.distributed import barrier

