@@ -53,11 +53,11 @@ class TrainConfig:
     lambda_s: float = 3.0
     lambda_r: float = 1.0
     # optimisation
-    iterations: int = 300
-    batch_videos: int = 16  # videos per step; two clips each (paper: 64)
-    lr: float = 1e-3
+    iterations: int = 200
+    batch_videos: int = 8  # videos per step; two clips each (paper: 64)
+    lr: float = 5e-4
     weight_decay: float = 1e-2
-    warmup: int = 30
+    warmup: int = 20
     fp16: bool = True  # autocast on CUDA only
     seed: int = 0
     threads: int = 0  # torch threads; 0 = all cores
