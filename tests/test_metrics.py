@@ -77,3 +77,17 @@ def test_bad_inputs():
         metrics.mean_average_precision([])
     with pytest.raises(ValueError, match="n_relevant=1 is smaller"):
         metrics.average_precision([0.1, 0.2], [1, 1], n_relevant=1)
+
+
+def test_builtin_levels_exclude_query_and_accumulate_labels():
+    from hapvr.training.evaluate import evaluate_levels
+
+    db = ["q", "a", "b", "c", "d"]
+    sims = {"q": {"q": 1.0, "a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6}}
+    labels = {"q": {"DS": ["b"], "CS": ["c"], "IS": ["a"]}}
+    res = evaluate_levels(sims, labels, db)
+    assert res["DSVR"].map == pytest.approx(1 / 2)  # b at rank 2 (the query itself is excluded)
+    assert res["CSVR"].map == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert res["ISVR"].map == pytest.approx(1.0)
+    assert res["DSVR"].queries == 1
+    assert res["DSVR"].uap == pytest.approx(1 / 2)

@@ -1,0 +1,222 @@
+"""The built-in default corpus: unlabelled training videos and a held-out benchmark.
+
+Training videos are pans and zooms of a virtual camera over real photos. The benchmark is
+built from *other* media (the real clips and other photos) and has three relevance levels in
+the spirit of FIVR (SPEC section 4):
+
+- ``DS`` (duplicate scene): the query's own footage re-edited (temporal edit, crop, colour,
+  captions / emoji, blur, picture-in-picture), or a real re-encoding / re-cut shipped with the
+  clip (``carphone_distorted``, ``v2s``);
+- ``CS`` (complementary scene): the same scene filmed by another camera (a pan / zoom pointed
+  beside the query's view, overlapping it partly, with another white balance, gamma and noise;
+  another path over the footage of a clip; the two skyline clips ``v1`` / ``v2``);
+- ``IS`` (incident scene): the same source, a different scene (a disjoint part of the photo, the
+  other shots of ``bikes``).
+
+DSVR positives are DS; CSVR DS+CS; ISVR DS+CS+IS. Everything else is a negative.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hapvr.data import augment
+from hapvr.data.media import clip_paths, load_photos
+from hapvr.data.video import SHORT_SIDE, decode_video
+
+# held out from training: used only by the benchmark
+BENCHMARK_PHOTOS = ("sklearn-china", "sklearn-flower", "skimage-astronaut", "skimage-rocket", "skimage-coffee",
+                    "skimage-chelsea")
+LEVELS = ("DS", "CS", "IS")
+
+
+@dataclass
+class CorpusConfig:
+    """Sizes of the built-in corpus (kept small: it must build and train in minutes on 2 cores)."""
+
+    train_videos_per_photo: int = 1
+    train_frames: int = 24
+    benchmark_frames: int = 24
+    clip_fps: float = 3.0  # the bundled clips last 4-10 s: sample 3 frames per second
+    seed: int = 0
+
+
+@dataclass
+class Benchmark:
+    """Videos (``uint8 [T, 3, 256, 256]``), queries and per-level labels ``{qid: {level: [ids]}}``."""
+
+    videos: dict[str, torch.Tensor] = field(default_factory=dict)
+    queries: list[str] = field(default_factory=list)
+    labels: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+
+# --- a virtual camera ---------------------------------------------------------------------------
+
+
+def _crop_frame(img: Image.Image, cx: float, cy: float, side: float, out: int) -> Image.Image:
+    W, H = img.size
+    s = side * min(W, H)
+    x0 = min(max(cx * W - s / 2, 0), W - s)
+    y0 = min(max(cy * H - s / 2, 0), H - s)
+    return img.resize((out, out), Image.BILINEAR, box=(x0, y0, x0 + s, y0 + s))
+
+
+def camera_path(source, start: tuple, end: tuple, n: int, out: int = SHORT_SIDE) -> torch.Tensor:
+    """Square crops moving linearly (with ease-in/out) from box ``start`` to ``end``.
+
+    A box is ``(cx, cy, side)`` as fractions of the source (side of the shorter dimension).
+    ``source`` is a photo ``uint8 [H, W, 3]`` or a clip ``uint8 [T, 3, H, W]`` (frame t of the
+    path is cut from clip frame ``t mod T``).
+    """
+    frames = []
+    if isinstance(source, np.ndarray):
+        imgs = [Image.fromarray(source)]
+    else:
+        imgs = [Image.fromarray(f.permute(1, 2, 0).numpy()) for f in source]
+    for t in range(n):
+        a = 0.5 - 0.5 * np.cos(np.pi * t / max(n - 1, 1))
+        box = [s + a * (e - s) for s, e in zip(start, end)]
+        frames.append(np.asarray(_crop_frame(imgs[t % len(imgs)], *box, out)))
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+
+
+def random_box(rng: random.Random, side=(0.45, 0.8), near: tuple | None = None, spread: float = 0.12) -> tuple:
+    s = rng.uniform(*side)
+    if near is None:
+        return (rng.uniform(s / 2, 1 - s / 2), rng.uniform(s / 2, 1 - s / 2), s)
+    cx = min(max(near[0] + rng.uniform(-spread, spread), s / 2), 1 - s / 2)
+    cy = min(max(near[1] + rng.uniform(-spread, spread), s / 2), 1 - s / 2)
+    return (cx, cy, s)
+
+
+def beside_box(rng: random.Random, box: tuple, shift=(0.45, 0.65)) -> tuple:
+    """A box of similar size whose centre is moved by ``shift`` x its side in a random direction:
+    it overlaps ``box`` partly (another viewpoint on the same scene, not a re-crop of it)."""
+    s = box[2] * rng.uniform(0.85, 1.15)
+    angle = rng.uniform(0, 2 * np.pi)
+    d = rng.uniform(*shift) * box[2]
+    cx = min(max(box[0] + d * np.cos(angle), s / 2), 1 - s / 2)
+    cy = min(max(box[1] + d * np.sin(angle), s / 2), 1 - s / 2)
+    return (cx, cy, s)
+
+
+# --- training videos ----------------------------------------------------------------------------
+
+
+def build_train_videos(cfg: CorpusConfig) -> dict[str, torch.Tensor]:
+    """Pans and zooms over every photo not held out for the benchmark."""
+    rng = random.Random(cfg.seed)
+    videos = {}
+    for name, photo in sorted(load_photos().items()):
+        if name in BENCHMARK_PHOTOS:
+            continue
+        for k in range(cfg.train_videos_per_photo):
+            videos[f"{name}-{k}"] = camera_path(photo, random_box(rng), random_box(rng), cfg.train_frames)
+    return videos
+
+
+# --- benchmark ----------------------------------------------------------------------------------
+
+
+def _copy_edit(frames: torch.Tensor, rng: random.Random, host: torch.Tensor | None = None) -> torch.Tensor:
+    """A DS copy: the same footage re-edited as copies are in practice: one temporal edit, a crop
+    (70-100 % of the area), a colour change, captions / emoji, a little blur; optionally shown
+    picture-in-picture inside ``host``. Returns 256x256 frames."""
+    import torchvision.transforms.v2.functional as TF
+
+    _, idx = augment.temporal_edit_indices(frames.shape[0], rng)
+    x = augment.random_resized_crop_flip(frames[idx], rng, (0.7, 1.0), SHORT_SIDE, flip_p=0.3)
+    x = TF.adjust_brightness(x, rng.uniform(0.75, 1.25))
+    x = TF.adjust_contrast(x, rng.uniform(0.75, 1.25))
+    x = TF.adjust_saturation(x, rng.uniform(0.6, 1.4))
+    x = augment.per_frame_overlays(x, rng, augment.AugmentConfig(p_text=0.5, p_emoji=0.4, p_blur=0.3))
+    if host is not None:  # picture-in-picture: the copy shown inside another video
+        host = host[torch.arange(x.shape[0]) % host.shape[0]]
+        x = augment.video_in_video(host, x, rng, (0.55, 0.7))
+    return x
+
+
+def _other_camera(frames: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """The look of another camera: white balance, gamma, contrast and sensor noise."""
+    x = frames.float() / 255
+    x = x * torch.tensor([rng.uniform(0.85, 1.15) for _ in range(3)]).view(1, 3, 1, 1)
+    x = x.clamp(0, 1) ** rng.uniform(0.75, 1.3)
+    x = (x - 0.5) * rng.uniform(0.8, 1.2) + 0.5
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    x = x + torch.randn(x.shape, generator=g) * rng.uniform(0.0, 0.03)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def build_benchmark(cfg: CorpusConfig) -> Benchmark:
+    rng = random.Random(cfg.seed + 1)
+    n = cfg.benchmark_frames
+    bench = Benchmark()
+    photos = load_photos()
+    clips = {name: decode_video(path, fps=cfg.clip_fps) for name, path in clip_paths().items()}
+    clips = {k: torch.nn.functional.interpolate(v.float(), size=(SHORT_SIDE, round(SHORT_SIDE * v.shape[-1] / v.shape[-2])),
+                                                mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
+             for k, v in clips.items()}
+
+    def add(qid, level, vid, frames):
+        bench.videos[vid] = frames
+        bench.labels[qid][level].append(vid)
+
+    def new_query(qid, frames):
+        bench.videos[qid] = frames
+        bench.queries.append(qid)
+        bench.labels[qid] = {lv: [] for lv in LEVELS}
+
+    hosts = []
+    for name in BENCHMARK_PHOTOS:
+        photo = photos[name]
+        a0 = random_box(rng, (0.4, 0.55))
+        a1 = random_box(rng, (0.4, 0.55), near=a0, spread=0.15)
+        q = camera_path(photo, a0, a1, n)
+        new_query(name, q)
+        hosts.append(q)
+        add(name, "DS", f"{name}-ds1", _copy_edit(q, rng))
+        for k in range(2):  # another camera pointed at the same scene from beside the query's
+            path = camera_path(photo, beside_box(rng, a0), beside_box(rng, a1), n + rng.randint(-2, 4))
+            add(name, "CS", f"{name}-cs{k}", _other_camera(path, rng))
+        # the far side of the photo: same source, different scene
+        far = (1 - a0[0], 1 - a0[1], 0.4)
+        add(name, "IS", f"{name}-is0", camera_path(photo, far, random_box(rng, (0.35, 0.45), near=far, spread=0.05), n))
+    for i, name in enumerate(BENCHMARK_PHOTOS):  # picture-in-picture copies, hosted by another query
+        host = BENCHMARK_PHOTOS[(i + 1) % len(BENCHMARK_PHOTOS)]
+        add(name, "DS", f"{name}-ds2", _copy_edit(bench.videos[name], rng, host=hosts[(i + 1) % len(hosts)]))
+        bench.labels[host]["DS"].append(f"{name}-ds2")  # it shows the host's footage too
+
+    bikes = clips["bikes"]  # 10 s with scene cuts: the first shots are the query, the last ones IS
+    h = min(n, bikes.shape[0] // 2)
+    new_query("bikes", bikes[:h])
+    add("bikes", "DS", "bikes-ds1", _copy_edit(bikes[:h], rng))
+    add("bikes", "CS", "bikes-cs0", _other_camera(camera_path(bikes[:h], (0.3, 0.5, 0.7), (0.7, 0.5, 0.7), h), rng))
+    add("bikes", "IS", "bikes-is0", bikes[-h:])
+
+    cp = clips["carphone_pristine"]
+    new_query("carphone", cp[:n])
+    add("carphone", "DS", "carphone-distorted", clips["carphone_distorted"][:n])  # a real degraded copy
+    add("carphone", "DS", "carphone-ds1", _copy_edit(cp[:n], rng))
+    add("carphone", "CS", "carphone-cs0", _other_camera(camera_path(cp, (0.35, 0.4, 0.6), (0.6, 0.55, 0.75), n), rng))
+
+    for qid, other in (("v2", "v1"), ("v1", "v2")):  # two camera paths over the same skyline
+        new_query(qid, clips[qid])
+    add("v2", "DS", "v2s", clips["v2s"])  # v2 re-cut
+    add("v1", "CS", "v2s", clips["v2s"])
+    add("v2", "CS", "v1", clips["v1"])
+    add("v1", "CS", "v2", clips["v2"])
+    add("v1", "DS", "v1-ds1", _copy_edit(clips["v1"], rng))
+    add("v2", "DS", "v2-ds1", _copy_edit(clips["v2"], rng))
+    bench.labels["v2"]["CS"].append("v1-ds1")  # copies of the other camera path
+    bench.labels["v1"]["CS"].append("v2-ds1")
+
+    bunny = clips["bigbuckbunny"]
+    new_query("bunny", bunny)
+    add("bunny", "DS", "bunny-ds1", _copy_edit(bunny, rng))
+    add("bunny", "CS", "bunny-cs0", _other_camera(camera_path(bunny, (0.3, 0.45, 0.75), (0.65, 0.55, 0.6), bunny.shape[0]), rng))
+    return bench

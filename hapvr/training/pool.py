@@ -1,0 +1,138 @@
+"""Cached features of a pool of augmented views (the backbone is frozen, so compute them once).
+
+For every training video, ``views_per_video`` views are drawn in pixel space (view 0 weak, the
+others strong: crop, RandAugment, overlays, blur, video-in-video), and the backbone's region
+descriptors (before PCA) and the teacher's frame vectors are stored. Temporal edits and clip
+sampling happen later, on the cached features (they are frame-index operations). The built-in
+benchmark's descriptors are cached the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+
+import torch
+
+from hapvr.data import augment
+from hapvr.data.video import center_crop
+
+CACHE_VERSION = 2
+
+
+@dataclass
+class ViewPool:
+    """``desc [V, K, T, 9, Din]`` (fp16, pre-PCA), ``teacher [V, K, T, Dt]`` (fp16), ``lengths [V]``,
+    ``mixed_with [V, K]`` (index of the pasted video, -1 if none), ``video_ids``."""
+
+    video_ids: list[str]
+    desc: torch.Tensor
+    teacher: torch.Tensor
+    lengths: torch.Tensor
+    mixed_with: torch.Tensor
+
+    def state(self) -> dict:
+        return dict(video_ids=self.video_ids, desc=self.desc, teacher=self.teacher, lengths=self.lengths,
+                    mixed_with=self.mixed_with)
+
+
+@dataclass
+class BenchmarkFeatures:
+    """Descriptors (pre-PCA, fp16) per benchmark video, queries, labels and small thumbnails."""
+
+    desc: dict[str, torch.Tensor]
+    queries: list[str]
+    labels: dict[str, dict[str, list[str]]]
+    thumbs: dict[str, torch.Tensor]
+
+    def state(self) -> dict:
+        return dict(desc=self.desc, queries=self.queries, labels=self.labels, thumbs=self.thumbs)
+
+
+def cache_key(**parts) -> str:
+    blob = json.dumps(dict(parts, version=CACHE_VERSION), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def atomic_save(obj, path: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _frames_of(videos: dict[str, torch.Tensor]) -> int:
+    return sum(int(v.shape[0]) for v in videos.values())
+
+
+def build_view_pool(videos: dict[str, torch.Tensor], extractor, teacher, views_per_video: int, pool_frames: int,
+                    seed: int, aug: augment.AugmentConfig | None = None, progress=None,
+                    group_of=None, teacher_on_all_views: bool = True) -> ViewPool:
+    """Draw the views of every video and run the backbone and the teacher on them once.
+
+    ``group_of(video_id)`` names a video's source; a strong view only pastes in (video-in-video)
+    a video of another source, so its extra positive is a true one.
+
+    ``teacher_on_all_views=False`` runs the teacher on the weak view only and gives its vectors
+    to the strong views too: every view of a video shows the same source frames at the same
+    times (temporal edits come later, as index maps), and the pseudo-labels only say which
+    source frames correspond. It halves the teacher's cost (the slowest part on a CPU).
+    """
+    aug = aug or augment.AugmentConfig()
+    rng = random.Random(seed)
+    ids = sorted(videos)
+    group_of = group_of or (lambda v: v)
+    clips = {}
+    for vid in ids:
+        v = videos[vid]
+        start = rng.randint(0, max(0, v.shape[0] - pool_frames))
+        clips[vid] = v[start:start + pool_frames]
+    T = max(c.shape[0] for c in clips.values())
+    V, K = len(ids), views_per_video
+    desc = torch.zeros(V, K, T, 9, extractor.in_dim, dtype=torch.float16)
+    tfeat = torch.zeros(V, K, T, teacher.dim, dtype=torch.float16)
+    lengths = torch.tensor([clips[v].shape[0] for v in ids])
+    mixed = torch.full((V, K), -1, dtype=torch.long)
+    for i, vid in enumerate(ids):
+        clip = clips[vid]
+        for k in range(K):
+            if k == 0:
+                x = augment.weak_view(clip, rng, aug)
+            else:
+                others = [j for j, o in enumerate(ids) if group_of(o) != group_of(vid)]
+                j = rng.choice(others) if others else None
+                sv = augment.strong_view(clip, rng, aug, guest=None if j is None else clips[ids[j]], guest_id=j,
+                                         temporal=False)
+                x = sv.frames
+                if sv.mixed_with is not None:
+                    mixed[i, k] = sv.mixed_with
+            n = x.shape[0]
+            desc[i, k, :n] = extractor.descriptors(x).half()
+            if k == 0 or teacher_on_all_views:
+                tfeat[i, k, :n] = teacher(x.float()).half()
+            else:
+                tfeat[i, k, :n] = tfeat[i, 0, :n]
+            if progress is not None:
+                progress(n)
+    return ViewPool(ids, desc, tfeat, lengths, mixed)
+
+
+def build_benchmark_features(bench, extractor, progress=None) -> BenchmarkFeatures:
+    import torch.nn.functional as F
+
+    desc, thumbs = {}, {}
+    for vid, frames in bench.videos.items():
+        x = center_crop(frames)
+        desc[vid] = extractor.descriptors(x).half()
+        mid = x[x.shape[0] // 2: x.shape[0] // 2 + 1].float()
+        thumbs[vid] = F.interpolate(mid, size=(64, 64), mode="bilinear", antialias=True)[0].round().to(torch.uint8)
+        if progress is not None:
+            progress(x.shape[0])
+    return BenchmarkFeatures(desc, bench.queries, bench.labels, thumbs)

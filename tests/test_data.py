@@ -1,0 +1,120 @@
+"""Decoding, corrupt-file handling and every augmentation on tiny synthetic clips."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from hapvr.data import augment
+from hapvr.data.video import VideoDecodeError, center_crop, decode_video, load_folder
+
+
+def _clip(T=6, H=64, W=80, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (T, 3, H, W), generator=g, dtype=torch.uint8)
+
+
+def _write_video(path, seconds=3, fps=10, size=(64, 48)):
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=fps)
+        s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(seconds * fps):
+            img = np.full((size[1], size[0], 3), (i * 8) % 256, dtype=np.uint8)
+            for p in s.encode(__import__("av").VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+@pytest.mark.parametrize("edit,expected", [("none", list(range(8))), ("reverse", list(range(8))[::-1]),
+                                           ("fast_forward", [0, 2, 4, 6]),
+                                           ("slow_motion", [i for i in range(8) for _ in range(2)])])
+def test_deterministic_temporal_edits(edit, expected):
+    name, idx = augment.temporal_edit_indices(8, random.Random(0), edit=edit)
+    assert name == edit and idx.tolist() == expected
+
+
+def test_pause_and_shuffle_dropout():
+    rng = random.Random(1)
+    _, idx = augment.temporal_edit_indices(8, rng, edit="pause")
+    assert 10 <= len(idx) <= 12 and sorted(set(idx.tolist())) == list(range(8))
+    for _ in range(20):
+        _, idx = augment.temporal_edit_indices(8, rng, edit="shuffle_dropout")
+        vals = idx.tolist()
+        assert len(set(vals)) == len(vals) and set(vals) <= set(range(8)) and len(vals) >= 1
+    with pytest.raises(ValueError):
+        augment.temporal_edit_indices(8, rng, edit="sideways")
+
+
+def test_edit_probabilities_are_the_papers():
+    assert augment.TEMPORAL_EDITS == {"shuffle_dropout": 0.5, "fast_forward": 0.1, "slow_motion": 0.1,
+                                      "reverse": 0.1, "pause": 0.1, "none": 0.1}
+
+
+def test_weak_view_shape_and_shared_crop():
+    x = _clip()
+    x[:] = x[0]  # identical frames stay identical: one crop/flip for the whole clip
+    v = augment.weak_view(x, random.Random(0))
+    assert v.shape == (6, 3, 224, 224) and v.dtype == torch.uint8
+    assert all(torch.equal(v[0], v[t]) for t in range(6))
+
+
+def test_strong_view_shapes_ranges_and_edit():
+    v = augment.strong_view(_clip(T=8), random.Random(3))
+    assert v.frames.dtype == torch.uint8 and v.frames.shape[1:] == (3, 224, 224)
+    assert v.edit in augment.TEMPORAL_EDITS and v.mixed_with is None
+    v2 = augment.strong_view(_clip(T=8), random.Random(3), temporal=False)
+    assert v2.frames.shape[0] == 8 and v2.edit == "none"
+
+
+@pytest.mark.parametrize("fn", [augment.overlay_text, augment.overlay_emoji, augment.gaussian_blur])
+def test_per_frame_overlays_change_pixels(fn):
+    from PIL import Image
+
+    img = Image.fromarray(np.full((96, 96, 3), 128, dtype=np.uint8)) if fn is not augment.gaussian_blur else \
+        Image.fromarray(_clip(1, 96, 96)[0].permute(1, 2, 0).numpy())
+    before = np.asarray(img).copy()
+    after = np.asarray(fn(img, random.Random(5)).convert("RGB"))
+    assert after.shape == before.shape and after.dtype == np.uint8 and (after != before).any()
+
+
+def test_video_in_video_pastes_guest_and_labels_both_positive():
+    host = torch.zeros(5, 3, 100, 100, dtype=torch.uint8)
+    guest = torch.full((3, 3, 60, 60), 200, dtype=torch.uint8)
+    out = augment.video_in_video(host, guest, random.Random(0), scale=(0.3, 0.3))
+    assert out.shape == host.shape
+    assert int((out[:, 0] == 200).sum(dim=(1, 2))[0]) == 30 * 30  # a 30x30 window in every frame
+    cfg = augment.AugmentConfig(p_mixup=1.0)
+    sv = augment.strong_view(_clip(T=4), random.Random(0), cfg, guest=_clip(T=4, seed=1), guest_id=7)
+    assert sv.mixed_with == 7
+    # views: video 0 (weak), video 0 strong with video 7 pasted in, video 7, video 3
+    pos = augment.positive_matrix([0, 0, 7, 3], [None, 7, None, None])
+    assert pos.tolist() == [[True, True, False, False], [True, True, True, False],
+                            [False, True, True, False], [False, False, False, True]]
+
+
+def test_decode_at_one_fps_and_resize(tmp_path):
+    p = tmp_path / "a.mp4"
+    _write_video(p, seconds=3, fps=10)
+    frames = decode_video(str(p), fps=1.0)
+    assert frames.shape == (3, 3, 256, round(256 * 64 / 48)) and frames.dtype == torch.uint8
+    assert decode_video(str(p), fps=2.0).shape[0] == 6
+    assert center_crop(frames).shape == (3, 3, 224, 224)
+
+
+def test_corrupt_and_empty_videos_are_skipped_and_reported(tmp_path):
+    _write_video(tmp_path / "good.mp4")
+    (tmp_path / "corrupt.mp4").write_bytes(os.urandom(2048))
+    (tmp_path / "empty.avi").write_bytes(b"")
+    messages = []
+    videos, report = load_folder(str(tmp_path), log=messages.append)
+    assert list(videos) == ["good.mp4"] and report.loaded == ["good.mp4"]
+    assert sorted(os.path.basename(p) for p, _ in report.skipped) == ["corrupt.mp4", "empty.avi"]
+    assert len(messages) == 2 and all(m.startswith("warning: skipping") for m in messages)
+    assert "2 skipped" in report.summary()
+    with pytest.raises(VideoDecodeError):
+        decode_video(str(tmp_path / "corrupt.mp4"))

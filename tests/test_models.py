@@ -1,0 +1,93 @@
+"""Similarity model: shapes, padding equivalence, minimum-length rule, comparator layout, fwd/bwd."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hapvr.models import FrameComparator, RegionAttention, VideoSimilarityModel, repeat_to_min_length
+from hapvr.ops import spatial_topk_chamfer_reference, temporal_topk_chamfer
+
+
+def _feats(B, T, seed=0, D=32):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(B, T, 9, D, generator=g), dim=-1)
+
+
+def test_comparator_output_size_and_init():
+    psi = FrameComparator()
+    out, mask = psi(torch.randn(3, 13, 9))
+    assert out.shape == (3, 3, 2) and mask.shape == (3, 3, 2)
+    assert [tuple(c.weight.shape) for c in (psi.conv1, psi.conv2, psi.conv3, psi.fconv)] == \
+        [(32, 1, 3, 3), (64, 32, 3, 3), (128, 64, 3, 3), (1, 128, 1, 1)]
+    for c in (psi.conv1, psi.conv2, psi.conv3, psi.fconv):
+        assert torch.all(c.bias == 0)
+
+
+def test_comparator_matches_plain_layers_without_padding():
+    psi = FrameComparator()
+    x = torch.randn(2, 10, 7)
+    y = x[:, None]
+    y = F.max_pool2d(F.relu(psi.conv1(F.pad(y, (1, 1, 1, 1)))), 2)
+    y = F.max_pool2d(F.relu(psi.conv2(F.pad(y, (1, 1, 1, 1)))), 2)
+    y = psi.fconv(F.relu(psi.conv3(F.pad(y, (1, 1, 1, 1)))))[:, 0]
+    torch.testing.assert_close(psi(x)[0], y)
+
+
+def test_region_attention_weights_in_unit_interval():
+    att = RegionAttention(32)
+    x = _feats(2, 3)
+    w = att.weights(x)
+    assert w.shape == (2, 3, 9, 1) and bool(((w > 0) & (w < 1)).all())
+    torch.testing.assert_close(att(x), x * w)
+
+
+def test_repeat_to_min_length():
+    x = torch.arange(2 * 5, dtype=torch.float32).view(2, 5)
+    out, L = repeat_to_min_length(x, torch.tensor([3, 5]), 4)
+    assert L.tolist() == [6, 5]
+    assert out[0].tolist() == [0, 1, 2, 0, 1, 2]
+    assert out[1, :5].tolist() == x[1].tolist() and out[1, 5] == 0
+
+
+@pytest.mark.parametrize("comparator", [True, False])
+def test_padded_batch_equals_single_pairs(comparator):
+    torch.manual_seed(0)
+    m = VideoSimilarityModel(dim=32, comparator=comparator)
+    x = _feats(4, 11)
+    L = torch.tensor([11, 8, 2, 5])
+    out = m(x, query_lengths=L)
+    assert out.video.shape == (4, 4) and out.frame_maps.shape[:2] == (4, 4)
+    for i in range(4):
+        for j in range(4):
+            single = m(x[i:i + 1, :L[i]], x[j:j + 1, :L[j]]).video[0, 0]
+            torch.testing.assert_close(single, out.video[i, j], atol=1e-5, rtol=1e-5)
+
+
+def test_baseline_is_chamfer_of_chamfer():
+    m = VideoSimilarityModel(dim=32, attention=False, comparator=False, k_t=0.0)
+    q, t = _feats(1, 6, 1), _feats(1, 7, 2)
+    maps = spatial_topk_chamfer_reference(q, t, 1)
+    expected = temporal_topk_chamfer(maps, k=1)[0, 0]
+    assert abs(m.similarity(q[0], t[0]) - float(expected)) < 1e-5
+
+
+def test_forward_backward_reaches_trainable_parameters():
+    torch.manual_seed(0)
+    m = VideoSimilarityModel(dim=32)
+    out = m(_feats(3, 8), query_lengths=torch.tensor([8, 6, 4]))
+    assert out.raw.shape == (3, 3, 2, 2)
+    (out.video.sum() + out.frame_maps.sum()).backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_similarity_chunks_long_targets(monkeypatch):
+    import hapvr.models.similarity as sim_mod
+
+    monkeypatch.setattr(sim_mod, "MAX_TARGET_CHUNK", 8)
+    m = VideoSimilarityModel(dim=32)
+    q, t = _feats(1, 6, 3)[0], _feats(1, 18, 4)[0]  # chunks of 8, 8, 2 (tail < 4 frames)
+    parts = [m.similarity(q, t[s:s + 8]) for s in (0, 8, 16)]
+    assert abs(m.similarity(q, t) - sum(parts) / 3) < 1e-6
+    with pytest.raises(ValueError):
+        m.similarity(q[None], t)

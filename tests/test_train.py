@@ -1,0 +1,92 @@
+"""The trainer end to end on a tiny folder of videos: corrupt files, resume equivalence, DDP, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--teacher", "cnn", "--benchmark", "false", "--batch-videos", "3", "--clip-frames", "6", "--pool-frames", "8",
+        "--log-every", "1", "--warmup", "2", "--lr", "1e-3", "--threads", "1"]
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    return env
+
+
+def _train(*args, module=("-m", "hapvr.train"), timeout=240):
+    cmd = [sys.executable, *module, *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_data import _write_video
+
+    root = tmp_path_factory.mktemp("videos")
+    for i in range(4):
+        _write_video(root / f"clip{i}.mp4", seconds=8, fps=2, size=(64 + 16 * i, 48))
+    (root / "broken.mp4").write_bytes(os.urandom(3000))
+    cache = tmp_path_factory.mktemp("cache")
+    return str(root), str(cache)
+
+
+def _params(run_dir):
+    ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)
+    return ckpt["step"], ckpt["model"]
+
+
+def test_corrupt_video_is_skipped_and_counted(data, tmp_path):
+    root, cache = data
+    p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "a"), "--iterations", "2", *TINY)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "warning: skipping" in p.stderr and "broken.mp4" in p.stderr
+    assert "4 videos loaded, 1 skipped" in p.stdout
+    summary = json.load(open(tmp_path / "a" / "results.json"))
+    assert [os.path.basename(x) for x in summary["skipped_videos"]] == ["broken.mp4"]
+    assert os.path.isfile(tmp_path / "a" / "log.csv") and os.path.isdir(tmp_path / "a" / "tensorboard")
+
+
+def test_resume_continues_exactly(data, tmp_path):
+    root, cache = data
+    full, split = str(tmp_path / "full"), str(tmp_path / "split")
+    common = ["--data", root, "--cache-dir", cache, "--iterations", "6", *TINY]
+    assert _train(*common, "--out", full).returncode == 0
+    p = _train(*common, "--out", split, "--stop-after", "2")
+    assert p.returncode == 0 and "stopped at step 2" in p.stdout, p.stderr[-2000:]
+    assert _params(split)[0] == 2
+    p = _train(*common, "--out", split, "--resume")
+    assert p.returncode == 0, p.stderr[-2000:]
+    (s1, a), (s2, b) = _params(full), _params(split)
+    assert s1 == s2 == 6
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_two_process_gloo_ddp(data, tmp_path):
+    root, cache = data
+    _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "warm"), "--iterations", "1", *TINY)
+    p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "ddp"), "--iterations", "2", *TINY,
+               module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hapvr.train"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "2 processes" in p.stdout
+    assert _params(str(tmp_path / "ddp"))[0] == 2
+
+
+def test_cli_help_and_user_errors(tmp_path):
+    p = _train("--preset", "paper", "--help")
+    assert p.returncode == 0
+    text = " ".join(p.stdout.split())
+    for needle in ("--lr LR", "4e-05", "30000", "resnet50", "dino_vits16", "--batch-videos BATCH_VIDEOS"):
+        assert needle in text, needle
+    p = _train("--backbone", "resnet50", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and p.stderr.strip().startswith("error:") and "--backbone-weights" in p.stderr
+    assert "Traceback" not in p.stderr
+    p = _train("--data", str(tmp_path / "nowhere"), "--cache-dir", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and "not a directory" in p.stderr and "Traceback" not in p.stderr
