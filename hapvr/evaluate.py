@@ -63,12 +63,12 @@ def make_scorer(args):
         from hapvr.evaluation.scorers import ChamferBaseline
 
         return ChamferBaseline(backend=args.backend)
+    from hapvr.evaluation.model_scorer import load_scorer
+
     try:
-        from hapvr.models import load_scorer  # the trained model (hapvr.models)
-    except ImportError:
-        _fail("this install has no hapvr.models (the trained video similarity model); "
-              "use --features-only for the untrained baseline")
-    return load_scorer(args.checkpoint, backend=args.backend)
+        return load_scorer(args.checkpoint, backend=args.backend)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
 
 
 def format_table(results: dict[str, EvaluationResult]) -> str:
