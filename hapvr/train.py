@@ -182,7 +182,8 @@ def run(cfg) -> dict:
     model = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t).to(info.device)
     train_model = model
     if info.enabled:
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+        ids = [info.local_rank] if info.device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     sampler = random.Random(cfg.seed * 1_000_003 + info.rank)

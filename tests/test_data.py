@@ -118,3 +118,18 @@ def test_corrupt_and_empty_videos_are_skipped_and_reported(tmp_path):
     assert "2 skipped" in report.summary()
     with pytest.raises(VideoDecodeError):
         decode_video(str(tmp_path / "corrupt.mp4"))
+
+
+def test_folder_of_frames_is_a_video(tmp_path):
+    from PIL import Image
+
+    from hapvr.data.video import list_videos
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 60, 3), 50 * i, dtype=np.uint8)).save(shots / f"{i:03d}.jpg")
+    _write_video(tmp_path / "clip.mp4", seconds=2)
+    assert list_videos(str(tmp_path)) == [str(tmp_path / "clip.mp4"), str(shots)]
+    videos, report = load_folder(str(tmp_path), log=lambda m: None)
+    assert videos["shots"].shape == (3, 3, 256, 384) and not report.skipped

@@ -25,7 +25,8 @@ def _train(*args, module=("-m", "hapvr.train"), timeout=240):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def first_run(tmp_path_factory):
+    """One short run on a folder with a corrupt file; it also builds the feature cache the other tests reuse."""
     sys.path.insert(0, os.path.dirname(__file__))
     from test_data import _write_video
 
@@ -34,7 +35,14 @@ def data(tmp_path_factory):
         _write_video(root / f"clip{i}.mp4", seconds=8, fps=2, size=(64 + 16 * i, 48))
     (root / "broken.mp4").write_bytes(os.urandom(3000))
     cache = tmp_path_factory.mktemp("cache")
-    return str(root), str(cache)
+    out = tmp_path_factory.mktemp("run")
+    proc = _train("--data", str(root), "--cache-dir", str(cache), "--out", str(out), "--iterations", "2", *TINY)
+    return str(root), str(cache), str(out), proc
+
+
+@pytest.fixture(scope="module")
+def data(first_run):
+    return first_run[:2]
 
 
 def _params(run_dir):
@@ -42,15 +50,14 @@ def _params(run_dir):
     return ckpt["step"], ckpt["model"]
 
 
-def test_corrupt_video_is_skipped_and_counted(data, tmp_path):
-    root, cache = data
-    p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "a"), "--iterations", "2", *TINY)
+def test_corrupt_video_is_skipped_and_counted(first_run):
+    _, _, out, p = first_run
     assert p.returncode == 0, p.stderr[-2000:]
     assert "warning: skipping" in p.stderr and "broken.mp4" in p.stderr
     assert "4 videos loaded, 1 skipped" in p.stdout
-    summary = json.load(open(tmp_path / "a" / "results.json"))
+    summary = json.load(open(os.path.join(out, "results.json")))
     assert [os.path.basename(x) for x in summary["skipped_videos"]] == ["broken.mp4"]
-    assert os.path.isfile(tmp_path / "a" / "log.csv") and os.path.isdir(tmp_path / "a" / "tensorboard")
+    assert os.path.isfile(os.path.join(out, "log.csv")) and os.path.isdir(os.path.join(out, "tensorboard"))
 
 
 def test_resume_continues_exactly(data, tmp_path):
@@ -70,8 +77,7 @@ def test_resume_continues_exactly(data, tmp_path):
 
 
 def test_two_process_gloo_ddp(data, tmp_path):
-    root, cache = data
-    _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "warm"), "--iterations", "1", *TINY)
+    root, cache = data  # the cache exists: both ranks only load it
     p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "ddp"), "--iterations", "2", *TINY,
                module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hapvr.train"))
     assert p.returncode == 0, p.stderr[-3000:]

@@ -53,9 +53,9 @@ class TrainConfig:
     lambda_s: float = 3.0
     lambda_r: float = 1.0
     # optimisation
-    iterations: int = 200
+    iterations: int = 400
     batch_videos: int = 8  # videos per step; two clips each (paper: 64)
-    lr: float = 5e-4
+    lr: float = 2e-4
     weight_decay: float = 1e-2
     warmup: int = 20
     fp16: bool = True  # autocast on CUDA only
