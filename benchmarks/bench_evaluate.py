@@ -49,35 +49,72 @@ def make_file(path: Path, n_queries: int, n_targets: int, dim: int, seed: int = 
     return ids
 
 
-def run_engine(path: Path, n_queries: int, progress: bool):
+def make_scorer(kind: str, dim: int, backend: str = "auto"):
+    """``baseline``: the features-only Chamfer scorer; ``model``: a HAP-VR similarity model
+    (region attention + comparator, random weights, seed 0: the arithmetic of a trained one)."""
+    from hapvr.evaluation.scorers import ChamferBaseline
+
+    if kind == "baseline":
+        return ChamferBaseline(backend=backend)
+    from hapvr.evaluation.model_scorer import ModelScorer
+    from hapvr.models import VideoSimilarityModel
+
+    torch.manual_seed(0)
+    return ModelScorer(VideoSimilarityModel(dim, backend=backend))
+
+
+def run_engine(path: Path, n_queries: int, progress: bool, scorer: str = "baseline"):
     from hapvr.evaluation.engine import compute_scores
     from hapvr.evaluation.feature_store import FeatureStore
-    from hapvr.evaluation.scorers import ChamferBaseline
 
     with FeatureStore(path) as store:
         ids = sorted(store.ids())
         queries = [i for i in ids if i.startswith("q")][:n_queries]
         targets = [i for i in ids if i.startswith("t")]
         start = time.perf_counter()
-        scores = compute_scores(ChamferBaseline(), store, queries, targets, progress=progress)
+        dim = int(store.load(queries[0], 0, 1).shape[-1])
+        scores = compute_scores(make_scorer(scorer, dim), store, queries, targets, progress=progress)
         seconds = time.perf_counter() - start
     return scores, seconds, len(queries) * len(targets)
 
 
-def run_loop(path: Path, pairs: list[tuple[str, str]], backend: str):
+def run_loop(path: Path, pairs: list[tuple[str, str]], backend: str, scorer: str = "baseline"):
     """The straightforward way: for every pair, read both videos and score them alone."""
     from hapvr.evaluation.feature_store import FeatureStore
-    from hapvr.evaluation.scorers import ChamferBaseline
 
-    scorer = ChamferBaseline(backend=backend)
     out = {}
     with FeatureStore(path) as store:
+        scorer = make_scorer(scorer, int(store.load(pairs[0][0], 0, 1).shape[-1]), backend)
         start = time.perf_counter()
         for q, t in pairs:
             qx, tx = scorer.index(store.load(q))[None], scorer.index(store.load(t))[None]
             out[(q, t)] = float(scorer.pairwise(qx, torch.tensor([qx.shape[1]]), tx, torch.tensor([tx.shape[1]]))[0, 0])
         seconds = time.perf_counter() - start
     return out, seconds
+
+
+def region_gemm_flops(path: Path, pairs) -> float:
+    """Floating-point operations of the region similarities of ``pairs``: every query region
+    against every target region, ``2 * (9 T) * (9 T') * D`` per pair. Both the engine and the
+    loop must do exactly these (the rest of the scoring is negligible at D = 512)."""
+    from hapvr.evaluation.feature_store import FeatureStore
+
+    with FeatureStore(path) as store:
+        lengths = {}
+        for vid in {v for pair in pairs for v in pair}:
+            lengths[vid] = store.length(vid)
+        dim = int(store.load(pairs[0][0], 0, 1).shape[-1])
+    return float(sum(2 * 81 * lengths[q] * lengths[t] * dim for q, t in pairs))
+
+
+def gemm_peak_gflops(dim: int) -> float:
+    """Sustained fp32 GEMM rate of this machine on a region-GEMM-like shape (two ~256-frame
+    videos: [2304, D] x [D, 2304]), median of 5 after warm-up, in GFLOP/s."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2304, dim, generator=g), torch.randn(dim, 2304, generator=g)
+    out = torch.empty(2304, 2304)
+    seconds = H.median_seconds(lambda: torch.mm(a, b, out=out), repeats=5, warmup=2)
+    return 2 * 2304 * 2304 * dim / seconds / 1e9
 
 
 def loop_pairs(scores_or_ids, n: int) -> list[tuple[str, str]]:
@@ -90,16 +127,16 @@ def child(args) -> None:
     """Engine run in a fresh process: prints peak extra bytes, seconds, and the scores of the
     pairs the loop will time (to compare)."""
     base = H.reset_peak()
-    scores, seconds, pairs = run_engine(Path(args.child_file), args.child_queries, progress=True)
+    scores, seconds, pairs = run_engine(Path(args.child_file), args.child_queries, progress=True, scorer=args.scorer)
     peak = H.peak_since_reset(base)
     ids = list(scores) + list(next(iter(scores.values())))
     sample = {f"{q} {t}": scores[q][t] for q, t in loop_pairs(ids, args.child_sample)}
     print(json.dumps({"peak": peak, "seconds": seconds, "pairs": pairs, "sample": sample}))
 
 
-def in_subprocess(path: Path, n_queries: int, sample: int = 0) -> dict:
+def in_subprocess(path: Path, n_queries: int, sample: int = 0, scorer: str = "baseline") -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child-file", str(path), "--child-queries", str(n_queries),
-                           "--child-sample", str(sample)],
+                           "--child-sample", str(sample), "--scorer", scorer],
                           stdout=subprocess.PIPE, text=True, env=dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072"))
     if proc.returncode != 0:
         raise SystemExit(f"child run failed with exit code {proc.returncode}")
@@ -112,6 +149,8 @@ def main() -> None:
     ap.add_argument("--targets", type=int, default=2000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--loop-pairs", type=int, default=200, help="pairs the per-pair loop is timed on")
+    ap.add_argument("--scorer", choices=("baseline", "model"), default="baseline",
+                    help="baseline: features-only Chamfer; model: HAP-VR model (attention + comparator)")
     ap.add_argument("--memory-run", action="store_true", help="also 50 queries x 20,000 targets, peak memory")
     ap.add_argument("--memory-dim", type=int, default=32, help="feature size of the memory run")
     ap.add_argument("--memory-max-length", type=int, default=300, help="longest video of the memory run (frames)")
@@ -136,7 +175,8 @@ def main() -> None:
     if args.memory_run or args.memory_only:
         results["memory_run"] = memory_run(args, work)
     if args.json:
-        H.write_json(args.json, dict(queries=args.queries, targets=args.targets, dim=args.dim, results=results))
+        H.write_json(args.json, dict(scorer=args.scorer, queries=args.queries, targets=args.targets, dim=args.dim,
+                                     results=results))
         print(f"wrote {args.json}")
 
 
@@ -145,30 +185,53 @@ def throughput(args, work: Path) -> dict:
     print(f"generating {path} ...", file=sys.stderr)
     make_file(path, args.queries, args.targets, args.dim)
 
-    engine = in_subprocess(path, args.queries, sample=args.loop_pairs)
+    engine = in_subprocess(path, args.queries, sample=args.loop_pairs, scorer=args.scorer)
     sample = {tuple(k.split()): v for k, v in engine.pop("sample").items()}
     pairs = list(sample)
     rows, results = [], {"engine": engine}
     rows.append(["engine (batched, streamed)", f"{engine['pairs']}", f"{engine['seconds']:.1f}",
                  f"{engine['pairs'] / engine['seconds']:.0f}", H.fmt_bytes(engine["peak"]), "1.00", ""])
     for backend in ("cpp", "reference"):
-        loop, seconds = run_loop(path, pairs, backend)
+        loop, seconds = run_loop(path, pairs, backend, args.scorer)
         diff = max(abs(loop[p] - sample[p]) for p in pairs)
         speed = len(pairs) / seconds
         results[f"loop_{backend}"] = {"pairs": len(pairs), "seconds": seconds, "max_abs_diff": diff}
         rows.append([f"per-pair loop ({backend} backend)", f"{len(pairs)}", f"{seconds:.1f}", f"{speed:.0f}", "",
                      f"{(engine['pairs'] / engine['seconds']) / speed:.1f}", f"{diff:.1e}"])
-    print(f"\n{args.queries} queries x {args.targets} targets, lengths 10-300 frames, R = 9, D = {args.dim}, "
+    print(f"\n{args.scorer} scorer, {args.queries} queries x {args.targets} targets, lengths 10-300 frames, R = 9, D = {args.dim}, "
           f"{torch.get_num_threads()} threads\n")
     H.print_table(["method", "pairs", "seconds", "pairs/s", "peak extra memory", "engine speed-up", "max |score diff|"], rows)
+    results["roofline"] = roofline(path, args, pairs, engine, results)
     return results
+
+
+def roofline(path: Path, args, pairs, engine, results) -> dict:
+    """How close each side runs to the machine's fp32 GEMM rate, and so the largest speed-up any
+    exact fp32 engine could have over the loop here: the loop's time divided by the time the
+    loop's region GEMMs would take at the measured peak."""
+    peak = gemm_peak_gflops(args.dim)
+    all_ids = [f"q{i:03d}" for i in range(args.queries)] + [f"t{i:06d}" for i in range(args.targets)]
+    engine_pairs = [(q, t) for q in all_ids if q.startswith("q") for t in all_ids if t.startswith("t")]
+    engine_gflops = region_gemm_flops(path, engine_pairs) / engine["seconds"] / 1e9
+    loop_flops = region_gemm_flops(path, pairs)
+    out = dict(gemm_peak_gflops=peak, engine_gflops=engine_gflops)
+    rows = [["fp32 GEMM, [2304, D] x [D, 2304]", f"{peak:.0f}", "1.00", ""],
+            ["engine", f"{engine_gflops:.0f}", f"{engine_gflops / peak:.2f}", ""]]
+    for backend in ("cpp", "reference"):
+        gflops = loop_flops / results[f"loop_{backend}"]["seconds"] / 1e9
+        out[f"loop_{backend}_gflops"] = gflops
+        out[f"max_speedup_over_loop_{backend}"] = peak / gflops
+        rows.append([f"per-pair loop ({backend} backend)", f"{gflops:.0f}", f"{gflops / peak:.2f}", f"{peak / gflops:.1f}"])
+    print("\nregion-GEMM rate (2 * 81 * T * T' * D flops per pair) against the machine's fp32 GEMM rate\n")
+    H.print_table(["run", "GFLOP/s", "fraction of GEMM rate", "largest possible engine speed-up over it"], rows)
+    return out
 
 
 def memory_run(args, work: Path) -> dict:
     mpath = work / f"features_q50_t20000_d{args.memory_dim}_l{args.memory_max_length}.hdf5"
     print(f"generating {mpath} ...", file=sys.stderr)
     make_file(mpath, 50, 20000, args.memory_dim, seed=1, lengths=(10, args.memory_max_length))
-    mem = in_subprocess(mpath, 50)
+    mem = in_subprocess(mpath, 50, scorer=args.scorer)
     print(f"\nmemory run: 50 queries x 20,000 targets (lengths 10-{args.memory_max_length}, "
           f"D = {args.memory_dim}): peak extra memory "
           f"{H.fmt_bytes(mem['peak'])}, {mem['seconds']:.0f} s, {mem['pairs'] / mem['seconds']:.0f} pairs/s")

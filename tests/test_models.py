@@ -33,6 +33,66 @@ def test_comparator_matches_plain_layers_without_padding():
     torch.testing.assert_close(psi(x)[0], y)
 
 
+def _masked_comparator_reference(psi, sim, mask):
+    """The layout of SPEC section 1 written out layer by layer, padded cells zeroed before every
+    convolution and a pooled cell valid only when its whole 2x2 window is."""
+    x, m = sim[:, None], mask[:, None].to(sim.dtype)
+    x = F.relu(psi.conv1(F.pad(x * m, (1, 1, 1, 1)))) * m
+    x, m = F.max_pool2d(x, 2), -F.max_pool2d(-m, 2)
+    x = F.relu(psi.conv2(F.pad(x * m, (1, 1, 1, 1)))) * m
+    x, m = F.max_pool2d(x, 2), -F.max_pool2d(-m, 2)
+    x = F.relu(psi.conv3(F.pad(x * m, (1, 1, 1, 1)))) * m
+    return (psi.fconv(x) * m)[:, 0], m[:, 0]
+
+
+def _random_masks(B, T, T2, g):
+    rows = torch.randint(1, T + 1, (B,), generator=g)
+    cols = torch.randint(1, T2 + 1, (B,), generator=g)
+    return (torch.arange(T)[None, :, None] < rows[:, None, None]) & (torch.arange(T2)[None, None, :] < cols[:, None, None])
+
+
+@pytest.mark.parametrize("shape", [(5, 23, 17), (3, 4, 4), (4, 9, 30), (2, 5, 6)])
+def test_comparator_equals_layerwise_reference_fwd_bwd(shape):
+    g = torch.Generator().manual_seed(torch.initial_seed() % 2**31)
+    psi = FrameComparator().double()
+    for p in psi.parameters():  # non-zero biases so that padding mistakes would show
+        p.data.copy_(torch.randn(p.shape, generator=g, dtype=torch.double))
+    sim = torch.randn(shape, generator=g, dtype=torch.double, requires_grad=True)
+    mask = _random_masks(*shape, g)
+    out, out_mask = psi(sim, mask)
+    ref, ref_mask = _masked_comparator_reference(psi, sim, mask)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    torch.testing.assert_close(out_mask, ref_mask, rtol=0, atol=0)
+    w = torch.randn(out.shape, generator=g, dtype=torch.double)
+    got = torch.autograd.grad((out * w).sum(), [sim] + list(psi.parameters()))
+    want = torch.autograd.grad((ref * w).sum(), [sim] + list(psi.parameters()))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_comparator_inference_chunks_equal_one_batch(monkeypatch):
+    g = torch.Generator().manual_seed(torch.initial_seed() % 2**31)
+    psi = FrameComparator()
+    sim = torch.randn(7, 13, 11, generator=g)
+    mask = _random_masks(7, 13, 11, g)
+    with torch.no_grad():
+        whole, whole_mask = psi(sim, mask)
+        monkeypatch.setattr(FrameComparator, "chunk_cells", 2 * 13 * 11)  # two maps per chunk
+        assert psi._chunk(sim) == 2
+        chunked, chunked_mask = psi(sim, mask)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)  # conv blocking may differ by batch size
+    assert torch.equal(chunked_mask, whole_mask)
+    assert psi._chunk(sim) == 7  # gradients needed: one batch
+
+
+def test_comparator_rejects_bad_shapes():
+    psi = FrameComparator()
+    with pytest.raises(ValueError, match="sim must be"):
+        psi(torch.randn(4, 4))
+    with pytest.raises(ValueError, match="mask must have the shape"):
+        psi(torch.randn(2, 8, 8), torch.ones(2, 8, 7, dtype=torch.bool))
+
+
 def test_region_attention_weights_in_unit_interval():
     att = RegionAttention(32)
     x = _feats(2, 3)

@@ -47,13 +47,40 @@ class FrameComparator(nn.Module):
 
         Returns ``(out [B, T/4, T'/4], out_mask)`` with padded output cells set to 0.
         """
+        if sim.dim() != 3:
+            raise ValueError(f"sim must be [B, T, T'] frame-similarity maps, got shape {tuple(sim.shape)}")
+        if mask is not None and mask.shape != sim.shape:
+            raise ValueError(f"mask must have the shape of sim {tuple(sim.shape)}, got {tuple(mask.shape)}")
+        chunk = self._chunk(sim)
+        if chunk >= sim.shape[0]:
+            return self._forward(sim, mask)
+        outs = [self._forward(sim[s:s + chunk], None if mask is None else mask[s:s + chunk])
+                for s in range(0, sim.shape[0], chunk)]
+        return torch.cat([o for o, _ in outs]), torch.cat([m for _, m in outs])
+
+    #: maps per chunk when no gradient is needed hold at most this many cells (keeps the
+    #: 32-channel first stage, ~33 MB at this size, in cache and bounds inference memory)
+    chunk_cells = 1 << 18
+
+    def _chunk(self, sim: torch.Tensor) -> int:
+        if torch.is_grad_enabled() and (sim.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return sim.shape[0]  # training: autograd keeps every activation anyway
+        return max(1, self.chunk_cells // max(1, sim.shape[1] * sim.shape[2]))
+
+    def _forward(self, sim: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        # ReLU and the 2x2 max-pool commute, and a pooled cell is kept only when its whole window
+        # is valid, so relu(pool(conv(x))) * pooled_mask equals pool(relu(conv(x)) * mask) exactly
+        # while touching the full-resolution 32- / 64-channel maps once instead of three times.
         x = sim.unsqueeze(1)
-        m = torch.ones_like(x) if mask is None else mask.unsqueeze(1).to(x.dtype)
-        x = x * m
-        x = F.relu(self.conv1(F.pad(x, (1, 1, 1, 1)))) * m
-        x, m = F.max_pool2d(x, 2), _pool_mask(m)
-        x = F.relu(self.conv2(F.pad(x * m, (1, 1, 1, 1)))) * m
-        x, m = F.max_pool2d(x, 2), _pool_mask(m)
-        x = F.relu(self.conv3(F.pad(x * m, (1, 1, 1, 1)))) * m
+        m = None if mask is None else mask.unsqueeze(1).to(x.dtype)
+        if m is not None:
+            x = x * m
+        x = F.max_pool2d(self.conv1(F.pad(x, (1, 1, 1, 1))), 2)
+        m = _pool_mask(torch.ones_like(sim.unsqueeze(1)) if m is None else m)
+        x = F.relu(x) * m
+        x = F.max_pool2d(self.conv2(F.pad(x, (1, 1, 1, 1))), 2)
+        m = _pool_mask(m)
+        x = F.relu(x) * m
+        x = F.relu(self.conv3(F.pad(x, (1, 1, 1, 1)))) * m
         x = self.fconv(x) * m
         return x.squeeze(1), m.squeeze(1)
