@@ -42,12 +42,13 @@ class HAPVRObjective(nn.Module):
     Build with ``HAPVRObjective()`` (paper defaults), ``HAPVRObjective(config)`` or keyword
     overrides, e.g. ``HAPVRObjective(lambda_f=0)`` for the video level only.
 
-    ``forward(sim, labels, raw=None, frame_sims=None, teacher=None)``:
+    ``forward(sim, labels, raw=None, frame_sims=None, teacher=None, lengths=None)``:
         sim: ``[N, N]`` batch video similarities in [0, 1]; labels: ``[N, N]`` (1 same video,
         0 different); raw: the comparator's raw output (a tensor or a sequence of tensors) for
         the regulariser; frame_sims ``[N, N, T, T']`` and teacher (``[N, N, T, T']``
-        similarities or ``[N, T, D']`` embeddings) for the frame level. An input may be omitted
-        only when its term's weight is 0.
+        similarities or ``[N, T, D']`` embeddings) for the frame level; lengths: ``[N]`` valid
+        frames per clip of a padded batch (see :class:`FrameQuadLinearAPLoss`). An input may be
+        omitted only when its term's weight is 0.
     Returns ``(total, parts)``; ``parts`` maps ``frame_ap``, ``video_ap``, ``infonce``, ``sshn``,
     ``regularizer`` to the unweighted (detached) values of the terms that were computed.
     """
@@ -66,14 +67,14 @@ class HAPVRObjective(nn.Module):
         self.sshn = SSHNLoss()
         self.regularizer = SimilarityRegularizer()
 
-    def forward(self, sim, labels, raw=None, frame_sims=None, teacher=None):
+    def forward(self, sim, labels, raw=None, frame_sims=None, teacher=None, lengths=None):
         c = self.config
         terms: dict[str, tuple[float, torch.Tensor]] = {}
         if c.lambda_f:
             if frame_sims is None or teacher is None:
                 raise ValueError("frame_sims and teacher are required while lambda_f != 0 "
                                  "(pass lambda_f=0 to train the video level only)")
-            terms["frame_ap"] = (c.lambda_f, self.frame_ap(frame_sims, teacher, labels))
+            terms["frame_ap"] = (c.lambda_f, self.frame_ap(frame_sims, teacher, labels, lengths))
         if c.lambda_v:
             terms["video_ap"] = (c.lambda_v, self.video_ap(sim, labels))
         if c.lambda_nce:

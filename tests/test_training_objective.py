@@ -1,0 +1,118 @@
+"""The trainer's objective (eq. 15 on a padded batch of edited clips)."""
+
+import pytest
+import torch
+
+from hapvr.losses import FrameQuadLinearAPLoss, HAPVRObjective, frame_pseudo_labels
+from hapvr.ops import quadlinear_ap
+from hapvr.training.config import TrainConfig
+from hapvr.training.objective import ObjectiveInputs, build_objective
+
+
+# The trainer's former padding workaround, kept verbatim as the oracle of the padded batch: the
+# frame term computed outside the loss, with rank-based pseudo-labels on each target's length.
+def old_frame_pseudo_labels(teacher, lengths, pairs, r_t, r_b):
+    a, b = pairs[:, 0], pairs[:, 1]
+    T = teacher.shape[1]
+    sim = torch.bmm(teacher[a].float(), teacher[b].float().transpose(1, 2))
+    col_ok = torch.arange(T, device=sim.device)[None, :] < lengths[b][:, None]
+    row_ok = torch.arange(T, device=sim.device)[None, :] < lengths[a][:, None]
+    sim = sim.masked_fill(~col_ok[:, None, :], float("-inf"))
+    rank = sim.argsort(-1, descending=True).argsort(-1)
+    Lb = lengths[b].to(torch.float64)
+    n_pos = torch.clamp(torch.round(Lb * r_t), min=1).long()[:, None, None]
+    n_neg = torch.clamp(torch.round(Lb * r_b), min=1).long()[:, None, None]
+    labels = torch.full_like(rank, -1)
+    labels = torch.where(rank < n_pos, torch.ones_like(rank), labels)
+    labels = torch.where((rank >= lengths[b][:, None, None] - n_neg) & (rank >= n_pos), torch.zeros_like(rank), labels)
+    valid = row_ok[:, :, None] & col_ok[:, None, :]
+    return torch.where(valid, labels, torch.full_like(labels, -1)).to(torch.int8)
+
+
+def old_objective(cfg, x):
+    common = dict(lambda_v=cfg.lambda_v, lambda_s=cfg.lambda_s, lambda_reg=cfg.lambda_r, delta_v=cfg.delta_v,
+                  rho_v=cfg.rho_v, delta_f=cfg.delta_f, rho_f=cfg.rho_f, r_t=cfg.r_t, r_b=cfg.r_b, tau=cfg.tau)
+    N = x.positives.shape[0]
+    pairs = (x.positives & ~torch.eye(N, dtype=torch.bool)).nonzero()
+    labels = old_frame_pseudo_labels(x.teacher, x.lengths, pairs, cfg.r_t, cfg.r_b)
+    T = x.frame_maps.shape[-1]
+    res = quadlinear_ap(x.frame_maps[pairs[:, 0], pairs[:, 1]].reshape(-1, T), labels.reshape(-1, T),
+                        cfg.delta_f, cfg.rho_f)
+    risk = res.risk.view(len(pairs), -1)
+    ok = res.valid.view(len(pairs), -1).to(risk.dtype)
+    n = ok.sum(1)
+    per_pair = (risk * ok).sum(1) / n.clamp(min=1)
+    frame = torch.where(n > 0, per_pair, 0.0).sum() / (n > 0).sum().clamp(min=1).to(risk.dtype)
+    total, parts = HAPVRObjective(lambda_f=0.0, **common)(x.video / 2 + 0.5, x.positives.long(),
+                                                          raw=x.raw * x.raw_mask)
+    return total + cfg.lambda_f * frame, dict(parts, frame_ap=frame.detach())
+
+
+def padded_batch(N=8, T=7, Dt=6, seed=0):
+    """A training batch as the trainer builds it: two clips per video, padded to the longest clip
+    (student maps 0 on padding, teacher vectors L2-normalised, 0 on padding)."""
+    g = torch.Generator().manual_seed(seed + torch.initial_seed())
+    lengths = torch.randint(1, T + 1, (N,), generator=g)
+    lengths[0], lengths[3] = T, 2
+    inside = torch.arange(T)[None, :] < lengths[:, None]
+    frame_maps = torch.rand(N, N, T, T, generator=g) * inside[:, None, :, None] * inside[None, :, None, :]
+    teacher = torch.nn.functional.normalize(torch.randn(N, T, Dt, generator=g), dim=-1) * inside[..., None]
+    video = torch.rand(N, N, generator=g) * 2 - 1
+    raw = torch.randn(N, N, 2, 2, generator=g) * 1.5
+    raw_mask = torch.rand(N, N, 2, 2, generator=g) > 0.2
+    ids = torch.arange(N) // 2
+    positives = ids[:, None] == ids[None, :]
+    return ObjectiveInputs(video, frame_maps, raw, raw_mask, lengths, positives, teacher)
+
+
+def _with_grad(x):
+    return ObjectiveInputs(x.video.clone().requires_grad_(True), x.frame_maps.clone().requires_grad_(True),
+                           x.raw.clone().requires_grad_(True), x.raw_mask, x.lengths, x.positives, x.teacher)
+
+
+def test_padded_batch_objective_equals_former_workaround_and_unpadded_pairs():
+    cfg = TrainConfig()
+    x = padded_batch()
+    assert bool((x.lengths < x.frame_maps.shape[-1]).any())  # the padded case
+    new_in, old_in = _with_grad(x), _with_grad(x)
+    total, parts = build_objective(cfg)(new_in)
+    old_total, old_parts = old_objective(cfg, old_in)
+    assert set(parts) == set(old_parts) | {"loss"}
+    for name, value in old_parts.items():
+        assert parts[name] == pytest.approx(float(value), rel=1e-6, abs=1e-7), name
+    torch.testing.assert_close(total, old_total)
+    total.backward()
+    old_total.backward()
+    for name in ("video", "frame_maps", "raw"):
+        torch.testing.assert_close(getattr(new_in, name).grad, getattr(old_in, name).grad, msg=name)
+    assert new_in.frame_maps.grad.abs().sum() > 0
+    # The frame term equals the loss on each positive pair cut to its true lengths, one at a time.
+    N = x.lengths.shape[0]
+    loss = FrameQuadLinearAPLoss(cfg.delta_f, cfg.rho_f, cfg.r_t, cfg.r_b)
+    values = []
+    for a in range(N):
+        for b in range(N):
+            if a != b and x.positives[a, b]:
+                La, Lb = int(x.lengths[a]), int(x.lengths[b])
+                # Clips a and b as a 2-clip batch with the pair's own frame counts.
+                sims = torch.zeros(2, 2, La, Lb)
+                sims[0, 1] = x.frame_maps[a, b, :La, :Lb]
+                t = torch.zeros(2, 2, La, Lb)
+                t[0, 1] = x.teacher[a, :La] @ x.teacher[b, :Lb].T
+                lab = frame_pseudo_labels(t[0, 1], cfg.r_t, cfg.r_b)
+                if ((lab == 1).any(-1) & (lab == 0).any(-1)).any():  # the pair has a rankable frame
+                    values.append(loss(sims, t, torch.tensor([[1, 1], [0, 1]])))
+    expected = torch.stack(values).mean()
+    assert parts["frame_ap"] == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_full_length_batch_needs_no_lengths():
+    cfg = TrainConfig()
+    x = padded_batch()
+    T = x.frame_maps.shape[-1]
+    full = ObjectiveInputs(x.video, torch.rand_like(x.frame_maps), x.raw, x.raw_mask, torch.full_like(x.lengths, T),
+                           x.positives, torch.nn.functional.normalize(torch.randn_like(x.teacher), dim=-1))
+    total, parts = build_objective(cfg)(full)
+    ref_total, _ = HAPVRObjective()(full.video / 2 + 0.5, full.positives.long(), raw=full.raw * full.raw_mask,
+                             frame_sims=full.frame_maps, teacher=full.teacher)
+    assert parts["loss"] == pytest.approx(float(ref_total), rel=1e-6)
