@@ -153,7 +153,7 @@ def run(cfg) -> dict:
     from hapvr.training.batches import FeaturePool, draw_batch
     from hapvr.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
     from hapvr.training.evaluate import draw_heatmaps, evaluate_model, results_table
-    from hapvr.training.objective import ObjectiveInputs, build_objective
+    from hapvr.training.objective import build_objective, objective_inputs
 
     info = distributed.setup()
     if cfg.threads:
@@ -246,9 +246,7 @@ def run(cfg) -> dict:
         batch = draw_batch(fpool, sampler, cfg.batch_videos, cfg.clip_frames)
         with torch.autocast(info.device.type, dtype=torch.float16, enabled=use_amp):
             out = train_model(batch.features.to(info.device), query_lengths=batch.lengths.to(info.device))
-        inputs = ObjectiveInputs(out.video.float(), out.frame_maps.float(), out.raw.float(), out.raw_mask,
-                                 out.query_lengths, batch.positives.to(info.device), batch.teacher.to(info.device))
-        loss, parts = objective(inputs)
+        loss, parts = objective(objective_inputs(out, batch, model.min_frames, info.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

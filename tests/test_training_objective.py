@@ -116,3 +116,37 @@ def test_full_length_batch_needs_no_lengths():
     ref_total, _ = HAPVRObjective()(full.video / 2 + 0.5, full.positives.long(), raw=full.raw * full.raw_mask,
                              frame_sims=full.frame_maps, teacher=full.teacher)
     assert parts["loss"] == pytest.approx(float(ref_total), rel=1e-6)
+
+
+def _batch(lengths, D=16, Dt=6):
+    from hapvr.training.batches import Batch
+
+    lengths = torch.tensor(lengths)
+    N, T = len(lengths), int(lengths.max())
+    inside = torch.arange(T)[None, :] < lengths[:, None]
+    feats = torch.randn(N, T, 9, D) * inside[..., None, None]
+    teacher = torch.nn.functional.normalize(torch.randn(N, T, Dt), dim=-1) * inside[..., None]
+    ids = torch.arange(N) // 2
+    return Batch(feats, teacher, lengths, ids[:, None] == ids[None, :], ids)
+
+
+@pytest.mark.parametrize("lengths", [[6, 2, 3, 5], [3, 2]])
+def test_short_clips_get_their_teacher_vectors_repeated_like_the_model_repeats_them(lengths):
+    from hapvr.models import VideoSimilarityModel
+    from hapvr.training.objective import objective_inputs
+
+    model = VideoSimilarityModel(16)
+    batch = _batch(lengths)
+    out = model(batch.features, query_lengths=batch.lengths)
+    x = objective_inputs(out, batch, model.min_frames, torch.device("cpu"))
+    assert x.teacher.shape[1] == x.frame_maps.shape[-1]
+    for k, L in enumerate(lengths):
+        n = int(x.lengths[k])
+        assert n == (L if L >= 4 else L * -(-4 // L))
+        frames = torch.arange(n) % L  # the clip's frames, self-concatenated
+        torch.testing.assert_close(x.teacher[k, :n], batch.teacher[k, frames])
+        assert torch.all(x.teacher[k, n:] == 0)
+        # The student's maps see the same repetition: target frame y is clip frame y mod L.
+        torch.testing.assert_close(x.frame_maps[0, k, :, :n], x.frame_maps[0, k][:, frames])
+    total, parts = build_objective(TrainConfig())(x)
+    assert torch.isfinite(total) and parts["frame_ap"] > 0

@@ -32,6 +32,20 @@ class ObjectiveInputs:
     teacher: torch.Tensor
 
 
+def objective_inputs(out, batch, min_frames: int, device: torch.device) -> ObjectiveInputs:
+    """The losses' view of a training step: the model's output ``out`` on ``batch``.
+
+    The model self-concatenates clips shorter than ``min_frames`` (``repeat_to_min_length``), so
+    the teacher vectors are repeated the same way: frame y of the student's maps and of the
+    teacher must be the same frame for the pseudo-labels to mean anything.
+    """
+    from hapvr.models import repeat_to_min_length
+
+    teacher, _ = repeat_to_min_length(batch.teacher.to(device), batch.lengths.to(device), min_frames)
+    return ObjectiveInputs(out.video.float(), out.frame_maps.float(), out.raw.float(), out.raw_mask,
+                           out.query_lengths, batch.positives.to(device), teacher)
+
+
 class HAPVRLoss:
     """Callable ``ObjectiveInputs -> (total, {name: value})`` with the weights of the config."""
 
