@@ -1,6 +1,8 @@
 """The trainer end to end on a tiny folder of videos: corrupt files, resume equivalence, DDP, CLI."""
 
+import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -83,6 +85,29 @@ def test_two_process_gloo_ddp(data, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "2 processes" in p.stdout
     assert _params(str(tmp_path / "ddp"))[0] == 2
+
+
+def test_two_process_gloo_ddp_with_gathered_negatives(data, tmp_path):
+    root, cache = data
+    p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "ddp"), "--iterations", "2", *TINY,
+               "--gather-negatives", module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                             "-m", "hapvr.train"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "2 processes" in p.stdout and "negatives gathered from all ranks" in p.stdout
+    assert _params(str(tmp_path / "ddp"))[0] == 2
+    with open(tmp_path / "ddp" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert all(math.isfinite(float(r["loss"])) and float(r["video_ap"]) > 0 for r in rows)
+
+
+def test_gathered_negatives_gradient_equals_one_process_computation():
+    """Two gloo ranks (tests/ddp_gather_worker.py): DDP's gradient of the gathered objective is the
+    gradient of the mean of the ranks' objectives computed in one process."""
+    p = _train(module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                       os.path.join(ROOT, "tests", "ddp_gather_worker.py")))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "gathered gradients match" in p.stdout
 
 
 def test_cli_help_and_user_errors(tmp_path):

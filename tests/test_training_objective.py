@@ -6,7 +6,7 @@ import torch
 from hapvr.losses import FrameQuadLinearAPLoss, HAPVRObjective, frame_pseudo_labels
 from hapvr.ops import quadlinear_ap
 from hapvr.training.config import TrainConfig
-from hapvr.training.objective import ObjectiveInputs, build_objective
+from hapvr.training.objective import ObjectiveInputs, build_objective, objective_inputs
 
 
 # The trainer's former padding workaround, kept verbatim as the oracle of the padded batch: the
@@ -133,7 +133,6 @@ def _batch(lengths, D=16, Dt=6):
 @pytest.mark.parametrize("lengths", [[6, 2, 3, 5], [3, 2]])
 def test_short_clips_get_their_teacher_vectors_repeated_like_the_model_repeats_them(lengths):
     from hapvr.models import VideoSimilarityModel
-    from hapvr.training.objective import objective_inputs
 
     model = VideoSimilarityModel(16)
     batch = _batch(lengths)
@@ -150,3 +149,81 @@ def test_short_clips_get_their_teacher_vectors_repeated_like_the_model_repeats_t
         torch.testing.assert_close(x.frame_maps[0, k, :, :n], x.frame_maps[0, k][:, frames])
     total, parts = build_objective(TrainConfig())(x)
     assert torch.isfinite(total) and parts["frame_ap"] > 0
+
+
+# --- cross-rank negatives (--gather-negatives) ----------------------------------------------
+
+
+def test_rank_rows_of_the_gathered_objective_average_to_the_whole_batch_objective():
+    """Two simulated ranks of N clips each: rank r's objective on its rows ``[N, 2N]`` at offset
+    ``r N``. Every clip pair of a video lives on one rank, so the mean over ranks of each ranking
+    term equals the term on the whole ``[2N, 2N]`` batch (the regulariser, a sum, adds up)."""
+    cfg = TrainConfig()
+    x = padded_batch(N=8, T=6)
+    N = 4
+    full = ObjectiveInputs(x.video, x.frame_maps, x.raw, x.raw_mask, torch.full_like(x.lengths, 6), x.positives,
+                           torch.nn.functional.normalize(torch.randn_like(x.teacher), dim=-1))
+    objective = build_objective(cfg)
+    _, whole = objective(full)
+    ranks = []
+    for r in range(2):
+        rows = slice(r * N, (r + 1) * N)
+        ranks.append(objective(ObjectiveInputs(full.video[rows], full.frame_maps[rows], full.raw[rows],
+                                               full.raw_mask[rows], full.lengths[rows],
+                                               full.positives[rows].to(torch.int8), full.teacher[rows], r * N))[1])
+    for name in ("video_ap", "infonce", "sshn", "frame_ap"):
+        assert (ranks[0][name] + ranks[1][name]) / 2 == pytest.approx(whole[name], rel=1e-5), name
+    assert ranks[0]["regularizer"] + ranks[1]["regularizer"] == pytest.approx(whole["regularizer"], rel=1e-5)
+    # The self column must be the rank's own clip: at offset 0 rank 1's rows would be wrong.
+    wrong = objective(ObjectiveInputs(full.video[N:], full.frame_maps[N:], full.raw[N:], full.raw_mask[N:],
+                                      full.lengths[N:], full.positives[N:].to(torch.int8), full.teacher[N:], 0))[1]
+    assert wrong["sshn"] != pytest.approx(ranks[1]["sshn"], rel=1e-3)
+    with pytest.raises(ValueError, match="self_offset must be an int in \\[0, M - Q\\] = \\[0, 4\\]"):
+        objective(ObjectiveInputs(full.video[N:], full.frame_maps[N:], full.raw[N:], full.raw_mask[N:],
+                                  full.lengths[N:], full.positives[N:].to(torch.int8), full.teacher[N:], 5))
+
+
+@pytest.fixture
+def one_process_group():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gathered_objective_with_world_1_equals_the_normal_objective(one_process_group):
+    import copy
+
+    from hapvr.models import VideoSimilarityModel
+    from hapvr.training.gather import GatheredSimilarity, gathered_labels
+
+    cfg = TrainConfig()
+    batch = _batch([6, 2, 5, 6, 3, 4])
+    batch.guests = torch.tensor([-1, -1, -1, 0, -1, -1])  # clip 3 has video 0 pasted in
+    batch.positives[3, :2] = batch.positives[:2, 3] = True
+    model = VideoSimilarityModel(16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    gathered_model = GatheredSimilarity(copy.deepcopy(model))
+    objective = build_objective(cfg)
+
+    out = model(batch.features, query_lengths=batch.lengths)
+    total, parts = objective(objective_inputs(out, batch, model.min_frames, torch.device("cpu")))
+    total.backward()
+
+    labels = gathered_labels(batch.positives, batch.video_index, batch.guests)
+    assert labels.dtype == torch.int8 and torch.equal(labels, batch.positives.to(torch.int8))
+    g_out = gathered_model(batch.features, batch.lengths)
+    assert g_out.video.shape == (6, 6) and GatheredSimilarity.offset(6) == 0
+    g_total, g_parts = objective(objective_inputs(g_out, batch, model.min_frames, torch.device("cpu"), labels, 0))
+    g_total.backward()
+
+    torch.testing.assert_close(g_out.video, out.video)
+    assert g_parts == pytest.approx(parts, rel=1e-6)
+    for (name, p), q in zip(model.named_parameters(), gathered_model.model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert sum(float(p.grad.abs().sum()) for p in model.parameters()) > 0

@@ -61,6 +61,7 @@ class TrainConfig:
     fp16: bool = True  # autocast on CUDA only
     seed: int = 0
     threads: int = 0  # torch threads; 0 = all cores
+    gather_negatives: bool = False  # DDP: compare each rank's clips with the clips of all ranks
     # bookkeeping
     log_every: int = 10
     eval_every: int = 0  # 0 = only at the end
@@ -96,6 +97,9 @@ HELP = {
     "resume": "continue from OUT/checkpoint.pt (same step, optimizer, schedule and RNG)",
     "stop_after": "stop this run after N steps with a checkpoint (continue later with --resume); 0 = no stop",
     "threads": "torch CPU threads (0 = all cores)",
+    "gather_negatives": "under torchrun, compare each rank's clips with the clips of every rank (all_gather with "
+                        "gradients), so the video-level losses rank world x N targets per query instead of N; "
+                        "no effect in a single process",
     "benchmark": "evaluate on the built-in held-out benchmark (built once from packaged media)",
     "eval_every": "evaluate on the held-out benchmark every N steps (0 = at the end only)",
 }

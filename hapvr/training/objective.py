@@ -21,6 +21,9 @@ class ObjectiveInputs:
     video: ``[N, N]`` similarities in [-1, 1]; frame_maps: ``[N, N, T, T]`` student ``m_s``;
     raw / raw_mask: comparator output before Hardtanh and its validity; lengths: ``[N]`` frames;
     positives: ``[N, N]`` bool (diagonal True); teacher: ``[N, T, Dt]`` L2-normalised vectors.
+    With cross-rank negatives (``--gather-negatives``) video, frame_maps, raw and raw_mask have
+    ``M = world * N`` columns, positives is an int8 ``[N, M]`` label matrix (1 / 0 / -1 ignored)
+    and ``offset`` is the column of the first local clip.
     """
 
     video: torch.Tensor
@@ -30,20 +33,28 @@ class ObjectiveInputs:
     lengths: torch.Tensor
     positives: torch.Tensor
     teacher: torch.Tensor
+    offset: int = 0
 
 
-def objective_inputs(out, batch, min_frames: int, device: torch.device) -> ObjectiveInputs:
+def objective_inputs(out, batch, min_frames: int, device: torch.device, labels: torch.Tensor | None = None,
+                     offset: int = 0) -> ObjectiveInputs:
     """The losses' view of a training step: the model's output ``out`` on ``batch``.
 
     The model self-concatenates clips shorter than ``min_frames`` (``repeat_to_min_length``), so
     the teacher vectors are repeated the same way: frame y of the student's maps and of the
-    teacher must be the same frame for the pseudo-labels to mean anything.
+    teacher must be the same frame for the pseudo-labels to mean anything. With cross-rank
+    negatives, ``labels [N, M]`` and ``offset`` come from :mod:`hapvr.training.gather`, and the
+    teacher is padded to the maps' frame count (the longest clip over all ranks).
     """
     from hapvr.models import repeat_to_min_length
 
     teacher, _ = repeat_to_min_length(batch.teacher.to(device), batch.lengths.to(device), min_frames)
+    T = out.frame_maps.shape[-1]
+    if teacher.shape[1] < T:
+        teacher = torch.nn.functional.pad(teacher, (0, 0, 0, T - teacher.shape[1]))
+    positives = batch.positives.to(device) if labels is None else labels.to(device)
     return ObjectiveInputs(out.video.float(), out.frame_maps.float(), out.raw.float(), out.raw_mask,
-                           out.query_lengths, batch.positives.to(device), teacher)
+                           out.query_lengths, positives, teacher, offset)
 
 
 class HAPVRLoss:
@@ -62,7 +73,7 @@ class HAPVRLoss:
         labels = x.positives.to(torch.int64)
         raw = x.raw * x.raw_mask  # padded cells are 0, inside [-1, 1]: no regulariser penalty
         total, parts = self.objective(sim01, labels, raw=raw, frame_sims=x.frame_maps, teacher=x.teacher,
-                                      lengths=x.lengths)
+                                      lengths=x.lengths, self_offset=x.offset)
         out = {k: float(v) for k, v in parts.items()}
         out["loss"] = float(total.detach())
         return total, out
