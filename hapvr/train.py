@@ -165,6 +165,14 @@ def run(cfg) -> dict:
         extractor = RegionFeatureExtractor(cfg.backbone, cfg.backbone_weights, cfg.pca_dim)
     except BackboneError as exc:
         raise UserError(str(exc)) from None
+    pca_state = None
+    if cfg.pca:  # checked before the (long) pool build
+        from hapvr.pca import PCAFileError, load_pca
+
+        try:
+            pca_state = load_pca(cfg.pca, extractor.in_dim, cfg.pca_dim, cfg.backbone)
+        except PCAFileError as exc:
+            raise UserError(f"--pca {exc}") from None
     pool, skipped = load_or_build_pool(cfg, info, extractor)
     bench = load_or_build_benchmark(cfg, info, extractor) if cfg.benchmark else None
     t_data = time.time() - t_start
@@ -173,6 +181,9 @@ def run(cfg) -> dict:
     ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
     if ckpt is not None:
         extractor.pca.load_state_dict(ckpt["pca"])
+    elif pca_state is not None:
+        extractor.pca.load_state_dict(pca_state)
+        _log(info, f"PCA whitening loaded from {cfg.pca}")
     else:
         fit_pca(extractor, pool)
     fpool = FeaturePool(pool, extractor.whiten)

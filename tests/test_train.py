@@ -110,6 +110,33 @@ def test_gathered_negatives_gradient_equals_one_process_computation():
     assert "gathered gradients match" in p.stdout
 
 
+def test_pca_file_from_hapvr_pca_replaces_the_pool_fit(data, tmp_path):
+    import h5py
+
+    root, cache = data
+    raw = tmp_path / "raw.hdf5"
+    with h5py.File(raw, "w") as f:  # raw efficientnet_lite0 descriptors: [T, 9, 1752]
+        for k in range(3):
+            f.create_dataset(f"v{k}", data=torch.nn.functional.normalize(torch.randn(40, 9, 1752), dim=-1).numpy())
+        f.attrs["hapvr_space"], f.attrs["backbone"] = "raw", "efficientnet_lite0"
+    pca = tmp_path / "pca.pt"
+    p = _train("--features", str(raw), "--output", str(pca), "--no-progress", module=("-m", "hapvr.pca"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "run"), "--iterations", "2", *TINY,
+               "--pca", str(pca))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"PCA whitening loaded from {pca}" in p.stdout
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    for key, value in torch.load(pca, weights_only=True)["pca"].items():
+        assert torch.equal(ckpt["pca"][key], value), key
+    p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "o"), *TINY, "--pca", str(tmp_path / "no.pt"))
+    assert p.returncode == 2 and p.stderr.strip().startswith("error: --pca ") and "no such file" in p.stderr
+    assert "Traceback" not in p.stderr
+    p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "o"), *TINY, "--pca", str(pca),
+               "--pca-dim", "256")
+    assert p.returncode == 2 and "this run needs 1752 to 256" in p.stderr
+
+
 def test_cli_help_and_user_errors(tmp_path):
     p = _train("--preset", "paper", "--help")
     assert p.returncode == 0
