@@ -2,14 +2,19 @@
 
     python -m hapvr.extract --videos DIR --output features.hdf5 --checkpoint runs/hapvr/checkpoint.pt
     python -m hapvr.extract --videos list.txt --output features.hdf5 --fit-pca 200
+    python -m hapvr.extract --videos DIR --output raw.hdf5 --raw      # then: python -m hapvr.pca
 
 --videos is a folder (searched recursively; a folder of images counts as one video) or a text
 file with one video per line, either ``PATH`` or ``ID PATH``. Ids default to the file name
 without its extension (the FIVR / EVVE convention). Frames are sampled at 1 fps, resized to 256
 and centre-cropped to 224 (SPEC section 1). The backbone and the PCA whitening come from a
 training checkpoint, or the PCA is learned here from the first --fit-pca videos and saved beside
-the output. Resumable: ids already in the output are skipped. Failures are listed in
-OUTPUT.failures.txt and in the summary.
+the output. With --raw the features are the backbone's L2-normalised region descriptors before
+PCA, ``[T, 9, D_in]`` (D_in = 1752 for efficientnet_lite0, 3840 for resnet50): the input of
+``python -m hapvr.pca``, which learns the whitening from them for ``python -m hapvr.train --pca``.
+The file records which (attribute ``hapvr_space``: ``raw`` or ``whitened``, and ``backbone``), and
+one file never mixes the two. Resumable: ids already in the output are skipped. Failures are
+listed in OUTPUT.failures.txt and in the summary.
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ def parse_args(argv=None):
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="training checkpoint: its backbone and PCA are used")
     src.add_argument("--fit-pca", type=int, metavar="N", help="learn the PCA whitening from the first N videos")
-    ap.add_argument("--backbone", default="efficientnet_lite0", help="with --fit-pca: efficientnet_lite0 or resnet50")
+    src.add_argument("--raw", action="store_true",
+                     help="write the descriptors before PCA [T, 9, D_in], for python -m hapvr.pca")
+    ap.add_argument("--backbone", default="efficientnet_lite0",
+                    help="with --fit-pca or --raw: efficientnet_lite0 or resnet50")
     ap.add_argument("--backbone-weights", help="weights file (needed for resnet50)")
     ap.add_argument("--fps", type=float, default=1.0)
     ap.add_argument("--max-frames", type=int, help="at most this many frames per video")
@@ -95,6 +103,16 @@ def build_extractor(args):
     return RegionFeatureExtractor(args.backbone, args.backbone_weights, 512)
 
 
+def check_space(f, space: str, backbone: str, path) -> None:
+    """An existing output must hold the same kind of features (raw or whitened) of the same backbone."""
+    have = f.attrs.get("hapvr_space", "whitened" if len(f) else None)  # files from before the attribute: whitened
+    if have is not None and have != space:
+        _fail(f"--output {path} holds {have} features; this run would add {space} ones "
+              f"({'drop --raw' if have == 'whitened' else 'add --raw'} or choose another --output)")
+    if "backbone" in f.attrs and f.attrs["backbone"] != backbone:
+        _fail(f"--output {path} holds features of backbone {f.attrs['backbone']}, not {backbone}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import h5py
@@ -110,9 +128,11 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     out = Path(args.output)
+    space = "raw" if args.raw else "whitened"
     done = set()
     if out.exists():
         with h5py.File(out, "r") as f:
+            check_space(f, space, extractor.backbone_name, out)
             done = set(f.keys())
     todo = [(vid, path) for vid, path in inputs if vid not in done]
     print(f"{len(inputs)} videos, {len(inputs) - len(todo)} already in {out}, {len(todo)} to extract", file=sys.stderr)
@@ -136,10 +156,12 @@ def main(argv=None) -> int:
             print(f"PCA learned from {len(sample)} videos, saved to {pca_file}", file=sys.stderr)
 
     extracted = 0
+    encode = extractor.descriptors if args.raw else extractor
     with h5py.File(out, "a") as f:
+        f.attrs["hapvr_space"], f.attrs["backbone"] = space, extractor.backbone_name
         for vid, path in tqdm(todo, desc="extracting", unit="video", disable=args.no_progress):
             try:
-                feats = extractor(load_frames(path, args.fps, args.max_frames))
+                feats = encode(load_frames(path, args.fps, args.max_frames))
             except VideoDecodeError as exc:
                 failures.append((vid, str(exc)))
                 continue

@@ -153,7 +153,8 @@ def run(cfg) -> dict:
     from hapvr.training.batches import FeaturePool, draw_batch
     from hapvr.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
     from hapvr.training.evaluate import draw_heatmaps, evaluate_model, results_table
-    from hapvr.training.objective import ObjectiveInputs, build_objective
+    from hapvr.training.gather import GatheredSimilarity, gathered_labels
+    from hapvr.training.objective import build_objective, objective_inputs
 
     info = distributed.setup()
     if cfg.threads:
@@ -164,6 +165,14 @@ def run(cfg) -> dict:
         extractor = RegionFeatureExtractor(cfg.backbone, cfg.backbone_weights, cfg.pca_dim)
     except BackboneError as exc:
         raise UserError(str(exc)) from None
+    pca_state = None
+    if cfg.pca:  # checked before the (long) pool build
+        from hapvr.pca import PCAFileError, load_pca
+
+        try:
+            pca_state = load_pca(cfg.pca, extractor.in_dim, cfg.pca_dim, cfg.backbone)
+        except PCAFileError as exc:
+            raise UserError(f"--pca {exc}") from None
     pool, skipped = load_or_build_pool(cfg, info, extractor)
     bench = load_or_build_benchmark(cfg, info, extractor) if cfg.benchmark else None
     t_data = time.time() - t_start
@@ -172,6 +181,9 @@ def run(cfg) -> dict:
     ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
     if ckpt is not None:
         extractor.pca.load_state_dict(ckpt["pca"])
+    elif pca_state is not None:
+        extractor.pca.load_state_dict(pca_state)
+        _log(info, f"PCA whitening loaded from {cfg.pca}")
     else:
         fit_pca(extractor, pool)
     fpool = FeaturePool(pool, extractor.whiten)
@@ -181,9 +193,11 @@ def run(cfg) -> dict:
     torch.manual_seed(cfg.seed)
     model = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t).to(info.device)
     train_model = model
+    gather = cfg.gather_negatives and info.enabled  # one process: every clip is already a target
     if info.enabled:
         ids = [info.local_rank] if info.device.type == "cuda" else None
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        train_model = torch.nn.parallel.DistributedDataParallel(GatheredSimilarity(model) if gather else model,
+                                                                device_ids=ids)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     sampler = random.Random(cfg.seed * 1_000_003 + info.rank)
@@ -234,9 +248,12 @@ def run(cfg) -> dict:
 
     from tqdm import tqdm
 
+    if cfg.gather_negatives and not info.enabled:
+        _log(info, "note: --gather-negatives has no effect in a single process (every clip is already a target)")
     _log(info, f"training {sum(p.numel() for p in model.parameters())} parameters on {len(fpool)} videos x "
                f"{pool.desc.shape[1]} views, {cfg.iterations} steps of {min(cfg.batch_videos, len(fpool))} videos "
-               f"x 2 clips ({info.world} process{'es' if info.world > 1 else ''}, {torch.get_num_threads()} threads)")
+               f"x 2 clips ({info.world} process{'es' if info.world > 1 else ''}, {torch.get_num_threads()} threads"
+               f"{', negatives gathered from all ranks' if gather else ''})")
     t_train = time.time()
     bar = tqdm(range(start_step, cfg.iterations), initial=start_step, total=cfg.iterations, desc="train",
                disable=not info.main, dynamic_ncols=True, mininterval=2.0)
@@ -245,9 +262,17 @@ def run(cfg) -> dict:
     for step in bar:
         batch = draw_batch(fpool, sampler, cfg.batch_videos, cfg.clip_frames)
         with torch.autocast(info.device.type, dtype=torch.float16, enabled=use_amp):
-            out = train_model(batch.features.to(info.device), query_lengths=batch.lengths.to(info.device))
-        inputs = ObjectiveInputs(out.video.float(), out.frame_maps.float(), out.raw.float(), out.raw_mask,
-                                 out.query_lengths, batch.positives.to(info.device), batch.teacher.to(info.device))
+            if gather:
+                out = train_model(batch.features.to(info.device), batch.lengths.to(info.device))
+            else:
+                out = train_model(batch.features.to(info.device), query_lengths=batch.lengths.to(info.device))
+        if gather:
+            labels = gathered_labels(batch.positives.to(info.device), batch.video_index.to(info.device),
+                                     batch.guests.to(info.device))
+            inputs = objective_inputs(out, batch, model.min_frames, info.device, labels,
+                                      GatheredSimilarity.offset(len(batch.lengths)))
+        else:
+            inputs = objective_inputs(out, batch, model.min_frames, info.device)
         loss, parts = objective(inputs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

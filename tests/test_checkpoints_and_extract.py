@@ -114,3 +114,26 @@ def test_hapvr_checkpoint_round_trip_and_extract(tmp_path):
 
     assert evaluate_main(["--dataset", "custom", "--features", str(out), "--annotations", str(ann),
                           "--checkpoint", str(ckpt), "--no-progress"]) == 0
+
+
+def test_extract_raw_descriptors_for_hapvr_pca(tmp_path, capsys):
+    from hapvr.pca import main as pca_main
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _write_video(videos / "a.mp4", seconds=3)
+    _write_video(videos / "b.mp4", seconds=2)
+    raw = tmp_path / "raw.hdf5"
+    assert extract_main(["--videos", str(videos), "--output", str(raw), "--raw", "--no-progress"]) == 0
+    with h5py.File(raw) as f:
+        assert f["a"].shape == (3, 9, 1752) and f["b"].shape == (2, 9, 1752)
+        assert (f.attrs["hapvr_space"], f.attrs["backbone"]) == ("raw", "efficientnet_lite0")
+        norms = torch.from_numpy(f["a"][()]).norm(dim=-1)  # L2-normalised descriptors, before PCA
+        torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-4, rtol=0)
+    pca = tmp_path / "pca.pt"
+    assert pca_main(["--features", str(raw), "--output", str(pca), "--dim", "16", "--no-progress"]) == 0
+    assert torch.load(pca, weights_only=True)["pca"]["projection"].shape == (1752, 16)
+    # Raw and whitened features never share a file.
+    with pytest.raises(SystemExit):
+        extract_main(["--videos", str(videos), "--output", str(raw), "--fit-pca", "1", "--no-progress"])
+    assert "holds raw features" in capsys.readouterr().err

@@ -155,6 +155,107 @@ def test_frame_loss_bad_inputs():
         loss(bad, teacher, labels)
 
 
+# --- frame level on padded batches (lengths) ---------------------------------------------
+
+
+def test_pseudo_labels_use_each_rows_true_length():
+    # True length 10 inside a row padded to 14: K = round(0.35 * 10) = 4 (not round(4.9) = 5), and
+    # whatever the padding holds is labelled -1.
+    row = torch.tensor([0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 1.0, 0.4, 0.8, 0.6])
+    padded = torch.cat([row, torch.tensor([5.0, -5.0, 0.45, 0.0])])
+    lab = frame_pseudo_labels(padded[None], 0.35, 0.35, lengths=torch.tensor([10]))[0]
+    assert lab.tolist() == [-1, 0, 1, 0, 1, 0, 1, 0, 1, -1] + [-1] * 4
+    assert (frame_pseudo_labels(padded[None], 0.35, 0.35)[0] == 1).sum() == 5
+    # Broadcast over rows, one length per row; a 1-frame row is its own positive, nothing negative.
+    both = frame_pseudo_labels(torch.stack([padded, padded]), 0.35, 0.35, lengths=torch.tensor([10, 1]))
+    assert both[0].tolist() == lab.tolist()
+    assert both[1].tolist() == [1] + [-1] * 13
+    # Ties keep joining the threshold's side inside the valid part only.
+    tied = frame_pseudo_labels(torch.tensor([[0.9, 0.9, 0.9, 0.1, 0.5, 0.9]]), 0.2, 0.2, lengths=torch.tensor([5]))
+    assert tied.tolist() == [[1, 1, 1, 0, -1, -1]]
+    with pytest.raises(ValueError, match="lengths must lie in \\[1, 14\\]"):
+        frame_pseudo_labels(padded[None], 0.35, 0.35, lengths=torch.tensor([15]))
+
+
+def padded_frame_case(N=6, T=8, seed=3):
+    """A padded batch: random lengths (a full clip, a 1-frame clip, a 3-frame clip among them),
+    garbage in the padding of the student maps and of the teacher embeddings."""
+    g = torch.Generator().manual_seed(seed + torch.initial_seed())
+    lengths = torch.randint(2, T + 1, (N,), generator=g)
+    lengths[0], lengths[1], lengths[3] = T, 1, 3
+    frame_sims = torch.rand(N, N, T, T, generator=g, dtype=torch.float64)
+    emb = torch.randn(N, T, 5, generator=g, dtype=torch.float64)
+    for k in range(N):
+        frame_sims[:, k, :, lengths[k]:] = 7.0  # padding never ranks, whatever its value
+        frame_sims[k, :, lengths[k]:, :] = -3.0
+    return frame_sims, emb, batch_labels(N), lengths
+
+
+def frame_loss_per_unpadded_pair(frame_sims, emb, labels, lengths, loss):
+    """The loss on each positive pair alone, cut to its true lengths, then averaged over the pairs
+    that have at least one valid frame (differentiable with respect to ``frame_sims``)."""
+    N = frame_sims.shape[0]
+    values = []
+    for a in range(N):
+        for b in range(N):
+            if a == b or labels[a, b] != 1:
+                continue
+            La, Lb = int(lengths[a]), int(lengths[b])
+            pair = frame_sims[a, b, :La, :Lb]
+            zero = torch.zeros_like(pair)
+            sims = torch.stack([torch.stack([zero, pair]), torch.stack([zero, zero])])  # only (0, 1) is used
+            t = teacher_frame_similarities(emb[a, :La], emb[b, :Lb])
+            teacher = torch.stack([torch.stack([t, t]), torch.stack([t, t])])
+            pair_labels = torch.tensor([[1, 1], [0, 1]])
+            lab = frame_pseudo_labels(t, loss.r_t, loss.r_b)
+            if ((lab == 1).any(-1) & (lab == 0).any(-1)).any():
+                values.append(loss(sims, teacher, pair_labels))
+    return torch.stack(values).mean()
+
+
+@pytest.mark.parametrize("teacher_kind", ["embeddings", "similarities"])
+def test_padded_frame_loss_equals_unpadded_pairs_value_and_gradient(teacher_kind):
+    frame_sims, emb, labels, lengths = padded_frame_case()
+    loss = FrameQuadLinearAPLoss(delta=0.2)
+    teacher = emb if teacher_kind == "embeddings" else teacher_frame_similarities(emb[:, None], emb[None, :])
+    x = frame_sims.clone().requires_grad_(True)
+    value = loss(x, teacher, labels, lengths)
+    value.backward()
+    y = frame_sims.clone().requires_grad_(True)
+    expected = frame_loss_per_unpadded_pair(y, emb, labels, lengths, loss)
+    expected.backward()
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(x.grad, y.grad)
+    T = frame_sims.shape[-1]
+    inside = (torch.arange(T)[None, :] < lengths[:, None])
+    inside = inside[:, None, :, None] & inside[None, :, None, :]
+    assert torch.all(x.grad[~inside] == 0) and x.grad[inside].abs().sum() > 0
+    # Without lengths the padding would be ranked: a different value.
+    assert abs(float(loss(frame_sims, teacher, labels)) - float(value.detach())) > 1e-3
+    # Full lengths are the same as no lengths.
+    full = torch.full_like(lengths, T)
+    torch.testing.assert_close(loss(frame_sims, teacher, labels, full), loss(frame_sims, teacher, labels))
+
+
+def test_frame_loss_bad_lengths():
+    frame_sims, emb, labels, lengths = padded_frame_case(N=4, T=5)
+    loss = FrameQuadLinearAPLoss()
+    for bad, match in [(lengths[:3], "lengths must have shape \\(4,\\)"),
+                       (lengths[None], "lengths must have shape \\(4,\\)"),
+                       (torch.tensor([5, 0, 2, 3]), "lengths must lie in \\[1, 5\\]"),
+                       (torch.tensor([5, 6, 2, 3]), "lengths must lie in \\[1, 5\\]")]:
+        with pytest.raises(ValueError, match=match):
+            loss(frame_sims, emb, labels, bad)
+    with pytest.raises(TypeError, match="lengths must hold integers"):
+        loss(frame_sims, emb, labels, lengths.double())
+    with pytest.raises(TypeError, match="lengths must be an integer tensor"):
+        loss(frame_sims, emb, labels, [5, 5, 5, 5])
+    # The frame counts of both axes bound the lengths.
+    with pytest.raises(ValueError, match="lengths must lie in \\[1, 4\\]"):
+        loss(frame_sims[:, :, :, :4], teacher_frame_similarities(emb[:, None], emb[None, :, :4]), labels,
+             torch.tensor([5, 1, 2, 3]))
+
+
 # --- the objective (eq. 15) ----------------------------------------------------------------
 
 

@@ -1,6 +1,8 @@
 """The trainer end to end on a tiny folder of videos: corrupt files, resume equivalence, DDP, CLI."""
 
+import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -83,6 +85,56 @@ def test_two_process_gloo_ddp(data, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "2 processes" in p.stdout
     assert _params(str(tmp_path / "ddp"))[0] == 2
+
+
+def test_two_process_gloo_ddp_with_gathered_negatives(data, tmp_path):
+    root, cache = data
+    p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "ddp"), "--iterations", "2", *TINY,
+               "--gather-negatives", module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                             "-m", "hapvr.train"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "2 processes" in p.stdout and "negatives gathered from all ranks" in p.stdout
+    assert _params(str(tmp_path / "ddp"))[0] == 2
+    with open(tmp_path / "ddp" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert all(math.isfinite(float(r["loss"])) and float(r["video_ap"]) > 0 for r in rows)
+
+
+def test_gathered_negatives_gradient_equals_one_process_computation():
+    """Two gloo ranks (tests/ddp_gather_worker.py): DDP's gradient of the gathered objective is the
+    gradient of the mean of the ranks' objectives computed in one process."""
+    p = _train(module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                       os.path.join(ROOT, "tests", "ddp_gather_worker.py")))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "gathered gradients match" in p.stdout
+
+
+def test_pca_file_from_hapvr_pca_replaces_the_pool_fit(data, tmp_path):
+    import h5py
+
+    root, cache = data
+    raw = tmp_path / "raw.hdf5"
+    with h5py.File(raw, "w") as f:  # raw efficientnet_lite0 descriptors: [T, 9, 1752]
+        for k in range(3):
+            f.create_dataset(f"v{k}", data=torch.nn.functional.normalize(torch.randn(40, 9, 1752), dim=-1).numpy())
+        f.attrs["hapvr_space"], f.attrs["backbone"] = "raw", "efficientnet_lite0"
+    pca = tmp_path / "pca.pt"
+    p = _train("--features", str(raw), "--output", str(pca), "--no-progress", module=("-m", "hapvr.pca"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "run"), "--iterations", "2", *TINY,
+               "--pca", str(pca))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"PCA whitening loaded from {pca}" in p.stdout
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    for key, value in torch.load(pca, weights_only=True)["pca"].items():
+        assert torch.equal(ckpt["pca"][key], value), key
+    p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "o"), *TINY, "--pca", str(tmp_path / "no.pt"))
+    assert p.returncode == 2 and p.stderr.strip().startswith("error: --pca ") and "no such file" in p.stderr
+    assert "Traceback" not in p.stderr
+    p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "o"), *TINY, "--pca", str(pca),
+               "--pca-dim", "256")
+    assert p.returncode == 2 and "this run needs 1752 to 256" in p.stderr
 
 
 def test_cli_help_and_user_errors(tmp_path):

@@ -36,7 +36,16 @@ class PCAWhitening(nn.Module):
             raise ValueError("PCA needs at least 2 region vectors")
         mean = x.mean(0)
         xc = x - mean
-        cov = xc.T @ xc / (x.shape[0] - 1)
+        return self.fit_moments(mean, xc.T @ xc / (x.shape[0] - 1))
+
+    @torch.no_grad()
+    def fit_moments(self, mean: torch.Tensor, cov: torch.Tensor) -> "PCAWhitening":
+        """Fit from the mean ``[in_dim]`` and covariance ``[in_dim, in_dim]`` of the region vectors
+        (what ``python -m hapvr.pca`` accumulates over a file too large to hold)."""
+        if tuple(mean.shape) != (self.in_dim,) or tuple(cov.shape) != (self.in_dim, self.in_dim):
+            raise ValueError(f"mean must be [{self.in_dim}] and cov [{self.in_dim}, {self.in_dim}], "
+                             f"got {tuple(mean.shape)} and {tuple(cov.shape)}")
+        mean, cov = mean.double(), cov.double()
         eig, vec = torch.linalg.eigh(cov)  # ascending
         eig, vec = eig.flip(0)[: self.out_dim], vec.flip(1)[:, : self.out_dim]
         eig = eig.clamp(min=0) + self.eps * float(eig[0])

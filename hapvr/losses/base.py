@@ -5,7 +5,9 @@ A loss sees one ranked list per query: ``sim [Q, M]`` and ``labels [Q, M]`` with
 row k holding query k against every clip of the batch. The paper's lists exclude the query
 itself (``S^{k+}`` requires ``k != i``), so by default a square input's diagonal is ignored;
 ``self_label`` overrides it (1 counts the query as its own positive, as the HAP-VR release does
-for QuadLinear-AP; None keeps the given labels).
+for QuadLinear-AP; None keeps the given labels). A rectangular ``[N, M]`` input whose columns
+include the queries themselves (a DDP rank's clips against the clips of all ranks) passes
+``self_offset``: query k's own column is ``self_offset + k``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,18 @@ def check_sim(name: str, sim, ndim: int = 2, shape_doc: str = "[Q, M]") -> torch
     return sim
 
 
+def self_column_offset(sim: torch.Tensor, self_offset) -> int | None:
+    """Checked ``self_offset`` of a ``[Q, M]`` list (see :class:`RankingLoss`): 0 for a square
+    ``sim`` when not given; None (no own column) for a rectangular one."""
+    Q, M = sim.shape
+    if self_offset is None:
+        return 0 if Q == M else None
+    if isinstance(self_offset, bool) or not isinstance(self_offset, int) or not 0 <= self_offset <= M - Q:
+        raise ValueError(f"self_offset must be an int in [0, M - Q] = [0, {M - Q}] (query k's own column is "
+                         f"self_offset + k), got {self_offset!r} for sim of shape {tuple(sim.shape)}")
+    return self_offset
+
+
 def mean_over(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` where ``valid``; 0 (still attached to the graph) when none is."""
     zero = torch.zeros((), dtype=values.dtype, device=values.device)
@@ -69,16 +83,19 @@ class RankingLoss(nn.Module):
             raise ValueError(f"self_label must be None, -1, 0 or 1, got {self_label!r}")
         self.self_label = self_label
 
-    def prepare(self, sim, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self, sim, labels, self_offset: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         check_sim("sim", sim)
         labels = check_labels("labels", labels, tuple(sim.shape), sim.device)
-        if self.self_label is not None and sim.shape[0] == sim.shape[1]:
+        self_offset = self_column_offset(sim, self_offset)
+        if self.self_label is not None and self_offset is not None:
             labels = labels.clone()
-            labels.fill_diagonal_(self.self_label)
+            labels.diagonal(self_offset).fill_(self.self_label)
         return sim, labels
 
-    def forward(self, sim: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        sim, labels = self.prepare(sim, labels)
+    def forward(self, sim: torch.Tensor, labels: torch.Tensor, self_offset: int | None = None) -> torch.Tensor:
+        """``self_offset``: column of query 0's own entry (query k's is ``self_offset + k``); by
+        default the diagonal of a square ``sim``, and no own column in a rectangular one."""
+        sim, labels = self.prepare(sim, labels, self_offset)
         return self.compute(sim, labels)
 
     def compute(self, sim: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # pragma: no cover

@@ -29,25 +29,58 @@ def check_rates(r_t: float, r_b: float) -> None:
         raise ValueError(f"r_t + r_b must be <= 1 (positives and negatives may not overlap), got {r_t + r_b}")
 
 
-def frame_pseudo_labels(teacher: torch.Tensor, r_t: float = 0.35, r_b: float = 0.35) -> torch.Tensor:
+def frame_pseudo_labels(teacher: torch.Tensor, r_t: float = 0.35, r_b: float = 0.35,
+                        lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 14 along the last axis of ``teacher [..., T']``: int8 labels of the same shape.
 
-    1 where the value is at least the ``K_t``-th largest of its row (``K_t = max(round(r_t T'), 1)``,
+    1 where the value is at least the ``K_t``-th largest of its row (``K_t = max(round(r_t L), 1)``,
     the rounding rule of ``topk_count``), 0 where it is at most the ``K_b``-th smallest
-    (``K_b = max(round(r_b T'), 1)``), -1 in between. Ties at a threshold join its side; a value
-    meeting both thresholds (a constant row) is positive, which leaves that row without
-    negatives, so it is skipped by the loss.
+    (``K_b = max(round(r_b L), 1)``), -1 in between. ``L`` is the row's true length: ``lengths``
+    (integers broadcastable to ``teacher.shape[:-1]``) counts the valid entries at the start of
+    each row, the rest is padding and labelled -1; without it ``L = T'``. Ties at a threshold join
+    its side; a value meeting both thresholds (a constant row) is positive, which leaves that row
+    without negatives, so it is skipped by the loss.
     """
     check_rates(r_t, r_b)
     T2 = teacher.shape[-1]
-    k_pos, k_neg = topk_count(r_t, T2), topk_count(r_b, T2)
-    ordered = teacher.detach().sort(dim=-1, descending=True).values
-    pos_threshold = ordered[..., k_pos - 1: k_pos]
-    neg_threshold = ordered[..., T2 - k_neg: T2 - k_neg + 1]
+    if T2 < 1:
+        raise ValueError(f"teacher must have at least one entry along its last axis, got shape {tuple(teacher.shape)}")
+    if lengths is None:
+        L = torch.full(teacher.shape[:-1], T2, dtype=torch.int64, device=teacher.device)
+    else:
+        L = torch.as_tensor(lengths, device=teacher.device).to(torch.int64).expand(teacher.shape[:-1])
+        if L.numel() and (int(L.min()) < 1 or int(L.max()) > T2):
+            raise ValueError(f"lengths must lie in [1, {T2}] (valid entries per row), got values in "
+                             f"[{int(L.min())}, {int(L.max())}]")
+    # Per-row K of topk_count: float64 product and half-to-even rounding, like Python's round().
+    k_pos = torch.round(L.to(torch.float64) * r_t).clamp(min=1).to(torch.int64)
+    k_neg = torch.round(L.to(torch.float64) * r_b).clamp(min=1).to(torch.int64)
+    inside = torch.arange(T2, device=teacher.device) < L[..., None]
+    values = teacher.detach()
+    ordered = values.masked_fill(~inside, float("-inf")).sort(dim=-1, descending=True).values
+    pos_threshold = ordered.gather(-1, (k_pos - 1)[..., None])
+    neg_threshold = ordered.gather(-1, (L - k_neg)[..., None])
     labels = torch.full(teacher.shape, -1, dtype=torch.int8, device=teacher.device)
-    labels[teacher <= neg_threshold] = 0
-    labels[teacher >= pos_threshold] = 1
+    labels[(values <= neg_threshold) & inside] = 0
+    labels[(values >= pos_threshold) & inside] = 1
     return labels
+
+
+def check_clip_lengths(lengths, N: int, max_len: int, device: torch.device) -> torch.Tensor:
+    """``lengths [N]``: valid frames per clip, integers in ``[1, max_len]``; int64 on ``device``."""
+    if not isinstance(lengths, torch.Tensor):
+        raise TypeError(f"lengths must be an integer tensor [N={N}] of valid frames per clip, "
+                        f"got {type(lengths).__name__}")
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must hold integers (valid frames per clip), got {lengths.dtype}")
+    if tuple(lengths.shape) != (N,):
+        raise ValueError(f"lengths must have shape ({N},), one entry per clip of frame_sims, "
+                         f"got {tuple(lengths.shape)}")
+    t = lengths.to(device=device, dtype=torch.int64)
+    if N and (int(t.min()) < 1 or int(t.max()) > max_len):
+        raise ValueError(f"lengths must lie in [1, {max_len}] (1 to the padded frame count of frame_sims), "
+                         f"got {t.tolist()}")
+    return t
 
 
 def teacher_frame_similarities(emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
@@ -61,11 +94,16 @@ def teacher_frame_similarities(emb_a: torch.Tensor, emb_b: torch.Tensor) -> torc
 class FrameQuadLinearAPLoss(nn.Module):
     """``L^F_QLAP`` (section 3.4): frame-level QuadLinear-AP over the positive video pairs.
 
-    ``forward(frame_sims, teacher, pair_labels)``:
+    ``forward(frame_sims, teacher, pair_labels, lengths=None)``:
         frame_sims: ``[N, N, T, T']`` student frame similarities ``m_s`` of every clip pair.
         teacher: either the teacher's frame similarities ``[N, N, T, T']`` (eq. 13), or its frame
             embeddings ``[N, T, D']`` (then eq. 13 is computed for the positive pairs only).
         pair_labels: ``[N, N]`` video labels; pairs labelled 1 (off the diagonal) are used.
+        lengths: optional ``[N]`` valid frames per clip of a padded batch (1 to ``min(T, T')``).
+            Frames beyond a clip's length are neither query frames nor targets, and the
+            pseudo-label counts ``K = max(round(r L), 1)`` use each target's true length ``L``.
+            The padded batch then gives the value (and gradients) of every pair computed on its
+            unpadded frames.
     Returns the mean over positive pairs of the mean over their query frames of eq. 11; frames
     whose list lacks a positive or a negative are skipped, and so are pairs left without frames.
 
@@ -79,7 +117,8 @@ class FrameQuadLinearAPLoss(nn.Module):
         check_delta_rho(delta, rho)
         self.delta, self.rho, self.r_t, self.r_b, self.backend = delta, rho, r_t, r_b, backend
 
-    def forward(self, frame_sims: torch.Tensor, teacher: torch.Tensor, pair_labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, frame_sims: torch.Tensor, teacher: torch.Tensor, pair_labels: torch.Tensor,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
         # Only the positive pairs are read: their rows are checked for NaN/inf (by quadlinear_ap
         # and below), not the whole [N, N, T, T'] batch, which would cost more than the loss.
         check_tensor("frame_sims", frame_sims, 4, "[N, N, T, T']")
@@ -88,6 +127,8 @@ class FrameQuadLinearAPLoss(nn.Module):
         if N != N2:
             raise ValueError(f"frame_sims must be [N, N, T, T'] over clip pairs, got {tuple(frame_sims.shape)}")
         labels = check_labels("pair_labels", pair_labels, (N, N), frame_sims.device)
+        if lengths is not None:
+            lengths = check_clip_lengths(lengths, N, min(T, T2), frame_sims.device)
         check_tensor("teacher", teacher, None)
         check_floating("teacher", teacher)
         if teacher.dim() == 4:
@@ -105,15 +146,27 @@ class FrameQuadLinearAPLoss(nn.Module):
         a, b = torch.nonzero((labels == 1) & off_diagonal, as_tuple=True)
         if a.numel() == 0 or T == 0 or T2 == 0:
             return frame_sims.sum() * 0  # no positive pair: zero, but still part of the graph
-        student = frame_sims[a, b].reshape(-1, T2)  # [P * T, T'] (pair, query frame) rows
+        student = frame_sims[a, b]  # [P, T, T'] (pair, query frame) rows
         if teacher.dim() == 4:
             t_sims = teacher[a, b]
         else:
             t_sims = teacher_frame_similarities(teacher[a], teacher[b])
+        if lengths is None:
+            target_len = None
+        else:
+            target_len = lengths[b][:, None]  # [P, 1]: every query frame of pair p ranks b's frames
+            inside = ((torch.arange(T, device=student.device) < lengths[a][:, None])[:, :, None]
+                      & (torch.arange(T2, device=student.device) < target_len)[:, None, :])
+            # Padding may hold anything (it carries no label and gets no gradient).
+            student = student.masked_fill(~inside, 0.0)
+            t_sims = t_sims.masked_fill(~inside, 0.0)
         check_finite("frame_sims", student)
         check_finite("teacher", t_sims)
-        frame_labels = frame_pseudo_labels(t_sims.reshape(-1, T2).to(student.dtype), self.r_t, self.r_b)
-        risk, valid = quadlinear_ap(student, frame_labels, self.delta, self.rho, backend=self.backend)
+        frame_labels = frame_pseudo_labels(t_sims.to(student.dtype), self.r_t, self.r_b, target_len)
+        if lengths is not None:
+            frame_labels.masked_fill_(~inside, -1)  # query frames past the clip's end are no lists
+        risk, valid = quadlinear_ap(student.reshape(-1, T2), frame_labels.reshape(-1, T2), self.delta, self.rho,
+                                    backend=self.backend)
         risk, valid = risk.view(-1, T), valid.view(-1, T)
         n_frames = valid.sum(1)
         per_pair = torch.where(valid, risk, 0.0).sum(1) / n_frames.clamp(min=1).to(risk.dtype)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from torch import nn
 
+from hapvr.losses.base import check_sim, self_column_offset
 from hapvr.losses.frame_quadlinear_ap import FrameQuadLinearAPLoss
 from hapvr.losses.infonce import InfoNCELoss
 from hapvr.losses.quadlinear_ap import QuadLinearAPLoss
@@ -42,12 +43,19 @@ class HAPVRObjective(nn.Module):
     Build with ``HAPVRObjective()`` (paper defaults), ``HAPVRObjective(config)`` or keyword
     overrides, e.g. ``HAPVRObjective(lambda_f=0)`` for the video level only.
 
-    ``forward(sim, labels, raw=None, frame_sims=None, teacher=None)``:
+    ``forward(sim, labels, raw=None, frame_sims=None, teacher=None, lengths=None, self_offset=None)``:
         sim: ``[N, N]`` batch video similarities in [0, 1]; labels: ``[N, N]`` (1 same video,
-        0 different); raw: the comparator's raw output (a tensor or a sequence of tensors) for
-        the regulariser; frame_sims ``[N, N, T, T']`` and teacher (``[N, N, T, T']``
-        similarities or ``[N, T, D']`` embeddings) for the frame level. An input may be omitted
-        only when its term's weight is 0.
+        0 different, -1 ignored); raw: the comparator's raw output (a tensor or a sequence of
+        tensors) for the regulariser; frame_sims ``[N, N, T, T']`` and teacher (``[N, N, T, T']``
+        similarities or ``[N, T, D']`` embeddings) for the frame level; lengths: ``[N]`` valid
+        frames per clip of a padded batch (see :class:`FrameQuadLinearAPLoss`). An input may be
+        omitted only when its term's weight is 0.
+
+        Cross-rank negatives: ``sim`` and ``labels`` may be ``[N, M]``, the N local clips against
+        M clips that include them at columns ``self_offset .. self_offset + N - 1`` (query k's
+        own column is ``self_offset + k``). The video-level terms rank all M columns; the frame
+        level uses the local ``[N, N]`` block only (``frame_sims`` may be given ``[N, M, T, T']``,
+        it is cut at ``self_offset``).
     Returns ``(total, parts)``; ``parts`` maps ``frame_ap``, ``video_ap``, ``infonce``, ``sshn``,
     ``regularizer`` to the unweighted (detached) values of the terms that were computed.
     """
@@ -66,20 +74,31 @@ class HAPVRObjective(nn.Module):
         self.sshn = SSHNLoss()
         self.regularizer = SimilarityRegularizer()
 
-    def forward(self, sim, labels, raw=None, frame_sims=None, teacher=None):
+    def forward(self, sim, labels, raw=None, frame_sims=None, teacher=None, lengths=None, self_offset=None):
         c = self.config
+        check_sim("sim", sim)
+        offset = self_column_offset(sim, self_offset)
+        N, M = sim.shape
         terms: dict[str, tuple[float, torch.Tensor]] = {}
         if c.lambda_f:
             if frame_sims is None or teacher is None:
                 raise ValueError("frame_sims and teacher are required while lambda_f != 0 "
                                  "(pass lambda_f=0 to train the video level only)")
-            terms["frame_ap"] = (c.lambda_f, self.frame_ap(frame_sims, teacher, labels))
+            local_labels = labels
+            if M != N:
+                if offset is None:
+                    raise ValueError(f"sim is [N, M] = {tuple(sim.shape)}: pass self_offset (the column of the "
+                                     f"first local clip) so that the frame level finds the local pairs")
+                local_labels = labels[:, offset:offset + N]
+                if isinstance(frame_sims, torch.Tensor) and frame_sims.dim() == 4 and frame_sims.shape[1] == M:
+                    frame_sims = frame_sims[:, offset:offset + N]
+            terms["frame_ap"] = (c.lambda_f, self.frame_ap(frame_sims, teacher, local_labels, lengths))
         if c.lambda_v:
-            terms["video_ap"] = (c.lambda_v, self.video_ap(sim, labels))
+            terms["video_ap"] = (c.lambda_v, self.video_ap(sim, labels, self_offset))
         if c.lambda_nce:
-            terms["infonce"] = (c.lambda_nce, self.infonce(sim, labels))
+            terms["infonce"] = (c.lambda_nce, self.infonce(sim, labels, self_offset))
         if c.lambda_s:
-            terms["sshn"] = (c.lambda_s, self.sshn(sim, labels))
+            terms["sshn"] = (c.lambda_s, self.sshn(sim, labels, self_offset))
         if c.lambda_reg:
             if raw is None:
                 raise ValueError("raw (the comparator's raw output) is required while lambda_reg != 0")

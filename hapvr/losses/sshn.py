@@ -15,7 +15,8 @@ class SSHNLoss(RankingLoss):
     Pushes each clip's self-similarity towards 1 (the comparator tends to shrink it) and its
     hardest negative towards 0. Needs the square batch matrix (the diagonal is ``s_kk``) with
     scores in [0, 1]; ``eps = 1e-3`` keeps the logarithms finite. A query without negatives
-    contributes only its self term.
+    contributes only its self term. A rectangular ``[N, M]`` matrix needs ``self_offset`` (query
+    k's own column is ``self_offset + k``).
     """
 
     def __init__(self, eps: float = 1e-3):
@@ -24,11 +25,16 @@ class SSHNLoss(RankingLoss):
             raise ValueError(f"eps must be in (0, 1), got {eps}")
         self.eps = eps
 
-    def compute(self, sim: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if sim.shape[0] != sim.shape[1]:
-            raise ValueError(f"sim must be the square batch matrix [N, N] (SSHN needs s_kk), got {tuple(sim.shape)}")
+    def forward(self, sim: torch.Tensor, labels: torch.Tensor, self_offset: int | None = None) -> torch.Tensor:
+        sim, labels = self.prepare(sim, labels, self_offset)
+        if self_offset is None and sim.shape[0] != sim.shape[1]:
+            raise ValueError(f"sim must be the square batch matrix [N, N] (SSHN needs s_kk), or pass self_offset "
+                             f"(query k's own column), got {tuple(sim.shape)}")
+        return self.compute(sim, labels, self_offset or 0)
+
+    def compute(self, sim: torch.Tensor, labels: torch.Tensor, self_offset: int = 0) -> torch.Tensor:
         neg = labels == 0
-        self_term = -torch.log(torch.diagonal(sim).clamp(min=self.eps))
+        self_term = -torch.log(torch.diagonal(sim, self_offset).clamp(min=self.eps))
         hardest = torch.where(neg, sim, float("-inf")).amax(1)
         neg_term = -torch.log((1 - hardest).clamp(min=self.eps))
         neg_term = torch.where(neg.any(1), neg_term, 0.0)

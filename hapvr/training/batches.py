@@ -25,6 +25,7 @@ class Batch:
     lengths: torch.Tensor  # [2B]
     positives: torch.Tensor  # [2B, 2B] bool
     video_index: torch.Tensor  # [2B] pool index of each clip's video
+    guests: torch.Tensor | None = None  # [2B] pool index of a video pasted into the clip, -1 if none
 
 
 class FeaturePool:
@@ -75,4 +76,5 @@ def draw_batch(pool: FeaturePool, rng: random.Random, batch_videos: int, clip_fr
     for i, (c, t) in enumerate(zip(clips, teach)):
         feats[i, : c.shape[0]] = c
         tvec[i, : t.shape[0]] = t
-    return Batch(feats, tvec, lengths, positive_matrix(ids, mixed), torch.tensor(ids))
+    guests = torch.tensor([-1 if m is None else m for m in mixed])
+    return Batch(feats, tvec, lengths, positive_matrix(ids, mixed), torch.tensor(ids), guests)

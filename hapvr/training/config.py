@@ -37,6 +37,7 @@ class TrainConfig:
     teacher_raw_pixels: bool = False  # feed 0..255 pixels to the teacher (the predecessor's bug)
     teacher_all_views: bool = False  # run the teacher on every view (True) or on the weak view only
     pca_dim: int = 512
+    pca: str | None = None  # PCA file from python -m hapvr.pca; None = fit on the training pool
     # model (paper section 3.2)
     k_s: float = 0.10
     k_t: float = 0.03
@@ -61,6 +62,7 @@ class TrainConfig:
     fp16: bool = True  # autocast on CUDA only
     seed: int = 0
     threads: int = 0  # torch threads; 0 = all cores
+    gather_negatives: bool = False  # DDP: compare each rank's clips with the clips of all ranks
     # bookkeeping
     log_every: int = 10
     eval_every: int = 0  # 0 = only at the end
@@ -92,10 +94,15 @@ HELP = {
     "teacher_weights": "DINO ViT-S/16 weights file for --teacher dino_vits16",
     "teacher_all_views": "run the teacher on every cached view; false: on the weak view only, shared by the "
                          "strong views of the same frames (half the teacher cost)",
+    "pca": "PCA whitening file made by python -m hapvr.pca from your own raw features (or the .pca.pt of "
+           "hapvr.extract --fit-pca); default: learned from the cached training pool",
     "teacher_raw_pixels": "feed unnormalised 0..255 pixels to the teacher (compatibility with the predecessor)",
     "resume": "continue from OUT/checkpoint.pt (same step, optimizer, schedule and RNG)",
     "stop_after": "stop this run after N steps with a checkpoint (continue later with --resume); 0 = no stop",
     "threads": "torch CPU threads (0 = all cores)",
+    "gather_negatives": "under torchrun, compare each rank's clips with the clips of every rank (all_gather with "
+                        "gradients), so the video-level losses rank world x N targets per query instead of N; "
+                        "no effect in a single process",
     "benchmark": "evaluate on the built-in held-out benchmark (built once from packaged media)",
     "eval_every": "evaluate on the held-out benchmark every N steps (0 = at the end only)",
 }

@@ -2,10 +2,9 @@
 
 The terms are :class:`hapvr.losses.HAPVRObjective`'s: video-level QuadLinear-AP over the batch
 matrix, frame-level QuadLinear-AP with teacher pseudo-labels inside positive pairs, InfoNCE,
-SSHN and the similarity regulariser. One adaptation: edited clips have different lengths and
-``FrameQuadLinearAPLoss`` has no padding mask, so when a batch is padded the frame-level term is
-computed here on the valid frames only (same eq. 11 through :func:`hapvr.ops.quadlinear_ap`,
-same ``K = max(round(r T'), 1)`` pseudo-label rule on each target's true length).
+SSHN and the similarity regulariser. Edited clips have different lengths, so the batch is padded
+and the clip lengths go to the frame-level term, which ranks only valid frames and sizes its
+pseudo-labels by each target's true length.
 """
 
 from __future__ import annotations
@@ -22,6 +21,9 @@ class ObjectiveInputs:
     video: ``[N, N]`` similarities in [-1, 1]; frame_maps: ``[N, N, T, T]`` student ``m_s``;
     raw / raw_mask: comparator output before Hardtanh and its validity; lengths: ``[N]`` frames;
     positives: ``[N, N]`` bool (diagonal True); teacher: ``[N, T, Dt]`` L2-normalised vectors.
+    With cross-rank negatives (``--gather-negatives``) video, frame_maps, raw and raw_mask have
+    ``M = world * N`` columns, positives is an int8 ``[N, M]`` label matrix (1 / 0 / -1 ignored)
+    and ``offset`` is the column of the first local clip.
     """
 
     video: torch.Tensor
@@ -31,27 +33,28 @@ class ObjectiveInputs:
     lengths: torch.Tensor
     positives: torch.Tensor
     teacher: torch.Tensor
+    offset: int = 0
 
 
-def frame_pseudo_labels(teacher: torch.Tensor, lengths: torch.Tensor, pairs: torch.Tensor, r_t: float, r_b: float):
-    """Teacher pseudo-labels ``[P, T, T]`` for the frames of pairs ``(a, b)``: per frame x of a, the
-    top ``r_t L_b`` frames of b by teacher cosine are positives (1), the bottom ``r_b L_b``
-    negatives (0), the rest and padding ignored (-1)."""
-    a, b = pairs[:, 0], pairs[:, 1]
-    T = teacher.shape[1]
-    sim = torch.bmm(teacher[a].float(), teacher[b].float().transpose(1, 2))  # [P, T, T]
-    col_ok = torch.arange(T, device=sim.device)[None, :] < lengths[b][:, None]  # [P, T]
-    row_ok = torch.arange(T, device=sim.device)[None, :] < lengths[a][:, None]
-    sim = sim.masked_fill(~col_ok[:, None, :], float("-inf"))
-    rank = sim.argsort(-1, descending=True).argsort(-1)  # 0 = most similar
-    Lb = lengths[b].to(torch.float64)
-    n_pos = torch.clamp(torch.round(Lb * r_t), min=1).long()[:, None, None]  # half to even, like round()
-    n_neg = torch.clamp(torch.round(Lb * r_b), min=1).long()[:, None, None]
-    labels = torch.full_like(rank, -1)
-    labels = torch.where(rank < n_pos, torch.ones_like(rank), labels)
-    labels = torch.where((rank >= lengths[b][:, None, None] - n_neg) & (rank >= n_pos), torch.zeros_like(rank), labels)
-    valid = row_ok[:, :, None] & col_ok[:, None, :]
-    return torch.where(valid, labels, torch.full_like(labels, -1)).to(torch.int8)
+def objective_inputs(out, batch, min_frames: int, device: torch.device, labels: torch.Tensor | None = None,
+                     offset: int = 0) -> ObjectiveInputs:
+    """The losses' view of a training step: the model's output ``out`` on ``batch``.
+
+    The model self-concatenates clips shorter than ``min_frames`` (``repeat_to_min_length``), so
+    the teacher vectors are repeated the same way: frame y of the student's maps and of the
+    teacher must be the same frame for the pseudo-labels to mean anything. With cross-rank
+    negatives, ``labels [N, M]`` and ``offset`` come from :mod:`hapvr.training.gather`, and the
+    teacher is padded to the maps' frame count (the longest clip over all ranks).
+    """
+    from hapvr.models import repeat_to_min_length
+
+    teacher, _ = repeat_to_min_length(batch.teacher.to(device), batch.lengths.to(device), min_frames)
+    T = out.frame_maps.shape[-1]
+    if teacher.shape[1] < T:
+        teacher = torch.nn.functional.pad(teacher, (0, 0, 0, T - teacher.shape[1]))
+    positives = batch.positives.to(device) if labels is None else labels.to(device)
+    return ObjectiveInputs(out.video.float(), out.frame_maps.float(), out.raw.float(), out.raw_mask,
+                           out.query_lengths, positives, teacher, offset)
 
 
 class HAPVRLoss:
@@ -61,42 +64,16 @@ class HAPVRLoss:
         from hapvr.losses import HAPVRObjective
 
         self.cfg = cfg
-        common = dict(lambda_v=cfg.lambda_v, lambda_s=cfg.lambda_s, lambda_reg=cfg.lambda_r, delta_v=cfg.delta_v,
-                      rho_v=cfg.rho_v, delta_f=cfg.delta_f, rho_f=cfg.rho_f, r_t=cfg.r_t, r_b=cfg.r_b, tau=cfg.tau)
-        self.full = HAPVRObjective(lambda_f=cfg.lambda_f, **common)
-        self.no_frames = HAPVRObjective(lambda_f=0.0, **common)
-
-    def frame_term(self, x: ObjectiveInputs) -> torch.Tensor:
-        """Frame-level QuadLinear-AP over positive pairs, padding excluded."""
-        from hapvr.ops import quadlinear_ap
-
-        c = self.cfg
-        N = x.positives.shape[0]
-        eye = torch.eye(N, dtype=torch.bool, device=x.positives.device)
-        pairs = (x.positives & ~eye).nonzero()
-        if not len(pairs):
-            return x.frame_maps.sum() * 0
-        labels = frame_pseudo_labels(x.teacher, x.lengths, pairs, c.r_t, c.r_b)
-        T = x.frame_maps.shape[-1]
-        scores = x.frame_maps[pairs[:, 0], pairs[:, 1]].reshape(-1, T)
-        res = quadlinear_ap(scores, labels.reshape(-1, T), c.delta_f, c.rho_f)
-        risk = res.risk.view(len(pairs), -1)
-        ok = res.valid.view(len(pairs), -1).to(risk.dtype)
-        n = ok.sum(1)
-        per_pair = (risk * ok).sum(1) / n.clamp(min=1)
-        return torch.where(n > 0, per_pair, 0.0).sum() / (n > 0).sum().clamp(min=1).to(risk.dtype)
+        self.objective = HAPVRObjective(lambda_f=cfg.lambda_f, lambda_v=cfg.lambda_v, lambda_s=cfg.lambda_s,
+                                        lambda_reg=cfg.lambda_r, delta_v=cfg.delta_v, rho_v=cfg.rho_v,
+                                        delta_f=cfg.delta_f, rho_f=cfg.rho_f, r_t=cfg.r_t, r_b=cfg.r_b, tau=cfg.tau)
 
     def __call__(self, x: ObjectiveInputs) -> tuple[torch.Tensor, dict[str, float]]:
         sim01 = x.video / 2 + 0.5  # training maps scores to [0, 1]
         labels = x.positives.to(torch.int64)
         raw = x.raw * x.raw_mask  # padded cells are 0, inside [-1, 1]: no regulariser penalty
-        if bool((x.lengths == x.frame_maps.shape[-1]).all()):
-            total, parts = self.full(sim01, labels, raw=raw, frame_sims=x.frame_maps, teacher=x.teacher)
-        else:
-            total, parts = self.no_frames(sim01, labels, raw=raw)
-            frame = self.frame_term(x)
-            total = total + self.cfg.lambda_f * frame
-            parts = dict(parts, frame_ap=frame.detach())
+        total, parts = self.objective(sim01, labels, raw=raw, frame_sims=x.frame_maps, teacher=x.teacher,
+                                      lengths=x.lengths, self_offset=x.offset)
         out = {k: float(v) for k, v in parts.items()}
         out["loss"] = float(total.detach())
         return total, out
