@@ -42,6 +42,7 @@ def _group_of_default(video_id: str) -> str:
 def load_or_build_pool(cfg, info, extractor):
     """The cached view pool (backbone descriptors + teacher vectors) of the training videos."""
     from hapvr.data import corpus, load_folder
+    from hapvr.data.augment import AugmentConfig
     from hapvr.features import Teacher
     from hapvr.training.pool import ViewPool, atomic_save, build_view_pool, cache_key
 
@@ -60,6 +61,7 @@ def load_or_build_pool(cfg, info, extractor):
     key = cache_key(source=source, backbone=cfg.backbone, weights=cfg.backbone_weights, teacher=cfg.teacher,
                     teacher_weights=cfg.teacher_weights, raw=cfg.teacher_raw_pixels, views=cfg.views_per_video,
                     teacher_all=cfg.teacher_all_views,
+                    augment=dataclasses.asdict(AugmentConfig()),
                     frames=cfg.pool_frames, seed=cfg.seed)
     path = os.path.join(cfg.cache_dir, f"pool-{key}.pt")
     skipped = []

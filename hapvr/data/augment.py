@@ -37,7 +37,7 @@ class AugmentConfig:
     p_emoji: float = 0.3
     p_blur: float = 0.5
     p_mixup: float = 0.3
-    mixup_scale: tuple[float, float] = (0.3, 0.5)
+    mixup_scale: tuple[float, float] = (0.3, 0.5)  # side of the pasted clip, fraction of the host
     temporal_edits: dict[str, float] = field(default_factory=lambda: dict(TEMPORAL_EDITS))
 
 
