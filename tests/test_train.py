@@ -11,7 +11,7 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--teacher", "cnn", "--benchmark", "false", "--batch-videos", "3", "--clip-frames", "6", "--pool-frames", "8",
+TINY = ["--teacher", "cnn", "--benchmark", "false", "--views-per-video", "2", "--batch-videos", "3", "--clip-frames", "6", "--pool-frames", "8",
         "--log-every", "1", "--warmup", "2", "--lr", "1e-3", "--threads", "1"]
 
 

@@ -24,7 +24,7 @@ class TrainConfig:
     # data
     data: str | None = None  # folder of videos / frame folders; None = the built-in corpus
     fps: float = 1.0  # frame rate for --data videos (the paper samples 1 fps)
-    views_per_video: int = 2  # cached augmented views per video (1 weak + the rest strong)
+    views_per_video: int = 4  # cached augmented views per video (1 weak + the rest strong)
     pool_frames: int = 32  # frames cached per view (a window of longer videos)
     clip_frames: int = 16  # frames per training clip (paper: 28)
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
@@ -54,7 +54,7 @@ class TrainConfig:
     lambda_s: float = 3.0
     lambda_r: float = 1.0
     # optimisation
-    iterations: int = 400
+    iterations: int = 1000
     batch_videos: int = 8  # videos per step; two clips each (paper: 64)
     lr: float = 2e-4
     weight_decay: float = 1e-2
