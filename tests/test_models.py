@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hapvr.models.comparator import comparator_reference
 from hapvr.models import FrameComparator, RegionAttention, VideoSimilarityModel, repeat_to_min_length
 from hapvr.ops import spatial_topk_chamfer_reference, temporal_topk_chamfer
 
@@ -33,18 +34,6 @@ def test_comparator_matches_plain_layers_without_padding():
     torch.testing.assert_close(psi(x)[0], y)
 
 
-def _masked_comparator_reference(psi, sim, mask):
-    """The layout of SPEC section 1 written out layer by layer, padded cells zeroed before every
-    convolution and a pooled cell valid only when its whole 2x2 window is."""
-    x, m = sim[:, None], mask[:, None].to(sim.dtype)
-    x = F.relu(psi.conv1(F.pad(x * m, (1, 1, 1, 1)))) * m
-    x, m = F.max_pool2d(x, 2), -F.max_pool2d(-m, 2)
-    x = F.relu(psi.conv2(F.pad(x * m, (1, 1, 1, 1)))) * m
-    x, m = F.max_pool2d(x, 2), -F.max_pool2d(-m, 2)
-    x = F.relu(psi.conv3(F.pad(x * m, (1, 1, 1, 1)))) * m
-    return (psi.fconv(x) * m)[:, 0], m[:, 0]
-
-
 def _random_masks(B, T, T2, g):
     rows = torch.randint(1, T + 1, (B,), generator=g)
     cols = torch.randint(1, T2 + 1, (B,), generator=g)
@@ -60,7 +49,7 @@ def test_comparator_equals_layerwise_reference_fwd_bwd(shape):
     sim = torch.randn(shape, generator=g, dtype=torch.double, requires_grad=True)
     mask = _random_masks(*shape, g)
     out, out_mask = psi(sim, mask)
-    ref, ref_mask = _masked_comparator_reference(psi, sim, mask)
+    ref, ref_mask = comparator_reference(psi, sim, mask)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     torch.testing.assert_close(out_mask, ref_mask, rtol=0, atol=0)
     w = torch.randn(out.shape, generator=g, dtype=torch.double)

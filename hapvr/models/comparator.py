@@ -84,3 +84,17 @@ class FrameComparator(nn.Module):
         x = F.relu(self.conv3(F.pad(x, (1, 1, 1, 1)))) * m
         x = self.fconv(x) * m
         return x.squeeze(1), m.squeeze(1)
+
+
+def comparator_reference(psi: FrameComparator, sim: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layout of SPEC section 1 written out layer by layer (ReLU before each pool, padded cells
+    zeroed before every convolution, a pooled cell valid only when its whole 2x2 window is): the
+    oracle :meth:`FrameComparator.forward` is tested and benchmarked against."""
+    x, m = sim[:, None], mask[:, None].to(sim.dtype)
+    x = F.relu(psi.conv1(F.pad(x * m, (1, 1, 1, 1)))) * m
+    x, m = F.max_pool2d(x, 2), _pool_mask(m)
+    x = F.relu(psi.conv2(F.pad(x * m, (1, 1, 1, 1)))) * m
+    x, m = F.max_pool2d(x, 2), _pool_mask(m)
+    x = F.relu(psi.conv3(F.pad(x * m, (1, 1, 1, 1)))) * m
+    return (psi.fconv(x) * m)[:, 0], m[:, 0]
+
