@@ -183,7 +183,7 @@ def main() -> None:
 def throughput(args, work: Path) -> dict:
     path = work / f"features_q{args.queries}_t{args.targets}_d{args.dim}.hdf5"
     print(f"generating {path} ...", file=sys.stderr)
-    make_file(path, args.queries, args.targets, args.dim)
+    ids = make_file(path, args.queries, args.targets, args.dim)
 
     engine = in_subprocess(path, args.queries, sample=args.loop_pairs, scorer=args.scorer)
     sample = {tuple(k.split()): v for k, v in engine.pop("sample").items()}
@@ -201,17 +201,16 @@ def throughput(args, work: Path) -> dict:
     print(f"\n{args.scorer} scorer, {args.queries} queries x {args.targets} targets, lengths 10-300 frames, R = 9, D = {args.dim}, "
           f"{torch.get_num_threads()} threads\n")
     H.print_table(["method", "pairs", "seconds", "pairs/s", "peak extra memory", "engine speed-up", "max |score diff|"], rows)
-    results["roofline"] = roofline(path, args, pairs, engine, results)
+    results["roofline"] = roofline(path, args, ids, pairs, engine, results)
     return results
 
 
-def roofline(path: Path, args, pairs, engine, results) -> dict:
+def roofline(path: Path, args, ids, pairs, engine, results) -> dict:
     """How close each side runs to the machine's fp32 GEMM rate, and so the largest speed-up any
     exact fp32 engine could have over the loop here: the loop's time divided by the time the
     loop's region GEMMs would take at the measured peak."""
     peak = gemm_peak_gflops(args.dim)
-    all_ids = [f"q{i:03d}" for i in range(args.queries)] + [f"t{i:06d}" for i in range(args.targets)]
-    engine_pairs = [(q, t) for q in all_ids if q.startswith("q") for t in all_ids if t.startswith("t")]
+    engine_pairs = [(q, t) for q in ids if q.startswith("q") for t in ids if t.startswith("t")]
     engine_gflops = region_gemm_flops(path, engine_pairs) / engine["seconds"] / 1e9
     loop_flops = region_gemm_flops(path, pairs)
     out = dict(gemm_peak_gflops=peak, engine_gflops=engine_gflops)
