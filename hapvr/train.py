@@ -8,6 +8,7 @@ mAP / uAP per relevance level for the untrained Chamfer baseline and the trained
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -204,8 +205,13 @@ def run(cfg) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     sampler = random.Random(cfg.seed * 1_000_003 + info.rank)
     start_step = 0
+    # exponential moving average of the weights (--ema): what is evaluated and saved as "model"
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        live = ckpt["extra"].get("train_weights")
+        model.load_state_dict(ckpt["model"] if live is None else live)
+        if ema is not None:
+            ema.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"], sampler)
@@ -213,6 +219,7 @@ def run(cfg) -> dict:
             sampler.setstate(ckpt["extra"]["rank_samplers"][info.rank])
         start_step = ckpt["step"]
         _log(info, f"resumed from {ckpt_path} at step {start_step}")
+    eval_model = model if ema is None else ema
     objective = build_objective(cfg)
     use_amp = cfg.fp16 and info.device.type == "cuda"
 
@@ -245,7 +252,9 @@ def run(cfg) -> dict:
             extra["rank_samplers"] = states
         if not info.main:
             return
-        save_checkpoint(ckpt_path, step=step, model=model, pca=extractor.pca, optimizer=optimizer, scheduler=scheduler,
+        if ema is not None:
+            extra["train_weights"] = model.state_dict()
+        save_checkpoint(ckpt_path, step=step, model=eval_model, pca=extractor.pca, optimizer=optimizer, scheduler=scheduler,
                         sampler=sampler, config=dataclasses.asdict(cfg), extra=extra)
 
     from tqdm import tqdm
@@ -262,7 +271,7 @@ def run(cfg) -> dict:
     model.train()
     done = start_step
     for step in bar:
-        batch = draw_batch(fpool, sampler, cfg.batch_videos, cfg.clip_frames)
+        batch = draw_batch(fpool, sampler, cfg.batch_videos, cfg.clip_frames, max_shift=cfg.clip_shift)
         with torch.autocast(info.device.type, dtype=torch.float16, enabled=use_amp):
             if gather:
                 out = train_model(batch.features.to(info.device), batch.lengths.to(info.device))
@@ -280,6 +289,10 @@ def run(cfg) -> dict:
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), model.parameters()):
+                    e.lerp_(p, 1 - cfg.ema)
         done = step + 1
         if info.main:
             bar.set_postfix(loss=f"{parts['loss']:.3f}")
@@ -293,7 +306,7 @@ def run(cfg) -> dict:
                     for k, v in parts.items():
                         writer.add_scalar(f"loss/{k}", v, done)
             if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.iterations and bench_feats is not None:
-                res = evaluate_model(model, bench_feats, bench.queries, bench.labels)
+                res = evaluate_model(eval_model, bench_feats, bench.queries, bench.labels)
                 if writer is not None:
                     for t, r in res.items():
                         writer.add_scalar(f"benchmark/mAP_{t}", r.map, done)
@@ -313,7 +326,7 @@ def run(cfg) -> dict:
     results = {}
     if info.main and bench_feats is not None:
         rows = {"baseline (features-only Chamfer)": evaluate_model(baseline, bench_feats, bench.queries, bench.labels),
-                "HAP-VR (trained)": evaluate_model(model, bench_feats, bench.queries, bench.labels)}
+                "HAP-VR (trained)": evaluate_model(eval_model, bench_feats, bench.queries, bench.labels)}
         table = results_table(rows)
         n_q = {t: r.queries for t, r in next(iter(rows.values())).items()}
         print(f"\nheld-out benchmark: {len(bench_feats)} videos, queries per level {n_q}")
@@ -332,7 +345,7 @@ def run(cfg) -> dict:
                    and t != bench.queries[0] and not t.startswith(bench.queries[0]))
         pairs.append((bench.queries[0], neg, "negative"))
         png = os.path.join(cfg.out, "heatmaps.png")
-        draw_heatmaps(png, baseline, model, bench_feats, bench.thumbs, pairs)
+        draw_heatmaps(png, baseline, eval_model, bench_feats, bench.thumbs, pairs)
         print(f"heatmaps: {png}")
     if info.main:
         summary = dict(results=results, skipped_videos=[p for p, _ in skipped], steps=cfg.iterations,

@@ -62,10 +62,11 @@ def test_corrupt_video_is_skipped_and_counted(first_run):
     assert os.path.isfile(os.path.join(out, "log.csv")) and os.path.isdir(os.path.join(out, "tensorboard"))
 
 
-def test_resume_continues_exactly(data, tmp_path):
+@pytest.mark.parametrize("ema", ["0", "0.6"])
+def test_resume_continues_exactly(data, tmp_path, ema):
     root, cache = data
     full, split = str(tmp_path / "full"), str(tmp_path / "split")
-    common = ["--data", root, "--cache-dir", cache, "--iterations", "6", *TINY]
+    common = ["--data", root, "--cache-dir", cache, "--iterations", "6", "--ema", ema, *TINY]
     assert _train(*common, "--out", full).returncode == 0
     p = _train(*common, "--out", split, "--stop-after", "2")
     assert p.returncode == 0 and "stopped at step 2" in p.stdout, p.stderr[-2000:]
@@ -76,6 +77,14 @@ def test_resume_continues_exactly(data, tmp_path):
     assert s1 == s2 == 6
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    live = [torch.load(os.path.join(d, "checkpoint.pt"), weights_only=False)["extra"].get("train_weights")
+            for d in (full, split)]
+    if ema == "0":
+        assert live == [None, None]  # the saved model is the live model
+    else:  # the saved model is the average; the live weights continue exactly too
+        for k in a:
+            torch.testing.assert_close(live[0][k], live[1][k], rtol=0, atol=0, msg=k)
+        assert any(not torch.equal(a[k], live[0][k]) for k in a)
 
 
 def test_two_process_gloo_ddp(data, tmp_path):

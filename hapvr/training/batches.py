@@ -49,7 +49,10 @@ class FeaturePool:
 
 
 def draw_batch(pool: FeaturePool, rng: random.Random, batch_videos: int, clip_frames: int,
-               edits: dict[str, float] | None = None, exclude: set[int] | None = None) -> Batch:
+               edits: dict[str, float] | None = None, exclude: set[int] | None = None,
+               max_shift: float = 0.25) -> Batch:
+    """``max_shift``: the strong clip starts up to ``max_shift x clip length`` frames before or
+    after the weak one (0 = the same window; 1 = windows may be disjoint)."""
     V, K = pool.features.shape[:2]
     choices = [v for v in range(V) if not exclude or v not in exclude]
     videos = rng.sample(choices, min(batch_videos, len(choices)))
@@ -58,7 +61,8 @@ def draw_batch(pool: FeaturePool, rng: random.Random, batch_videos: int, clip_fr
         n = int(pool.lengths[v])
         L = min(clip_frames, n)
         a0 = rng.randint(0, n - L)
-        shift = rng.randint(-(L // 4), L // 4)
+        reach = int(L * max_shift)
+        shift = rng.randint(-reach, reach)
         b0 = min(max(a0 + shift, 0), n - L)
         kb = rng.randrange(1, K) if K > 1 else 0
         _, idx = temporal_edit_indices(L, rng, edits=edits or TEMPORAL_EDITS)

@@ -27,6 +27,7 @@ class TrainConfig:
     views_per_video: int = 4  # cached augmented views per video (1 weak + the rest strong)
     pool_frames: int = 32  # frames cached per view (a window of longer videos)
     clip_frames: int = 16  # frames per training clip (paper: 28)
+    clip_shift: float = 0.25  # max offset between a video's two clips, fraction of the clip length
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
     out: str = "runs/hapvr"
     # features
@@ -59,6 +60,7 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 1e-2
     warmup: int = 20
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
     fp16: bool = True  # autocast on CUDA only
     seed: int = 0
     threads: int = 0  # torch threads; 0 = all cores
@@ -86,6 +88,8 @@ HELP = {
     "views_per_video": "augmented views cached per video (backbone+teacher run once on each)",
     "pool_frames": "frames cached per view",
     "clip_frames": "frames per training clip",
+    "clip_shift": "the two clips of a video start up to this fraction of the clip length apart "
+                  "(0: same window; 1: they may not overlap at all)",
     "cache_dir": "where the built-in corpus and cached features live (env HAPVR_CACHE)",
     "out": "run folder: checkpoint, logs (CSV, TensorBoard), results, heatmaps",
     "backbone": "frozen CNN: efficientnet_lite0 (weights shipped in a package) or resnet50 (needs --backbone-weights)",
@@ -99,6 +103,8 @@ HELP = {
     "teacher_raw_pixels": "feed unnormalised 0..255 pixels to the teacher (compatibility with the predecessor)",
     "resume": "continue from OUT/checkpoint.pt (same step, optimizer, schedule and RNG)",
     "stop_after": "stop this run after N steps with a checkpoint (continue later with --resume); 0 = no stop",
+    "ema": "keep an exponential moving average of the weights with this decay (e.g. 0.99) and evaluate "
+           "and save it as the model (the live weights are kept in the checkpoint for --resume); 0 = off",
     "threads": "torch CPU threads (0 = all cores)",
     "gather_negatives": "under torchrun, compare each rank's clips with the clips of every rank (all_gather with "
                         "gradients), so the video-level losses rank world x N targets per query instead of N; "
