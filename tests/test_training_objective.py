@@ -227,3 +227,25 @@ def test_gathered_objective_with_world_1_equals_the_normal_objective(one_process
     for (name, p), q in zip(model.named_parameters(), gathered_model.model.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=name)
     assert sum(float(p.grad.abs().sum()) for p in model.parameters()) > 0
+
+
+def test_frame_labels_choose_the_frame_level_pairs_only():
+    x = padded_batch(seed=5)
+    N = x.positives.shape[0]
+    labels = x.positives.long()
+    labels[0, 4] = labels[4, 0] = 1  # clip 4 shows video 0 (a pasted guest): a video-level positive
+    frame_pairs = x.positives.long()  # ... left out of the frame level
+    obj = HAPVRObjective()
+    kw = dict(raw=x.raw * x.raw_mask, frame_sims=x.frame_maps, teacher=x.teacher, lengths=x.lengths)
+    sim = x.video / 2 + 0.5
+    _, with_guest = obj(sim, labels, **kw)
+    _, restricted = obj(sim, labels, frame_labels=frame_pairs, **kw)
+    _, plain = obj(sim, x.positives.long(), **kw)
+    # the frame level now equals the one of the batch without the guest pair ...
+    torch.testing.assert_close(restricted["frame_ap"], plain["frame_ap"], rtol=0, atol=0)
+    assert not torch.equal(with_guest["frame_ap"], plain["frame_ap"])  # (the guest pair does count otherwise)
+    # ... while the video level still sees the guest pair as a positive
+    torch.testing.assert_close(restricted["video_ap"], with_guest["video_ap"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="frame_labels must be the local"):
+        obj(sim, labels, frame_labels=frame_pairs[:, :N - 1], **kw)
+

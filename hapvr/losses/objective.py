@@ -43,7 +43,8 @@ class HAPVRObjective(nn.Module):
     Build with ``HAPVRObjective()`` (paper defaults), ``HAPVRObjective(config)`` or keyword
     overrides, e.g. ``HAPVRObjective(lambda_f=0)`` for the video level only.
 
-    ``forward(sim, labels, raw=None, frame_sims=None, teacher=None, lengths=None, self_offset=None)``:
+    ``forward(sim, labels, raw=None, frame_sims=None, teacher=None, lengths=None, self_offset=None,
+    frame_labels=None)``:
         sim: ``[N, N]`` batch video similarities in [0, 1]; labels: ``[N, N]`` (1 same video,
         0 different, -1 ignored); raw: the comparator's raw output (a tensor or a sequence of
         tensors) for the regulariser; frame_sims ``[N, N, T, T']`` and teacher (``[N, N, T, T']``
@@ -56,6 +57,9 @@ class HAPVRObjective(nn.Module):
         own column is ``self_offset + k``). The video-level terms rank all M columns; the frame
         level uses the local ``[N, N]`` block only (``frame_sims`` may be given ``[N, M, T, T']``,
         it is cut at ``self_offset``).
+        frame_labels: optional local ``[N, N]`` labels for the frame level only (default: the
+        local block of ``labels``), e.g. to leave out positive pairs whose teacher vectors do not
+        show what makes them positive.
     Returns ``(total, parts)``; ``parts`` maps ``frame_ap``, ``video_ap``, ``infonce``, ``sshn``,
     ``regularizer`` to the unweighted (detached) values of the terms that were computed.
     """
@@ -74,7 +78,8 @@ class HAPVRObjective(nn.Module):
         self.sshn = SSHNLoss()
         self.regularizer = SimilarityRegularizer()
 
-    def forward(self, sim, labels, raw=None, frame_sims=None, teacher=None, lengths=None, self_offset=None):
+    def forward(self, sim, labels, raw=None, frame_sims=None, teacher=None, lengths=None, self_offset=None,
+                frame_labels=None):
         c = self.config
         check_sim("sim", sim)
         offset = self_column_offset(sim, self_offset)
@@ -92,6 +97,11 @@ class HAPVRObjective(nn.Module):
                 local_labels = labels[:, offset:offset + N]
                 if isinstance(frame_sims, torch.Tensor) and frame_sims.dim() == 4 and frame_sims.shape[1] == M:
                     frame_sims = frame_sims[:, offset:offset + N]
+            if frame_labels is not None:
+                if tuple(frame_labels.shape) != (N, N):
+                    raise ValueError(f"frame_labels must be the local [N, N] = [{N}, {N}] pair labels, "
+                                     f"got shape {tuple(frame_labels.shape)}")
+                local_labels = frame_labels
             terms["frame_ap"] = (c.lambda_f, self.frame_ap(frame_sims, teacher, local_labels, lengths))
         if c.lambda_v:
             terms["video_ap"] = (c.lambda_v, self.video_ap(sim, labels, self_offset))
