@@ -157,3 +157,16 @@ def test_cli_help_and_user_errors(tmp_path):
     assert "Traceback" not in p.stderr
     p = _train("--data", str(tmp_path / "nowhere"), "--cache-dir", str(tmp_path), "--out", str(tmp_path / "o"))
     assert p.returncode == 2 and "not a directory" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_presets_paper_table_6_and_cpu_overrides():
+    from hapvr.training.config import parse_config
+
+    paper = parse_config(["--preset", "paper"])
+    table6 = dict(lambda_f=6.0, lambda_v=4.0, lambda_s=3.0, delta_v=0.05, rho_v=0.10, delta_f=0.05, rho_f=5.0,
+                  r_t=0.35, r_b=0.35, tau=0.03, k_s=0.10, k_t=0.03, lr=4e-5, weight_decay=1e-2, warmup=1000,
+                  iterations=30000, batch_videos=64, clip_frames=28)
+    assert {k: getattr(paper, k) for k in table6} == table6
+    cpu = parse_config([])
+    assert cpu.lambda_f == 10.0 and cpu.iterations == 1000 and cpu.batch_videos == 8
+    assert parse_config(["--preset", "paper", "--lambda-f", "2"]).lambda_f == 2.0  # flags beat presets
