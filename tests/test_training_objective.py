@@ -113,7 +113,7 @@ def test_full_length_batch_needs_no_lengths():
     full = ObjectiveInputs(x.video, torch.rand_like(x.frame_maps), x.raw, x.raw_mask, torch.full_like(x.lengths, T),
                            x.positives, torch.nn.functional.normalize(torch.randn_like(x.teacher), dim=-1))
     total, parts = build_objective(cfg)(full)
-    ref_total, _ = HAPVRObjective()(full.video / 2 + 0.5, full.positives.long(), raw=full.raw * full.raw_mask,
+    ref_total, _ = HAPVRObjective(lambda_f=cfg.lambda_f)(full.video / 2 + 0.5, full.positives.long(), raw=full.raw * full.raw_mask,
                              frame_sims=full.frame_maps, teacher=full.teacher)
     assert parts["loss"] == pytest.approx(float(ref_total), rel=1e-6)
 
