@@ -128,12 +128,14 @@ def test_cpp_matches_reference(M, ties):
         assert torch.equal(v, v64)
         torch.testing.assert_close(r, r64, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(g, g64, rtol=1e-9, atol=1e-10 * g64.abs().max().item() + 1e-12)
-        # float32 against the float32 reference: the done-when criterion (1e-5 relative).
-        r32, _, g32 = _grad(quadlinear_ap_reference, scores, labels, delta, rho, upstream.float())
+        # float32 inputs: within 1e-5 relative of the reference (the done-when criterion). The
+        # oracle is the reference run in float64 on the same (exactly representable) inputs: the
+        # float32 reference itself rounds a score difference that lands on -delta (ties on a 0.05
+        # grid) to either side and can be 1e-6 off there (HAPVR_TEST_SEED=2003807981, M=3).
         r, _, g = _grad(cpp, scores, labels, delta, rho, upstream.float())
         assert r.dtype == g.dtype == torch.float32
-        torch.testing.assert_close(r, r32, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(g, g32, rtol=1e-5, atol=1e-5 * g32.abs().max().item() + 1e-7)
+        torch.testing.assert_close(r.double(), r64, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g.double(), g64, rtol=1e-5, atol=1e-5 * g64.abs().max().item() + 1e-7)
 
 
 @pytest.mark.parametrize("M,ties", [(1, False), (5, True), (37, False), (70, True)])

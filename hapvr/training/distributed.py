@@ -44,5 +44,10 @@ def barrier(info: DistInfo) -> None:
 
 
 def teardown(info: DistInfo) -> None:
+    """Every rank waits for the others (and so for every pending collective, the backward
+    all_gather of --gather-negatives included) before the group is destroyed: a rank that tore
+    gloo down while a peer was still sending once aborted with "terminate called without an
+    active exception" (CI, HAPVR_TEST_SEED=306247521)."""
     if info.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
