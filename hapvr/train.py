@@ -149,6 +149,18 @@ def lr_lambda(cfg):
     return f
 
 
+def check_config(cfg) -> None:
+    """One clear error for an option outside its range, before any work starts."""
+    checks = [("ema", 0 <= cfg.ema < 1, "in [0, 1) (0 = off)"), ("clip_shift", cfg.clip_shift >= 0, ">= 0"),
+              ("clip_frames", cfg.clip_frames >= 1, ">= 1"), ("pool_frames", cfg.pool_frames >= 1, ">= 1"),
+              ("batch_videos", cfg.batch_videos >= 2, ">= 2 (negatives come from the other videos)"),
+              ("views_per_video", cfg.views_per_video >= 1, ">= 1"), ("iterations", cfg.iterations >= 1, ">= 1"),
+              ("lr", cfg.lr > 0, "> 0"), ("warmup", cfg.warmup >= 0, ">= 0")]
+    for name, ok, expected in checks:
+        if not ok:
+            raise UserError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(cfg, name)}")
+
+
 def run(cfg) -> dict:
     from hapvr.features import BackboneError, RegionFeatureExtractor
     from hapvr.models import VideoSimilarityModel
@@ -159,6 +171,7 @@ def run(cfg) -> dict:
     from hapvr.training.gather import GatheredSimilarity, gathered_labels
     from hapvr.training.objective import build_objective, objective_inputs
 
+    check_config(cfg)
     info = distributed.setup()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

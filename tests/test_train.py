@@ -157,6 +157,10 @@ def test_cli_help_and_user_errors(tmp_path):
     assert "Traceback" not in p.stderr
     p = _train("--data", str(tmp_path / "nowhere"), "--cache-dir", str(tmp_path), "--out", str(tmp_path / "o"))
     assert p.returncode == 2 and "not a directory" in p.stderr and "Traceback" not in p.stderr
+    for flag, value, expected in (("--ema", "1.5", "--ema must be in [0, 1)"), ("--clip-shift", "-1", "--clip-shift must be >= 0"),
+                                  ("--batch-videos", "1", "--batch-videos must be >= 2")):
+        p = _train(flag, value, "--cache-dir", str(tmp_path), "--out", str(tmp_path / "o"))
+        assert p.returncode == 2 and expected in p.stderr and "Traceback" not in p.stderr, p.stderr[-500:]
 
 
 def test_presets_paper_table_6_and_cpu_overrides():
