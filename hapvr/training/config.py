@@ -3,7 +3,7 @@
 ``--preset paper`` gives the paper's Table 6 exactly; ``--preset cpu`` (the default) keeps the
 same model and losses but sizes data, batch and schedule for a 2-core CPU, and weighs the
 frame-level term more (``lambda_f`` 10 instead of 6: better at every level on the built-in
-corpus's 23 videos, measured over four seeds in docs/train.md). Every field can be
+corpus's 23 videos on average over six seeds, docs/train.md). Every field can be
 overridden from the command line (``--lr 1e-4``, ``--batch-videos 8``, ...).
 """
 
