@@ -90,10 +90,10 @@ def build_extractor(args):
     from hapvr.features.extractor import RegionFeatureExtractor
 
     if args.checkpoint:
-        if not os.path.isfile(args.checkpoint):
-            _fail(f"--checkpoint: no file at {args.checkpoint}")
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-        if "pca" not in state or "config" not in state:
+        from hapvr.serialization import load_torch_file
+
+        state = load_torch_file(args.checkpoint, "--checkpoint", allow_numpy=True)
+        if not isinstance(state, dict) or "pca" not in state or "config" not in state:
             _fail(f"--checkpoint {args.checkpoint}: not a hapvr training checkpoint (no PCA inside)")
         cfg = state["config"]
         ext = RegionFeatureExtractor(cfg.get("backbone", "efficientnet_lite0"), cfg.get("backbone_weights"),
@@ -141,7 +141,12 @@ def main(argv=None) -> int:
     if args.fit_pca:
         pca_file = out.with_suffix(".pca.pt")
         if pca_file.exists():
-            extractor.pca.load_state_dict(torch.load(pca_file, map_location="cpu"))
+            from hapvr.serialization import load_torch_file
+
+            try:
+                extractor.pca.load_state_dict(load_torch_file(pca_file, "PCA file"))
+            except (ValueError, RuntimeError) as exc:
+                _fail(f"{exc} (delete {pca_file} to fit it again)")
         else:
             sample = []
             for vid, path in tqdm(inputs[: args.fit_pca], desc="PCA sample", disable=args.no_progress):

@@ -94,7 +94,7 @@ def load_or_build_pool(cfg, info, extractor):
     from hapvr.training.distributed import barrier
 
     barrier(info)
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = _load_cache(path)
     if state["skipped"] and not skipped:
         _log(info, f"note: {len(state['skipped'])} videos were skipped when this cache was built "
                    f"(corrupt, empty or unreadable): " + ", ".join(p for p, _ in state["skipped"]))
@@ -128,7 +128,16 @@ def load_or_build_benchmark(cfg, info, extractor):
     barrier(info)
     if not os.path.isfile(path):
         return None
-    return BenchmarkFeatures(**torch.load(path, map_location="cpu", weights_only=False))
+    return BenchmarkFeatures(**_load_cache(path))
+
+
+def _load_cache(path: str) -> dict:
+    from hapvr.serialization import load_torch_file
+
+    try:
+        return load_torch_file(path, "cache file")
+    except ValueError as exc:  # truncated or foreign: never used, never silently rebuilt over
+        raise UserError(f"{exc}; delete it to rebuild") from None
 
 
 def fit_pca(extractor, pool) -> None:
@@ -189,12 +198,15 @@ def run(cfg) -> dict:
             pca_state = load_pca(cfg.pca, extractor.in_dim, cfg.pca_dim, cfg.backbone)
         except PCAFileError as exc:
             raise UserError(f"--pca {exc}") from None
+    ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
+    try:  # read (as data) and checked before the long data preparation
+        ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
     pool, skipped = load_or_build_pool(cfg, info, extractor)
     bench = load_or_build_benchmark(cfg, info, extractor) if cfg.benchmark else None
     t_data = time.time() - t_start
 
-    ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
-    ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
     if ckpt is not None:
         extractor.pca.load_state_dict(ckpt["pca"])
     elif pca_state is not None:

@@ -48,7 +48,7 @@ def data(first_run):
 
 
 def _params(run_dir):
-    ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)
+    ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=True)
     return ckpt["step"], ckpt["model"]
 
 
@@ -77,7 +77,7 @@ def test_resume_continues_exactly(data, tmp_path, ema):
     assert s1 == s2 == 6
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-    live = [torch.load(os.path.join(d, "checkpoint.pt"), weights_only=False)["extra"].get("train_weights")
+    live = [torch.load(os.path.join(d, "checkpoint.pt"), weights_only=True)["extra"].get("train_weights")
             for d in (full, split)]
     if ema == "0":
         assert live == [None, None]  # the saved model is the live model
@@ -135,7 +135,7 @@ def test_pca_file_from_hapvr_pca_replaces_the_pool_fit(data, tmp_path):
                "--pca", str(pca))
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"PCA whitening loaded from {pca}" in p.stdout
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)
     for key, value in torch.load(pca, weights_only=True)["pca"].items():
         assert torch.equal(ckpt["pca"][key], value), key
     p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "o"), *TINY, "--pca", str(tmp_path / "no.pt"))

@@ -24,7 +24,6 @@ Annotation formats read:
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -82,8 +81,9 @@ def _read(path: str | Path):
         raise FileNotFoundError(f"annotation file not found: {path}")
     if path.suffix == ".json":
         return json.loads(path.read_text())
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    from hapvr.serialization import load_plain_pickle
+
+    return load_plain_pickle(path, "--annotations")
 
 
 def _need(data, key: str, fmt: str):

@@ -94,10 +94,10 @@ def load_model(path: str | Path, backend: str = "auto"):
     """A :class:`VideoSimilarityModel` from hapvr's training checkpoint or a published state dict."""
     from hapvr.models import VideoSimilarityModel
 
+    from hapvr.serialization import load_torch_file
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint: no file at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_torch_file(path, "--checkpoint", allow_numpy=True)  # numpy: RNG state of format-1 checkpoints
     if isinstance(state, dict) and str(state.get("format", "")).startswith("hapvr-checkpoint"):
         cfg = state.get("config", {})
         model = VideoSimilarityModel(cfg.get("pca_dim", 512), cfg.get("k_s", 0.1), cfg.get("k_t", 0.03), backend=backend)

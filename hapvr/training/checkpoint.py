@@ -8,18 +8,25 @@ import random
 import numpy as np
 import torch
 
+from hapvr.serialization import CorruptFileError, load_torch_file
 from hapvr.training.pool import atomic_save
 
 
+FORMAT = "hapvr-checkpoint-2"  # 2: numpy's RNG state stored as a tensor (loads with weights_only=True)
+
+
 def rng_state(sampler: random.Random) -> dict:
-    return dict(sampler=sampler.getstate(), python=random.getstate(), numpy=np.random.get_state(),
-                torch=torch.get_rng_state())
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    return dict(sampler=sampler.getstate(), python=random.getstate(), numpy=numpy_state, torch=torch.get_rng_state())
 
 
 def set_rng_state(state: dict, sampler: random.Random) -> None:
     sampler.setstate(state["sampler"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((name, keys.astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
 
 
@@ -28,11 +35,18 @@ def save_checkpoint(path: str, *, step: int, model, pca, optimizer, scheduler, s
     """Write ``path`` atomically (temporary file + fsync + rename): a crash never leaves half a file."""
     atomic_save(dict(step=step, model=model.state_dict(), pca=pca.state_dict(), optimizer=optimizer.state_dict(),
                      scheduler=scheduler.state_dict(), rng=rng_state(sampler), config=config, extra=extra or {},
-                     format="hapvr-checkpoint-1"), path)
+                     format=FORMAT), path)
 
 
-def load_checkpoint(path: str) -> dict:
+def load_checkpoint(path: str, what: str = "--resume") -> dict:
+    """A hapvr training checkpoint, read as data (``weights_only=True``; format-1 files held a numpy
+    RNG array, which is allowed as plain numbers). Raises FileNotFoundError or ValueError naming ``path``."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--resume: no checkpoint at {path} (start without --resume, or point --out at the run)")
-    # our own file: it holds RNG states (tuples, numpy arrays), so full unpickling is needed
-    return torch.load(path, map_location="cpu", weights_only=False)
+        raise FileNotFoundError(f"{what}: no checkpoint at {path} (start without --resume, or point --out at the run)")
+    state = load_torch_file(path, what, allow_numpy=True)
+    if not (isinstance(state, dict) and str(state.get("format", "")).startswith("hapvr-checkpoint")):
+        raise CorruptFileError(f"{what} {path}: not a hapvr training checkpoint")
+    missing = [k for k in ("step", "model", "pca", "optimizer", "scheduler", "rng", "config") if k not in state]
+    if missing:
+        raise CorruptFileError(f"{what} {path}: hapvr checkpoint without {', '.join(missing)}")
+    return state
