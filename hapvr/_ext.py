@@ -1,8 +1,9 @@
 """Loads hapvr's compiled extensions and records why one is missing.
 
 ``hapvr._C`` holds the op schemas and the C++ CPU kernels; ``hapvr._C_cuda`` the CUDA kernels.
-If ``_C`` cannot be loaded, hapvr still works on the pure-PyTorch reference backends and warns
-once.
+If ``_C`` cannot be loaded, hapvr still works: the spatial similarity runs on the ``tiled``
+ATen backend (same bounded memory, somewhat slower), the losses on their pure-PyTorch
+references; it warns once.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ try:
 except ImportError as exc:  # not built, or built against another torch
     cpu_error = f"hapvr._C could not be loaded ({exc})"
     warnings.warn(
-        f"{cpu_error}; hapvr falls back to its pure-PyTorch reference kernels, which are slower "
-        "and use far more memory. Reinstall with `pip install --no-build-isolation .` to build them.",
+        f"{cpu_error}; hapvr falls back to its ATen 'tiled' similarity backend and pure-PyTorch loss "
+        "references, which are slower. Reinstall with `pip install --no-build-isolation .` to build them.",
         RuntimeWarning,
         stacklevel=2,
     )

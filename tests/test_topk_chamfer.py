@@ -14,7 +14,7 @@ from hapvr.ops import (
     temporal_topk_chamfer,
     topk_count,
 )
-from hapvr.ops.topk_chamfer import mask_dtype
+from hapvr.ops._topk import mask_dtype
 
 
 # --- slow, obviously correct oracles -------------------------------------------------------

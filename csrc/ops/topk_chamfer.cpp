@@ -1,5 +1,5 @@
 // Schemas of the TopK-Chamfer family (paper eqs. 3 and 5). Kernels live in csrc/cpu and
-// csrc/cuda; fake kernels and autograd are registered from Python (hapvr/ops/topk_chamfer.py).
+// csrc/cuda; fake kernels and autograd are registered from Python (hapvr/ops/_spatial_autograd.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(hapvr, m) {

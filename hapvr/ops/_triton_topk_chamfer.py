@@ -18,7 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from hapvr.ops.topk_chamfer import mask_dtype, register_spatial_autograd, spatial_backward_fake, spatial_fake
+from hapvr.ops._spatial_autograd import register_spatial_autograd, spatial_backward_fake, spatial_fake
+from hapvr.ops._topk import mask_dtype
 
 _BLOCK_D = 32
 
