@@ -23,7 +23,9 @@ import os
 
 import torch
 
-from hapvr.ops._topk import mask_dtype
+from hapvr.ops._topk import MAX_COMPILED_REGIONS, mask_dtype
+
+MAX_MASK_REGIONS = MAX_COMPILED_REGIONS  # a bit per region in an int64
 
 DEFAULT_WORKSPACE_BYTES = 64 << 20
 WORKSPACE_ENV = "HAPVR_TILED_WORKSPACE_MB"
@@ -43,21 +45,67 @@ def default_workspace_bytes() -> int:
     return int(mb * (1 << 20))
 
 
-def tile_frames(workspace_bytes: int, R: int, rows: int, cols: int, element_size: int) -> tuple[int, int]:
-    """Query and target frames per tile so that one tile's transient tensors fit ``workspace_bytes``.
+def bytes_per_cell(R: int, k: int, element_size: int, phase: str) -> int:
+    """Transient bytes one (query frame, target frame) cell of a tile needs at its peak.
 
-    Per (query frame, target frame) cell a tile holds its ``R x R`` similarity block in the
-    compute dtype plus, at most, the same again for the epilogue's temporaries (top-k values
-    and indices, or the backward's expanded weights) - budgeted as ``3 R^2`` elements of 8 bytes
-    at worst. Tiles are square-ish (GEMM efficiency) and never empty."""
-    per_cell = 3 * R * R * max(element_size, 8)
-    cells = max(workspace_bytes // per_cell, 1)
-    side = max(int(math.isqrt(cells)), 1)
-    bx = min(rows, side)
-    by = min(cols, max(cells // max(bx, 1), 1))
-    if by == cols:  # target axis fits whole: give the rest of the budget to the query axis
-        bx = min(rows, max(cells // max(by, 1), 1))
+    Every phase holds the ``R x R`` similarity (or weight) block in the compute dtype; on top:
+    - ``forward`` (no gradient): the top-k sums, ``R`` values (k = 1: amax; else topk values
+      and int64 indices, ``k R`` each);
+    - ``forward_save``: k = 1: max values + int64 indices + the int8 copy; k > 1: a full stable
+      sort of the block (values + int64 indices, ``R^2`` each) and the int64 bits;
+    - ``backward``: the scatter/bit-expansion temporaries (int64, ``R^2`` for masks, ``k R``
+      for indices).
+    Plus the fp32 sums of the tile, ``R + 1`` values. A workspace bound is met when
+    ``cells * bytes_per_cell`` fits it; the frames' region-major copy of the target tile
+    (``y R D``) is small beside it and budgeted by the caller's slack."""
+    es = element_size
+    block = R * R * es
+    sums = (R + 1) * 8
+    if phase == "forward":
+        extra = R * es if k in (1, R) else k * R * (es + 8)
+    elif phase == "forward_save":
+        extra = R * (es + 8 + 1) if k in (1, R) else R * R * (es + 8) + R * 8
+    elif phase == "backward":
+        extra = k * R * 8 if (k == 1 or R > MAX_MASK_REGIONS) else (0 if k == R else R * R * 8)
+    else:
+        raise ValueError(f"phase must be forward, forward_save or backward, got {phase!r}")
+    return block + extra + sums
+
+
+def tile_frames(workspace_bytes: int, R: int, rows: int, cols: int, element_size: int, k: int = 1,
+                phase: str = "forward_save", D: int = 0) -> tuple[int, int]:
+    """Query and target frames per tile so that one tile's transient tensors fit ``workspace_bytes``
+    (see :func:`bytes_per_cell`; ``D`` adds the region-major target copy, ``R D`` per target
+    frame). Tiles are square-ish (GEMM efficiency) and never empty: one cell is the minimum,
+    whatever the bound."""
+    per_cell = bytes_per_cell(R, k, element_size, phase)
+    copy = R * D * element_size
+    # cells = bx * by with bx * by * per_cell + by * copy <= workspace
+    side = max(int(math.isqrt(max(workspace_bytes // per_cell, 1))), 1)
+    by = min(cols, side)
+    bx = min(rows, max((workspace_bytes - by * copy) // max(by * per_cell, 1), 1))
+    if bx == rows:  # the query axis fits whole: give the rest of the budget to the target axis
+        by = min(cols, max(workspace_bytes // max(rows * per_cell + copy, 1), 1))
     return max(bx, 1), max(by, 1)
+
+
+def selection_dtype(R: int, k: int) -> torch.dtype:
+    """The compiled kernels' encoding (:func:`hapvr.ops._topk.mask_dtype`) where it fits: an int8
+    index for k = 1, an R-bit mask for k > 1; beyond 64 regions int16 indices."""
+    if R > MAX_MASK_REGIONS and (k > 1 or R > 127):
+        return torch.int16
+    return mask_dtype(R, k)
+
+
+def selection_shape(X: int, R: int, Y: int, k: int, save: bool) -> tuple[int, ...]:
+    """What the forward saves for the backward, over the flat frame grid ``X = Bq T``, ``Y = Bt T'``:
+    ``[X, R, Y]`` (an index for k = 1, a bit mask for 1 < k and R <= 64), ``[X, R, k, Y]`` (the
+    k indices, R > 64), or nothing (k = R selects every region, or no gradient is needed)."""
+    if not save or k == R:
+        return (0,)
+    if 1 < k and R > MAX_MASK_REGIONS:
+        return (X, R, k, Y)
+    return (X, R, Y)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -66,35 +114,48 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _select(block: torch.Tensor, k: int, save: bool):
-    """Top-k of ``block [x, R, y, R]`` over the last dim: (sum of the selected values in the
-    accumulation dtype ``[x, R, y]``, selection or None). Ties go to the lower region index."""
-    R = block.shape[-1]
+    """Top-k of ``block [x, R_i, R_j, y]`` over the target regions ``R_j`` (dim 2): (sum of the
+    selected values in the accumulation dtype ``[x, R_i, y]``, selection or None). Ties go to the
+    lower region index. ``R_j`` is a middle dimension on purpose: each reduction step is then an
+    elementwise pass over contiguous rows of ``y``, which vectorises; a reduction over an
+    innermost dimension of 9 does not."""
+    R = block.shape[2]
     acc = accumulation_dtype(block.dtype)
-    if k == R:
-        total = block.sum(-1, dtype=acc)
-        if not save:
-            return total, None
-        bits = (1 << R) - 1 if R < 64 else -1
-        return total, torch.full(block.shape[:-1], bits, dtype=mask_dtype(R, k), device=block.device)
+    if k == R:  # every region is selected: nothing to save
+        return block.sum(2, dtype=acc), None
     if k == 1:
         if not save:
-            return block.amax(-1).to(acc), None
-        index = block.argmax(-1)  # argmax returns the first maximal index: the tie rule
-        return block.gather(-1, index[..., None])[..., 0].to(acc), index.to(torch.int8)
+            return block.amax(2).to(acc), None
+        values, index = block.max(2)  # max returns the first maximal index: the tie rule
+        return values.to(acc), index.to(selection_dtype(R, k))
     if not save:  # the sum of the k largest does not depend on which of equal values is taken
-        return block.topk(k, dim=-1, sorted=False).values.sum(-1, dtype=acc), None
-    values, index = block.sort(dim=-1, descending=True, stable=True)  # equal values keep index order
-    total = values[..., :k].sum(-1, dtype=acc)
-    bits = (torch.ones((), dtype=torch.int64, device=block.device) << index[..., :k]).sum(-1)  # distinct bits
-    return total, bits.to(mask_dtype(R, k))
+        return block.topk(k, dim=2, sorted=False).values.sum(2, dtype=acc), None
+    values, index = block.sort(dim=2, descending=True, stable=True)  # equal values keep index order
+    total = values[:, :, :k].sum(2, dtype=acc)
+    if R > MAX_MASK_REGIONS:  # too many regions for a bit mask: the k indices themselves
+        return total, index[:, :, :k].to(selection_dtype(R, k))
+    bits = (torch.ones((), dtype=torch.int64, device=block.device) << index[:, :, :k]).sum(2)  # distinct bits
+    return total, bits.to(selection_dtype(R, k))
 
 
-def _expand(selection: torch.Tensor, k: int, R: int, dtype: torch.dtype) -> torch.Tensor:
-    """The selection ``[x, R, y]`` as 0/1 weights ``[x, R, y, R]`` in ``dtype``."""
-    if k == 1:
-        return torch.nn.functional.one_hot(selection.long(), R).to(dtype)
-    j = torch.arange(R, device=selection.device)
-    return ((selection.long()[..., None] >> j) & 1).to(dtype)
+def _weights(selection: torch.Tensor, g: torch.Tensor, k: int, R: int, dtype: torch.dtype) -> torch.Tensor:
+    """The backward's sparse weights ``[x, R_i, R_j, y]``: ``g[x, y]`` where target region j is
+    selected for (x, i, y), else 0; ``selection`` as :func:`selection_shape` describes."""
+    x, y = g.shape
+    if k == R:
+        return g[:, None, None, :].expand(x, R, R, y).to(dtype)
+    if k == 1 or R > MAX_MASK_REGIONS:
+        index = selection.long() if k > 1 else selection.long()[:, :, None, :]  # [x, R_i, k, y]
+        w = torch.zeros((x, R, R, y), dtype=dtype, device=g.device)
+        return w.scatter_(2, index, g[:, None, None, :].expand(x, R, k, y).to(dtype))
+    j = torch.arange(R, device=selection.device)[None, None, :, None]
+    hit = (selection.long()[:, :, None, :] >> j) & 1  # [x, R_i, R_j, y]
+    return hit.to(dtype) * g[:, None, None, :]
+
+
+def _regions_major(t: torch.Tensor, y0: int, y1: int, R: int) -> torch.Tensor:
+    """Target rows of frames ``y0:y1`` reordered region-major, ``[R y, D]`` (a bounded copy)."""
+    return t[y0 * R:y1 * R].view(y1 - y0, R, -1).transpose(0, 1).reshape((y1 - y0) * R, -1)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -116,22 +177,23 @@ def tiled_forward(query, target, k: int, query_lengths, target_lengths, save_sel
     q = _flat(query.contiguous())
     t = _flat(target.contiguous())
     flat = torch.zeros((X, Y), dtype=accumulation_dtype(query.dtype), device=query.device)
-    selection = (torch.empty((X, R, Y), dtype=mask_dtype(R, k), device=query.device) if save_selection
-                 else torch.empty((0,), dtype=mask_dtype(R, k), device=query.device))
+    selection = torch.empty(selection_shape(X, R, Y, k, save_selection), dtype=selection_dtype(R, k),
+                            device=query.device)
     if X and Y and R:
-        bx, by = tile_frames(workspace_bytes, R, X, Y, query.element_size())
+        bx, by = tile_frames(workspace_bytes, R, X, Y, query.element_size(), k,
+                             "forward_save" if save_selection else "forward", D)
         scale = 1.0 / (k * R)
-        for x0 in range(0, X, bx):
-            x1 = min(x0 + bx, X)
-            qa = q[x0 * R:x1 * R]
-            for y0 in range(0, Y, by):
-                y1 = min(y0 + by, Y)
-                block = (qa @ t[y0 * R:y1 * R].T).view(x1 - x0, R, y1 - y0, R)
+        for y0 in range(0, Y, by):
+            y1 = min(y0 + by, Y)
+            tb = _regions_major(t, y0, y1, R)  # [R_j y, D]
+            for x0 in range(0, X, bx):
+                x1 = min(x0 + bx, X)
+                block = (q[x0 * R:x1 * R] @ tb.T).view(x1 - x0, R, R, y1 - y0)  # [x, R_i, R_j, y]
                 total, sel = _select(block, k, save_selection)
                 del block
                 flat[x0:x1, y0:y1] = total.sum(1) * scale
                 if sel is not None:
-                    selection[x0:x1, :, y0:y1] = sel
+                    selection[x0:x1, ..., y0:y1] = sel
     valid = valid_frames(query_lengths, T)[:, None] & valid_frames(target_lengths, T2)[None, :]
     flat.masked_fill_(~valid, 0.0)
     maps = flat.view(Bq, T, Bt, T2).permute(0, 2, 1, 3).to(query.dtype).contiguous()
@@ -155,23 +217,26 @@ def tiled_backward(grad_out, query, target, selection, k: int, query_lengths, ta
     # [Bq, Bt, T, T'] -> [Bq T, Bt T'], scaled, zero on padding (padded frames get no gradient)
     g = grad_out.permute(0, 2, 1, 3).reshape(X, Y).to(query.dtype) * (1.0 / (k * R))
     g = g.masked_fill(~valid, 0)
-    bx, by = tile_frames(workspace_bytes, R, X, Y, query.element_size())
-    for x0 in range(0, X, bx):
-        x1 = min(x0 + bx, X)
-        for y0 in range(0, Y, by):
-            y1 = min(y0 + by, Y)
+    bx, by = tile_frames(workspace_bytes, R, X, Y, query.element_size(), k, "backward", D)
+    skip_empty = query.device.type == "cpu"  # elsewhere the test would cost a device sync per tile
+    for y0 in range(0, Y, by):
+        y1 = min(y0 + by, Y)
+        tb = _regions_major(t, y0, y1, R)  # [R_j y, D]
+        dtb = torch.zeros(tb.shape, dtype=acc, device=t.device)
+        for x0 in range(0, X, bx):
+            x1 = min(x0 + bx, X)
             gt = g[x0:x1, y0:y1]
-            if not bool(gt.any()):
+            if skip_empty and not bool(gt.any()):
                 continue
-            w = _expand(selection[x0:x1, :, y0:y1], k, R, query.dtype)  # [x, R, y, R]
-            w.mul_(gt[:, None, :, None])
-            w = w.view((x1 - x0) * R, (y1 - y0) * R)
+            w = _weights(selection[x0:x1, ..., y0:y1] if selection.numel() else selection, gt, k, R, query.dtype)
+            w = w.reshape((x1 - x0) * R, R * (y1 - y0))  # rows (x, i), columns (j, y)
             if acc == query.dtype:
-                dq[x0 * R:x1 * R].addmm_(w, t[y0 * R:y1 * R])
-                dt[y0 * R:y1 * R].addmm_(w.T, q[x0 * R:x1 * R])
+                dq[x0 * R:x1 * R].addmm_(w, tb)
+                dtb.addmm_(w.T, q[x0 * R:x1 * R])
             else:  # bf16 / fp16 GEMMs (fp32 accumulation inside), summed over tiles in fp32
-                dq[x0 * R:x1 * R] += w @ t[y0 * R:y1 * R]
-                dt[y0 * R:y1 * R] += w.T @ q[x0 * R:x1 * R]
+                dq[x0 * R:x1 * R] += w @ tb
+                dtb += w.T @ q[x0 * R:x1 * R]
+        dt[y0 * R:y1 * R] += dtb.view(R, y1 - y0, D).transpose(0, 1).reshape(-1, D)
     return dq.to(query.dtype).view_as(query), dt.to(target.dtype).view_as(target)
 
 
@@ -188,8 +253,8 @@ def _tiled_op(query: torch.Tensor, target: torch.Tensor, k: int, query_lengths: 
 def _tiled_fake(query, target, k, query_lengths, target_lengths, save_selection, workspace_bytes):
     Bq, T, R, _ = query.shape
     Bt, T2 = target.shape[:2]
-    shape = (Bq * T, R, Bt * T2) if save_selection else (0,)
-    return query.new_empty((Bq, Bt, T, T2)), query.new_empty(shape, dtype=mask_dtype(R, k))
+    shape = selection_shape(Bq * T, R, Bt * T2, k, save_selection)
+    return query.new_empty((Bq, Bt, T, T2)), query.new_empty(shape, dtype=selection_dtype(R, k))
 
 
 @torch.library.custom_op("hapvr::spatial_topk_chamfer_tiled_backward", mutates_args=())
@@ -208,6 +273,7 @@ def _setup_context(ctx, inputs, output):
     query, target, k, query_lengths, target_lengths, _save, workspace = inputs
     ctx.save_for_backward(query, target, output[1], query_lengths, target_lengths)
     ctx.k = k
+    ctx.saved_selection = inputs[5]
     ctx.workspace = workspace
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
@@ -217,7 +283,7 @@ def _backward(ctx, grad_out, _grad_selection):
     query, target, selection, ql, tl = ctx.saved_tensors
     if grad_out is None:
         return None, None, None, None, None, None, None
-    if selection.numel() == 0 and grad_out.numel() > 0:
+    if not ctx.saved_selection and grad_out.numel() > 0:
         raise RuntimeError("spatial_topk_chamfer was called with save_selection=False; it has no gradient")
     gq, gt = _tiled_backward_op(grad_out.contiguous(), query, target, selection, ctx.k, ql, tl, ctx.workspace)
     return gq, gt, None, None, None, None, None

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from hapvr.ops import _dispatch
+from hapvr.ops import _spatial_autograd  # noqa: F401  (fake kernels + autograd of the compiled op)
 from hapvr.ops._dispatch import Backend
 from hapvr.ops._topk import MAX_COMPILED_REGIONS, topk_count
 from hapvr.ops._validate import check_finite, check_floating, check_int, check_tensor, lengths_tensor
