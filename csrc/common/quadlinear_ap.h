@@ -69,32 +69,141 @@ HAPVR_HD T centre(const T* a, int64_t n) {
   return T(0.5) * (a[0] + a[n - 1]);
 }
 
-// p1[k] = sum_{t<k} (a[t] - c), p2[k] = sum_{t<k} (a[t] - c)^2 for k in [0, n].
+// --- prefix sums as a two-level scan ------------------------------------------------------
+// Both prefixes below are built the same way on the host and on the device: [0, n) is cut into
+// scan_parts(n) contiguous chunks (scan_chunk); each chunk's totals are summed (*_partial), the
+// totals are exclusive-scanned into per-chunk offsets, and each chunk writes its prefix entries
+// starting from its offset (*_prefix_range). The CPU kernel runs the chunks one after another
+// (build_*_prefix). For rows longer than 256 the CUDA kernel gives each chunk to one thread of a
+// block (one block per query) and scans the chunk totals across the block, so a row of M = 4096
+// entries takes 2 x 16 dependent steps per thread instead of 4096; shorter rows run
+// build_*_prefix itself, one thread per row. Chunk boundaries are the same on both sides; only
+// the order in which the chunk totals are added differs (rounding only).
+
+// Fewest entries per chunk (below that a thread's work is smaller than the scan's), and most
+// chunks per row (the CUDA kernel's largest block).
+constexpr int64_t kScanMinChunk = 16;
+constexpr int64_t kScanMaxParts = 256;
+
+// Number of chunks for a row of n entries: ceil(n / kScanMinChunk), clamped to [1, max_parts].
+HAPVR_HD int64_t scan_parts(int64_t n, int64_t max_parts) {
+  int64_t parts = (n + kScanMinChunk - 1) / kScanMinChunk;
+  if (parts > max_parts) parts = max_parts;
+  return parts < 1 ? 1 : parts;
+}
+
+// Chunk `part` of `parts` over [0, n): [*begin, *end), sizes differing by at most one.
+HAPVR_HD void scan_chunk(int64_t n, int64_t parts, int64_t part, int64_t* begin, int64_t* end) {
+  const int64_t base = n / parts, rem = n % parts;
+  *begin = part * base + (part < rem ? part : rem);
+  *end = *begin + base + (part < rem ? 1 : 0);
+}
+
+// Summands of the moment prefix for value a: (a - c, (a - c)^2).
 template <typename T>
-HAPVR_HD void build_moment_prefix(const T* a, int64_t n, T c, T* p1, T* p2) {
-  T s1 = 0, s2 = 0;
-  p1[0] = 0;
-  p2[0] = 0;
-  for (int64_t k = 0; k < n; ++k) {
-    const T x = a[k] - c;
-    s1 += x;
-    s2 += x * x;
-    p1[k + 1] = s1;
-    p2[k + 1] = s2;
+HAPVR_HD void moment_term(T a, T c, T* t1, T* t2) {
+  const T x = a - c;
+  *t1 = x;
+  *t2 = x * x;
+}
+
+// Summands of the weight prefix for value a with weight w: (w, w * (a - c)).
+template <typename T>
+HAPVR_HD void weight_term(T a, T w, T c, T* t1, T* t2) {
+  *t1 = w;
+  *t2 = w * (a - c);
+}
+
+// Totals of the moment summands over [begin, end).
+template <typename T>
+HAPVR_HD void moment_partial(const T* a, int64_t begin, int64_t end, T c, T* s1, T* s2) {
+  T u1 = 0, u2 = 0;
+  for (int64_t k = begin; k < end; ++k) {
+    T t1, t2;
+    moment_term(a[k], c, &t1, &t2);
+    u1 += t1;
+    u2 += t2;
+  }
+  *s1 = u1;
+  *s2 = u2;
+}
+
+// Totals of the weight summands over [begin, end).
+template <typename T>
+HAPVR_HD void weight_partial(const T* a, const T* w, int64_t begin, int64_t end, T c, T* s1, T* s2) {
+  T u1 = 0, u2 = 0;
+  for (int64_t k = begin; k < end; ++k) {
+    T t1, t2;
+    weight_term(a[k], w[k], c, &t1, &t2);
+    u1 += t1;
+    u2 += t2;
+  }
+  *s1 = u1;
+  *s2 = u2;
+}
+
+// p1[k + 1] = o1 + sum_{begin <= t <= k} (a[t] - c), p2 likewise with squares, k in [begin, end).
+template <typename T>
+HAPVR_HD void moment_prefix_range(const T* a, int64_t begin, int64_t end, T c, T o1, T o2, T* p1,
+                                  T* p2) {
+  for (int64_t k = begin; k < end; ++k) {
+    T t1, t2;
+    moment_term(a[k], c, &t1, &t2);
+    o1 += t1;
+    o2 += t2;
+    p1[k + 1] = o1;
+    p2[k + 1] = o2;
   }
 }
 
-// pw[k] = sum_{t<k} w[t], pws[k] = sum_{t<k} w[t] * (a[t] - c) for k in [0, n].
+// pw[k + 1] = o1 + sum_{begin <= t <= k} w[t], pws likewise with w[t] (a[t] - c), k in [begin, end).
+template <typename T>
+HAPVR_HD void weight_prefix_range(const T* a, const T* w, int64_t begin, int64_t end, T c, T o1,
+                                  T o2, T* pw, T* pws) {
+  for (int64_t k = begin; k < end; ++k) {
+    T t1, t2;
+    weight_term(a[k], w[k], c, &t1, &t2);
+    o1 += t1;
+    o2 += t2;
+    pw[k + 1] = o1;
+    pws[k + 1] = o2;
+  }
+}
+
+// p1[k] = sum_{t<k} (a[t] - c), p2[k] = sum_{t<k} (a[t] - c)^2 for k in [0, n]: the chunks of
+// the two-level scan one after another (the host path; the CUDA kernel runs them in parallel).
+template <typename T>
+HAPVR_HD void build_moment_prefix(const T* a, int64_t n, T c, T* p1, T* p2) {
+  p1[0] = 0;
+  p2[0] = 0;
+  const int64_t parts = scan_parts(n, kScanMaxParts);
+  T o1 = 0, o2 = 0;
+  for (int64_t part = 0; part < parts; ++part) {
+    int64_t begin, end;
+    scan_chunk(n, parts, part, &begin, &end);
+    moment_prefix_range(a, begin, end, c, o1, o2, p1, p2);
+    T s1, s2;
+    moment_partial(a, begin, end, c, &s1, &s2);
+    o1 += s1;
+    o2 += s2;
+  }
+}
+
+// pw[k] = sum_{t<k} w[t], pws[k] = sum_{t<k} w[t] * (a[t] - c) for k in [0, n] (same scheme).
 template <typename T>
 HAPVR_HD void build_weight_prefix(const T* a, const T* w, int64_t n, T c, T* pw, T* pws) {
-  T s0 = 0, s1 = 0;
   pw[0] = 0;
   pws[0] = 0;
-  for (int64_t k = 0; k < n; ++k) {
-    s0 += w[k];
-    s1 += w[k] * (a[k] - c);
-    pw[k + 1] = s0;
-    pws[k + 1] = s1;
+  const int64_t parts = scan_parts(n, kScanMaxParts);
+  T o1 = 0, o2 = 0;
+  for (int64_t part = 0; part < parts; ++part) {
+    int64_t begin, end;
+    scan_chunk(n, parts, part, &begin, &end);
+    weight_prefix_range(a, w, begin, end, c, o1, o2, pw, pws);
+    T s1, s2;
+    weight_partial(a, w, begin, end, c, &s1, &s2);
+    o1 += s1;
+    o2 += s2;
   }
 }
 
