@@ -4,8 +4,8 @@ All ``O(T R T' R D)`` work is ATen ``matmul`` (MKL/OpenBLAS on the CPU, cuBLAS o
 tensor cores through TF32 / bf16 / fp16 as the input dtype and
 ``torch.backends.cuda.matmul.allow_tf32`` decide). The frames of all query videos and of all
 target videos are laid end to end; the ``[Bq T, Bt T']`` frame grid is cut into tiles whose
-region-similarity block ``[x R, y R]`` fits a workspace bound (default 64 MiB, per call or
-``HAPVR_TILED_WORKSPACE_MB``). Only the ``O(T R T' R)`` epilogue is custom, and it is ATen too:
+region-similarity block ``[x R, y R]`` and epilogue temporaries fit a workspace bound (default
+64 MiB, 512 MiB on CUDA; per call or ``HAPVR_TILED_WORKSPACE_MB``). Only the ``O(T R T' R)`` epilogue is custom, and it is ATen too:
 the top-k over the target regions with the package's tie rule (lower index wins), the mean,
 and, when a gradient is needed, the compact selection that the compiled kernels also save
 (int8 region index for k = 1, an R-bit mask otherwise). The backward expands each tile's
@@ -28,14 +28,19 @@ from hapvr.ops._topk import MAX_COMPILED_REGIONS, mask_dtype
 MAX_MASK_REGIONS = MAX_COMPILED_REGIONS  # a bit per region in an int64
 
 DEFAULT_WORKSPACE_BYTES = 64 << 20
+# On a GPU one tile's GEMM at 64 MiB takes tens of microseconds, about what the Python driver
+# spends issuing its ~10 ATen calls: the tile loop would be host-bound. 512 MiB tiles (a small
+# share of any training GPU's memory) make each tile's device time exceed its issue time, so the
+# queue stays full (docs/gpu.md, "workspace").
+DEFAULT_WORKSPACE_BYTES_CUDA = 512 << 20
 WORKSPACE_ENV = "HAPVR_TILED_WORKSPACE_MB"
 
 
-def default_workspace_bytes() -> int:
-    """The workspace bound: ``HAPVR_TILED_WORKSPACE_MB`` if set, else 64 MiB."""
+def default_workspace_bytes(device_type: str = "cpu") -> int:
+    """The workspace bound: ``HAPVR_TILED_WORKSPACE_MB`` if set, else 64 MiB (512 MiB on CUDA)."""
     value = os.environ.get(WORKSPACE_ENV)
     if value is None or value == "":
-        return DEFAULT_WORKSPACE_BYTES
+        return DEFAULT_WORKSPACE_BYTES_CUDA if device_type == "cuda" else DEFAULT_WORKSPACE_BYTES
     try:
         mb = float(value)
     except ValueError:
@@ -80,9 +85,9 @@ def tile_frames(workspace_bytes: int, R: int, rows: int, cols: int, element_size
     whatever the bound."""
     per_cell = bytes_per_cell(R, k, element_size, phase)
     copy = R * D * element_size
-    # cells = bx * by with bx * by * per_cell + by * copy <= workspace
+    # bx * by * per_cell + by * copy <= workspace, with bx >= 1
     side = max(int(math.isqrt(max(workspace_bytes // per_cell, 1))), 1)
-    by = min(cols, side)
+    by = max(min(cols, side, workspace_bytes // (per_cell + copy)), 1)
     bx = min(rows, max((workspace_bytes - by * copy) // max(by * per_cell, 1), 1))
     if bx == rows:  # the query axis fits whole: give the rest of the budget to the target axis
         by = min(cols, max(workspace_bytes // max(rows * per_cell + copy, 1), 1))
@@ -294,5 +299,5 @@ torch.library.register_autograd(_tiled_op, _backward, setup_context=_setup_conte
 
 def spatial_topk_chamfer_tiled(query, target, k, query_lengths, target_lengths, save_selection=True,
                                workspace_bytes: int | None = None) -> torch.Tensor:
-    workspace = default_workspace_bytes() if workspace_bytes is None else int(workspace_bytes)
+    workspace = default_workspace_bytes(query.device.type) if workspace_bytes is None else int(workspace_bytes)
     return _tiled_op(query, target, k, query_lengths, target_lengths, save_selection, workspace)[0]
