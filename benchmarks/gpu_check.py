@@ -43,7 +43,11 @@ from hapvr.ops import (  # noqa: E402
     spatial_topk_chamfer,
     spatial_topk_chamfer_reference,
 )
-from hapvr.ops._spatial_tiled import DEFAULT_WORKSPACE_BYTES, tile_frames  # noqa: E402
+from hapvr.ops._spatial_tiled import (  # noqa: E402
+    DEFAULT_WORKSPACE_BYTES,
+    DEFAULT_WORKSPACE_BYTES_CUDA,
+    tile_frames,
+)
 
 FLOOR_ULPS = {torch.float64: 16}  # units of eps x output scale; 2 for other dtypes
 
@@ -64,8 +68,9 @@ GPUS = {
 }
 INT_LANES_PER_SM = 64         # INT32 lanes per SM (Ampere and Hopper)
 L1_SECTORS_PER_CLOCK = 4      # 128 B / clock / SM of L1 bandwidth (assumption), 32 B sectors
-ATEN_CALL_S = 10e-6           # CPU-side cost of one eager ATen call (Python + dispatch + launch)
-SYNC_S = 10e-6                # one device->host synchronisation (bool(tensor))
+ATEN_CALL_S = 10e-6           # CPU-side cost of one eager ATen call that launches a kernel
+VIEW_CALL_S = 3e-6            # ... of one that only makes a view / slice (or is a no-op .to)
+CALL_FIXED_S = 10 * ATEN_CALL_S + 10 * VIEW_CALL_S  # tiled: once per forward / backward (zero fills, masks, casts)
 KERNEL_S = 4e-6               # smallest time a dependent kernel launch takes on the device
 RP = 16                       # Triton pads R to 16 (tl.dot needs dimensions >= 16)
 
@@ -80,6 +85,15 @@ R_, D_, K_ = 9, 512, 1
 PRECISIONS = {"fp32-ieee": (4, "fp32"), "tf32": (4, "tf32"), "bf16": (2, "bf16")}
 
 
+def scatter_bytes_per_cell(R: int, e: int) -> float:
+    """HBM bytes one k = 1 ``scatter_`` write into a zero-filled ``[x, R_i, R_j, y]`` tile costs:
+    a warp writes 32 consecutive ``y`` of one ``(x, i)``, each into one of the R rows ``j``; a row's
+    32 entries span ``e`` 32-byte sectors of ``32 / e`` entries, and a sector is dirtied if any of its
+    entries is selected, so (selections uniform at random) a warp dirties
+    ``R e (1 - (1 - 1/R)^(32/e))`` sectors: 22 B per write in fp32, 15 B in bf16 (R = 9)."""
+    return R * e * (1 - (1 - 1 / R) ** (32 / e))
+
+
 def _phase(name, flops, nbytes, gpu, peak_key, extra_s=0.0):
     compute = flops / gpu[peak_key] if flops else 0.0
     memory = nbytes / gpu["bw"]
@@ -91,7 +105,7 @@ def _phase(name, flops, nbytes, gpu, peak_key, extra_s=0.0):
 
 
 def spatial_roofline(shape: dict, backend: str, precision: str, gpu: dict,
-                     workspace: int = DEFAULT_WORKSPACE_BYTES) -> dict:
+                     workspace: int = DEFAULT_WORKSPACE_BYTES_CUDA) -> dict:
     """FLOPs, HBM bytes and predicted seconds of one backend on one shape (forward, and the
     backward too when ``shape['train']``). Every phase: max(FLOPs / peak, bytes / bandwidth);
     phases are summed. See docs/gpu.md for the derivation of each term."""
@@ -102,32 +116,66 @@ def spatial_roofline(shape: dict, backend: str, precision: str, gpu: dict,
     n_sim, n_cell, n_out = float(X) * R * Y * R, float(X) * R * Y, float(X) * Y
     to32 = 0 if e == 4 else e + 4                          # an extra .to(float32) pass per cell
     phases, floor_s, notes = [], 0.0, []
-    if backend == "tiled":
-        bx, by = tile_frames(workspace, R, X, Y, e)
+    if backend == "tiled":  # k = 1 (the shapes' k): hapvr/ops/_spatial_tiled.py, region-major layout
+        # Forward: tiles sized for the forward's phase (saving the selection when training), the
+        # target tile copied region-major once per target tile and reused by every query tile.
+        bx, by = tile_frames(workspace, R, X, Y, e, k, "forward_save" if train else "forward", D)
         nx, ny = math.ceil(X / bx), math.ceil(Y / by)
         tiles = nx * ny
+        phases.append(_phase("t copy (region-major)", 0, 2 * e * R * D * Y, gpu, peak))
         operands = e * R * D * (X * ny + Y * nx)           # each operand tile read once per tile pair
         phases.append(_phase("GEMM (S tile write)", gemm, operands + e * n_sim, gpu, peak))
-        if train:  # argmax (S read), int64 index, gather (~1 sector), .to, int8 copy, sum, store
-            cell = 8 + (8 + 32) + e + to32 + (8 + 1) + 4 + 2
-            ops = 9
-        else:      # amax (S read), .to, sum
+        if train:  # max(2): values (e) + int64 index in one pass; values .to(fp32); index .to(int8)
+            cell = (e + 8) + to32 + (8 + 1) + 4 + (1 + 1)  # (read 8, write 1); sum over R_i; int8 store
+        else:      # amax(2); .to(fp32) unless fp32; sum over R_i
             cell = e + to32 + 4
-            ops = 5 + (1 if e != 4 else 0)
         phases.append(_phase("top-k epilogue (S read)", 0, e * n_sim + cell * n_cell, gpu, peak))
-        phases.append(_phase("map writes, mask, permute", 0, (20 + 12 + 4 + e) * n_out, gpu, peak))
-        floor_s = tiles * ops * ATEN_CALL_S
+        # in the loop: *scale and the store into the fp32 grid (20 B); after it: zero fill, mask,
+        # masked_fill_ (16 B); permute + .to(dtype) + contiguous (8 B in fp32, 4 + 3e otherwise)
+        final = 2 * e if e == 4 else 4 + 3 * e
+        phases.append(_phase("map: scale, store, mask, permute", 0, (36 + final) * n_out, gpu, peak))
+        # Host calls per tile pair. Launching: matmul, amax | max, [.to(fp32)], [index .to(int8)],
+        # sum, *scale, copy_ into the grid, [copy_ into the selection]. Metadata only: the q slice,
+        # tb.T, .view, the grid slice, [the selection slice], [the no-op .to(fp32) of fp32].
+        # Per target tile: t slice, .view, .transpose (views) and the region-major reshape (a copy).
+        launches = 5 + (2 if train else 0) + (0 if e == 4 else 1)
+        views = 4 + (1 if train else 0) + (1 if e == 4 else 0)
+        floor_s = (tiles * (launches * ATEN_CALL_S + views * VIEW_CALL_S)
+                   + ny * (ATEN_CALL_S + 3 * VIEW_CALL_S)
+                   + CALL_FIXED_S)  # the grid's zero fill, masks, permute and casts, once
         notes.append(f"{tiles} tiles of {bx}x{by} frames")
-        if train:  # backward: per tile one_hot (int64) -> dtype -> scale -> two GEMMs
-            expand = (8 + 8 + e + 2 * e) * n_sim + (1 + 8 + 8) * n_cell
-            phases.append(_phase("bwd: expand selection", 0, expand, gpu, peak))
-            bw_operands = R * D * (X * ny * (e + 8) + Y * nx * (e + 8))
+        if train:  # backward: its own tiling (the "backward" phase of the budget)
+            cx, cy = tile_frames(workspace, R, X, Y, e, k, "backward", D)
+            mx, my = math.ceil(X / cx), math.ceil(Y / cy)
+            btiles = mx * my
+            # once: g (permute copy, *scale, mask, masked_fill), dq/dt zero fill, final casts;
+            # per target tile: region-major t copy, dtb zero fill, dtb back to frame-major + dt +=
+            rd = R * D
+            side = (6 * e + 4) * n_out + 4 * rd * (X + Y) + (2 * e + 24) * rd * Y
+            if e != 4:
+                side += (4 + e) * rd * (X + Y)
+            phases.append(_phase("bwd: g, t copy, dtb fold, casts", 0, side, gpu, peak))
+            # per tile: selection .long() (1 -> 8 B), zero-filled W (e N_sim), scatter_ reading the
+            # int64 index and g and dirtying the sectors its writes land in
+            expand = e * n_sim + (1 + 8 + 8 + e + scatter_bytes_per_cell(R, e)) * n_cell
+            phases.append(_phase("bwd: zero W + scatter", 0, expand, gpu, peak))
+            # two dense GEMMs reading W each; fp32: addmm_ reads + writes the fp32 accumulator
+            # (e + 8 B per operand element); bf16/fp16: out-of-place GEMM (write e) + fp32 add
+            # (read e, read + write 8): 3e + 8
+            per = e + 8 if e == 4 else 3 * e + 8
+            bw_operands = R * D * (X * my + Y * mx) * per
             phases.append(_phase("bwd: 2 GEMMs (W read x2)", 2 * gemm, 2 * e * n_sim + bw_operands, gpu, peak))
-            # bool(gt.any()) per tile drains the queue: the tile's ATen calls no longer overlap
-            bw_gpu = sum(p["time"] for p in phases[-2:])
-            bw_serial = tiles * (SYNC_S + 8 * ATEN_CALL_S)
-            floor_s += bw_serial
-            notes.append(f"bwd host-serial floor {bw_serial * 1e3:.2f} ms vs device {bw_gpu * 1e3:.2f} ms")
+            # Host calls per tile: launching .long(), zeros, scatter_, 2 GEMMs [+ 2 fp32 adds];
+            # metadata g/selection slices, 2 indexings, expand, no-op .to, reshape, dq slice, w.T,
+            # q slice [+ the setitem of dq[...] += ...]. Per target tile: region-major copy, dtb
+            # zeros, the fold back, dt += (4 launches) and 7 views / slices. No device sync.
+            b_launches = 5 + (0 if e == 4 else 2)
+            b_views = 10 + (0 if e == 4 else 1)
+            bw_host = (btiles * (b_launches * ATEN_CALL_S + b_views * VIEW_CALL_S)
+                       + my * (4 * ATEN_CALL_S + 7 * VIEW_CALL_S) + CALL_FIXED_S)
+            floor_s += bw_host
+            bw_gpu = sum(p["time"] for p in phases[-3:])
+            notes.append(f"bwd {btiles} tiles of {cx}x{cy}; bwd host {bw_host * 1e3:.2f} ms vs device {bw_gpu * 1e3:.2f} ms")
     elif backend == "triton":
         padded = 2.0 * X * RP * Y * RP * D
         alu = 2.0 * X * Y * RP * RP                         # k = 1: max + index per padded element
@@ -170,8 +218,9 @@ def spatial_roofline(shape: dict, backend: str, precision: str, gpu: dict,
 
 
 GIB = 1 << 30
-SPATIAL_ROWS = [("tiled", "fp32-ieee", DEFAULT_WORKSPACE_BYTES), ("tiled", "tf32", DEFAULT_WORKSPACE_BYTES),
-                ("tiled", "bf16", DEFAULT_WORKSPACE_BYTES), ("tiled", "tf32", GIB), ("tiled", "bf16", GIB),
+WS_CUDA, WS_CPU = DEFAULT_WORKSPACE_BYTES_CUDA, DEFAULT_WORKSPACE_BYTES  # the tiled defaults on CUDA / CPU
+SPATIAL_ROWS = [("tiled", "fp32-ieee", WS_CUDA), ("tiled", "tf32", WS_CUDA), ("tiled", "bf16", WS_CUDA),
+                ("tiled", "tf32", WS_CPU), ("tiled", "bf16", WS_CPU), ("tiled", "tf32", GIB), ("tiled", "bf16", GIB),
                 ("triton", "fp32-ieee", 0), ("triton", "tf32", 0), ("triton", "bf16", 0), ("cuda", "fp32-ieee", 0),
                 ("reference", "fp32-ieee", 0), ("reference", "bf16", 0)]
 
@@ -232,8 +281,8 @@ def print_roofline() -> None:
         print("| backend | precision | FLOPs | HBM bytes | FLOP/B | H100 SXM | bound | A100 SXM | bound | notes |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for backend, precision, ws in SPATIAL_ROWS:
-            h = spatial_roofline(shape, backend, precision, GPUS["H100 SXM"], ws or DEFAULT_WORKSPACE_BYTES)
-            a = spatial_roofline(shape, backend, precision, GPUS["A100 SXM"], ws or DEFAULT_WORKSPACE_BYTES)
+            h = spatial_roofline(shape, backend, precision, GPUS["H100 SXM"], ws or WS_CUDA)
+            a = spatial_roofline(shape, backend, precision, GPUS["A100 SXM"], ws or WS_CUDA)
             print(f"| {_row_name(backend, ws)} | {precision} | {_fmt_n(h['flops'])} | {_fmt_n(h['bytes'])}B | {h['intensity']:.0f} "
                   f"| {_fmt_s(h['time'])} | {h['bound']} | {_fmt_s(a['time'])} | {a['bound']} | "
                   f"{'; '.join(h['notes'])} |")

@@ -73,6 +73,49 @@ def test_roofline_prints_every_backend():
     proc, lines = run("--roofline")
     assert proc.returncode == 0
     text = "\n".join(lines)
-    for name in ("tiled (64 MiB ws)", "triton", "| cuda |", "| reference |", "QuadLinear-AP"):
+    for name in ("tiled (512 MiB ws)", "tiled (64 MiB ws)", "triton", "| cuda |", "| reference |", "QuadLinear-AP"):
         assert name in text
+    # docs/gpu.md quotes these tables: they must be the script's current output
+    with open(os.path.join(ROOT, "docs", "gpu.md")) as f:
+        doc = f.read()
+    spatial = text[text.index("### (a)"):text.index("### QuadLinear-AP")]
+    assert spatial.strip() in doc, "docs/gpu.md is stale: paste `gpu_check.py --roofline` into it"
+    quad = text[text.index("| Q x M"):].strip()
+    assert quad in doc
+
+
+def _gpu_check_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiled_roofline_follows_the_backend():
+    """The model tiles with the backend's own budget (per phase, with D) and its CUDA default, has
+    no per-tile sync, and says why 64 MiB is not the CUDA default."""
+    from hapvr.ops._spatial_tiled import DEFAULT_WORKSPACE_BYTES, DEFAULT_WORKSPACE_BYTES_CUDA, tile_frames
+
+    gc = _gpu_check_module()
+    h100 = gc.GPUS["H100 SXM"]
+    a, b, c = gc.SHAPES["a"], gc.SHAPES["b"], gc.SHAPES["c"]
+    X, Y = c["Bq"] * c["T"], c["Bt"] * c["T2"]
+    bx, by = tile_frames(DEFAULT_WORKSPACE_BYTES_CUDA, gc.R_, X, Y, 2, 1, "forward", gc.D_)
+    got = gc.spatial_roofline(c, "tiled", "bf16", h100)  # default workspace: the CUDA one
+    assert f"{-(-X // bx) * -(-Y // by)} tiles of {bx}x{by} frames" in got["notes"][0]
+    bx, by = tile_frames(DEFAULT_WORKSPACE_BYTES_CUDA, gc.R_, 1792, 1792, 4, 1, "backward", gc.D_)
+    train = gc.spatial_roofline(b, "tiled", "tf32", h100)
+    assert f"bwd {-(-1792 // bx) * -(-1792 // by)} tiles of {bx}x{by}" in train["notes"][1]
+    assert not hasattr(gc, "SYNC_S")
+    # at the CUDA default the tile loop is not host-bound at (b) and (c); at 64 MiB it is
+    for shape in (b, c):
+        for precision in ("tf32", "bf16"):
+            big = gc.spatial_roofline(shape, "tiled", precision, h100, DEFAULT_WORKSPACE_BYTES_CUDA)
+            small = gc.spatial_roofline(shape, "tiled", precision, h100, DEFAULT_WORKSPACE_BYTES)
+            assert big["floor_s"] < big["device_s"] and small["floor_s"] > small["device_s"]
+    assert gc.spatial_roofline(a, "tiled", "bf16", h100)["notes"][0].startswith("1 tiles")
+    # the k = 1 scatter dirties 22 B (fp32) / 15 B (bf16) per written cell
+    assert abs(gc.scatter_bytes_per_cell(9, 4) - 22.0) < 0.1 and abs(gc.scatter_bytes_per_cell(9, 2) - 15.3) < 0.1
 
