@@ -130,7 +130,8 @@ def main() -> None:
         desc = {k: v for k, v in s.items() if k != "modes"}
         for mode in s["modes"]:
             cases = [(b, "fp32") for b in backends + ["gemm"]]
-            cases += [(b, p) for p in precisions if p != "fp32" for b in ("tiled", "gemm")]
+            if mode == "fwd":  # the precision option is an inference setting
+                cases += [(b, p) for p in precisions if p != "fp32" for b in ("tiled", "gemm")]
             for backend, precision in cases:
                 if backend == "gemm" and mode != "fwd":
                     continue

@@ -40,7 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="split longer targets into chunks of this many frames and average (default 2048)")
     ap.add_argument("--max-map-elements", type=int, default=EngineConfig.max_map_elements,
                     help="bound on query frames x target frames scored per fused call (memory)")
-    ap.add_argument("--backend", default="auto", help="similarity operator backend (auto, cpp, cuda, triton, reference)")
+    ap.add_argument("--backend", default="auto",
+                    help="similarity operator backend: auto (cpp on CPU, tiled on CUDA), cpp, tiled, triton, cuda, reference")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                    help="dtype of the similarity GEMMs (fp32 accumulation); bf16/fp16 pay off on GPUs and on CPUs "
+                         "with avx512_bf16/AMX (default fp32)")
+    ap.add_argument("--device", default="auto",
+                    help="auto (CUDA when available, else CPU; under torchrun cuda:LOCAL_RANK), cpu, cuda or cuda:N")
     ap.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -58,15 +64,30 @@ def _read_ids(path: str) -> set[str]:
         return {line.strip() for line in text.splitlines() if line.strip()}
 
 
+def pick_device(name: str):
+    from hapvr.precision import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
 def make_scorer(args):
+    try:
+        device = pick_device(args.device)
+    except ValueError as exc:
+        _fail(f"--device: {exc}")
     if args.features_only:
         from hapvr.evaluation.scorers import ChamferBaseline
 
-        return ChamferBaseline(backend=args.backend)
+        return ChamferBaseline(backend=args.backend, precision=args.precision, device=device)
     from hapvr.evaluation.model_scorer import load_scorer
 
     try:
-        return load_scorer(args.checkpoint, backend=args.backend)
+        return load_scorer(args.checkpoint, backend=args.backend, precision=args.precision, device=device)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
 

@@ -42,6 +42,10 @@ def parse_args(argv=None):
     ap.add_argument("--backbone-weights", help="weights file (needed for resnet50)")
     ap.add_argument("--fps", type=float, default=1.0)
     ap.add_argument("--max-frames", type=int, help="at most this many frames per video")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                    help="autocast dtype of the backbone (features are stored as float32; default fp32)")
+    ap.add_argument("--device", default="auto",
+                    help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
 
@@ -123,8 +127,14 @@ def main(argv=None) -> int:
     inputs = list_inputs(args.videos)
     if not inputs:
         _fail(f"--videos {args.videos}: no video found")
+    from hapvr.precision import precision_dtype, resolve_device
+
     try:
-        extractor = build_extractor(args)
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        _fail(f"--device: {exc}")
+    try:
+        extractor = build_extractor(args).to(device)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     out = Path(args.output)
@@ -151,17 +161,23 @@ def main(argv=None) -> int:
             sample = []
             for vid, path in tqdm(inputs[: args.fit_pca], desc="PCA sample", disable=args.no_progress):
                 try:
-                    sample.append(extractor.descriptors(load_frames(path, args.fps, args.max_frames)))
+                    sample.append(extractor.descriptors(load_frames(path, args.fps, args.max_frames).to(device)).cpu())
                 except VideoDecodeError as exc:
                     failures.append((vid, str(exc)))
             if not sample:
                 _fail("no readable video to learn the PCA from")
-            extractor.fit_pca(torch.cat(sample))
-            torch.save(extractor.pca.state_dict(), pca_file)
+            extractor.fit_pca(torch.cat(sample).to(device))
+            torch.save({k: v.cpu() for k, v in extractor.pca.state_dict().items()}, pca_file)
             print(f"PCA learned from {len(sample)} videos, saved to {pca_file}", file=sys.stderr)
 
     extracted = 0
-    encode = extractor.descriptors if args.raw else extractor
+    base = extractor.descriptors if args.raw else extractor
+    low = precision_dtype(args.precision)
+
+    def encode(frames):
+        with torch.autocast(device.type, dtype=low, enabled=args.precision != "fp32"):
+            return base(frames.to(device)).float().cpu()
+
     with h5py.File(out, "a") as f:
         f.attrs["hapvr_space"], f.attrs["backbone"] = space, extractor.backbone_name
         for vid, path in tqdm(todo, desc="extracting", unit="video", disable=args.no_progress):

@@ -164,7 +164,8 @@ def check_config(cfg) -> None:
               ("clip_frames", cfg.clip_frames >= 1, ">= 1"), ("pool_frames", cfg.pool_frames >= 1, ">= 1"),
               ("batch_videos", cfg.batch_videos >= 2, ">= 2 (negatives come from the other videos)"),
               ("views_per_video", cfg.views_per_video >= 1, ">= 1"), ("iterations", cfg.iterations >= 1, ">= 1"),
-              ("lr", cfg.lr > 0, "> 0"), ("warmup", cfg.warmup >= 0, ">= 0")]
+              ("lr", cfg.lr > 0, "> 0"), ("warmup", cfg.warmup >= 0, ">= 0"),
+              ("amp", cfg.amp in ("bf16", "off"), "bf16 or off")]
     for name, ok, expected in checks:
         if not ok:
             raise UserError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(cfg, name)}")
@@ -181,7 +182,13 @@ def run(cfg) -> dict:
     from hapvr.training.objective import build_objective, objective_inputs
 
     check_config(cfg)
-    info = distributed.setup()
+    from hapvr.precision import resolve_device
+
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError as exc:
+        raise UserError(f"--device: {exc}") from None
+    info = distributed.setup(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_start = time.time()
@@ -246,7 +253,7 @@ def run(cfg) -> dict:
         _log(info, f"resumed from {ckpt_path} at step {start_step}")
     eval_model = model if ema is None else ema
     objective = build_objective(cfg)
-    use_amp = cfg.fp16 and info.device.type == "cuda"
+    use_amp = cfg.amp == "bf16" and info.device.type == "cuda"
 
     bench_feats = None
     if bench is not None:
@@ -297,7 +304,7 @@ def run(cfg) -> dict:
     done = start_step
     for step in bar:
         batch = draw_batch(fpool, sampler, cfg.batch_videos, cfg.clip_frames, max_shift=cfg.clip_shift)
-        with torch.autocast(info.device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=use_amp):
             if gather:
                 out = train_model(batch.features.to(info.device), batch.lengths.to(info.device))
             else:

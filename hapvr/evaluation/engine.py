@@ -182,9 +182,10 @@ def compute_scores(
         for batch in todo:
             targets = [repeat_to(scorer.index(store.load(c.vid, c.start, c.end)), scorer.min_frames) for c in batch]
             tpad, tlen = pad_stack(targets)
+            tlen = tlen.to(tpad.device)
             sims = torch.empty(len(query_ids), len(batch))
             for members, qpad, qlen in groups:
-                sims[members] = scorer.pairwise(qpad, qlen, tpad, tlen).float()  # [Q_g, B]
+                sims[members] = scorer.pairwise(qpad, qlen, tpad, tlen).float().cpu()  # [Q_g, B]
             records = [(c.key(), [float(v) for v in sims[:, j].tolist()]) for j, c in enumerate(batch)]
             results.update(records)
             if cache:
@@ -216,7 +217,7 @@ def _query_groups(queries: list[torch.Tensor], cfg: EngineConfig, max_group: int
     out = []
     for members in groups:
         qpad, qlen = pad_stack([queries[i] for i in members])
-        out.append((torch.tensor(members), qpad, qlen))
+        out.append((torch.tensor(members), qpad, qlen.to(qpad.device)))
     return out
 
 

@@ -23,14 +23,16 @@ PUBLISHED_PREFIXES = ("module.", "model.", "visil_head.", "comparator_module.")
 class ModelScorer:
     """Adapts a video similarity model to the engine's scorer protocol."""
 
-    def __init__(self, model, name: str = "model"):
-        self.model = model.eval()
+    def __init__(self, model, name: str = "model", precision: str = "fp32", device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.model.precision = precision
         self.min_frames = int(model.min_frames)
-        self._fingerprint = tensor_fingerprint(model, name)
+        self._fingerprint = tensor_fingerprint(model, name) + ("" if precision == "fp32" else f"-{precision}")
 
     @torch.no_grad()
     def index(self, features: torch.Tensor) -> torch.Tensor:
-        return self.model.index_video(features)
+        return self.model.index_video(features.to(self.device))
 
     @torch.no_grad()
     def pairwise(self, queries, query_lengths, targets, target_lengths):
@@ -118,5 +120,8 @@ def load_model(path: str | Path, backend: str = "auto"):
     return model
 
 
-def load_scorer(path: str | Path, backend: str = "auto") -> ModelScorer:
-    return ModelScorer(load_model(path, backend), name=str(path))
+def load_scorer(path: str | Path, backend: str = "auto", precision: str = "fp32",
+                device: str | torch.device = "cpu") -> ModelScorer:
+    model = load_model(path, backend)
+    model.precision = precision
+    return ModelScorer(model, name=str(path), precision=precision, device=device)

@@ -36,20 +36,25 @@ class ChamferBaseline:
 
     min_frames = 1
 
-    def __init__(self, backend: str = "auto"):
+    def __init__(self, backend: str = "auto", precision: str = "fp32", device: str | torch.device = "cpu"):
+        from hapvr.precision import precision_dtype
+
         self.backend = backend
+        self.precision = precision
+        self.dtype = precision_dtype(precision)
+        self.device = torch.device(device)
 
     def index(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(features.float(), dim=-1)
+        return torch.nn.functional.normalize(features.to(self.device).float(), dim=-1).to(self.dtype)
 
     @torch.no_grad()
     def pairwise(self, queries, query_lengths, targets, target_lengths):
-        maps = spatial_topk_chamfer(queries, targets, 1, query_lengths, target_lengths, backend=self.backend)
+        maps = spatial_topk_chamfer(queries, targets, 1, query_lengths, target_lengths, backend=self.backend).float()
         return temporal_topk_chamfer(maps, 1, query_lengths=query_lengths[:, None],
                                      target_lengths=target_lengths[None, :])
 
     def fingerprint(self) -> str:
-        return "chamfer-baseline-v1"
+        return "chamfer-baseline-v1" + ("" if self.precision == "fp32" else f"-{self.precision}")
 
 
 def tensor_fingerprint(module: torch.nn.Module, name: str) -> str:

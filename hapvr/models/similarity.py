@@ -39,6 +39,14 @@ class SimilarityOutput:
     query_lengths: torch.Tensor
     target_lengths: torch.Tensor
 
+    def cpu(self) -> "SimilarityOutput":
+        """The same outputs on the CPU, in float32 (for plotting and reports)."""
+        def move(x):
+            return None if x is None else (x.float() if x.is_floating_point() else x).cpu()
+
+        return SimilarityOutput(*(move(getattr(self, f)) for f in
+                                  ("video", "frame_maps", "raw", "raw_mask", "query_lengths", "target_lengths")))
+
 
 def repeat_to_min_length(x: torch.Tensor, lengths: torch.Tensor, min_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Self-concatenate videos shorter than ``min_frames`` until they reach it.
@@ -71,15 +79,21 @@ class VideoSimilarityModel(nn.Module):
         k_t: temporal top-k rate over comparator steps.
         attention, comparator: switch the trainable parts (both off = features-only baseline).
         backend: backend of ``spatial_topk_chamfer``.
+        precision: dtype of the spatial similarity GEMMs at inference, ``fp32`` / ``bf16`` /
+            ``fp16`` (:mod:`hapvr.precision`); the maps and everything after are fp32.
     """
 
     def __init__(self, dim: int = 512, k_s: float = 0.1, k_t: float = 0.03, attention: bool = True,
-                 comparator: bool = True, backend: str = "auto"):
+                 comparator: bool = True, backend: str = "auto", precision: str = "fp32"):
         super().__init__()
+        from hapvr.precision import precision_dtype
+
+        precision_dtype(precision)  # one clear error for a bad name
         self.dim = dim
         self.k_s = k_s
         self.k_t = k_t
         self.backend = backend
+        self.precision = precision
         self.attention = RegionAttention(dim) if attention else None
         self.comparator = FrameComparator() if comparator else None
 
@@ -120,7 +134,14 @@ class VideoSimilarityModel(nn.Module):
         q, ql = repeat_to_min_length(q, ql, self.min_frames)
         t, tl = repeat_to_min_length(t, tl, self.min_frames)
         k = topk_count(self.k_s, q.shape[2])
-        maps = spatial_topk_chamfer(q.contiguous(), t.contiguous(), k, ql, tl, backend=self.backend)
+        if self.precision != "fp32":
+            from hapvr.precision import precision_dtype
+
+            low = precision_dtype(self.precision)
+            maps = spatial_topk_chamfer(q.to(low).contiguous(), t.to(low).contiguous(), k, ql, tl,
+                                        backend=self.backend).float()
+        else:
+            maps = spatial_topk_chamfer(q.contiguous(), t.contiguous(), k, ql, tl, backend=self.backend)
         Bq, Bt, T, T2 = maps.shape
         if self.comparator is None:
             video = temporal_topk_chamfer(maps, rate=self.k_t, query_lengths=ql[:, None],

@@ -63,7 +63,8 @@ class TrainConfig:
     weight_decay: float = 1e-2
     warmup: int = 20
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
-    fp16: bool = True  # autocast on CUDA only
+    amp: str = "bf16"  # mixed precision on CUDA: bf16 autocast (no loss scaling needed) or off
+    device: str = "auto"  # auto: CUDA when available (cuda:LOCAL_RANK under torchrun), else CPU
     seed: int = 0
     threads: int = 0  # torch threads; 0 = all cores
     gather_negatives: bool = False  # DDP: compare each rank's clips with the clips of all ranks
@@ -80,7 +81,7 @@ class TrainConfig:
 PRESETS = {
     "cpu": {},
     "paper": dict(clip_frames=28, pool_frames=64, lambda_f=6.0, backbone="resnet50", teacher="dino_vits16", teacher_all_views=True,
-                  iterations=30000, batch_videos=64, lr=4e-5, weight_decay=1e-2, warmup=1000, fp16=True, checkpoint_every=1000,
+                  iterations=30000, batch_videos=64, lr=4e-5, weight_decay=1e-2, warmup=1000, amp="bf16", checkpoint_every=1000,
                   eval_every=5000, log_every=50),
 }
 
@@ -109,6 +110,9 @@ HELP = {
     "ema": "keep an exponential moving average of the weights with this decay (e.g. 0.99) and evaluate "
            "and save it as the model (the live weights are kept in the checkpoint for --resume); 0 = off",
     "threads": "torch CPU threads (0 = all cores)",
+    "amp": "mixed precision on CUDA: bf16 (autocast; the paper's fp16 without its loss-scaling) or off; "
+           "the CPU always trains in fp32",
+    "device": "auto (CUDA when available, under torchrun cuda:LOCAL_RANK; else CPU), cpu, cuda or cuda:N",
     "gather_negatives": "under torchrun, compare each rank's clips with the clips of every rank (all_gather with "
                         "gradients), so the video-level losses rank world x N targets per query instead of N; "
                         "no effect in a single process",

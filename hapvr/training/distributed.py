@@ -25,11 +25,16 @@ class DistInfo:
         return self.world > 1
 
 
-def setup() -> DistInfo:
+def setup(device: torch.device | None = None) -> DistInfo:
+    """Joins the torchrun group if there is one. ``device``: where this process trains (None:
+    CUDA when available); an unnumbered ``cuda`` becomes ``cuda:LOCAL_RANK``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    use_cuda = device.type == "cuda"
+    if use_cuda and device.index is None:
+        device = torch.device("cuda", local if world > 1 else 0)
     if world > 1:
         if use_cuda:
             torch.cuda.set_device(device)

@@ -43,19 +43,26 @@ def pad(videos: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, lengths
 
 
+def device_of(model) -> torch.device:
+    """Where a model's parameters live (the CPU for a parameter-free baseline)."""
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def all_similarities(model, features: dict[str, torch.Tensor], queries: list[str], database: list[str],
                      query_chunk: int = 4) -> dict[str, dict[str, float]]:
     """``sims[q][t]`` for every query and database video (model in eval mode, [-1, 1] scores)."""
     was_training = model.training
     model.eval()
+    dev = device_of(model)
     db, db_len = pad([features[t] for t in database])
-    db = model.index_video(db)
+    db = model.index_video(db.to(dev))
     sims = {}
     for s in range(0, len(queries), query_chunk):
         qs = queries[s:s + query_chunk]
         q, q_len = pad([features[x] for x in qs])
-        out = model(model.index_video(q), db, q_len, db_len, indexed=True).video
+        out = model(model.index_video(q.to(dev)), db, q_len.to(dev), db_len.to(dev), indexed=True).video.float().cpu()
         for i, qid in enumerate(qs):
             sims[qid] = {t: float(out[i, j]) for j, t in enumerate(database)}
     model.train(was_training)
@@ -91,8 +98,9 @@ def draw_heatmaps(path: str, baseline, model, features, thumbs, pairs: list[tupl
     fig, axes = plt.subplots(len(pairs), 5, figsize=(13, 2.6 * len(pairs)), squeeze=False)
     for r, (q, t, rel) in enumerate(pairs):
         bq, bt = features[q][None], features[t][None]
-        base = baseline(bq, bt)
-        out = model(bq, bt)
+        base = baseline(bq.to(device_of(baseline)), bt.to(device_of(baseline))).cpu()
+        dev = device_of(model)
+        out = model(bq.to(dev), bt.to(dev)).cpu()
         panels = [(thumbs[q].permute(1, 2, 0).numpy(), f"query {q}"), (thumbs[t].permute(1, 2, 0).numpy(), f"{rel}: {t}"),
                   (base.frame_maps[0, 0].numpy(), f"baseline Chamfer  s={float(base.video[0, 0]):.2f}"),
                   (out.frame_maps[0, 0].numpy(), "trained m_s (attention)"),
