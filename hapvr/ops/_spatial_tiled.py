@@ -168,6 +168,13 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def _grid(query, target):
+    """Sizes ``(Bq, T, Bt, T', R, D)`` and both inputs as ``[frames R, D]`` row blocks."""
+    Bq, T, R, D = query.shape
+    Bt, T2 = target.shape[:2]
+    return (Bq, T, Bt, T2, R, D), _flat(query.contiguous()), _flat(target.contiguous())
+
+
 def valid_frames(lengths: torch.Tensor, T: int) -> torch.Tensor:
     """Boolean ``[B T]`` of frames within their video's length."""
     return (torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]).reshape(-1)
@@ -176,11 +183,8 @@ def valid_frames(lengths: torch.Tensor, T: int) -> torch.Tensor:
 def tiled_forward(query, target, k: int, query_lengths, target_lengths, save_selection: bool,
                   workspace_bytes: int):
     """``(maps [Bq, Bt, T, T'], selection [Bq T, R, Bt T'] or empty)``."""
-    Bq, T, R, D = query.shape
-    Bt, T2 = target.shape[:2]
+    (Bq, T, Bt, T2, R, D), q, t = _grid(query, target)
     X, Y = Bq * T, Bt * T2
-    q = _flat(query.contiguous())
-    t = _flat(target.contiguous())
     flat = torch.zeros((X, Y), dtype=accumulation_dtype(query.dtype), device=query.device)
     selection = torch.empty(selection_shape(X, R, Y, k, save_selection), dtype=selection_dtype(R, k),
                             device=query.device)
@@ -208,11 +212,8 @@ def tiled_forward(query, target, k: int, query_lengths, target_lengths, save_sel
 def tiled_backward(grad_out, query, target, selection, k: int, query_lengths, target_lengths,
                    workspace_bytes: int):
     """Gradients ``(d query, d target)`` from the saved selection, tile by tile."""
-    Bq, T, R, D = query.shape
-    Bt, T2 = target.shape[:2]
+    (Bq, T, Bt, T2, R, D), q, t = _grid(query, target)
     X, Y = Bq * T, Bt * T2
-    q = _flat(query.contiguous())
-    t = _flat(target.contiguous())
     acc = accumulation_dtype(query.dtype)
     dq = torch.zeros(q.shape, dtype=acc, device=q.device)
     dt = torch.zeros(t.shape, dtype=acc, device=t.device)

@@ -1,0 +1,110 @@
+"""Inference precision on the built-in held-out benchmark: fp32 against bf16 (and fp16) similarity
+GEMMs, for the untrained Chamfer baseline and a trained checkpoint, side by side in one process.
+
+    python -m hapvr.train                       # once: builds the benchmark cache and runs/hapvr
+    python benchmarks/bench_precision.py [--run runs/hapvr] [--precision bf16,fp16] [--json PATH]
+
+For each model and precision: the time to score every query against the whole benchmark
+(median of ``--repeats`` runs after a warm-up), the throughput ratio against fp32, the largest
+score difference against fp32, and mAP / uAP per level with their change against fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+import _harness as H  # noqa: E402
+
+
+def load(run: str, cache_dir: str):
+    from hapvr.data.corpus import CorpusConfig
+    from hapvr.evaluation.model_scorer import load_model
+    from hapvr.features.pca import PCAWhitening
+    from hapvr.models import VideoSimilarityModel
+    from hapvr.training.checkpoint import load_checkpoint
+    from hapvr.training.pool import BenchmarkFeatures, cache_key
+    from hapvr.serialization import load_torch_file
+
+    ckpt_path = os.path.join(run, "checkpoint.pt")
+    ckpt = load_checkpoint(ckpt_path, "--run")
+    cfg = ckpt["config"]
+    key = cache_key(bench=dataclasses.asdict(CorpusConfig()), backbone=cfg["backbone"], weights=cfg["backbone_weights"])
+    bench_path = os.path.join(cache_dir, f"benchmark-{key}.pt")
+    bench = BenchmarkFeatures(**load_torch_file(bench_path, "benchmark cache"))
+    proj = ckpt["pca"]["projection"]
+    pca = PCAWhitening(proj.shape[0], proj.shape[1])
+    pca.load_state_dict(ckpt["pca"])
+    with torch.no_grad():
+        feats = {k: pca(v.float()) for k, v in bench.desc.items()}
+    trained = load_model(ckpt_path)
+    baseline = VideoSimilarityModel(cfg["pca_dim"], cfg["k_s"], cfg["k_t"], attention=False, comparator=False)
+    return bench, feats, {"baseline (features-only Chamfer)": baseline, "HAP-VR (trained)": trained}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="runs/hapvr", help="training run folder holding checkpoint.pt")
+    ap.add_argument("--cache-dir", default=None, help="hapvr cache (default: HAPVR_CACHE or ~/.cache/hapvr)")
+    ap.add_argument("--precision", default="bf16", help="comma-separated precisions compared with fp32")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", metavar="PATH")
+    args = ap.parse_args()
+    from hapvr.precision import PRECISIONS
+    from hapvr.training.config import default_cache_dir
+    from hapvr.training.evaluate import LEVEL_LABELS, all_similarities, evaluate_levels
+
+    precisions = ["fp32"] + [p.strip() for p in args.precision.split(",") if p.strip() and p.strip() != "fp32"]
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        ap.error(f"--precision: unknown {bad}; choose from {sorted(PRECISIONS)}")
+    try:
+        bench, feats, models = load(args.run, args.cache_dir or default_cache_dir())
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc} (run python -m hapvr.train first)", file=sys.stderr)
+        raise SystemExit(2)
+    database = sorted(feats)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(bench.queries)} queries x "
+          f"{len(database)} videos; precisions {precisions}")
+    results, rows = [], []
+    for name, model in models.items():
+        base_sims, base_levels, base_time = None, None, None
+        for p in precisions:
+            model.precision = p
+            sims = all_similarities(model, feats, bench.queries, database)
+            seconds = H.median_seconds(lambda: all_similarities(model, feats, bench.queries, database), args.repeats)
+            levels = evaluate_levels(sims, bench.labels, database)
+            if p == "fp32":
+                base_sims, base_levels, base_time = sims, levels, seconds
+            diff = max(abs(sims[q][t] - base_sims[q][t]) for q in sims for t in sims[q])
+            results.append(dict(model=name, precision=p, seconds=seconds, throughput_vs_fp32=base_time / seconds,
+                                max_score_diff=diff,
+                                levels={t: dict(map=r.map, uap=r.uap) for t, r in levels.items()}))
+            rows.append([name, p, f"{seconds * 1000:.0f}", f"{base_time / seconds:.2f}", f"{diff:.2e}"]
+                        + [f"{100 * levels[t].map:.2f} ({100 * (levels[t].map - base_levels[t].map):+.2f})"
+                           for t in LEVEL_LABELS]
+                        + [f"{100 * levels[t].uap:.2f} ({100 * (levels[t].uap - base_levels[t].uap):+.2f})"
+                           for t in LEVEL_LABELS])
+        model.precision = "fp32"
+    print()
+    H.print_table(["model", "precision", "ms (all queries)", "throughput / fp32", "max |score - fp32|"]
+                  + [f"mAP {t} (change)" for t in LEVEL_LABELS] + [f"uAP {t} (change)" for t in LEVEL_LABELS], rows)
+    worst = max((abs(r["levels"][t][m] - next(b for b in results if b["model"] == r["model"]
+                                              and b["precision"] == "fp32")["levels"][t][m])
+                 for r in results for t in LEVEL_LABELS for m in ("map", "uap")), default=0.0)
+    print(f"\nlargest mAP/uAP change against fp32: {100 * worst:.2f} points "
+          f"({'within' if worst <= 0.001 else 'above'} the 0.1-point bar for switching the default)")
+    if args.json:
+        H.write_json(args.json, dict(torch=torch.__version__, threads=torch.get_num_threads(), results=results,
+                                     largest_change_points=100 * worst))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
