@@ -7,7 +7,8 @@ forward+backward; evaluation ``Bq = Bt = 1, T = T' = 1024`` forward. For each: t
 time after warm-up, the peak extra memory measured in a fresh process, and the time of the
 bare GEMM of all query regions against all target regions (the cost floor). Backends: ``cpp``,
 ``tiled`` (at its default 64 MiB workspace), ``reference``; with ``--precision bf16`` the
-``tiled`` backend and the bare GEMM also run on bf16 inputs (the ``bf16`` rows).
+``tiled`` backend and the bare GEMM also run on bf16 inputs at the evaluation shape (the
+``bf16`` rows; the precision option is an inference setting).
 """
 
 from __future__ import annotations
@@ -98,6 +99,33 @@ def backends_to_run():
     return runnable + ["reference"], skipped
 
 
+def memory_only(shapes: dict, json_path: str | None) -> None:
+    """Peak extra memory (fresh processes) of the cases the memory targets name; no timing."""
+    from hapvr.ops._spatial_tiled import default_workspace_bytes
+
+    workspace = default_workspace_bytes()
+    cases = [("train", "fwd+bwd", b) for b in ("cpp", "tiled", "reference")] + [("eval", "fwd", "tiled")]
+    peaks = {}
+    for shape, mode, backend in cases:
+        desc = {k: v for k, v in shapes[shape].items() if k != "modes"}
+        print(f"  measuring peak {shape} {mode} {backend} ...", file=sys.stderr, flush=True)
+        peaks[(shape, mode, backend)] = H.peak_in_subprocess(__file__, dict(backend=backend, shape=desc, mode=mode))
+    rows = [[s, m, b, H.fmt_bytes(p)] for (s, m, b), p in peaks.items()]
+    H.print_table(["shape", "mode", "backend", "peak extra memory"], rows)
+    ref = peaks[("train", "fwd+bwd", "reference")]
+    checks = {f"train fwd+bwd memory {b}/ref <= 0.1": peaks[("train", "fwd+bwd", b)] / ref for b in ("cpp", "tiled")}
+    d = shapes["eval"]
+    output = d["Bq"] * d["Bt"] * d["T"] * d["T2"] * 4 * 2
+    checks["eval fwd tiled (peak - output) / workspace <= 1"] = (peaks[("eval", "fwd", "tiled")] - output) / workspace
+    print()
+    for name, value in checks.items():
+        print(f"{'PASS' if value <= float(name.rsplit(' ', 1)[-1]) else 'FAIL'}  {name}: {value:.3f}")
+    if json_path:
+        H.write_json(json_path, dict(torch=torch.__version__, workspace_bytes=workspace, checks=checks,
+                                     peaks={" ".join(k): v for k, v in peaks.items()}))
+        print(f"\nwrote {json_path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small shapes, fewer repeats (a smoke run)")
@@ -105,10 +133,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per case (median reported)")
     ap.add_argument("--precision", default="fp32,bf16",
                     help="comma-separated input precisions; non-fp32 ones run the tiled backend and the GEMM")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the peak-memory checks: train fwd+bwd (cpp, tiled, reference) and eval fwd (tiled)")
     ap.add_argument("--peak-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.peak_child:
         peak_child(json.loads(args.peak_child))
+        return
+    if args.memory_only:
+        memory_only(QUICK if args.quick else SHAPES, args.json)
         return
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     bad = [p for p in precisions if p not in DTYPES]
@@ -130,7 +163,7 @@ def main() -> None:
         desc = {k: v for k, v in s.items() if k != "modes"}
         for mode in s["modes"]:
             cases = [(b, "fp32") for b in backends + ["gemm"]]
-            if mode == "fwd":  # the precision option is an inference setting
+            if shape_name == "eval":  # the precision option is an inference (evaluation) setting
                 cases += [(b, p) for p in precisions if p != "fp32" for b in ("tiled", "gemm")]
             for backend, precision in cases:
                 if backend == "gemm" and mode != "fwd":

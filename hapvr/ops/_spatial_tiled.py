@@ -220,9 +220,9 @@ def tiled_backward(grad_out, query, target, selection, k: int, query_lengths, ta
     if X == 0 or Y == 0 or R == 0:
         return dq.to(query.dtype).view_as(query), dt.to(target.dtype).view_as(target)
     valid = valid_frames(query_lengths, T)[:, None] & valid_frames(target_lengths, T2)[None, :]
-    # [Bq, Bt, T, T'] -> [Bq T, Bt T'], scaled, zero on padding (padded frames get no gradient)
-    g = grad_out.permute(0, 2, 1, 3).reshape(X, Y).to(query.dtype) * (1.0 / (k * R))
-    g = g.masked_fill(~valid, 0)
+    # [Bq, Bt, T, T'] -> [Bq T, Bt T'] (one copy); scaled and zeroed on padding per tile below
+    g = grad_out.permute(0, 2, 1, 3).reshape(X, Y)
+    scale = 1.0 / (k * R)
     bx, by = tile_frames(workspace_bytes, R, X, Y, query.element_size(), k, "backward", D)
     skip_empty = query.device.type == "cpu"  # elsewhere the test would cost a device sync per tile
     for y0 in range(0, Y, by):
@@ -231,7 +231,7 @@ def tiled_backward(grad_out, query, target, selection, k: int, query_lengths, ta
         dtb = torch.zeros(tb.shape, dtype=acc, device=t.device)
         for x0 in range(0, X, bx):
             x1 = min(x0 + bx, X)
-            gt = g[x0:x1, y0:y1]
+            gt = (g[x0:x1, y0:y1] * scale).masked_fill_(~valid[x0:x1, y0:y1], 0).to(query.dtype)
             if skip_empty and not bool(gt.any()):
                 continue
             w = _weights(selection[x0:x1, ..., y0:y1] if selection.numel() else selection, gt, k, R, query.dtype)
