@@ -25,26 +25,34 @@ def spatial_backward_fake(grad_out, query, target, mask, k, query_lengths, targe
     return torch.empty_like(query), torch.empty_like(target)
 
 
-def register_spatial_autograd(forward_op, backward_op) -> None:
-    """Wires ``backward_op(grad, query, target, selection, k, ql, tl)`` as the gradient of
-    ``forward_op(query, target, k, ql, tl, save_selection) -> (maps, selection)``."""
+def register_spatial_autograd(forward_op, backward_op, contiguous_grad: bool = True) -> None:
+    """Wires ``backward_op(grad, query, target, selection, k, ql, tl, *extra)`` as the gradient of
+    ``forward_op(query, target, k, ql, tl, save_selection, *extra) -> (maps, selection)``; the
+    ``extra`` arguments (e.g. a workspace bound) are passed through unchanged. The compiled
+    kernels take a contiguous gradient; ``contiguous_grad=False`` hands it over as it comes (an
+    expanded scalar stays one)."""
 
     def setup_context(ctx, inputs, output):
         query, target, k, query_lengths, target_lengths = inputs[:5]
         ctx.save_for_backward(query, target, output[1], query_lengths, target_lengths)
         ctx.k = k
+        ctx.saved_selection = bool(inputs[5]) if len(inputs) > 5 else True
+        ctx.extra = tuple(inputs[6:])
+        ctx.n_inputs = len(inputs)
         ctx.mark_non_differentiable(output[1])
         # Without this, autograd hands backward a zero-filled tensor the size of the selection.
         ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_out, _grad_selection):
         query, target, selection, ql, tl = ctx.saved_tensors
+        rest = (None,) * (ctx.n_inputs - 2)
         if grad_out is None:
-            return None, None, None, None, None, None
-        if selection.numel() == 0 and grad_out.numel() > 0:
+            return (None, None) + rest
+        if not ctx.saved_selection and grad_out.numel() > 0:
             raise RuntimeError("spatial_topk_chamfer was called with save_selection=False; it has no gradient")
-        gq, gt = backward_op(grad_out.contiguous(), query, target, selection, ctx.k, ql, tl)
-        return gq, gt, None, None, None, None
+        grad = grad_out.contiguous() if contiguous_grad else grad_out
+        gq, gt = backward_op(grad, query, target, selection, ctx.k, ql, tl, *ctx.extra)
+        return (gq, gt) + rest
 
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 

@@ -23,6 +23,7 @@ import os
 
 import torch
 
+from hapvr.ops._spatial_autograd import register_spatial_autograd
 from hapvr.ops._topk import MAX_COMPILED_REGIONS, mask_dtype
 
 MAX_MASK_REGIONS = MAX_COMPILED_REGIONS  # a bit per region in an int64
@@ -209,6 +210,21 @@ def tiled_forward(query, target, k: int, query_lengths, target_lengths, save_sel
     return maps, selection
 
 
+def _gradient_tile(grad_out, query_lengths, target_lengths, T: int, T2: int, x0: int, x1: int, y0: int, y1: int,
+                   scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """``grad_out [Bq, Bt, T, T']`` at flat frames ``x0:x1`` x ``y0:y1`` as ``[x, y]``, scaled by
+    ``1/(k R)`` and zero on padding. Gathered per tile, so the incoming gradient is never copied
+    whole (it is often an expanded scalar)."""
+    dev = grad_out.device
+    rows = torch.arange(x0, x1, device=dev)
+    cols = torch.arange(y0, y1, device=dev)
+    a, xq = rows // T, rows % T
+    b, yt = cols // T2, cols % T2
+    tile = grad_out[a[:, None], b[None, :], xq[:, None], yt[None, :]] * scale
+    valid = (xq < query_lengths[a])[:, None] & (yt < target_lengths[b])[None, :]
+    return tile.masked_fill_(~valid, 0).to(dtype)
+
+
 def tiled_backward(grad_out, query, target, selection, k: int, query_lengths, target_lengths,
                    workspace_bytes: int):
     """Gradients ``(d query, d target)`` from the saved selection, tile by tile."""
@@ -219,9 +235,6 @@ def tiled_backward(grad_out, query, target, selection, k: int, query_lengths, ta
     dt = torch.zeros(t.shape, dtype=acc, device=t.device)
     if X == 0 or Y == 0 or R == 0:
         return dq.to(query.dtype).view_as(query), dt.to(target.dtype).view_as(target)
-    valid = valid_frames(query_lengths, T)[:, None] & valid_frames(target_lengths, T2)[None, :]
-    # [Bq, Bt, T, T'] -> [Bq T, Bt T'] (one copy); scaled and zeroed on padding per tile below
-    g = grad_out.permute(0, 2, 1, 3).reshape(X, Y)
     scale = 1.0 / (k * R)
     bx, by = tile_frames(workspace_bytes, R, X, Y, query.element_size(), k, "backward", D)
     skip_empty = query.device.type == "cpu"  # elsewhere the test would cost a device sync per tile
@@ -231,7 +244,7 @@ def tiled_backward(grad_out, query, target, selection, k: int, query_lengths, ta
         dtb = torch.zeros(tb.shape, dtype=acc, device=t.device)
         for x0 in range(0, X, bx):
             x1 = min(x0 + bx, X)
-            gt = (g[x0:x1, y0:y1] * scale).masked_fill_(~valid[x0:x1, y0:y1], 0).to(query.dtype)
+            gt = _gradient_tile(grad_out, query_lengths, target_lengths, T, T2, x0, x1, y0, y1, scale, query.dtype)
             if skip_empty and not bool(gt.any()):
                 continue
             w = _weights(selection[x0:x1, ..., y0:y1] if selection.numel() else selection, gt, k, R, query.dtype)
@@ -275,27 +288,7 @@ def _tiled_backward_fake(grad_out, query, target, selection, k, query_lengths, t
     return torch.empty_like(query), torch.empty_like(target)
 
 
-def _setup_context(ctx, inputs, output):
-    query, target, k, query_lengths, target_lengths, _save, workspace = inputs
-    ctx.save_for_backward(query, target, output[1], query_lengths, target_lengths)
-    ctx.k = k
-    ctx.saved_selection = inputs[5]
-    ctx.workspace = workspace
-    ctx.mark_non_differentiable(output[1])
-    ctx.set_materialize_grads(False)
-
-
-def _backward(ctx, grad_out, _grad_selection):
-    query, target, selection, ql, tl = ctx.saved_tensors
-    if grad_out is None:
-        return None, None, None, None, None, None, None
-    if not ctx.saved_selection and grad_out.numel() > 0:
-        raise RuntimeError("spatial_topk_chamfer was called with save_selection=False; it has no gradient")
-    gq, gt = _tiled_backward_op(grad_out.contiguous(), query, target, selection, ctx.k, ql, tl, ctx.workspace)
-    return gq, gt, None, None, None, None, None
-
-
-torch.library.register_autograd(_tiled_op, _backward, setup_context=_setup_context)
+register_spatial_autograd(_tiled_op, _tiled_backward_op, contiguous_grad=False)
 
 
 def spatial_topk_chamfer_tiled(query, target, k, query_lengths, target_lengths, save_selection=True,
