@@ -76,10 +76,16 @@ def pick_device(name: str):
 
 
 def make_scorer(args):
+    from hapvr.ops._spatial_tiled import default_workspace_bytes
+
     try:
         device = pick_device(args.device)
     except ValueError as exc:
         _fail(f"--device: {exc}")
+    try:
+        default_workspace_bytes(device.type)  # the tiled backend's bound, checked before any work
+    except ValueError as exc:
+        _fail(str(exc))
     if args.features_only:
         from hapvr.evaluation.scorers import ChamferBaseline
 

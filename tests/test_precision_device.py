@@ -82,7 +82,7 @@ def _vcdb(tmp_path):
     return path, ann
 
 
-def test_evaluate_cli_precision_and_device(tmp_path, capsys):
+def test_evaluate_cli_precision_and_device(tmp_path, capsys, monkeypatch):
     from hapvr.evaluate import main as evaluate_main
 
     feats, ann = _vcdb(tmp_path)
@@ -94,6 +94,13 @@ def test_evaluate_cli_precision_and_device(tmp_path, capsys):
         out[precision] = json.loads((tmp_path / f"{precision}.json").read_text())
     assert out["fp32"]["vcdb"]["retrieval_mAP"].keys() == out["bf16"]["vcdb"]["retrieval_mAP"].keys()
     capsys.readouterr()
+    monkeypatch.setenv("HAPVR_TILED_WORKSPACE_MB", "0")
+    with pytest.raises(SystemExit) as exc:
+        evaluate_main(["--dataset", "vcdb", "--features", str(feats), "--annotations", str(ann),
+                       "--features-only", "--precision", "bf16", "--no-progress"])
+    assert exc.value.code == 2
+    assert "error: HAPVR_TILED_WORKSPACE_MB must be > 0, got '0'" in capsys.readouterr().err
+    monkeypatch.delenv("HAPVR_TILED_WORKSPACE_MB")
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit) as exc:
             evaluate_main(["--dataset", "vcdb", "--features", str(feats), "--annotations", str(ann),

@@ -42,7 +42,8 @@ def load_checkpoint(path: str, what: str = "--resume") -> dict:
     """A hapvr training checkpoint, read as data (``weights_only=True``; format-1 files held a numpy
     RNG array, which is allowed as plain numbers). Raises FileNotFoundError or ValueError naming ``path``."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what}: no checkpoint at {path} (start without --resume, or point --out at the run)")
+        hint = " (start without --resume, or point --out at the run)" if what == "--resume" else ""
+        raise FileNotFoundError(f"{what}: no checkpoint at {path}{hint}")
     state = load_torch_file(path, what, allow_numpy=True)
     if not (isinstance(state, dict) and str(state.get("format", "")).startswith("hapvr-checkpoint")):
         raise CorruptFileError(f"{what} {path}: not a hapvr training checkpoint")
