@@ -172,25 +172,24 @@ def test_half_precisions_are_as_accurate_as_torch_itself():
         assert err <= 2 * torch_err + 4 * eps, (dtype, float(err), float(torch_err))
 
 
-def test_bf16_gradients_are_as_accurate_as_torch_itself():
-    """bf16 gradients (GEMMs summed over tiles in fp32) against the fp64 reference: within 2x the
-    error of the reference computed in bf16 by PyTorch itself (norm-wise: a selection that flips
-    between near-equal regions moves one entry by a lot in both)."""
-    q, t, ql, tl = _inputs(2, 4, 2, 4, 9, 32, dtype=torch.float64)
-    ref = spatial_topk_chamfer_reference(q, t, 1, ql, tl)
-    g = torch.randn_like(ref)
-    exact = torch.autograd.grad(ref, (q, t), g)
-
-    def grads(backend):
-        qb, tb = q.detach().bfloat16().requires_grad_(), t.detach().bfloat16().requires_grad_()
-        out = (spatial_topk_chamfer_reference(qb, tb, 1, ql, tl) if backend == "reference" else
-               spatial_topk_chamfer(qb, tb, 1, ql, tl, backend="tiled", workspace_bytes=2_000))
-        return torch.autograd.grad(out, (qb, tb), g.bfloat16())
-
-    for e, o, r in zip(exact, grads("tiled"), grads("reference")):
+def test_bf16_backward_accumulates_in_float32():
+    """For a given selection, the bf16 backward (bf16 GEMMs, tiles summed in fp32) matches the same
+    backward in float64 to bf16 precision. (Against the fp64 *reference* the gradient also moves
+    wherever bf16 rounding ties two regions and the lower-index rule picks another one than fp64
+    would: that is a selection change, not an accumulation error, so it is taken out here.)"""
+    q, t, ql, tl = _inputs(3, 5, 2, 6, 9, 32, grad=False)
+    qb, tb = q.bfloat16(), t.bfloat16()
+    _, sel = _tiled_op(qb, tb, 1, ql, tl, True, 2_000)
+    g = torch.randn(3, 2, 5, 6, dtype=torch.float64)
+    exact = _tiled_backward_op(g, qb.double(), tb.double(), sel, 1, ql, tl, 2_000)
+    low = _tiled_backward_op(g.bfloat16(), qb, tb, sel, 1, ql, tl, 2_000)
+    for e, o in zip(exact, low):
         assert o.dtype == torch.bfloat16
-        err, torch_err = (o.double() - e).norm() / e.norm(), (r.double() - e).norm() / e.norm()
-        assert err <= 2 * torch_err + 2 ** -8, (float(err), float(torch_err))
+        # inputs are exact in both; only the bf16 rounding of g and of the result remain
+        assert (o.double() - e).norm() <= 2 ** -7 * e.norm(), float((o.double() - e).norm() / e.norm())
+    # and the selection itself is the one bf16 similarities give under the tie rule
+    S = (qb.reshape(-1, 32) @ tb.reshape(-1, 32).T).view(3, 5, 9, 2, 6, 9)
+    assert torch.equal(sel.view(3, 5, 9, 2, 6).long(), S.argmax(-1))
 
 
 def test_workspace_bound_holds_for_every_phase():
