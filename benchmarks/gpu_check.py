@@ -148,7 +148,9 @@ def spatial_roofline(shape: dict, backend: str, precision: str, gpu: dict,
             cx, cy = tile_frames(workspace, R, X, Y, e, k, "backward", D)
             mx, my = math.ceil(X / cx), math.ceil(Y / cy)
             btiles = mx * my
-            # once: g (permute copy, *scale, mask, masked_fill), dq/dt zero fill, final casts;
+            # g: gathered per tile from grad_out (index arithmetic, gather, *scale, mask,
+            # masked_fill, cast: the same bytes per map entry as one whole pass); once: dq/dt zero
+            # fill, final casts;
             # per target tile: region-major t copy, dtb zero fill, dtb back to frame-major + dt +=
             rd = R * D
             side = (6 * e + 4) * n_out + 4 * rd * (X + Y) + (2 * e + 24) * rd * Y
@@ -169,7 +171,9 @@ def spatial_roofline(shape: dict, backend: str, precision: str, gpu: dict,
             # metadata g/selection slices, 2 indexings, expand, no-op .to, reshape, dq slice, w.T,
             # q slice [+ the setitem of dq[...] += ...]. Per target tile: region-major copy, dtb
             # zeros, the fold back, dt += (4 launches) and 7 views / slices. No device sync.
-            b_launches = 5 + (0 if e == 4 else 2)
+            # + 4 launches for the per-tile gradient gather (gather, mul_, & and ~ of the row/column
+            # validity, masked_fill_; its cast is a no-op in fp32; indices are computed once)
+            b_launches = 5 + 4 + (0 if e == 4 else 2)
             b_views = 10 + (0 if e == 4 else 1)
             bw_host = (btiles * (b_launches * ATEN_CALL_S + b_views * VIEW_CALL_S)
                        + my * (4 * ATEN_CALL_S + 7 * VIEW_CALL_S) + CALL_FIXED_S)

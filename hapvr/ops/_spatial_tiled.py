@@ -210,19 +210,26 @@ def tiled_forward(query, target, k: int, query_lengths, target_lengths, save_sel
     return maps, selection
 
 
-def _gradient_tile(grad_out, query_lengths, target_lengths, T: int, T2: int, x0: int, x1: int, y0: int, y1: int,
-                   scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """``grad_out [Bq, Bt, T, T']`` at flat frames ``x0:x1`` x ``y0:y1`` as ``[x, y]``, scaled by
+class _GradientTiles:
+    """``grad_out [Bq, Bt, T, T']`` read as ``[x, y]`` tiles of the flat frame grid, scaled by
     ``1/(k R)`` and zero on padding. Gathered per tile, so the incoming gradient is never copied
-    whole (it is often an expanded scalar)."""
-    dev = grad_out.device
-    rows = torch.arange(x0, x1, device=dev)
-    cols = torch.arange(y0, y1, device=dev)
-    a, xq = rows // T, rows % T
-    b, yt = cols // T2, cols % T2
-    tile = grad_out[a[:, None], b[None, :], xq[:, None], yt[None, :]] * scale
-    valid = (xq < query_lengths[a])[:, None] & (yt < target_lengths[b])[None, :]
-    return tile.masked_fill_(~valid, 0).to(dtype)
+    whole (it is often an expanded scalar); the frame indices and validity of the grid's rows and
+    columns are computed once, so a tile costs one gather and three small passes."""
+
+    def __init__(self, grad_out, query_lengths, target_lengths, T: int, T2: int, scale: float, dtype):
+        dev = grad_out.device
+        rows = torch.arange(query_lengths.shape[0] * T, device=dev)
+        cols = torch.arange(target_lengths.shape[0] * T2, device=dev)
+        self.a, self.x = rows // T, rows % T
+        self.b, self.y = cols // T2, cols % T2
+        self.row_ok = valid_frames(query_lengths, T)
+        self.col_ok = valid_frames(target_lengths, T2)
+        self.grad_out, self.scale, self.dtype = grad_out, scale, dtype
+
+    def __call__(self, x0: int, x1: int, y0: int, y1: int) -> torch.Tensor:
+        tile = self.grad_out[self.a[x0:x1, None], self.b[None, y0:y1], self.x[x0:x1, None], self.y[None, y0:y1]]
+        padding = ~(self.row_ok[x0:x1, None] & self.col_ok[None, y0:y1])
+        return tile.mul_(self.scale).masked_fill_(padding, 0).to(self.dtype)
 
 
 def tiled_backward(grad_out, query, target, selection, k: int, query_lengths, target_lengths,
@@ -235,7 +242,7 @@ def tiled_backward(grad_out, query, target, selection, k: int, query_lengths, ta
     dt = torch.zeros(t.shape, dtype=acc, device=t.device)
     if X == 0 or Y == 0 or R == 0:
         return dq.to(query.dtype).view_as(query), dt.to(target.dtype).view_as(target)
-    scale = 1.0 / (k * R)
+    gradient_tile = _GradientTiles(grad_out, query_lengths, target_lengths, T, T2, 1.0 / (k * R), query.dtype)
     bx, by = tile_frames(workspace_bytes, R, X, Y, query.element_size(), k, "backward", D)
     skip_empty = query.device.type == "cpu"  # elsewhere the test would cost a device sync per tile
     for y0 in range(0, Y, by):
@@ -244,7 +251,7 @@ def tiled_backward(grad_out, query, target, selection, k: int, query_lengths, ta
         dtb = torch.zeros(tb.shape, dtype=acc, device=t.device)
         for x0 in range(0, X, bx):
             x1 = min(x0 + bx, X)
-            gt = _gradient_tile(grad_out, query_lengths, target_lengths, T, T2, x0, x1, y0, y1, scale, query.dtype)
+            gt = gradient_tile(x0, x1, y0, y1)
             if skip_empty and not bool(gt.any()):
                 continue
             w = _weights(selection[x0:x1, ..., y0:y1] if selection.numel() else selection, gt, k, R, query.dtype)
