@@ -222,12 +222,42 @@ def test_forward_never_holds_more_than_one_tile(monkeypatch):
     assert len(seen) > 4 and max(seen) <= bound
 
 
+def test_default_backward_tiles_within_a_quarter_of_the_bound(monkeypatch):
+    """With no explicit bound the CPU backward's GEMMs use 16 MiB tiles; an explicit bound applies
+    to both phases. Instrumented: the weight blocks the backward multiplies."""
+    monkeypatch.delenv(WORKSPACE_ENV, raising=False)
+    import hapvr.ops._spatial_tiled as tiled
+
+    seen = []
+    real = tiled._weights
+
+    def spy(*args):
+        w = real(*args)
+        seen.append(w.numel() * w.element_size())
+        return w
+
+    monkeypatch.setattr(tiled, "_weights", spy)
+    q, t, ql, tl = _inputs(64, 28, 64, 28, 9, 8, dtype=torch.float32, grad=True)
+    ql.fill_(28), tl.fill_(28)
+    spatial_topk_chamfer(q, t, 1, ql, tl, backend="tiled").sum().backward()
+    bx, by = tile_frames(16 << 20, 9, 64 * 28, 64 * 28, 4, 1, "backward", 8)
+    assert len(seen) > 1 and max(seen) == bx * by * 81 * 4 <= 16 << 20
+    seen.clear()
+    q.grad = t.grad = None
+    spatial_topk_chamfer(q, t, 1, ql, tl, backend="tiled", workspace_bytes=64 << 20).sum().backward()
+    assert max(seen) > 16 << 20  # the explicit bound: 64 MiB tiles in the backward too
+
+
 def test_workspace_environment_variable(monkeypatch):
     monkeypatch.delenv(WORKSPACE_ENV, raising=False)
     assert default_workspace_bytes() == DEFAULT_WORKSPACE_BYTES == 64 << 20
-    assert default_workspace_bytes("cuda") > default_workspace_bytes("cpu")
+    assert default_workspace_bytes("cpu", "backward") == 16 << 20  # a quarter of the bound on the CPU
+    assert default_workspace_bytes("cuda") == default_workspace_bytes("cuda", "backward") > default_workspace_bytes("cpu")
+    with pytest.raises(ValueError, match="phase"):
+        default_workspace_bytes("cpu", "sideways")
     monkeypatch.setenv(WORKSPACE_ENV, "8")
-    assert default_workspace_bytes() == default_workspace_bytes("cuda") == 8 << 20
+    for phase in ("forward", "backward"):
+        assert default_workspace_bytes("cpu", phase) == default_workspace_bytes("cuda", phase) == 8 << 20
     for bad in ("zero", "0", "-3"):
         monkeypatch.setenv(WORKSPACE_ENV, bad)
         with pytest.raises(ValueError, match=WORKSPACE_ENV):

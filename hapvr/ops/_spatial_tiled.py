@@ -5,7 +5,8 @@ tensor cores through TF32 / bf16 / fp16 as the input dtype and
 ``torch.backends.cuda.matmul.allow_tf32`` decide). The frames of all query videos and of all
 target videos are laid end to end; the ``[Bq T, Bt T']`` frame grid is cut into tiles whose
 region-similarity block ``[x R, y R]`` and epilogue temporaries fit a workspace bound (default
-64 MiB, 512 MiB on CUDA; per call or ``HAPVR_TILED_WORKSPACE_MB``). Only the ``O(T R T' R)`` epilogue is custom, and it is ATen too:
+64 MiB, of which the CPU backward uses a quarter; 512 MiB on CUDA; per call or
+``HAPVR_TILED_WORKSPACE_MB``). Only the ``O(T R T' R)`` epilogue is custom, and it is ATen too:
 the top-k over the target regions with the package's tie rule (lower index wins), the mean,
 and, when a gradient is needed, the compact selection that the compiled kernels also save
 (int8 region index for k = 1, an R-bit mask otherwise). The backward expands each tile's
@@ -34,14 +35,28 @@ DEFAULT_WORKSPACE_BYTES = 64 << 20
 # share of any training GPU's memory) make each tile's device time exceed its issue time, so the
 # queue stays full (docs/gpu.md, "workspace").
 DEFAULT_WORKSPACE_BYTES_CUDA = 512 << 20
+# The CPU backward tiles within a quarter of the bound by default. It already holds the saved
+# selection and both input gradients (at the training shape, 64 x 64 clips of 28 frames, those are
+# 95 MiB, more than the forward's whole workspace), and its time does not depend on the tile size
+# between 8 and 64 MiB on the CPU (training shape, 2026-11-29: 3.3-4.5 s at every size, within the
+# machine's noise), while 16 MiB keeps the training shape's forward + backward within 1/10 of the
+# materialising reference's memory (README, bench_similarity.py). On CUDA both phases use 512 MiB
+# (fewer, larger tiles keep the device busy, docs/gpu.md); an explicit bound applies to both.
+DEFAULT_BACKWARD_WORKSPACE_BYTES = 16 << 20
 WORKSPACE_ENV = "HAPVR_TILED_WORKSPACE_MB"
+PHASES = ("forward", "backward")
 
 
-def default_workspace_bytes(device_type: str = "cpu") -> int:
-    """The workspace bound: ``HAPVR_TILED_WORKSPACE_MB`` if set, else 64 MiB (512 MiB on CUDA)."""
+def default_workspace_bytes(device_type: str = "cpu", phase: str = "forward") -> int:
+    """The workspace bound: ``HAPVR_TILED_WORKSPACE_MB`` if set (both phases), else 64 MiB for
+    the forward and 16 MiB for the backward on the CPU, 512 MiB for both on CUDA."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     value = os.environ.get(WORKSPACE_ENV)
     if value is None or value == "":
-        return DEFAULT_WORKSPACE_BYTES_CUDA if device_type == "cuda" else DEFAULT_WORKSPACE_BYTES
+        if device_type == "cuda":
+            return DEFAULT_WORKSPACE_BYTES_CUDA
+        return DEFAULT_WORKSPACE_BYTES if phase == "forward" else DEFAULT_BACKWARD_WORKSPACE_BYTES
     try:
         mb = float(value)
     except ValueError:
@@ -181,9 +196,16 @@ def valid_frames(lengths: torch.Tensor, T: int) -> torch.Tensor:
     return (torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]).reshape(-1)
 
 
+def resolve_workspace(workspace_bytes: int, device_type: str, phase: str) -> int:
+    """The registered ops take ``workspace_bytes = 0`` for "the default of this device and phase"."""
+    return int(workspace_bytes) if workspace_bytes else default_workspace_bytes(device_type, phase)
+
+
 def tiled_forward(query, target, k: int, query_lengths, target_lengths, save_selection: bool,
                   workspace_bytes: int):
-    """``(maps [Bq, Bt, T, T'], selection [Bq T, R, Bt T'] or empty)``."""
+    """``(maps [Bq, Bt, T, T'], selection [Bq T, R, Bt T'] or empty)``; ``workspace_bytes = 0``
+    takes the device's default."""
+    workspace_bytes = resolve_workspace(workspace_bytes, query.device.type, "forward")
     (Bq, T, Bt, T2, R, D), q, t = _grid(query, target)
     X, Y = Bq * T, Bt * T2
     flat = torch.zeros((X, Y), dtype=accumulation_dtype(query.dtype), device=query.device)
@@ -234,7 +256,9 @@ class _GradientTiles:
 
 def tiled_backward(grad_out, query, target, selection, k: int, query_lengths, target_lengths,
                    workspace_bytes: int):
-    """Gradients ``(d query, d target)`` from the saved selection, tile by tile."""
+    """Gradients ``(d query, d target)`` from the saved selection, tile by tile;
+    ``workspace_bytes = 0`` takes the device's default for the backward."""
+    workspace_bytes = resolve_workspace(workspace_bytes, query.device.type, "backward")
     (Bq, T, Bt, T2, R, D), q, t = _grid(query, target)
     X, Y = Bq * T, Bt * T2
     acc = accumulation_dtype(query.dtype)
@@ -300,5 +324,6 @@ register_spatial_autograd(_tiled_op, _tiled_backward_op, contiguous_grad=False)
 
 def spatial_topk_chamfer_tiled(query, target, k, query_lengths, target_lengths, save_selection=True,
                                workspace_bytes: int | None = None) -> torch.Tensor:
-    workspace = default_workspace_bytes(query.device.type) if workspace_bytes is None else int(workspace_bytes)
+    workspace = 0 if workspace_bytes is None else int(workspace_bytes)  # 0: per-device, per-phase default
+    default_workspace_bytes(query.device.type)  # a bad HAPVR_TILED_WORKSPACE_MB is refused here, not mid-graph
     return _tiled_op(query, target, k, query_lengths, target_lengths, save_selection, workspace)[0]

@@ -183,8 +183,9 @@ def spatial_topk_chamfer(
             beyond are padding. None means all frames are valid.
         backend: ``"auto"`` (per device, :func:`auto_order`) or one of ``cpp``, ``tiled``,
             ``triton``, ``cuda``, ``reference``.
-        workspace_bytes: bound on the ``tiled`` backend's transient tiles (default 64 MiB, 512
-            MiB on CUDA, or ``HAPVR_TILED_WORKSPACE_MB``); other backends ignore it.
+        workspace_bytes: bound on the ``tiled`` backend's transient tiles, both phases (default
+            64 MiB, of which the backward uses 16 MiB, on the CPU; 512 MiB on CUDA; or
+            ``HAPVR_TILED_WORKSPACE_MB``); other backends ignore it.
 
     Returns:
         ``[Bq, Bt, T, T']`` with ``out[a, b, x, y] = 1/R sum_i 1/k sum_{top-k j} <q[a,x,i], t[b,y,j]>``;
