@@ -1,67 +1,95 @@
 """Evaluate video similarity on a retrieval benchmark.
 
-    python -m hapvr.evaluate --dataset fivr-5k --features fivr.hdf5 --annotations fivr.pickle --features-only
-    torchrun --nproc-per-node 2 -m hapvr.evaluate ... --cache-dir runs/cache   # sharded
-
-Features: HDF5, one dataset [T, 9, 512] per video id (the public FIVR/EVVE/SVD feature files as
-they are). Prints mAP (retrieval) and uAP (detection) as a table, writes JSON (--output) and
-precision-recall curves (--plot). Similarities are cached under --cache-dir, so an interrupted
-run resumes.
+Features: an HDF5 file with one dataset [T, R, D] per video id (the public FIVR / EVVE / SVD
+feature files as they are, or python -m hapvr.extract's output). Annotations: the benchmark's
+own file (JSON, or a pickle read as plain data only); the accepted layouts of every --dataset are
+in docs/formats.md. Prints mAP (retrieval) and uAP (detection) as a table, writes JSON
+(--output) and precision-recall curves (--plot). Similarities are cached under --cache-dir, keyed
+on the feature data and the model, so an interrupted run resumes and a changed input is refused.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
+from hapvr.cli import ArgumentParser, fail, input_file, int_at_least, output_file, output_folder, run_main
 from hapvr.evaluation.benchmarks import LOADERS, EvaluationResult, evaluate_scores, load_benchmark
 from hapvr.evaluation.engine import EngineConfig, collect_scores, compute_scores
 
+BACKENDS = ("auto", "cpp", "tiled", "triton", "cuda", "reference")
+EXAMPLES = """\
+  python -m hapvr.evaluate --dataset fivr-5k --features fivr.hdf5 --annotations fivr.pickle --features-only
+  python -m hapvr.evaluate --dataset custom --features feats.hdf5 --annotations mine.json --checkpoint ckpt.pt --output r.json --plot pr.png
+  torchrun --nproc-per-node 2 -m hapvr.evaluate --dataset fivr-5k --features fivr.hdf5 --annotations fivr.pickle --features-only --cache-dir runs/cache
+"""
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m hapvr.evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def build_parser() -> ArgumentParser:
+    ap = ArgumentParser(prog="python -m hapvr.evaluate", description=__doc__, examples=EXAMPLES)
     ap.add_argument("--dataset", required=True, choices=sorted(LOADERS), help="benchmark protocol")
     ap.add_argument("--features", required=True, help="HDF5 feature file (one [T, R, D] dataset per video id)")
-    ap.add_argument("--annotations", required=True, help="annotation file (see hapvr/evaluation/benchmarks.py)")
+    ap.add_argument("--annotations", required=True,
+                    help="the benchmark's annotation file (layouts per --dataset in docs/formats.md)")
     model = ap.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="trained hapvr model checkpoint")
+    model.add_argument("--checkpoint", help="trained hapvr model checkpoint (python -m hapvr.train's checkpoint.pt)")
     model.add_argument("--features-only", action="store_true",
                        help="untrained baseline: region Chamfer then frame Chamfer on the raw features")
     ap.add_argument("--easy-duplicates", help="FIVR: file of easy-duplicate ids (one per line or a JSON list); "
                                               "adds the 'hard' variant without them")
-    ap.add_argument("--output", help="write the results as JSON here")
+    ap.add_argument("--output", help="write the results (mAP, uAP, per-query AP) as JSON here")
     ap.add_argument("--plot", help="write precision-recall curves (PNG) here")
     ap.add_argument("--cache-dir", help="cache similarities here (resumable; needed for several ranks)")
-    ap.add_argument("--chunk-frames", type=int, default=EngineConfig.chunk_frames,
-                    help="split longer targets into chunks of this many frames and average (default 2048)")
-    ap.add_argument("--max-map-elements", type=int, default=EngineConfig.max_map_elements,
+    ap.add_argument("--chunk-frames", type=int_at_least(1), default=EngineConfig.chunk_frames,
+                    help="split longer targets into chunks of this many frames and average their similarities")
+    ap.add_argument("--max-map-elements", type=int_at_least(1), default=EngineConfig.max_map_elements,
                     help="bound on query frames x target frames scored per fused call (memory)")
-    ap.add_argument("--backend", default="auto",
-                    help="similarity operator backend: auto (cpp on CPU, tiled on CUDA), cpp, tiled, triton, cuda, reference")
+    ap.add_argument("--backend", default="auto", choices=BACKENDS,
+                    help="similarity operator backend: auto is cpp on the CPU, tiled on CUDA")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                     help="dtype of the similarity GEMMs (fp32 accumulation); bf16/fp16 pay off on GPUs and on CPUs "
-                         "with avx512_bf16/AMX (default fp32)")
+                         "with avx512_bf16/AMX")
     ap.add_argument("--device", default="auto",
                     help="auto (CUDA when available, else CPU; under torchrun cuda:LOCAL_RANK), cpu, cuda or cuda:N")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress display")
     return ap
 
 
 def _fail(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+    fail(msg)
+
+
+def check_args(args) -> None:
+    """Every path argument, before any work: inputs exist and are readable, outputs can be written."""
+    for arg, path in (("--features", args.features), ("--annotations", args.annotations),
+                      ("--checkpoint", args.checkpoint), ("--easy-duplicates", args.easy_duplicates)):
+        if path:
+            input_file(path, arg)
+    for arg, path in (("--output", args.output), ("--plot", args.plot)):
+        if path:
+            output_file(path, arg)
+    if args.plot and not args.plot.lower().endswith((".png", ".pdf", ".svg", ".jpg")):
+        fail(f"--plot {args.plot}: expected a .png, .pdf, .svg or .jpg file name")
+    if args.cache_dir:
+        output_folder(args.cache_dir, "--cache-dir")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.cache_dir:
+        fail("a sharded run (WORLD_SIZE > 1) needs --cache-dir on storage every rank can reach")
 
 
 def _read_ids(path: str) -> set[str]:
-    text = Path(path).read_text()
     try:
-        return {str(v) for v in json.loads(text)}
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        fail(f"--easy-duplicates {path}: not a text file (expected one id per line or a JSON list)")
+    try:
+        value = json.loads(text)
     except json.JSONDecodeError:
         return {line.strip() for line in text.splitlines() if line.strip()}
+    if not isinstance(value, list):
+        fail(f"--easy-duplicates {path}: a JSON file must hold a list of ids")
+    return {str(v) for v in value}
 
 
 def pick_device(name: str):
@@ -94,7 +122,7 @@ def make_scorer(args):
 
     try:
         return load_scorer(args.checkpoint, backend=args.backend, precision=args.precision, device=device)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, KeyError) as exc:
         _fail(str(exc))
 
 
@@ -157,15 +185,20 @@ def _pooled(bench, scores, present):
     return pooled
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_args(args)
     from hapvr.evaluation.feature_store import FeatureStore
 
     try:
         bench = load_benchmark(args.dataset, args.annotations)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(f"--annotations {exc}" if args.annotations not in str(exc) else str(exc))
+    try:
         store = FeatureStore(args.features)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        _fail(str(exc))
+    except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
+        _fail(f"--features {args.features}: {exc}" if args.features not in str(exc) else str(exc))
+    easy = _read_ids(args.easy_duplicates) if args.easy_duplicates else None
     scorer = make_scorer(args)
     present = store.ids() & bench.all_videos()
     queries = sorted(q for q in bench.queries if q in present)
@@ -174,16 +207,21 @@ def main(argv=None) -> int:
     print(f"{bench.name}: {len(queries)}/{len(bench.queries)} queries and {len(targets)} candidates have features"
           f" ({absent} annotated videos are missing from {args.features})", file=sys.stderr)
     if not queries:
-        _fail("no query of the benchmark has features in the feature file")
+        _fail(f"--features {args.features}: no query of the benchmark has features in it "
+              f"(ids as in --annotations {args.annotations}, e.g. {sorted(bench.queries)[:3]})")
+    try:
+        return _score_and_report(args, bench, store, scorer, queries, targets, present, easy)
+    except ValueError as exc:  # unreadable feature data, NaN features, a cache of other inputs
+        _fail(str(exc))
 
+
+def _score_and_report(args, bench, store, scorer, queries, targets, present, easy) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     cfg = EngineConfig(chunk_frames=args.chunk_frames, max_map_elements=args.max_map_elements)
     if world_size > 1:
         import torch.distributed as dist
 
-        if not args.cache_dir:
-            _fail("a sharded run (WORLD_SIZE > 1) needs --cache-dir on storage every rank can reach")
         dist.init_process_group("gloo")
         compute_scores(scorer, store, queries, targets, cfg, args.cache_dir, rank, world_size,
                        progress=not args.no_progress)
@@ -197,8 +235,8 @@ def main(argv=None) -> int:
         scores = compute_scores(scorer, store, queries, targets, cfg, args.cache_dir, progress=not args.no_progress)
 
     variants = {bench.name: bench}
-    if args.easy_duplicates:
-        hard = bench.without(_read_ids(args.easy_duplicates), "-hard")
+    if easy is not None:
+        hard = bench.without(easy, "-hard")
         variants[hard.name] = hard
     results = {name: evaluate_scores(b, scores, present) for name, b in variants.items()}
     print(format_table(results))
@@ -215,6 +253,10 @@ def main(argv=None) -> int:
         plot_pr(_pooled(bench, scores, present), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def main(argv=None) -> int:
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,4 @@
-"""Learn the PCA whitening of region features from your own videos (SPEC section 1).
-
-    python -m hapvr.extract --videos DIR --output raw.hdf5 --raw
-    python -m hapvr.pca --features raw.hdf5 --output pca.pt [--dim 512] [--max-frames 20000]
-    python -m hapvr.train --data DIR --pca pca.pt
+"""Learn the PCA whitening of region features from your own videos.
 
 The paper's whitening was learned on about a million region vectors and its file is gone, so
 hapvr learns its own. The input is an HDF5 file of per-video datasets ``[T, 9, D_in]`` holding
@@ -17,7 +13,6 @@ holds the whitening (mean and projection) with its input size, output size and b
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -31,19 +26,26 @@ class PCAFileError(Exception):
     """A PCA or feature file that cannot be used; the message names the file and what to do."""
 
 
-def parse_args(argv=None):
-    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-        pass
+EXAMPLES = """\
+  python -m hapvr.extract --videos DIR --output raw.hdf5 --raw
+  python -m hapvr.pca --features raw.hdf5 --output pca.pt --dim 512 --max-frames 20000
+  python -m hapvr.train --data DIR --pca pca.pt
+"""
 
-    ap = argparse.ArgumentParser(prog="python -m hapvr.pca", description=__doc__, formatter_class=Formatter)
+
+def parse_args(argv=None):
+    from hapvr.cli import ArgumentParser, int_at_least
+
+    ap = ArgumentParser(prog="python -m hapvr.pca", description=__doc__, examples=EXAMPLES)
     ap.add_argument("--features", required=True,
                     help="HDF5 file of [T, 9, D_in] region descriptors before PCA (python -m hapvr.extract --raw)")
     ap.add_argument("--output", required=True, help="where to write the PCA (a .pt file for hapvr.train --pca)")
-    ap.add_argument("--dim", type=int, default=512, help="output dimensions (the paper: 512; the model's --pca-dim)")
-    ap.add_argument("--max-frames", type=int, default=20000,
+    ap.add_argument("--dim", type=int_at_least(1), default=512,
+                    help="output dimensions (the paper: 512; the model's --pca-dim)")
+    ap.add_argument("--max-frames", type=int_at_least(1), default=20000,
                     help="at most this many frames, drawn at random over the file (9 region vectors each)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random frame sample")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the random frame sample")
+    ap.add_argument("--no-progress", action="store_true", help="no progress display")
     return ap.parse_args(argv)
 
 
@@ -126,9 +128,9 @@ def learn_pca(path: str, dim: int = 512, max_frames: int = 20000, seed: int = 0,
     """The PCA file's content (see the module docstring) learned from ``path``."""
     import h5py
     import numpy as np
-    from tqdm import tqdm
 
     from hapvr.features.pca import PCAWhitening
+    from hapvr.progress import progress as progress_bar
 
     if not os.path.isfile(path):
         raise PCAFileError(f"--features {path}: no such file")
@@ -149,12 +151,14 @@ def learn_pca(path: str, dim: int = 512, max_frames: int = 20000, seed: int = 0,
         if n_frames * REGIONS < 2:
             raise PCAFileError(f"--features {path}: {n_frames} frames in all, too few for a PCA")
         moments = Moments(in_dim)
-        with tqdm(total=n_frames, desc="PCA sample", unit="frame", disable=not progress, dynamic_ncols=True) as bar:
+        with progress_bar(total=n_frames, desc="PCA sample", unit="frame", disable=not progress) as bar:
             for (name, _), idx in zip(videos, picks):
                 if len(idx):
                     ds = f[name]
                     x = ds[()] if len(idx) == ds.shape[0] else ds[idx.numpy()]
                     x = torch.from_numpy(np.asarray(x, dtype=np.float32))
+                    if not torch.isfinite(x).all():
+                        raise PCAFileError(f"--features {path}: dataset {name!r} holds NaN or infinite values")
                     moments.add(x.reshape(-1, in_dim))
                     bar.update(len(idx))
     mean, cov = moments.mean_cov()
@@ -191,23 +195,28 @@ def load_pca(path: str, in_dim: int, out_dim: int, backbone: str | None = None) 
     return state
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
+    from hapvr.cli import UserError, input_file, output_file
+
     args = parse_args(argv)
-    for name, value in (("--dim", args.dim), ("--max-frames", args.max_frames)):
-        if value < 1:
-            print(f"error: {name} must be >= 1, got {value}", file=sys.stderr)
-            return 2
+    input_file(args.features, "--features")
+    output_file(args.output, "--output")
     try:
         content = learn_pca(args.features, args.dim, args.max_frames, args.seed, progress=not args.no_progress)
     except PCAFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UserError(str(exc)) from None
     from hapvr.training.pool import atomic_save
 
     atomic_save(content, args.output)
     print(f"PCA {content['in_dim']} -> {content['out_dim']} dims learned from {content['frames']} frames "
           f"({content['vectors']} region vectors) of {content['videos']} videos; saved to {args.output}", file=sys.stderr)
     return 0
+
+
+def main(argv=None) -> int:
+    from hapvr.cli import run_main
+
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

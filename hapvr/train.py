@@ -21,8 +21,7 @@ import time
 import torch
 
 
-class UserError(Exception):
-    """A problem the user can fix; reported as one line, no traceback."""
+from hapvr.cli import UserError  # noqa: E402  (re-exported: a problem the user can fix, one error line)
 
 
 def _log(info, *msg):
@@ -31,9 +30,9 @@ def _log(info, *msg):
 
 
 def _progress(info, total: int, desc: str):
-    from tqdm import tqdm
+    from hapvr.progress import progress
 
-    return tqdm(total=total, desc=desc, unit="frame", disable=not info.main, dynamic_ncols=True, mininterval=2.0)
+    return progress(total=total, desc=desc, unit="frame", disable=not info.main)
 
 
 def _group_of_default(video_id: str) -> str:
@@ -159,16 +158,32 @@ def lr_lambda(cfg):
 
 
 def check_config(cfg) -> None:
-    """One clear error for an option outside its range, before any work starts."""
-    checks = [("ema", 0 <= cfg.ema < 1, "in [0, 1) (0 = off)"), ("clip_shift", cfg.clip_shift >= 0, ">= 0"),
-              ("clip_frames", cfg.clip_frames >= 1, ">= 1"), ("pool_frames", cfg.pool_frames >= 1, ">= 1"),
-              ("batch_videos", cfg.batch_videos >= 2, ">= 2 (negatives come from the other videos)"),
-              ("views_per_video", cfg.views_per_video >= 1, ">= 1"), ("iterations", cfg.iterations >= 1, ">= 1"),
-              ("lr", cfg.lr > 0, "> 0"), ("warmup", cfg.warmup >= 0, ">= 0"),
-              ("amp", cfg.amp in ("bf16", "off"), "bf16 or off")]
-    for name, ok, expected in checks:
-        if not ok:
-            raise UserError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(cfg, name)}")
+    """What the parser's ranges (``training.config.RANGES``) cannot see, and every path, before any
+    work starts: inputs exist and are readable, output folders can be written."""
+    import argparse
+
+    from hapvr import cli
+    from hapvr.training.config import RANGES, _type_of
+
+    for name in RANGES:  # a TrainConfig built in Python skips the parser's checks
+        value = getattr(cfg, name)
+        try:
+            _type_of(name, type(value).__name__)(str(value))
+        except argparse.ArgumentTypeError as exc:
+            raise UserError(f"--{name.replace('_', '-')}: {exc}") from None
+    if cfg.amp not in ("bf16", "off"):
+        raise UserError(f"--amp must be bf16 or off, got {cfg.amp}")
+    if cfg.data:
+        cli.input_folder(cfg.data, "--data")
+    for arg, path in (("--backbone-weights", cfg.backbone_weights), ("--teacher-weights", cfg.teacher_weights),
+                      ("--pca", cfg.pca)):
+        if path:
+            cli.input_file(path, arg)
+    if cfg.resume and not os.path.isfile(os.path.join(cfg.out, "checkpoint.pt")):
+        raise UserError(f"--resume: no checkpoint at {os.path.join(cfg.out, 'checkpoint.pt')} (no run to resume "
+                        f"in --out {cfg.out}); drop --resume to start one")
+    cli.output_folder(cfg.out, "--out", create=False)  # made once the inputs are known to be good
+    cli.output_folder(cfg.cache_dir, "--cache-dir", create=False)
 
 
 def run(cfg) -> dict:
@@ -289,7 +304,7 @@ def run(cfg) -> dict:
         save_checkpoint(ckpt_path, step=step, model=eval_model, pca=extractor.pca, optimizer=optimizer, scheduler=scheduler,
                         sampler=sampler, config=dataclasses.asdict(cfg), extra=extra)
 
-    from tqdm import tqdm
+    from hapvr.progress import progress
 
     if cfg.gather_negatives and not info.enabled:
         _log(info, "note: --gather-negatives has no effect in a single process (every clip is already a target)")
@@ -298,8 +313,8 @@ def run(cfg) -> dict:
                f"x 2 clips ({info.world} process{'es' if info.world > 1 else ''}, {torch.get_num_threads()} threads"
                f"{', negatives gathered from all ranks' if gather else ''})")
     t_train = time.time()
-    bar = tqdm(range(start_step, cfg.iterations), initial=start_step, total=cfg.iterations, desc="train",
-               disable=not info.main, dynamic_ncols=True, mininterval=2.0)
+    bar = progress(range(start_step, cfg.iterations), initial=start_step, total=cfg.iterations, desc="train",
+                   unit="step", disable=not info.main)
     model.train()
     done = start_step
     for step in bar:
@@ -327,7 +342,7 @@ def run(cfg) -> dict:
                     e.lerp_(p, 1 - cfg.ema)
         done = step + 1
         if info.main:
-            bar.set_postfix(loss=f"{parts['loss']:.3f}")
+            bar.set_postfix(loss=f"{parts['loss']:.3f}", refresh=False)
             if done % cfg.log_every == 0 or done == cfg.iterations:
                 lr = optimizer.param_groups[0]["lr"]
                 log_csv.writerow([done, f"{lr:.6g}"] + [f"{parts.get(k, 0.0):.6f}" for k in
@@ -396,24 +411,23 @@ def run(cfg) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
+    from hapvr.data.media import MediaError
+    from hapvr.features import BackboneError
     from hapvr.training.config import parse_config
 
     cfg = parse_config(argv)
     try:
         run(cfg)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # missing media / backbone packages are user-fixable too
-        from hapvr.data.media import MediaError
-        from hapvr.features import BackboneError
-
-        if isinstance(exc, (MediaError, BackboneError)):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except (MediaError, BackboneError) as exc:  # missing media / backbone packages are user-fixable too
+        raise UserError(str(exc)) from None
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hapvr.cli import run_main
+
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

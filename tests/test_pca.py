@@ -96,7 +96,7 @@ def test_pca_user_errors_name_the_argument(tmp_path, capsys):
     raw = tmp_path / "raw.hdf5"
     write_raw(raw, [4])
     assert "--dim 64 is larger" in error("--features", str(raw), "--dim", "64")
-    assert "--max-frames must be >= 1" in error("--features", str(raw), "--max-frames", "0")
+    assert "argument --max-frames: must be >= 1, got 0" in error("--features", str(raw), "--max-frames", "0")
     not_hdf5 = tmp_path / "text.hdf5"
     not_hdf5.write_text("hello")
     assert "not a readable HDF5 file" in error("--features", str(not_hdf5))

@@ -81,10 +81,8 @@ def test_evaluate_cli_refuses_crafted_checkpoint(tmp_path, capsys):
 
     feats, ann = _store(tmp_path)
     path, marker = _evil_torch_file(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        evaluate_main(["--dataset", "vcdb", "--features", str(feats), "--annotations", str(ann),
-                       "--checkpoint", str(path), "--no-progress"])
-    assert exc.value.code == 2
+    assert evaluate_main(["--dataset", "vcdb", "--features", str(feats), "--annotations", str(ann),
+                          "--checkpoint", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "error: --checkpoint" in err and "refused" in err and "Traceback" not in err
     assert not marker.exists()
@@ -98,10 +96,8 @@ def test_extract_cli_refuses_crafted_checkpoint(tmp_path, capsys):
     videos.mkdir()
     _write_video(videos / "a.mp4")
     path, marker = _evil_torch_file(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        extract_main(["--videos", str(videos), "--output", str(tmp_path / "out.hdf5"), "--checkpoint", str(path),
-                      "--no-progress"])
-    assert exc.value.code == 2
+    assert extract_main(["--videos", str(videos), "--output", str(tmp_path / "out.hdf5"), "--checkpoint", str(path),
+                         "--no-progress"]) == 2
     assert "refused" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "out.hdf5").exists()
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".flv", ".mpg", ".mpeg", ".wmv", ".3gp", ".ts")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".flv", ".mpg", ".mpeg", ".wmv", ".3gp", ".ts", ".ogv")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SHORT_SIDE = 256
 CROP = 224
@@ -40,35 +40,79 @@ def center_crop(frames: torch.Tensor, size: int = CROP) -> torch.Tensor:
     return frames[..., top:top + size, left:left + size]
 
 
-def decode_video(path: str, fps: float = 1.0, max_frames: int | None = None, short_side: int = SHORT_SIDE) -> torch.Tensor:
+TRUNCATION_SLACK_S = 1.5  # frames may end this much before the declared duration without a warning
+
+
+def declared_seconds(container, stream) -> float | None:
+    """The video stream's duration as the file declares it: the larger of its duration and its
+    frame count over its frame rate (an AVI cut short keeps the header's frame count while its
+    duration is re-estimated from the file size); the container's duration if the stream has none."""
+    found = []
+    if stream.duration is not None and stream.time_base is not None:
+        found.append(float(stream.duration * stream.time_base))
+    if stream.frames and stream.average_rate:
+        found.append(float(stream.frames / stream.average_rate))
+    if found:
+        return max(found)
+    if container.duration is not None:
+        import av
+
+        return container.duration / av.time_base
+    return None
+
+
+def decode_video(path: str, fps: float = 1.0, max_frames: int | None = None, short_side: int = SHORT_SIDE,
+                 warnings: list[str] | None = None) -> torch.Tensor:
     """Frames of ``path`` at ``fps`` (the first frame at or after each ``k / fps`` seconds).
 
-    Raises :class:`VideoDecodeError` for anything PyAV cannot read or a video without frames.
+    Raises :class:`VideoDecodeError` for anything PyAV cannot read or a video without frames. A
+    video whose decoding stops early (a decoder error after some frames, or frames ending more
+    than a second and two sampling steps before the duration the container declares) keeps the
+    frames decoded so far, and a sentence saying so is appended to ``warnings``.
     """
     import av
 
     images: list[Image.Image] = []
+    last_t = None
+    declared = None
+    stopped = None
     try:
         with av.open(path) as container:
             if not container.streams.video:
                 raise VideoDecodeError(f"{path}: no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            declared = declared_seconds(container, stream)
             next_t = 0.0
-            for frame in container.decode(stream):
-                t = frame.time if frame.time is not None else next_t
-                if t + 1e-6 < next_t:
-                    continue
-                images.append(resize_short_side(frame.to_image(), short_side))
-                next_t = (np.floor(t * fps + 1e-6) + 1) / fps
-                if max_frames is not None and len(images) >= max_frames:
-                    break
+            try:
+                for frame in container.decode(stream):
+                    t = frame.time if frame.time is not None else next_t
+                    last_t = t
+                    if t + 1e-6 < next_t:
+                        continue
+                    images.append(resize_short_side(frame.to_image(), short_side))
+                    next_t = (np.floor(t * fps + 1e-6) + 1) / fps
+                    if max_frames is not None and len(images) >= max_frames:
+                        declared = None  # stopped on purpose
+                        break
+            except Exception as exc:  # PyAV raises many error types for broken files
+                if not images:
+                    raise
+                stopped = f"{type(exc).__name__}: {exc}"
     except VideoDecodeError:
         raise
-    except Exception as exc:  # PyAV raises many error types for broken files
+    except Exception as exc:
         raise VideoDecodeError(f"{path}: {type(exc).__name__}: {exc}") from exc
     if not images:
         raise VideoDecodeError(f"{path}: no decodable frames")
+    if warnings is not None:
+        got = (last_t or 0.0)
+        if stopped is not None:
+            warnings.append(f"truncated: decoding stopped after {got:.1f} s ({len(images)} frames) "
+                            f"with {stopped}")
+        elif declared is not None and declared - got > TRUNCATION_SLACK_S:
+            warnings.append(f"truncated: frames end at {got:.1f} s of the {declared:.1f} s the file declares "
+                            f"({len(images)} frames kept)")
     return to_tensor(images)
 
 
@@ -105,9 +149,13 @@ class LoadReport:
 
     loaded: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    truncated: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
-        return f"{len(self.loaded)} videos loaded, {len(self.skipped)} skipped (corrupt, empty or unreadable)"
+        text = f"{len(self.loaded)} videos loaded, {len(self.skipped)} skipped (corrupt, empty or unreadable)"
+        if self.truncated:
+            text += f", {len(self.truncated)} truncated (kept: " + ", ".join(p for p, _ in self.truncated[:10]) + ")"
+        return text
 
 
 def load_folder(root: str, fps: float = 1.0, min_frames: int = 1, max_frames: int | None = None,
@@ -117,7 +165,12 @@ def load_folder(root: str, fps: float = 1.0, min_frames: int = 1, max_frames: in
     for path in list_videos(root):
         vid = os.path.relpath(path, root)
         try:
-            frames = load_frame_folder(path) if os.path.isdir(path) else decode_video(path, fps, max_frames)
+            warnings: list[str] = []
+            frames = load_frame_folder(path) if os.path.isdir(path) else decode_video(path, fps, max_frames,
+                                                                                      warnings=warnings)
+            for w in warnings:
+                log(f"warning: {path}: {w}")
+                report.truncated.append((path, w))
             if frames.shape[0] < min_frames:
                 raise VideoDecodeError(f"{path}: {frames.shape[0]} frames at {fps} fps, fewer than {min_frames}")
         except VideoDecodeError as exc:

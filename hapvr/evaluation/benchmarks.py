@@ -179,9 +179,19 @@ LOADERS = {
 
 
 def load_benchmark(dataset: str, path: str | Path) -> Benchmark:
+    """The benchmark in ``path``, read as data (JSON, or a pickle of plain containers only);
+    formats in docs/formats.md. A file of the wrong layout raises ``ValueError`` naming it."""
     if dataset not in LOADERS:
         raise ValueError(f"dataset must be one of {sorted(LOADERS)}, got {dataset!r}")
-    return LOADERS[dataset](path)
+    try:
+        return LOADERS[dataset](path)
+    except FileNotFoundError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        if str(path) in str(exc):
+            raise ValueError(str(exc)) from None
+        raise ValueError(f"{path}: not a valid {dataset} annotation file ({type(exc).__name__}: {exc}); "
+                         f"the formats are in docs/formats.md") from None
 
 
 @dataclass

