@@ -210,7 +210,9 @@ def build_parser(preset: str = "cpu"):
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    pre = argparse.ArgumentParser(add_help=False)
+    from hapvr.cli import ArgumentParser
+
+    pre = ArgumentParser(add_help=False, prog="python -m hapvr.train")
     pre.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     known, _ = pre.parse_known_args(argv)
     args = build_parser(known.preset).parse_args(argv)
