@@ -73,6 +73,11 @@ def load_or_build_pool(cfg, info, extractor):
                                          log=lambda m: print(m, file=sys.stderr, flush=True))
             _log(info, report.summary())
             skipped = report.skipped
+            short = sorted(v for v, x in videos.items() if x.shape[0] < cfg.clip_frames)
+            if short:
+                _log(info, f"note: {len(short)} videos have fewer than --clip-frames {cfg.clip_frames} frames at "
+                           f"{cfg.fps} fps; their clips are that short (the batch pads them): "
+                           + ", ".join(short[:10]) + (" ..." if len(short) > 10 else ""))
             if not videos:
                 raise UserError(f"--data {cfg.data}: none of the videos could be decoded")
             group_of = None

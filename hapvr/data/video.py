@@ -153,6 +153,9 @@ class LoadReport:
 
     def summary(self) -> str:
         text = f"{len(self.loaded)} videos loaded, {len(self.skipped)} skipped (corrupt, empty or unreadable)"
+        if self.skipped:
+            text += ": " + ", ".join(os.path.basename(p) for p, _ in self.skipped[:10]) + \
+                (" ..." if len(self.skipped) > 10 else "")
         if self.truncated:
             text += f", {len(self.truncated)} truncated (kept: " + ", ".join(p for p, _ in self.truncated[:10]) + ")"
         return text
