@@ -100,10 +100,9 @@ def plan_batches(chunks: list[Chunk], query_frames: int, cfg: EngineConfig) -> l
 CACHE_FORMAT = "hapvr-score-cache-2"  # 2: keyed on feature data digests and scorer weights
 
 
-class ScoreCacheMismatchError(ValueError, RuntimeError):
-    """The cache was computed with other features, queries, weights or settings than this run.
-
-    (A RuntimeError too, for callers written against the first cache format.)"""
+class ScoreCacheError(ValueError, RuntimeError):
+    """The cache cannot serve this run: it was computed with other features, queries, weights or
+    settings, or another run is writing it. (A RuntimeError too, as the first cache format raised.)"""
 
 
 class ScoreCache:
@@ -114,12 +113,13 @@ class ScoreCache:
     ``{"chunk", "data": digest of its frames, "scores": one per query, "crc"}``, the CRC-32 of
     the rest, so a damaged line is caught rather than used.
 
-    Crash safety: a new file appears complete (header written to a temporary file, fsynced,
-    renamed); records are appended a batch at a time and fsynced. A record counts once its
-    newline is on disk, so the only damage a kill can do is a torn last line, which is dropped
-    (the file is truncated back to its last newline) and its chunk rescored. Any other line
-    that does not parse or fails its CRC is an error naming the file and line. A lock (flock)
-    refuses a second run appending to the same file at the same time.
+    Crash safety: records are appended a batch at a time and fsynced. A line counts once its
+    newline is on disk, so the only damage a kill can do is a torn last line (or a torn header
+    in a file just created), which is dropped on opening (the file is truncated back to its last
+    newline) and its chunks scored again. Any other line that does not parse or fails its CRC
+    is an error naming the file and line. The file is locked (flock) before it is read, so a
+    second run on the same file is refused instead of truncating or interleaving the first's
+    lines; the kernel releases the lock of a killed process.
     """
 
     def __init__(self, path: Path, header: dict, writable: bool = True):
@@ -128,22 +128,32 @@ class ScoreCache:
         self.done: dict[str, list[float]] = {}
         self.digests: dict[str, str] = {}  # chunk key -> digest of the frames it was scored on
         self._fh = None
-        committed = self._read() if self.path.exists() else 0
         if not writable:
+            if self.path.exists():
+                self._read(self.path.read_bytes())
             return
-        if committed == 0:
-            self._create()
-        else:
-            with open(self.path, "r+b") as f:  # drop a torn last line: the normal resume case
-                if os.fstat(f.fileno()).st_size != committed:
-                    f.truncate(committed)
-                    os.fsync(f.fileno())
-        self._fh = open(self.path, "a")
-        _lock(self._fh, self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        self._fh = open(self.path, "a+b")  # appends always go to the end, whatever is read
+        try:
+            _lock(self._fh, self.path)
+            self._fh.seek(0)
+            data = self._fh.read()
+            committed = self._read(data)
+            if committed < len(data):  # a torn last line: the normal resume case after a kill
+                self._fh.truncate(committed)
+            if committed == 0:
+                self._fh.write((json.dumps(self.header) + "\n").encode())
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            if created:
+                _fsync_dir(self.path.parent)
+        except BaseException:
+            self.close()
+            raise
 
-    def _read(self) -> int:
+    def _read(self, data: bytes) -> int:
         """Loads the committed records; returns the byte length of the committed part (0: no header)."""
-        data = self.path.read_bytes()
         committed = data.rfind(b"\n") + 1
         lines = data[:committed].split(b"\n")[:-1]
         if not lines:
@@ -156,7 +166,7 @@ class ScoreCache:
             raise CorruptFileError(f"score cache {self.path} line 1: unreadable header ({exc}); "
                                    "delete the file or pass another --cache-dir") from None
         if old != self.header:
-            raise ScoreCacheMismatchError(
+            raise ScoreCacheError(
                 f"the score cache {self.path} was computed with other queries, scorer or chunking than this run: "
                 f"{'; '.join(_header_changes(old, self.header))}. Pass another --cache-dir, or delete the file "
                 "to recompute")
@@ -167,16 +177,6 @@ class ScoreCache:
             self.digests[key] = digest
         return committed
 
-    def _create(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(self.header) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
-
     def add(self, records: Iterable[tuple[str, str, list[float]]]) -> None:
         """Appends ``(chunk key, frames digest, scores)`` records and makes them durable."""
         lines = []
@@ -184,7 +184,7 @@ class ScoreCache:
             self.done[key] = scores
             self.digests[key] = digest
             lines.append(_format_record(key, digest, scores))
-        self._fh.write("".join(lines))  # one write per batch: a kill tears at most the last line
+        self._fh.write("".join(lines).encode())  # one write per batch: a kill tears at most the last line
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
@@ -231,8 +231,7 @@ def _lock(fh, path: Path) -> None:
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        fh.close()
-        raise ScoreCacheMismatchError(f"the score cache {path} is being written by another running evaluation; "
+        raise ScoreCacheError(f"the score cache {path} is being written by another running evaluation; "
                                       "wait for it or pass another --cache-dir") from None
     except OSError:  # a file system without locks (some network mounts): proceed unlocked
         pass
@@ -302,11 +301,13 @@ def _header(query_ids, query_digests: list[str], scorer: Scorer, cfg: EngineConf
             "scorer": _scorer_fingerprint(scorer), "chunk_frames": cfg.chunk_frames}
 
 
-def _verify_cached(store: FeatureStore, chunks: list[Chunk], cache: ScoreCache, progress: bool) -> None:
+def _verify_cached(store: FeatureStore, chunks: list[Chunk], cache: ScoreCache, progress: bool,
+                   changed: set[str]) -> None:
     """Rereads the frames of every cached chunk about to be reused and compares their digests with
     the cache's. Costs one read of the already-scored part (no scoring): the price of never
-    reusing scores of features re-extracted under the same ids."""
-    changed: set[str] = set()
+    reusing scores of features re-extracted under the same ids. ``changed``: videos already known
+    to differ (their length changed, so their cached chunks no longer exist)."""
+    changed = set(changed)
     bar = None
     if progress and chunks:
         from tqdm import tqdm
@@ -320,7 +321,7 @@ def _verify_cached(store: FeatureStore, chunks: list[Chunk], cache: ScoreCache, 
     if bar:
         bar.close()
     if changed:
-        raise ScoreCacheMismatchError(
+        raise ScoreCacheError(
             f"the score cache {cache.path} holds scores of other feature data: the features of {len(changed)} "
             f"videos in {store.path} changed since it was written ({_listed(changed)}). Pass another --cache-dir, "
             "or delete the file to recompute")
@@ -342,7 +343,7 @@ def compute_scores(
     With ``cache_dir``, scores are cached per chunk under a key of everything they depend on
     (see :class:`ScoreCache`), and a cached chunk is reused only after its frames are reread and
     found unchanged; a cache of other data, weights or settings raises
-    :class:`ScoreCacheMismatchError`, a damaged one :class:`~hapvr.serialization.CorruptFileError`.
+    :class:`ScoreCacheError`, a damaged one :class:`~hapvr.serialization.CorruptFileError`.
     With ``world_size > 1`` this rank scores its share into ``cache_dir`` and returns None;
     merge with :func:`collect_scores` once every rank is done.
     """
@@ -371,7 +372,9 @@ def compute_scores(
         todo = [b for b, full in zip(mine, complete) if not full]
         reused = [c for b, full in zip(mine, complete) if full for c in b]
         if cache:
-            _verify_cached(store, reused, cache, progress)
+            planned, wanted = {c.key() for c in chunks}, set(target_ids)
+            resized = {vid for vid in (key.rsplit("\t", 2)[0] for key in done if key not in planned) if vid in wanted}
+            _verify_cached(store, reused, cache, progress, changed=resized)
         results: dict[str, list[float]] = {c.key(): done[c.key()] for c in reused}
         _score_batches(scorer, store, groups, len(query_ids), todo, results, cache,
                        progress and f"scoring{f' rank {rank}' if world_size > 1 else ''}", len(mine))
