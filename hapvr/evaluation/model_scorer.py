@@ -99,11 +99,12 @@ def load_model(path: str | Path, backend: str = "auto"):
     """A :class:`VideoSimilarityModel` from hapvr's training checkpoint or a published state dict."""
     from hapvr.models import VideoSimilarityModel
 
-    from hapvr.serialization import load_torch_file
+    from hapvr.serialization import check_content_digest, load_torch_file
 
     path = Path(path)
     state = load_torch_file(path, "--checkpoint", allow_numpy=True)  # numpy: RNG state of format-1 checkpoints
     if isinstance(state, dict) and str(state.get("format", "")).startswith("hapvr-checkpoint"):
+        check_content_digest(state, path, "--checkpoint")
         cfg = state.get("config", {})
         model = VideoSimilarityModel(cfg.get("pca_dim", 512), cfg.get("k_s", 0.1), cfg.get("k_t", 0.03), backend=backend)
         model.load_state_dict(state["model"])
