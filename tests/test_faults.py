@@ -23,11 +23,12 @@ from hapvr.evaluation.feature_store import FeatureStore, write_features
 from hapvr.serialization import CorruptFileError
 from hapvr.training.checkpoint import load_checkpoint, save_checkpoint
 
+from test_data import _write_video
+from test_train import TINY
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D = 16
 DEADLINE = 240  # seconds any one subprocess may take on a loaded machine
-TINY = ["--teacher", "cnn", "--benchmark", "false", "--views-per-video", "2", "--batch-videos", "3", "--clip-frames", "6",
-        "--pool-frames", "8", "--log-every", "1", "--warmup", "2", "--lr", "1e-3", "--threads", "1"]
 
 
 def _env():
@@ -217,9 +218,6 @@ def _state(pid: int) -> str:
 def test_sigkilled_training_resumes_to_the_same_weights(tmp_path):
     """Killed after a checkpoint, resumed with --resume: the final weights equal an uninterrupted
     run's bitwise (what the trainer guarantees; see test_train.test_resume_continues_exactly)."""
-    sys.path.insert(0, os.path.dirname(__file__))
-    from test_data import _write_video
-
     videos = tmp_path / "videos"
     videos.mkdir()
     for i in range(4):
@@ -281,7 +279,8 @@ def test_foreign_file_is_named(tmp_path):
 @pytest.mark.parametrize("extra,message", [
     (dict(data=np.zeros((5, 16), np.float32)), r"dataset 'w_bad' has shape \(5, 16\), expected \[T, R, D\]"),
     (dict(data=np.zeros((5, 9, 16), np.int32)), r"dataset 'w_bad' has dtype int32, expected float"),
-    (dict(data=np.zeros((5, 9, 32), np.float32)), r"dataset 'w_bad' has 9 regions of size 32, but earlier datasets have 9 of size 16"),
+    (dict(data=np.zeros((5, 9, 32), np.float32)),
+     r"dataset 'w_bad' has 9 regions of size 32, but earlier datasets have 9 of size 16"),
     (dict(data=np.zeros((0, 9, 16), np.float32)), r"dataset 'w_bad' is empty"),
     (dict(shape=(5, 9, 16), dtype="f4"), r"dataset 'w_bad' was created but its frames were never written"),
 ])

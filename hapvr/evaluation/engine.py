@@ -12,6 +12,11 @@
   The cache is keyed on what the scores depend on: the query ids and a digest of their frames,
   the scorer (its name, a digest of its weights, its settings), the chunk size, and per chunk a
   digest of the frames scored. A cache made with anything else is refused rather than mixed in.
+  Why per chunk: a fresh run hashes frames it has just read for scoring (SHA-256, about 1.5 GB/s
+  a core with SHA instructions: around 1% of the time of scoring them), and a resumed run rereads
+  only the chunks it reuses (about 450 MB/s read + hash from the page cache, against ~25 MB/s
+  of features-only scoring with 4 queries on one core). A whole-file digest would cost a full
+  extra read on every run; file sizes or modification times would not catch a re-extraction.
 - With ``world_size > 1`` each rank scores every ``world_size``-th batch into its own cache file;
   :func:`collect_scores` merges the shards.
 """
@@ -404,7 +409,8 @@ def _score_batches(scorer: Scorer, store: FeatureStore, groups, n_queries: int, 
             sims = torch.empty(n_queries, len(batch))
             for members, qpad, qlen in groups:
                 sims[members] = scorer.pairwise(qpad, qlen, tpad, tlen).float().cpu()  # [Q_g, B]
-            records = [(c.key(), d, [float(v) for v in sims[:, j].tolist()]) for j, (c, d) in enumerate(zip(batch, digests))]
+            records = [(c.key(), digest, [float(v) for v in sims[:, j].tolist()])
+                       for j, (c, digest) in enumerate(zip(batch, digests))]
             results.update((key, scores) for key, _, scores in records)
             if cache:
                 cache.add(records)
