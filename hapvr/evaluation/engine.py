@@ -328,7 +328,8 @@ def _verify_cached(store: FeatureStore, chunks: list[Chunk], cache: ScoreCache, 
     if changed:
         raise ScoreCacheError(
             f"the score cache {cache.path} holds scores of other feature data: the features of {len(changed)} "
-            f"videos in {store.path} changed since it was written ({_listed(changed)}). Pass another --cache-dir, "
+            f"video{'s' if len(changed) > 1 else ''} in {store.path} changed since it was written ({_listed(changed)}). "
+            "Pass another --cache-dir, "
             "or delete the file to recompute")
 
 
