@@ -237,7 +237,7 @@ def _lock(fh, path: Path) -> None:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise ScoreCacheError(f"the score cache {path} is being written by another running evaluation; "
-                                      "wait for it or pass another --cache-dir") from None
+                              "wait for it or pass another --cache-dir") from None
     except OSError:  # a file system without locks (some network mounts): proceed unlocked
         pass
 
@@ -326,11 +326,11 @@ def _verify_cached(store: FeatureStore, chunks: list[Chunk], cache: ScoreCache, 
     if bar:
         bar.close()
     if changed:
+        videos = f"{len(changed)} video{'s' if len(changed) > 1 else ''}"
         raise ScoreCacheError(
-            f"the score cache {cache.path} holds scores of other feature data: the features of {len(changed)} "
-            f"video{'s' if len(changed) > 1 else ''} in {store.path} changed since it was written ({_listed(changed)}). "
-            "Pass another --cache-dir, "
-            "or delete the file to recompute")
+            f"the score cache {cache.path} holds scores of other feature data: the features of {videos} in "
+            f"{store.path} changed since it was written ({_listed(changed)}). Pass another --cache-dir, or delete "
+            "the file to recompute")
 
 
 def compute_scores(
@@ -358,10 +358,10 @@ def compute_scores(
     missing = [q for q in query_ids if q not in store]
     if missing:
         raise KeyError(f"queries without features: {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    query_frames_raw = [store.load(q) for q in query_ids]
-    query_digests = [frames_digest(x) for x in query_frames_raw]
-    queries = [repeat_to(scorer.index(x), scorer.min_frames) for x in query_frames_raw]
-    del query_frames_raw
+    stored = [store.load(q) for q in query_ids]
+    query_digests = [frames_digest(x) for x in stored]
+    queries = [repeat_to(scorer.index(x), scorer.min_frames) for x in stored]
+    del stored
     groups = _query_groups(queries, cfg)
     chunks = [c for vid in target_ids for c in split_chunks(vid, store.length(vid), cfg.chunk_frames)]
     query_frames = max((len(g) * int(lens.max()) for g, _, lens in groups), default=1)
