@@ -65,13 +65,14 @@ class FeatureStore:
         if not isinstance(ds, h5py.Dataset):
             return
         where = f"feature file {self.path}: dataset {key!r}"
-        if ds.ndim != 3:
-            raise ValueError(f"{where} has shape {ds.shape}, expected [T, R, D]")
-        if ds.dtype.kind != "f":
-            raise ValueError(f"{where} has dtype {ds.dtype}, expected float")
-        if 0 in ds.shape:
-            raise ValueError(f"{where} is empty (shape {ds.shape}); re-extract it or delete it")
-        tail = (int(ds.shape[1]), int(ds.shape[2]))
+        shape, dtype = ds.shape, ds.dtype  # each attribute is a query to HDF5: read once (200k videos)
+        if len(shape) != 3:
+            raise ValueError(f"{where} has shape {shape}, expected [T, R, D]")
+        if dtype.kind != "f":
+            raise ValueError(f"{where} has dtype {dtype}, expected float")
+        if 0 in shape:
+            raise ValueError(f"{where} is empty (shape {shape}); re-extract it or delete it")
+        tail = (int(shape[1]), int(shape[2]))
         if self.region_shape is None:
             self.region_shape = tail
         elif tail != self.region_shape:
@@ -80,7 +81,7 @@ class FeatureStore:
         if ds.id.get_storage_size() == 0:
             raise CorruptFileError(f"{where} was created but its frames were never written; "
                                    "re-extract it or delete it")
-        self._lengths[key] = int(ds.shape[0])
+        self._lengths[key] = int(shape[0])
 
     def __contains__(self, vid: str) -> bool:
         return vid in self._lengths
