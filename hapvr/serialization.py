@@ -10,6 +10,7 @@ refused before it runs. Annotation pickles (FIVR's ground truth) go through
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import pickle
 import zipfile
@@ -68,6 +69,55 @@ def load_torch_file(path: str | Path, what: str, *, allow_numpy: bool = False):
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CorruptFileError(f"{what} {path}: truncated or not a torch file ({detail})") from None
+
+
+DIGEST_KEY = "content_sha256"
+
+
+def content_digest(obj) -> str:
+    """SHA-256 of the tensors and plain values of a nested checkpoint (dicts, lists, tuples, numbers,
+    strings), independent of how it was serialised. ``torch.load`` does not check its zip records'
+    CRCs, so a flipped byte in a tensor loads silently; this digest, saved beside the content, is
+    how a damaged file is caught instead of used."""
+    h = hashlib.sha256()
+
+    def visit(x) -> None:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().contiguous()
+            h.update(f"T{x.dtype}{tuple(x.shape)}:".encode())
+            h.update(x.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for key in sorted(x, key=repr):
+                visit(key)
+                visit(x[key])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[" if isinstance(x, list) else b"(")
+            for item in x:
+                visit(item)
+            h.update(b"]")
+        else:
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+
+    visit(obj)
+    return h.hexdigest()
+
+
+def with_content_digest(state: dict) -> dict:
+    """``state`` plus its :func:`content_digest` under :data:`DIGEST_KEY`, for saving."""
+    return dict(state, **{DIGEST_KEY: content_digest(state)})
+
+
+def check_content_digest(state: dict, path: str | Path, what: str) -> None:
+    """Raises :class:`CorruptFileError` naming ``path`` if ``state`` (as loaded) no longer matches the
+    digest saved in it. Files saved without one (older hapvr, published weights) pass unchecked."""
+    saved = state.get(DIGEST_KEY) if isinstance(state, dict) else None
+    if saved is None:
+        return
+    if saved != content_digest({k: v for k, v in state.items() if k != DIGEST_KEY}):
+        raise CorruptFileError(f"{what} {path}: damaged: its content does not match the checksum saved in it "
+                               "(a disk or copy error); use another copy or an earlier checkpoint")
 
 
 def _unsupported_globals(message: str) -> str:

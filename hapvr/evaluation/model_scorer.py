@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from hapvr.evaluation.scorers import tensor_fingerprint
+from hapvr.evaluation.scorers import state_dict_digest
 
 # Target names of hapvr's model, keyed by the parameter shapes that identify them in a foreign
 # state dict (the comparator's layers have unique shapes; D is the feature size).
@@ -28,7 +28,8 @@ class ModelScorer:
         self.model = model.eval().to(self.device)
         self.model.precision = precision
         self.min_frames = int(model.min_frames)
-        self._fingerprint = tensor_fingerprint(model, name) + ("" if precision == "fp32" else f"-{precision}")
+        self.name = name  # for messages; the cache keys on the weights themselves, not on where they came from
+        self.precision = precision
 
     @torch.no_grad()
     def index(self, features: torch.Tensor) -> torch.Tensor:
@@ -38,8 +39,10 @@ class ModelScorer:
     def pairwise(self, queries, query_lengths, targets, target_lengths):
         return self.model(queries, targets, query_lengths, target_lengths, indexed=True).video
 
-    def fingerprint(self) -> str:
-        return self._fingerprint
+    def fingerprint(self) -> dict:
+        """Digest of the current weights (computed on each call: cheap next to scoring, and never stale)."""
+        return {"scorer": "hapvr-similarity-model", "weights": state_dict_digest(self.model),
+                "settings": {"precision": self.precision, "k_s": float(self.model.k_s), "k_t": float(self.model.k_t)}}
 
 
 def convert_published_state_dict(state: dict[str, torch.Tensor], dim: int = 512) -> dict[str, torch.Tensor]:
@@ -96,11 +99,12 @@ def load_model(path: str | Path, backend: str = "auto"):
     """A :class:`VideoSimilarityModel` from hapvr's training checkpoint or a published state dict."""
     from hapvr.models import VideoSimilarityModel
 
-    from hapvr.serialization import load_torch_file
+    from hapvr.serialization import check_content_digest, load_torch_file
 
     path = Path(path)
     state = load_torch_file(path, "--checkpoint", allow_numpy=True)  # numpy: RNG state of format-1 checkpoints
     if isinstance(state, dict) and str(state.get("format", "")).startswith("hapvr-checkpoint"):
+        check_content_digest(state, path, "--checkpoint")
         cfg = state.get("config", {})
         model = VideoSimilarityModel(cfg.get("pca_dim", 512), cfg.get("k_s", 0.1), cfg.get("k_t", 0.03), backend=backend)
         model.load_state_dict(state["model"])

@@ -26,8 +26,11 @@ class Scorer(Protocol):
                  target_lengths: torch.Tensor) -> torch.Tensor:
         """Padded ``[Q, T, R, D]`` against padded ``[B, T', R, D]`` -> ``[Q, B]`` similarities."""
 
-    def fingerprint(self) -> str:
-        """Changes whenever the scores would (guards the on-disk cache)."""
+    def fingerprint(self) -> dict:
+        """What the scores depend on besides the features, for the on-disk cache:
+        ``{"scorer": name, "weights": digest of the learned tensors or None, "settings": {...}}``.
+        Settings are what changes the function computed (precision, top-k rates), not how it is
+        computed (backend, device: those agree to rounding)."""
 
 
 class ChamferBaseline:
@@ -53,14 +56,16 @@ class ChamferBaseline:
         return temporal_topk_chamfer(maps, 1, query_lengths=query_lengths[:, None],
                                      target_lengths=target_lengths[None, :])
 
-    def fingerprint(self) -> str:
-        return "chamfer-baseline-v1" + ("" if self.precision == "fp32" else f"-{self.precision}")
+    def fingerprint(self) -> dict:
+        return {"scorer": "chamfer-baseline-v1", "weights": None, "settings": {"precision": self.precision}}
 
 
-def tensor_fingerprint(module: torch.nn.Module, name: str) -> str:
-    """A stable digest of a module's parameters and buffers (for cache keys)."""
-    h = hashlib.sha256(name.encode())
+def state_dict_digest(module: torch.nn.Module) -> str:
+    """128-bit SHA-256 prefix of a module's parameters and buffers: names, dtypes, shapes and
+    bytes, so equal weights give equal digests wherever the checkpoint file lies."""
+    h = hashlib.sha256()
     for key, value in sorted(module.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+        value = value.detach().cpu().contiguous()
+        h.update(f"{key}\0{value.dtype}\0{tuple(value.shape)}\0".encode())
+        h.update(value.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:32]

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from hapvr.serialization import CorruptFileError, load_torch_file
+from hapvr.serialization import CorruptFileError, check_content_digest, load_torch_file, with_content_digest
 from hapvr.training.pool import atomic_save
 
 
@@ -32,15 +32,51 @@ def set_rng_state(state: dict, sampler: random.Random) -> None:
 
 def save_checkpoint(path: str, *, step: int, model, pca, optimizer, scheduler, sampler: random.Random, config: dict,
                     extra: dict | None = None) -> None:
-    """Write ``path`` atomically (temporary file + fsync + rename): a crash never leaves half a file."""
-    atomic_save(dict(step=step, model=model.state_dict(), pca=pca.state_dict(), optimizer=optimizer.state_dict(),
-                     scheduler=scheduler.state_dict(), rng=rng_state(sampler), config=config, extra=extra or {},
-                     format=FORMAT), path)
+    """Write ``path`` atomically (temporary file + fsync + rename): a crash never leaves half a file.
+
+    The content's SHA-256 is saved in it (checked by :func:`load_checkpoint`), and temporaries
+    left by runs killed while saving are removed."""
+    state = dict(step=step, model=model.state_dict(), pca=pca.state_dict(), optimizer=optimizer.state_dict(),
+                 scheduler=scheduler.state_dict(), rng=rng_state(sampler), config=config, extra=extra or {},
+                 format=FORMAT)
+    atomic_save(with_content_digest(state), path)
+    remove_stale_temporaries(path)
+
+
+def remove_stale_temporaries(path: str) -> list[str]:
+    """Deletes ``PATH.PID.tmp`` files (what :func:`atomic_save` writes before its rename) of
+    processes that no longer run: a run killed while saving leaves one, as large as a checkpoint."""
+    folder, name = os.path.split(os.path.abspath(path))
+    removed = []
+    for entry in os.listdir(folder):
+        pid = entry[len(name) + 1:-len(".tmp")]
+        if not (entry.startswith(name + ".") and entry.endswith(".tmp") and pid.isdigit()):
+            continue
+        if int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        try:
+            os.remove(os.path.join(folder, entry))
+            removed.append(entry)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def load_checkpoint(path: str, what: str = "--resume") -> dict:
     """A hapvr training checkpoint, read as data (``weights_only=True``; format-1 files held a numpy
-    RNG array, which is allowed as plain numbers). Raises FileNotFoundError or ValueError naming ``path``."""
+    RNG array, which is allowed as plain numbers) and checked against the checksum saved in it.
+    Raises FileNotFoundError or ValueError (:class:`CorruptFileError` for a truncated or damaged
+    file) naming ``path``."""
     if not os.path.isfile(path):
         hint = " (start without --resume, or point --out at the run)" if what == "--resume" else ""
         raise FileNotFoundError(f"{what}: no checkpoint at {path}{hint}")
@@ -50,4 +86,5 @@ def load_checkpoint(path: str, what: str = "--resume") -> dict:
     missing = [k for k in ("step", "model", "pca", "optimizer", "scheduler", "rng", "config") if k not in state]
     if missing:
         raise CorruptFileError(f"{what} {path}: hapvr checkpoint without {', '.join(missing)}")
+    check_content_digest(state, path, what)
     return state
