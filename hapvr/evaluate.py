@@ -211,8 +211,10 @@ def _main(argv=None) -> int:
               f"(ids as in --annotations {args.annotations}, e.g. {sorted(bench.queries)[:3]})")
     try:
         return _score_and_report(args, bench, store, scorer, queries, targets, present, easy)
-    except ValueError as exc:  # unreadable feature data, NaN features, a cache of other inputs
+    except (ValueError, FileNotFoundError) as exc:  # feature data, a cache of other inputs (names the file)
         _fail(str(exc))
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
 
 
 def _score_and_report(args, bench, store, scorer, queries, targets, present, easy) -> int:

@@ -144,6 +144,17 @@ def _load_cache(path: str) -> dict:
         raise UserError(f"{exc}; delete it to rebuild") from None
 
 
+def _truncate_log(path: str, step: int) -> None:
+    """Keeps the header and the rows of steps <= ``step`` of a CSV log (rewritten atomically)."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    os.replace(tmp, path)
+
+
 def fit_pca(extractor, pool) -> None:
     """PCA whitening learned from every cached frame of the training pool (all views)."""
     V, K, T = pool.desc.shape[:3]
@@ -291,6 +302,8 @@ def run(cfg) -> dict:
             print("note: tensorboard is not installed; logging to CSV only", file=sys.stderr)
         csv_path = os.path.join(cfg.out, "log.csv")
         new = not (cfg.resume and os.path.isfile(csv_path))
+        if not new:  # rows logged after the checkpoint by a run that was killed are logged again
+            _truncate_log(csv_path, start_step)
         csv_file = open(csv_path, "w" if new else "a", newline="")
         log_csv = csv.writer(csv_file)
         if new:
@@ -403,8 +416,10 @@ def run(cfg) -> dict:
         summary = dict(results=results, skipped_videos=[p for p, _ in skipped], steps=cfg.iterations,
                        seconds=dict(data=round(t_data, 1), train=round(t_train, 1), total=round(time.time() - t_start, 1)),
                        config=dataclasses.asdict(cfg))
-        with open(os.path.join(cfg.out, "results.json"), "w") as f:
+        tmp = os.path.join(cfg.out, "results.json.tmp")
+        with open(tmp, "w") as f:
             json.dump(summary, f, indent=1)
+        os.replace(tmp, os.path.join(cfg.out, "results.json"))
         if skipped:
             print(f"skipped {len(skipped)} unreadable videos (see warnings above)")
         print(f"checkpoint: {ckpt_path}   logs: {os.path.join(cfg.out, 'log.csv')}, {os.path.join(cfg.out, 'tensorboard')}")

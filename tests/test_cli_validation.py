@@ -252,3 +252,21 @@ def test_help_shows_defaults_and_examples(module, capsys):
     if module == "hapvr.train":
         text = " ".join(out.split())
         assert "--k-s K_S k s" not in text and "(turnoffwith--no-benchmark)" in "".join(out.split())
+
+
+def test_evaluate_nan_features_and_a_stale_cache_are_one_line(files, capsys, tmp_path):
+    g = torch.Generator().manual_seed(1)
+    feats = {v: torch.nn.functional.normalize(torch.randn(5, 9, 16, generator=g), dim=-1) for v in ("q", "a", "b")}
+    path = tmp_path / "f.hdf5"
+    write_features(path, feats)
+    argv = [*EVAL, "--features", path, "--annotations", files / "ann.json", "--cache-dir", tmp_path / "cache"]
+    assert _run(evaluate_main, argv, capsys)[0] == 0
+    feats["a"] = torch.nn.functional.normalize(torch.randn(5, 9, 16, generator=g), dim=-1)  # re-extracted
+    write_features(path, feats)
+    code, err = _run(evaluate_main, argv, capsys)
+    line = _one_error(err)
+    assert code == 2 and "score cache" in line and "features of 1 video" in line and "changed" in line and "(a)" in line
+    feats["b"][2, 3, 0] = float("nan")
+    write_features(path, feats)
+    code, err = _run(evaluate_main, argv[:-2], capsys)
+    assert code == 2 and "f.hdf5" in _one_error(err) and "NaN" in err

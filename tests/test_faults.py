@@ -245,6 +245,13 @@ def test_sigkilled_training_resumes_to_the_same_weights(tmp_path):
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
     assert not list(split.glob("checkpoint.pt.*.tmp"))
+    # the log holds each step once, with the uninterrupted run's losses (rows after the checkpoint
+    # that the killed run had logged are dropped on resume)
+    import csv
+
+    logs = [list(csv.DictReader(open(d / "log.csv"))) for d in (full, split)]
+    assert [r["step"] for r in logs[1]] == [str(i) for i in range(1, 25)]
+    assert [r["loss"] for r in logs[1]] == [r["loss"] for r in logs[0]]
 
 
 # ---- damaged files ----------------------------------------------------------------------------

@@ -315,9 +315,9 @@ def _verify_cached(store: FeatureStore, chunks: list[Chunk], cache: ScoreCache, 
     changed = set(changed)
     bar = None
     if progress and chunks:
-        from tqdm import tqdm
+        from hapvr.progress import progress as progress_bar
 
-        bar = tqdm(total=len(chunks), unit="chunk", desc="checking cached scores")
+        bar = progress_bar(total=len(chunks), unit="chunk", desc="checking cached scores")
     for c in chunks:
         if frames_digest(store.load(c.vid, c.start, c.end)) != cache.digests[c.key()]:
             changed.add(c.vid)
@@ -396,9 +396,9 @@ def _score_batches(scorer: Scorer, store: FeatureStore, groups, n_queries: int, 
                    results: dict[str, list[float]], cache: ScoreCache | None, progress: str | bool, total: int) -> None:
     bar = None
     if progress:
-        from tqdm import tqdm
+        from hapvr.progress import progress as progress_bar
 
-        bar = tqdm(total=total, initial=total - len(todo), unit="batch", desc=progress)
+        bar = progress_bar(total=total, initial=total - len(todo), unit="batch", desc=progress)
     try:
         for batch in todo:
             frames = [store.load(c.vid, c.start, c.end) for c in batch]
