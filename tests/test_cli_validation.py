@@ -270,3 +270,52 @@ def test_evaluate_nan_features_and_a_stale_cache_are_one_line(files, capsys, tmp
     write_features(path, feats)
     code, err = _run(evaluate_main, argv[:-2], capsys)
     assert code == 2 and "f.hdf5" in _one_error(err) and "NaN" in err
+
+
+def test_pca_nan_descriptors_are_refused(tmp_path, capsys):
+    raw = tmp_path / "raw.hdf5"
+    x = np.random.default_rng(0).standard_normal((30, 9, 24)).astype(np.float32)
+    x[3, 2, 1] = np.nan
+    with h5py.File(raw, "w") as f:
+        f.create_dataset("v", data=x)
+    code, err = _run(pca_main, ["--features", raw, "--output", tmp_path / "p.pt", "--dim", "4", "--no-progress"], capsys)
+    assert code == 2 and "'v' holds NaN" in _one_error(err) and not (tmp_path / "p.pt").exists()
+
+
+def test_progress_is_throttled_off_a_terminal(monkeypatch, capsys):
+    import io
+
+    from hapvr import progress as P
+
+    clock = iter(range(0, 10_000, 3))  # each update is 3 "seconds" later
+    monkeypatch.setattr(P.time, "monotonic", lambda: next(clock))
+    log = io.StringIO()  # not a terminal
+    bar = P.progress(range(100), desc="train", unit="step", file=log)
+    assert isinstance(bar, P.LineProgress)
+    for _ in bar:
+        bar.set_postfix(loss="0.5")
+    lines = log.getvalue().splitlines()
+    # 100 updates 3 s apart, a line at most every 10 s, plus the final one: 30 + 1 lines, no "\r"
+    assert 25 <= len(lines) <= 35 and "\r" not in log.getvalue()
+    assert lines[-1].startswith("train: 100/100 (100%)") and lines[-1].endswith("loss=0.5")
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    from tqdm import tqdm
+
+    assert isinstance(P.progress(range(3), file=Tty()), tqdm)  # live bar on a terminal
+
+
+def test_reliability_table_names_tests_that_exist():
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "docs", "reliability.md")).read()
+    files = dict(re.findall(r"`(\w+)` =\s+tests/(test_\w+\.py)", text))
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert len(rows) >= 30
+    for short, name in re.findall(r"`(\w+)::(test_\w+)", text):
+        source = open(os.path.join(root, "tests", files[short])).read()
+        assert f"def {name}(" in source, (short, name)
