@@ -247,8 +247,7 @@ def test_help_shows_defaults_and_examples(module, capsys):
     out = capsys.readouterr().out
     assert "examples:" in out and out.count(f"-m {module}") + out.count(f"-m {module} ") >= 2
     assert "SPEC" not in out
-    if module != "hapvr.pca":
-        assert "(default: " in out
+    assert "(default: " in out
     if module == "hapvr.train":
         text = " ".join(out.split())
         assert "--k-s K_S k s" not in text and "(turnoffwith--no-benchmark)" in "".join(out.split())
