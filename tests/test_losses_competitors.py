@@ -158,7 +158,10 @@ def test_batch_matrix_gradients_equal_reference_gradients_and_diagonal_ignored(n
     # self-paced weights constant (as the original does), so its reference is the derivative with
     # the weights frozen at the unperturbed scores, from the formula written out.
     base = sim.detach().clone()
-    f = (lambda s: circle_frozen(s, base, labels, loss.m, loss.gamma)) if name == "circle" else (lambda s: loss(s, labels))
+    if name == "circle":
+        f = lambda s: circle_frozen(s, base, labels, loss.m, loss.gamma)  # noqa: E731
+    else:
+        f = lambda s: loss(s, labels)  # noqa: E731
     assert float(f(base)) == pytest.approx(float(value.detach()), rel=1e-12)
     torch.testing.assert_close(sim.grad, central_differences(f, base), rtol=1e-5, atol=1e-7)
     assert torch.all(torch.diagonal(sim.grad) == 0)

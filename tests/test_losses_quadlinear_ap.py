@@ -288,7 +288,8 @@ def test_objective_is_weighted_sum_of_parts():
     def f(s, r, fs):
         return objective(s, labels, raw=r, frame_sims=fs, teacher=teacher)[0]
 
-    assert torch.autograd.gradcheck(lambda s, r: f(s, r, frame_sims.detach()), (sim.detach().clone().requires_grad_(True), raw))
+    sim_leaf = sim.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda s, r: f(s, r, frame_sims.detach()), (sim_leaf, raw))
     (g_frames,) = torch.autograd.grad(f(sim.detach(), raw.detach(), frame_sims), frame_sims)
     assert g_frames.abs().sum() > 0
     gen = torch.Generator().manual_seed(0)
