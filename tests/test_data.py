@@ -38,16 +38,59 @@ def test_deterministic_temporal_edits(edit, expected):
     assert name == edit and idx.tolist() == expected
 
 
-def test_pause_and_shuffle_dropout():
-    rng = random.Random(1)
-    _, idx = augment.temporal_edit_indices(8, rng, edit="pause")
-    assert 10 <= len(idx) <= 12 and sorted(set(idx.tolist())) == list(range(8))
-    for _ in range(20):
-        _, idx = augment.temporal_edit_indices(8, rng, edit="shuffle_dropout")
+def _runs(vals):
+    """Maximal runs of consecutive frame indices (i, i + 1, ...)."""
+    runs = [[vals[0]]]
+    for v in vals[1:]:
+        if v == runs[-1][-1] + 1:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return runs
+
+
+def test_pause_holds_one_frame_two_to_four_extra_times():
+    for seed in range(50):
+        _, idx = augment.temporal_edit_indices(8, random.Random(seed), edit="pause")
         vals = idx.tolist()
-        assert len(set(vals)) == len(vals) and set(vals) <= set(range(8)) and len(vals) >= 1
-    with pytest.raises(ValueError):
-        augment.temporal_edit_indices(8, rng, edit="sideways")
+        held = [v for v in range(8) if vals.count(v) > 1]
+        assert len(held) == 1 and 3 <= vals.count(held[0]) <= 5, vals  # shown once + 2-4 extra times
+        assert [v for i, v in enumerate(vals) if i == 0 or v != vals[i - 1]] == list(range(8)), vals
+
+
+def test_shuffle_dropout_reorders_or_drops_contiguous_segments():
+    T, n = 8, 300
+    kinds = {"shuffle": 0, "drop": 0, "identity": 0}
+    shuffled_runs = set()
+    for seed in range(n):
+        name, idx = augment.temporal_edit_indices(T, random.Random(seed), edit="shuffle_dropout")
+        vals = idx.tolist()
+        assert name == "shuffle_dropout" and vals and len(set(vals)) == len(vals), vals
+        if len(vals) == T:  # a shuffle: the 2-4 segments, each still in order, in another order
+            assert sorted(vals) == list(range(T)), vals
+            runs = _runs(vals)
+            assert len(runs) <= 4, vals
+            if vals == list(range(T)):
+                kinds["identity"] += 1
+            else:
+                kinds["shuffle"] += 1
+                shuffled_runs.add(len(runs))
+        else:  # a drop: one contiguous segment missing, the rest in its order
+            assert vals == sorted(vals) and set(vals) < set(range(T)), vals
+            missing = sorted(set(range(T)) - set(vals))
+            assert missing == list(range(missing[0], missing[-1] + 1)), vals
+            kinds["drop"] += 1
+    # both branches are taken, shuffles of 2, 3 and 4 segments occur
+    assert kinds["shuffle"] > n // 5 and kinds["drop"] > n // 5, kinds
+    assert shuffled_runs == {2, 3, 4}, shuffled_runs
+    # A shuffle may draw the original order (chance 1/n! for n segments: about 12% of these edits
+    # at T = 8 come out unchanged); most must be real edits.
+    assert kinds["identity"] < n // 5, kinds
+
+
+def test_unknown_edit_is_refused():
+    with pytest.raises(ValueError, match="unknown temporal edit"):
+        augment.temporal_edit_indices(8, random.Random(1), edit="sideways")
 
 
 def test_edit_probabilities_are_the_papers():

@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 
-from hapvr import metrics
 from hapvr.evaluate import main as evaluate_main
 from hapvr.evaluation.benchmarks import evaluate_scores, load_benchmark
 from hapvr.evaluation.engine import EngineConfig, compute_scores, split_chunks
@@ -60,19 +59,58 @@ def fivr_annotations(tmp_path):
 
 
 def per_pair_scores(feats, queries, targets, chunk=2048):
-    """Straightforward loop: one scorer call per (query, chunk) pair, chunks averaged."""
-    s = ChamferBaseline()
+    """Brute-force oracle from the definitions (SPEC section 1), independent of hapvr.ops and of
+    the scorer: per pair, the region Chamfer map ``m[x, y] = mean_i max_j <q[x, i], t[y, j]>``,
+    then frame Chamfer ``mean_x max_y m[x, y]``, in float64 on L2-normalised features; targets
+    longer than ``chunk`` frames are cut into chunks whose scores are averaged."""
     out = {}
     for q in queries:
-        qx = s.index(feats[q])[None]
+        qx = torch.nn.functional.normalize(feats[q].double(), dim=-1)
         out[q] = {}
         for v in targets:
+            tv = torch.nn.functional.normalize(feats[v].double(), dim=-1)
             vals = []
-            for c in split_chunks(v, feats[v].shape[0], chunk):
-                tx = s.index(feats[v][c.start:c.end])[None]
-                vals.append(float(s.pairwise(qx, torch.tensor([qx.shape[1]]), tx, torch.tensor([tx.shape[1]]))[0, 0]))
+            for start in range(0, tv.shape[0], chunk):
+                tx = tv[start:start + chunk]
+                S = torch.einsum("xid,yjd->xiyj", qx, tx)  # every patch similarity of the pair
+                frame_map = S.max(dim=3).values.mean(dim=1)  # [x, y]
+                vals.append(float(frame_map.max(dim=1).values.mean()))
             out[q][v] = sum(vals) / len(vals)
     return out
+
+
+def brute_ap(row, relevant, n_gt):
+    """AP by its definition: candidates by descending score (ties by id), precision at each
+    relevant one, summed and divided by ``|GT|`` (relevant videos missing from ``row`` are never
+    found)."""
+    ranked = sorted(row, key=lambda v: (-row[v], v))
+    hits, total = 0, 0.0
+    for rank, v in enumerate(ranked, start=1):
+        if v in relevant:
+            hits += 1
+            total += hits / rank
+    return total / n_gt
+
+
+def brute_fivr_protocol(annotation, queries, database, present, scores):
+    """mAP per FIVR task with the protocol of SPEC section 4 written out: only videos with
+    features count, the query is neither candidate nor ground truth, queries without ground
+    truth are skipped. Returns ({task: mAP}, {task: {query: AP}}, {task: [skipped queries]})."""
+    levels = {"DSVR": ("ND", "DS"), "CSVR": ("ND", "DS", "CS"), "ISVR": ("ND", "DS", "CS", "IS")}
+    maps, per_query, skipped = {}, {}, {}
+    for task, keys in levels.items():
+        per_query[task], skipped[task] = {}, []
+        for q in queries:
+            if q not in present:
+                continue
+            gt = {v for k in keys for v in annotation.get(q, {}).get(k, []) if v in present and v != q}
+            if not gt:
+                skipped[task].append(q)
+                continue
+            row = {v: scores[q][v] for v in database if v in present and v != q}
+            per_query[task][q] = brute_ap(row, gt, len(gt))
+        maps[task] = sum(per_query[task].values()) / len(per_query[task])
+    return maps, per_query, skipped
 
 
 def test_engine_equals_per_pair_loop_with_chunking_and_tiny_tail(corpus):
@@ -101,18 +139,17 @@ def test_fivr_end_to_end(corpus, tmp_path, capsys):
     assert res["retrieval_mAP"]["DSVR"] == pytest.approx(1.0)  # near copies outrank everything
     assert res["queries_skipped"]["DSVR"] == ["qc"]
     assert res["queries_used"]["DSVR"] == 2
-    # The same numbers from the protocol applied by hand to per-pair scores.
-    bench = load_benchmark("fivr-5k", ann)
+    # The same numbers from the protocol written out (brute_fivr_protocol) on brute-force scores.
+    with open(ann, "rb") as f:
+        data = pickle.load(f)
     present = set(feats)
-    queries = ["qa", "qb", "qc"]
-    scores = per_pair_scores(feats, queries, sorted(present))
-    want = evaluate_scores(bench, scores, present)
+    scores = per_pair_scores(feats, ["qa", "qb", "qc"], sorted(present))
+    maps, per_query, skipped = brute_fivr_protocol(data["annotation"], data["5k"]["queries"],
+                                                   data["5k"]["database"], present, scores)
+    assert skipped == {task: ["qc"] for task in maps}  # qmissing has no features: neither used nor skipped
     for task in ("DSVR", "CSVR", "ISVR"):
-        assert res["retrieval_mAP"][task] == pytest.approx(want.retrieval[task], abs=1e-6)
-    # CSVR for qa by hand: candidates exclude qa itself; a_cs is an unrelated video ranked low.
-    cands = sorted(v for v in present if v != "qa")
-    ap = metrics.average_precision([scores["qa"][v] for v in cands], [v in {"a_nd", "a_ds", "a_cs"} for v in cands])
-    assert res["per_query_AP"]["CSVR"]["qa"] == pytest.approx(ap, abs=1e-6)
+        assert res["retrieval_mAP"][task] == pytest.approx(maps[task], abs=1e-6)
+        assert res["per_query_AP"][task] == pytest.approx(per_query[task], abs=1e-6)
     assert plot.stat().st_size > 1000
     assert "DSVR" in capsys.readouterr().out
 
@@ -237,3 +274,184 @@ def test_bad_inputs_give_one_clear_line(tmp_path, corpus, capsys):
     assert evaluate_main(["--dataset", "fivr-5k", "--features", str(path), "--annotations", str(bad),
                           "--features-only"]) == 2
     assert "must contain the key '5k'" in capsys.readouterr().err
+
+
+# --- the protocol on hand-made rankings (every value worked out by hand) ---------------------
+#
+# Scores are given directly (no features), so these pin the loaders and evaluate_scores alone.
+# Scores are distinct across all (query, candidate) pairs unless a test is about ties, so the
+# pooled rankings of uAP do not depend on a tie rule.
+
+
+def _write(tmp_path, name, data):
+    path = tmp_path / name
+    if name.endswith(".json"):
+        path.write_text(json.dumps(data))
+    else:
+        path.write_bytes(pickle.dumps(data))
+    return path
+
+
+@pytest.fixture
+def fivr_by_hand(tmp_path):
+    """q1, q2, q3 are queries with features, qx has none; 'gone' is annotated but has no features.
+    q2 lists itself as ND (must be excluded); q3 is not in the database and has IS labels only."""
+    data = {"5k": {"queries": ["q1", "q2", "q3", "qx"],
+                   "database": ["q1", "q2", "a", "b", "c", "d", "e", "gone"]},
+            "200k": {"queries": [], "database": []},
+            "annotation": {"q1": {"ND": ["a"], "DS": ["gone"], "CS": ["c"], "IS": ["d"]},
+                           "q2": {"ND": ["q2"], "DS": ["b"], "IS": ["e"]},
+                           "q3": {"IS": ["a"]},
+                           "qx": {"ND": ["a"]}}}
+    present = {"q1", "q2", "q3", "a", "b", "c", "d", "e"}
+    scores = {
+        # ranking a .90, d .80, b .50, c .30, q2 .20, e .10 (q3 is not in the database: its .99 must not count)
+        "q1": {"q2": .20, "a": .90, "b": .50, "c": .30, "d": .80, "e": .10, "q3": .99},
+        # ranking c .70, q1 .60, e .55, b .40, d .25, a .15 (q2 itself, 1.0, must not count)
+        "q2": {"q1": .60, "a": .15, "b": .40, "c": .70, "d": .25, "e": .55, "q2": 1.0},
+        # ranking q2 .95, a .52, e .45, q1 .35, c .22, b .12, d .05
+        "q3": {"q1": .35, "q2": .95, "a": .52, "b": .12, "c": .22, "d": .05, "e": .45},
+    }
+    return load_benchmark("fivr-5k", _write(tmp_path, "fivr.pickle", data)), scores, present
+
+
+def test_fivr_protocol_hand_computed(fivr_by_hand):
+    bench, scores, present = fivr_by_hand
+    res = evaluate_scores(bench, scores, present)
+    # q1: DSVR GT {a} ('gone' has no features): a first -> 1.
+    #     CSVR GT {a, c}: ranks 1 and 4 -> (1/1 + 2/4) / 2 = 3/4.
+    #     ISVR GT {a, c, d}: ranks 1, 2, 4 -> (1 + 2/2 + 3/4) / 3 = 11/12.
+    # q2: DSVR = CSVR GT {b} (itself excluded): rank 4 -> 1/4.
+    #     ISVR GT {b, e}: ranks 3 and 4 -> (1/3 + 2/4) / 2 = 5/12.
+    # q3: no GT at DSVR / CSVR (skipped); ISVR GT {a}: rank 2 -> 1/2.
+    assert res.per_query_ap["DSVR"] == pytest.approx({"q1": 1.0, "q2": 1 / 4})
+    assert res.per_query_ap["CSVR"] == pytest.approx({"q1": 3 / 4, "q2": 1 / 4})
+    assert res.per_query_ap["ISVR"] == pytest.approx({"q1": 11 / 12, "q2": 5 / 12, "q3": 1 / 2})
+    assert res.retrieval == pytest.approx({"DSVR": 5 / 8, "CSVR": 1 / 2, "ISVR": 11 / 18})
+    # qx has no features: neither used nor listed as skipped
+    assert res.queries_skipped == {"DSVR": ["q3"], "CSVR": ["q3"], "ISVR": []}
+    assert res.queries_used == {"DSVR": 2, "CSVR": 2, "ISVR": 3}
+    # ISVD pools the 19 pairs of the three queries (every one has ISVR GT), |GT| = 3 + 2 + 1:
+    # .95 n, .90 R, .80 R, .70 n, .60 n, .55 R, .52 R, .50 n, .45 n, .40 R, .35 n, .30 R, ...
+    # relevant at ranks 2, 3, 6, 7, 10, 12 -> (1/2 + 2/3 + 3/6 + 4/7 + 5/10 + 6/12) / 6 = 34/63.
+    assert res.detection["ISVD"] == pytest.approx(34 / 63)
+
+
+@pytest.mark.xfail(strict=True, reason="SPEC section 4: uAP pools the candidates of every query, so a query "
+                   "without positives at a level still contributes its candidates as negatives; "
+                   "evaluate_scores drops such queries from the pool (hapvr/evaluation/benchmarks.py)")
+def test_fivr_uap_keeps_queries_without_positives_as_negatives(fivr_by_hand):
+    bench, scores, present = fivr_by_hand
+    res = evaluate_scores(bench, scores, present)
+    # DSVD: GT q1-a, q2-b (2). q3 has no DSVR GT, its 7 pairs are negatives in the pool:
+    # .95 (q3-q2) n, .90 q1-a R (rank 2), ... .40 q2-b R (rank 10) -> (1/2 + 2/10) / 2 = 0.35.
+    # (Without q3's pairs it would be (1/1 + 2/7) / 2 = 9/14.)
+    assert res.detection["DSVD"] == pytest.approx(0.35)
+    # CSVD: GT q1-a, q2-b, q1-c (3): ranks 2, 10, 12 -> (1/2 + 2/10 + 3/12) / 3 = 0.95 / 3.
+    assert res.detection["CSVD"] == pytest.approx(0.95 / 3)
+
+
+def test_fivr_hard_variant_by_hand(fivr_by_hand):
+    bench, scores, present = fivr_by_hand
+    hard = evaluate_scores(bench.without({"a", "d"}, "-hard"), scores, present)
+    # q1 without a and d: ranking b .50, c .30, q2 .20, e .10; DSVR has no GT left (skipped),
+    # CSVR = ISVR GT {c}: rank 2 -> 1/2. q2 without a, d: c .70, q1 .60, e .55, b .40 ->
+    # DSVR/CSVR {b} rank 4 -> 1/4, ISVR {b, e} ranks 3, 4 -> 5/12. q3 loses its only positive.
+    assert hard.per_query_ap["DSVR"] == pytest.approx({"q2": 1 / 4})
+    assert hard.per_query_ap["CSVR"] == pytest.approx({"q1": 1 / 2, "q2": 1 / 4})
+    assert hard.per_query_ap["ISVR"] == pytest.approx({"q1": 1 / 2, "q2": 5 / 12})
+    assert hard.queries_skipped == {"DSVR": ["q1", "q3"], "CSVR": ["q3"], "ISVR": ["q3"]}
+
+
+def test_evve_trapezoidal_protocol_hand_computed(tmp_path):
+    data = {"database": ["a", "b", "c", "d", "e"],
+            "events": {"e1": {"queries": ["q1"], "positives": ["a", "b"]},
+                       "e2": {"queries": ["q2"], "positives": ["c"]}}}
+    bench = load_benchmark("evve", _write(tmp_path, "evve.json", data))
+    scores = {"q1": {"a": .9, "b": .7, "c": .3, "d": .8, "e": .1},  # a R, d, b R, c, e
+              "q2": {"a": .2, "b": .6, "c": .65, "d": .4, "e": .95}}  # e, c R, b, d, a
+    res = evaluate_scores(bench, scores, set(data["database"]) | {"q1", "q2"})
+    # Trapezoid rule: a relevant item at 0-based rank p, the n-th found (from 0), adds
+    # (n/p + (n+1)/(p+1)) / 2 / |GT|, n/p = 1 at p = 0.
+    # q1: a at p=0: (1 + 1) / 2 / 2 = 1/2; b at p=2, n=1: (1/2 + 2/3) / 2 / 2 = 7/24 -> 19/24.
+    # q2: c at p=1, n=0: (0 + 1/2) / 2 = 1/4.
+    assert res.per_query_ap["EVVE"] == pytest.approx({"q1": 19 / 24, "q2": 1 / 4})
+    assert res.retrieval["EVVE"] == pytest.approx((19 / 24 + 1 / 4) / 2)
+    # uAP (step AP over the pooled pairs, |GT| = 3): .95 n, .9 R, .8 n, .7 R, .65 R
+    # -> (1/2 + 2/4 + 3/5) / 3.
+    assert res.detection["EVVE-uAP"] == pytest.approx((1 / 2 + 2 / 4 + 3 / 5) / 3)
+
+
+def test_svd_protocol_ranks_labelled_candidates_and_distractors_with_tie_groups(tmp_path):
+    import sklearn.metrics
+
+    data = {"queries": {"q1": {"positives": ["a"], "negatives": ["b"]},
+                        "q2": {"positives": ["c", "d"], "negatives": []}},
+            "unlabelled": ["u1", "u2"]}
+    bench = load_benchmark("svd", _write(tmp_path, "svd.json", data))
+    scores = {"q1": {"a": .5, "b": .5, "c": .99, "d": .98, "u1": .9, "u2": .1},  # c, d: not q1's candidates
+              "q2": {"a": .97, "b": .96, "c": .8, "d": .3, "u1": .6, "u2": .3}}
+    present = {"q1", "q2", "a", "b", "c", "d", "u1", "u2"}
+    res = evaluate_scores(bench, scores, present)
+    # q1 ranks a, b, u1, u2: u1 .9 (n), then a and b tied at .5 as one step (1 of 2 relevant),
+    # then u2: AP = 1 (recall gained) x 1/3 (precision after the tie group) = 1/3.
+    # q2 ranks c, d, u1, u2: c .8 R (P 1, recall 1/2), u1 .6 n, d and u2 tied at .3
+    # (P 2/4, recall +1/2): AP = 1/2 + 1/4 = 3/4.
+    assert res.per_query_ap["SVD"] == pytest.approx({"q1": 1 / 3, "q2": 3 / 4})
+    # scikit-learn's own AP (an independent implementation of the same rule) agrees
+    for q, cands in (("q1", ["a", "b", "u1", "u2"]), ("q2", ["c", "d", "u1", "u2"])):
+        want = sklearn.metrics.average_precision_score([v in data["queries"][q]["positives"] for v in cands],
+                                                       [scores[q][v] for v in cands])
+        assert res.per_query_ap["SVD"][q] == pytest.approx(want)
+    assert res.retrieval["SVD"] == pytest.approx(13 / 24)
+    # uAP pools q1's then q2's candidates (each sorted by id); equal scores keep that order
+    # (hapvr.metrics' stable rule): .9 n, .8 R, .6 n, .5 R (q1-a before q1-b), .5 n, .3 R
+    # (q2-d before q2-u2), ... -> (1/2 + 2/4 + 3/6) / 3 = 1/2.
+    assert res.detection["SVD-uAP"] == pytest.approx(1 / 2)
+
+
+def test_vcdb_protocol_hand_computed(tmp_path):
+    data = {"videos": ["v1", "v2", "v3"], "pairs": [["v1", "v2"], ["v2", "v3"], ["v3", "v3"]],
+            "distractors": ["x", "y"]}
+    bench = load_benchmark("vcdb", _write(tmp_path, "vcdb.json", data))
+    scores = {"v1": {"v2": .4, "v3": .6, "x": .2, "y": .1},  # v3, v2 R
+              "v2": {"v1": .3, "v3": .9, "x": .7, "y": .5},  # v3 R, x, y, v1 R
+              "v3": {"v1": .8, "v2": .75, "x": .05, "y": .15}}  # v1, v2 R (v3-v3 is no pair)
+    res = evaluate_scores(bench, scores, {"v1", "v2", "v3", "x", "y"})
+    # pairs are symmetric: v1 {v2}, v2 {v1, v3}, v3 {v2}
+    # v1: rank 2 -> 1/2; v2: ranks 1, 4 -> (1 + 2/4) / 2 = 3/4; v3: rank 2 -> 1/2
+    assert res.per_query_ap["VCDB"] == pytest.approx({"v1": 1 / 2, "v2": 3 / 4, "v3": 1 / 2})
+    assert res.retrieval["VCDB"] == pytest.approx(7 / 12)
+    # uAP, |GT| = 4: .9 R, .8 n, .75 R, .7 n, .6 n, .5 n, .4 R, .3 R -> (1 + 2/3 + 3/7 + 4/8) / 4
+    assert res.detection["VCDB-uAP"] == pytest.approx(109 / 168)
+
+
+def test_custom_levels_protocol_hand_computed(tmp_path):
+    data = {"queries": ["q1", "q2"], "database": ["a", "b", "c"],
+            "levels": {"strict": {"q1": ["a"]}, "loose": {"q1": ["a", "b"], "q2": ["c"]}}, "detection": True}
+    bench = load_benchmark("custom", _write(tmp_path, "custom.json", data))
+    scores = {"q1": {"a": .3, "b": .9, "c": .5}, "q2": {"a": .2, "b": .6, "c": .4}}
+    res = evaluate_scores(bench, scores, {"q1", "q2", "a", "b", "c"})
+    # q1 ranks b, c, a. strict {a}: rank 3 -> 1/3; loose {a, b}: ranks 1, 3 -> (1 + 2/3) / 2 = 5/6.
+    # q2 ranks b, c, a; loose {c}: rank 2 -> 1/2; strict: no GT (skipped).
+    assert res.per_query_ap["strict"] == pytest.approx({"q1": 1 / 3})
+    assert res.per_query_ap["loose"] == pytest.approx({"q1": 5 / 6, "q2": 1 / 2})
+    assert res.queries_skipped == {"strict": ["q2"], "loose": []}
+    # loose-uAP, |GT| = 3: .9 R, .6 n, .5 n, .4 R, .3 R, .2 n -> (1 + 2/4 + 3/5) / 3
+    assert res.detection["loose-uAP"] == pytest.approx((1 + 2 / 4 + 3 / 5) / 3)
+    assert res.detection["strict-uAP"] == pytest.approx(1 / 3)
+    # the single-level form, without detection
+    plain = load_benchmark("custom", _write(tmp_path, "plain.json", {"queries": ["q1"], "database": ["a", "b", "c"],
+                                                                     "positives": {"q1": ["c"]}}))
+    res = evaluate_scores(plain, scores, {"q1", "a", "b", "c"})
+    assert res.retrieval == pytest.approx({"retrieval": 1 / 2}) and res.detection == {}
+
+
+def test_relevant_video_outside_the_candidates_counts_as_never_found(tmp_path):
+    # A custom benchmark whose positive is a query but not in the database: it has features, it is
+    # in no candidate list, so it counts in |GT| and is never retrieved (benchmarks.py's rule).
+    data = {"queries": ["q1", "q2"], "database": ["a", "b"], "positives": {"q1": ["a", "q2"]}}
+    bench = load_benchmark("custom", _write(tmp_path, "c.json", data))
+    res = evaluate_scores(bench, {"q1": {"a": .9, "b": .1, "q2": .95}}, {"q1", "q2", "a", "b"})
+    # candidates of q1: a, b (q2 is no database video). a at rank 1, q2 never: (1/1) / 2.
+    assert res.per_query_ap["retrieval"] == pytest.approx({"q1": 1 / 2})

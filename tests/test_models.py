@@ -1,5 +1,7 @@
 """Similarity model: shapes, padding equivalence, minimum-length rule, comparator layout, fwd/bwd."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,6 +9,61 @@ import torch.nn.functional as F
 from hapvr.models.comparator import comparator_reference
 from hapvr.models import FrameComparator, RegionAttention, VideoSimilarityModel, repeat_to_min_length
 from hapvr.ops import spatial_topk_chamfer_reference, temporal_topk_chamfer
+
+
+# --- brute-force oracle of the whole head, from SPEC section 1 (float64, loops over frames) ----
+
+
+def brute_attention(att, x):
+    """``w = sigmoid(u . tanh(W x + b))``, ``x <- x w`` with the module's weights."""
+    W, b = att.proj.weight.double(), att.proj.bias.double()
+    u = att.context.weight.double()[0]
+    return x * torch.sigmoid(torch.tanh(x @ W.T + b) @ u)[..., None]
+
+
+def brute_frame_map(q, t, k):
+    """Eq. 3 per (query frame x, target frame y): for each query region i the mean of the k largest
+    ``<q[x, i], t[y, j]>`` over j, then the mean over i."""
+    out = torch.zeros(q.shape[0], t.shape[0], dtype=torch.float64)
+    rows = []
+    for x in range(q.shape[0]):
+        row = []
+        for y in range(t.shape[0]):
+            sims = q[x] @ t[y].T  # [R_i, R_j]
+            row.append(sims.sort(dim=1, descending=True).values[:, :k].mean(1).mean(0))
+        rows.append(torch.stack(row))
+    return torch.stack(rows) if rows else out
+
+
+def brute_comparator(psi, m):
+    """psi on one unpadded map, layer by layer (SPEC: pad 1, conv, ReLU, 2x2 max-pool, ...)."""
+    w = {name: getattr(psi, name) for name in ("conv1", "conv2", "conv3", "fconv")}
+    x = m[None, None]
+    for name in ("conv1", "conv2"):
+        x = F.max_pool2d(F.relu(F.conv2d(F.pad(x, (1, 1, 1, 1)), w[name].weight.double(), w[name].bias.double())), 2)
+    x = F.relu(F.conv2d(F.pad(x, (1, 1, 1, 1)), w["conv3"].weight.double(), w["conv3"].bias.double()))
+    return F.conv2d(x, w["fconv"].weight.double(), w["fconv"].bias.double())[0, 0]
+
+
+def brute_temporal(sim, rate):
+    """Eq. 5: per row, the mean of its K = max(round(rate T'), 1) largest entries; mean over rows."""
+    k = max(round(rate * sim.shape[1]), 1)
+    return torch.stack([sim[x].sort(descending=True).values[:k].mean() for x in range(sim.shape[0])]).mean()
+
+
+def brute_similarity(model, q, t):
+    """One query ``[T, R, D]`` against one target ``[T', R, D]``: (video similarity, frame map)."""
+    q = F.normalize(q.double(), dim=-1)
+    t = F.normalize(t.double(), dim=-1)
+    if model.attention is not None:
+        q, t = brute_attention(model.attention, q), brute_attention(model.attention, t)
+    if model.comparator is not None:  # shorter than 4 frames: self-concatenated until it reaches 4
+        q = torch.cat([q] * math.ceil(4 / q.shape[0]))
+        t = torch.cat([t] * math.ceil(4 / t.shape[0]))
+    m = brute_frame_map(q, t, max(round(model.k_s * q.shape[1]), 1))
+    if model.comparator is None:
+        return brute_temporal(m, model.k_t), m
+    return brute_temporal(F.hardtanh(brute_comparator(model.comparator, m)), model.k_t), m
 
 
 def _feats(B, T, seed=0, D=32):
@@ -102,6 +159,9 @@ def test_repeat_to_min_length():
 def test_padded_batch_equals_single_pairs(comparator):
     torch.manual_seed(0)
     m = VideoSimilarityModel(dim=32, comparator=comparator)
+    g = torch.Generator().manual_seed(3)
+    for p in m.parameters():  # non-zero biases, scores of order 0.1 rather than the init's 1e-3
+        p.data.copy_(torch.randn(p.shape, generator=g) * 0.1)
     x = _feats(4, 11)
     L = torch.tensor([11, 8, 2, 5])
     out = m(x, query_lengths=L)
@@ -110,6 +170,11 @@ def test_padded_batch_equals_single_pairs(comparator):
         for j in range(4):
             single = m(x[i:i + 1, :L[i]], x[j:j + 1, :L[j]]).video[0, 0]
             torch.testing.assert_close(single, out.video[i, j], atol=1e-5, rtol=1e-5)
+            want, want_map = brute_similarity(m, x[i, :L[i]], x[j, :L[j]])
+            assert float(out.video[i, j].detach()) == pytest.approx(float(want.detach()), abs=2e-5), (i, j)
+            n, n2 = want_map.shape  # the model's valid region, after the minimum-length rule
+            assert (int(out.query_lengths[i]), int(out.target_lengths[j])) == (n, n2)
+            torch.testing.assert_close(out.frame_maps[i, j, :n, :n2].double(), want_map.detach(), atol=2e-6, rtol=0)
 
 
 def test_baseline_is_chamfer_of_chamfer():
@@ -118,16 +183,36 @@ def test_baseline_is_chamfer_of_chamfer():
     maps = spatial_topk_chamfer_reference(q, t, 1)
     expected = temporal_topk_chamfer(maps, k=1)[0, 0]
     assert abs(m.similarity(q[0], t[0]) - float(expected)) < 1e-5
+    # and from the definition: mean over query frames of the best target frame's region Chamfer
+    qn, tn = F.normalize(q[0].double(), dim=-1), F.normalize(t[0].double(), dim=-1)
+    chamfer = torch.tensor([[float((qn[x] @ tn[y].T).max(1).values.mean()) for y in range(7)] for x in range(6)])
+    assert m.similarity(q[0], t[0]) == pytest.approx(float(chamfer.max(1).values.mean()), abs=1e-6)
 
 
-def test_forward_backward_reaches_trainable_parameters():
+def test_forward_backward_equals_the_brute_force_gradients():
     torch.manual_seed(0)
     m = VideoSimilarityModel(dim=32)
-    out = m(_feats(3, 8), query_lengths=torch.tensor([8, 6, 4]))
+    g = torch.Generator().manual_seed(1)
+    for p in m.parameters():  # non-zero biases: every parameter gets a gradient
+        p.data.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    x, L = _feats(3, 8), torch.tensor([8, 6, 4])
+    out = m(x, query_lengths=L)
     assert out.raw.shape == (3, 3, 2, 2)
-    (out.video.sum() + out.frame_maps.sum()).backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    wv, wf = torch.randn(3, 3, generator=g), torch.randn(3, 3, 8, 8, generator=g)
+    ((out.video * wv).sum() + (out.frame_maps * wf).sum()).backward()
+    names = [n for n, _ in m.named_parameters()]
+    params = [p for _, p in m.named_parameters()]
+    # the same loss from the brute-force pipeline, pair by pair on the unpadded clips
+    total = 0.0
+    for i in range(3):
+        for j in range(3):
+            video, frame_map = brute_similarity(m, x[i, :L[i]], x[j, :L[j]])
+            assert float(out.video[i, j].detach()) == pytest.approx(float(video.detach()), abs=2e-5)
+            total = total + wv[i, j].double() * video + (wf[i, j, :L[i], :L[j]].double() * frame_map).sum()
+    want = torch.autograd.grad(total, params)
+    for name, p, w in zip(names, params, want):
+        assert p.grad is not None and w.abs().max() > 0, name
+        torch.testing.assert_close(p.grad, w, rtol=1e-3, atol=1e-4 * float(w.abs().max()), msg=name)
 
 
 def test_similarity_chunks_long_targets(monkeypatch):
@@ -135,9 +220,17 @@ def test_similarity_chunks_long_targets(monkeypatch):
 
     monkeypatch.setattr(sim_mod, "MAX_TARGET_CHUNK", 8)
     m = VideoSimilarityModel(dim=32)
+    g = torch.Generator().manual_seed(2)
+    for p in m.parameters():  # scores of order 0.1 (the default init gives ~1e-3)
+        p.data.copy_(torch.randn(p.shape, generator=g) * 0.1)
     q, t = _feats(1, 6, 3)[0], _feats(1, 18, 4)[0]  # chunks of 8, 8, 2 (tail < 4 frames)
-    parts = [m.similarity(q, t[s:s + 8]) for s in (0, 8, 16)]
-    assert abs(m.similarity(q, t) - sum(parts) / 3) < 1e-6
+    # oracle: the brute-force head on each chunk (the 2-frame tail self-concatenated to 4), averaged
+    with torch.no_grad():
+        want = sum(float(brute_similarity(m, q, t[s:s + 8])[0]) for s in (0, 8, 16)) / 3
+        whole = float(brute_similarity(m, q, t)[0])
+    assert m.similarity(q, t) == pytest.approx(want, abs=1e-5)
+    # the whole 18 frames as one chunk would give another score: the chunking is what is tested
+    assert abs(whole - want) > 0.01
     with pytest.raises(ValueError):
         m.similarity(q[None], t)
 

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import math
 import os
 import subprocess
 import sys
@@ -87,27 +86,118 @@ def test_resume_continues_exactly(data, tmp_path, ema):
         assert any(not torch.equal(a[k], live[0][k]) for k in a)
 
 
+def replay_ranks(args, world, gather=False, steps=2):
+    """The trainer's steps redone in this process: every rank's batch (each rank draws with its own
+    sampler, seeded ``seed * 1_000_003 + rank``), the objective of each, one AdamW step on the mean
+    of the ranks' losses (DDP averages the ranks' gradients, which is the gradient of that mean).
+    With ``gather``, rank r's clips are scored against the clips of every rank, labels written out
+    by hand: the rank's own block is its positives, another rank's clip of a related video is
+    ignored, any other is a negative. The PCA is the run's (from its checkpoint).
+    Returns (model, per-step list of each rank's loss parts, each rank's final sampler state)."""
+    import random
+
+    import torch.nn.functional as F
+
+    from hapvr.features.pca import PCAWhitening
+    from hapvr.models import VideoSimilarityModel
+    from hapvr.train import load_or_build_pool, lr_lambda
+    from hapvr.training.batches import FeaturePool, draw_batch
+    from hapvr.training.config import parse_config
+    from hapvr.training.distributed import DistInfo
+    from hapvr.training.objective import build_objective, objective_inputs
+
+    cfg = parse_config(args)
+    pool, _ = load_or_build_pool(cfg, DistInfo(), None)  # the cache exists: only loaded
+    pca_state = torch.load(os.path.join(cfg.out, "checkpoint.pt"), weights_only=True)["pca"]
+    pca = PCAWhitening(pca_state["mean"].shape[0], cfg.pca_dim)
+    pca.load_state_dict(pca_state)
+    fpool = FeaturePool(pool, pca)
+    torch.manual_seed(cfg.seed)
+    model = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    objective = build_objective(cfg)
+    samplers = [random.Random(cfg.seed * 1_000_003 + r) for r in range(world)]
+    history = []
+    for _ in range(steps):
+        batches = [draw_batch(fpool, samplers[r], cfg.batch_videos, cfg.clip_frames, max_shift=cfg.clip_shift)
+                   for r in range(world)]
+        losses, parts = [], []
+        if gather:
+            T = max(b.features.shape[1] for b in batches)
+            everyone = torch.cat([F.pad(b.features, (0, 0, 0, 0, 0, T - b.features.shape[1])) for b in batches])
+            all_lengths = torch.cat([b.lengths for b in batches])
+            n = len(batches[0].lengths)
+        for r, b in enumerate(batches):
+            if not gather:
+                out = model(b.features, query_lengths=b.lengths)
+                x = objective_inputs(out, b, model.min_frames, torch.device("cpu"))
+            else:
+                labels = torch.zeros(n, world * n, dtype=torch.int8)
+                for i in range(n):
+                    for k, other in enumerate(batches):
+                        for j in range(n):
+                            if k == r:
+                                labels[i, k * n + j] = int(b.positives[i, j])
+                            elif (b.video_index[i] == other.video_index[j] or b.guests[i] == other.video_index[j]
+                                  or other.guests[j] == b.video_index[i]):
+                                labels[i, k * n + j] = -1
+                out = model(everyone[r * n:(r + 1) * n], everyone, b.lengths, all_lengths)
+                x = objective_inputs(out, b, model.min_frames, torch.device("cpu"), labels, r * n)
+            loss, p = objective(x)
+            losses.append(loss)
+            parts.append(p)
+        optimizer.zero_grad(set_to_none=True)
+        (torch.stack(losses).sum() / world).backward()
+        optimizer.step()
+        scheduler.step()
+        history.append(parts)
+    return model, history, [s.getstate() for s in samplers]
+
+
+def check_against_replay(run_dir, args, gather):
+    """The 2-rank run's saved weights equal the replayed 2-rank training; its log holds rank 0's
+    loss parts of every step; a 1-process replay (rank 0's batches only) ends elsewhere."""
+    ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=True)
+    assert ckpt["step"] == 2
+    model, history, samplers = replay_ranks(args, world=2, gather=gather)
+    assert [tuple(s) for s in ckpt["extra"]["rank_samplers"]] == [tuple(s) for s in samplers]  # same batches drawn
+    with open(os.path.join(run_dir, "log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    for row, parts in zip(rows, history):
+        for name in ("loss", "frame_ap", "video_ap", "infonce", "sshn", "regularizer"):
+            assert float(row[name]) == pytest.approx(parts[0][name], rel=1e-4, abs=2e-6), name
+    assert history[0][0]["loss"] != pytest.approx(history[0][1]["loss"], rel=1e-3)  # the ranks' batches differ
+    single, _, _ = replay_ranks(args, world=1)
+    moved = 0.0
+    for name, value in model.state_dict().items():
+        # 2 AdamW steps of lr 1e-3 move a weight by up to ~2e-3; rounding differences stay far below
+        torch.testing.assert_close(ckpt["model"][name], value, rtol=0, atol=2e-6, msg=name)
+        moved = max(moved, float((single.state_dict()[name] - value).abs().max()))
+    assert moved > 1e-4  # the test tells the 2-rank gradient from rank 0's alone
+
+
+DDP = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hapvr.train")
+
+
 def test_two_process_gloo_ddp(data, tmp_path):
     root, cache = data  # the cache exists: both ranks only load it
-    p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "ddp"), "--iterations", "2", *TINY,
-               module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hapvr.train"))
+    args = ["--data", root, "--cache-dir", cache, "--out", str(tmp_path / "ddp"), "--iterations", "2", *TINY]
+    p = _train(*args, module=DDP)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "2 processes" in p.stdout
-    assert _params(str(tmp_path / "ddp"))[0] == 2
+    check_against_replay(str(tmp_path / "ddp"), args, gather=False)
 
 
 def test_two_process_gloo_ddp_with_gathered_negatives(data, tmp_path):
     root, cache = data
-    p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "ddp"), "--iterations", "2", *TINY,
-               "--gather-negatives", module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                                             "-m", "hapvr.train"))
+    args = ["--data", root, "--cache-dir", cache, "--out", str(tmp_path / "ddp"), "--iterations", "2", *TINY,
+            "--gather-negatives"]
+    p = _train(*args, module=DDP)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "2 processes" in p.stdout and "negatives gathered from all ranks" in p.stdout
-    assert _params(str(tmp_path / "ddp"))[0] == 2
-    with open(tmp_path / "ddp" / "log.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == [1, 2]
-    assert all(math.isfinite(float(r["loss"])) and float(r["video_ap"]) > 0 for r in rows)
+    check_against_replay(str(tmp_path / "ddp"), args, gather=True)
 
 
 def test_gathered_negatives_gradient_equals_one_process_computation():

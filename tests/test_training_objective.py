@@ -4,56 +4,106 @@ import pytest
 import torch
 
 from hapvr.losses import FrameQuadLinearAPLoss, HAPVRObjective, frame_pseudo_labels
-from hapvr.ops import quadlinear_ap
 from hapvr.training.config import TrainConfig
 from hapvr.training.objective import ObjectiveInputs, build_objective, objective_inputs
 
 
-# The trainer's former padding workaround, kept verbatim as the oracle of the padded batch: the
-# frame term computed outside the loss, with rank-based pseudo-labels on each target's length.
-def old_frame_pseudo_labels(teacher, lengths, pairs, r_t, r_b):
-    a, b = pairs[:, 0], pairs[:, 1]
-    T = teacher.shape[1]
-    sim = torch.bmm(teacher[a].float(), teacher[b].float().transpose(1, 2))
-    col_ok = torch.arange(T, device=sim.device)[None, :] < lengths[b][:, None]
-    row_ok = torch.arange(T, device=sim.device)[None, :] < lengths[a][:, None]
-    sim = sim.masked_fill(~col_ok[:, None, :], float("-inf"))
-    rank = sim.argsort(-1, descending=True).argsort(-1)
-    Lb = lengths[b].to(torch.float64)
-    n_pos = torch.clamp(torch.round(Lb * r_t), min=1).long()[:, None, None]
-    n_neg = torch.clamp(torch.round(Lb * r_b), min=1).long()[:, None, None]
-    labels = torch.full_like(rank, -1)
-    labels = torch.where(rank < n_pos, torch.ones_like(rank), labels)
-    labels = torch.where((rank >= lengths[b][:, None, None] - n_neg) & (rank >= n_pos), torch.zeros_like(rank), labels)
-    valid = row_ok[:, :, None] & col_ok[:, None, :]
-    return torch.where(valid, labels, torch.full_like(labels, -1)).to(torch.int8)
+# --- brute-force oracle: eq. 15 term by term from the paper's formulas (SPEC section 2) -------
+# Plain loops over queries, list entries and frames on 0-d float64 tensors, so that autograd gives
+# the reference gradients too. Nothing from hapvr.losses or hapvr.ops is used.
 
 
-def old_objective(cfg, x):
-    common = dict(lambda_v=cfg.lambda_v, lambda_s=cfg.lambda_s, lambda_reg=cfg.lambda_r, delta_v=cfg.delta_v,
-                  rho_v=cfg.rho_v, delta_f=cfg.delta_f, rho_f=cfg.rho_f, r_t=cfg.r_t, r_b=cfg.r_b, tau=cfg.tau)
-    N = x.positives.shape[0]
-    pairs = (x.positives & ~torch.eye(N, dtype=torch.bool)).nonzero()
-    labels = old_frame_pseudo_labels(x.teacher, x.lengths, pairs, cfg.r_t, cfg.r_b)
-    T = x.frame_maps.shape[-1]
-    res = quadlinear_ap(x.frame_maps[pairs[:, 0], pairs[:, 1]].reshape(-1, T), labels.reshape(-1, T),
-                        cfg.delta_f, cfg.rho_f)
-    risk = res.risk.view(len(pairs), -1)
-    ok = res.valid.view(len(pairs), -1).to(risk.dtype)
-    n = ok.sum(1)
-    per_pair = (risk * ok).sum(1) / n.clamp(min=1)
-    frame = torch.where(n > 0, per_pair, 0.0).sum() / (n > 0).sum().clamp(min=1).to(risk.dtype)
-    total, parts = HAPVRObjective(lambda_f=0.0, **common)(x.video / 2 + 0.5, x.positives.long(),
-                                                          raw=x.raw * x.raw_mask)
-    return total + cfg.lambda_f * frame, dict(parts, frame_ap=frame.detach())
+def r_minus(d, delta):
+    """Eq. 10."""
+    if d >= 0:
+        return 2 * d / delta + 1
+    if d >= -delta:
+        return (d / delta + 1) ** 2
+    return d * 0
+
+
+def qlap_list(scores, labels, delta, rho):
+    """Eq. 11 for one ranked list (``labels`` 1 / 0 / -1); None without a positive or a negative."""
+    P = [s for s, l in zip(scores, labels) if l == 1]
+    N = [s for s, l in zip(scores, labels) if l == 0]
+    if not P or not N:
+        return None
+    total = 0
+    for i, si in enumerate(P):
+        num = sum(r_minus(sj - si, delta) for sj in N)
+        den = 1 + rho * sum(float(sj > si) for j, sj in enumerate(P) if j != i)  # H(s_j - s_i), H(0) = 0
+        ratio = num / den
+        total = total + ratio / (1 + ratio)  # h(x) = x / (1 + x)
+    return total / len(P)
+
+
+def mean(values):
+    return sum(values) / len(values) if values else torch.zeros((), dtype=torch.float64)
+
+
+def pseudo_labels(values, r_t, r_b):
+    """Eq. 14 on one list of teacher similarities: the top max(round(r_t L), 1) are positive, the
+    bottom max(round(r_b L), 1) negative (ties join the threshold's side, positive first)."""
+    L = len(values)
+    ordered = sorted(values, reverse=True)
+    top, bottom = ordered[max(round(r_t * L), 1) - 1], ordered[L - max(round(r_b * L), 1)]
+    return [1 if v >= top else (0 if v <= bottom else -1) for v in values]
+
+
+def brute_objective(cfg, video, frame_maps, raw, raw_mask, lengths, positives, teacher):
+    """(total, parts) of eq. 15 on an ``[N, N]`` batch; tensors float64 (leaves for gradients)."""
+    N = video.shape[0]
+    s = video / 2 + 0.5  # training scores in [0, 1]
+    video_ap, nce, sshn = [], [], []
+    for k in range(N):
+        row = [s[k, i] for i in range(N)]
+        # QuadLinear-AP, video level: the query counts as its own positive (the release's rule)
+        r = qlap_list(row, [1 if positives[k, i] else 0 for i in range(N)], cfg.delta_v, cfg.rho_v)
+        if r is not None:
+            video_ap.append(r)
+        P = [row[i] for i in range(N) if positives[k, i] and i != k]
+        Ng = [row[i] for i in range(N) if not positives[k, i]]
+        if P:  # InfoNCE (appendix A.3): each positive against the negatives only
+            nce.append(mean([-torch.log(torch.exp(p / cfg.tau) / (torch.exp(p / cfg.tau)
+                                                                   + sum(torch.exp(n / cfg.tau) for n in Ng)))
+                             for p in P]))
+        term = -torch.log(torch.clamp(row[k], min=1e-3))  # SSHN: self-similarity ...
+        if Ng:  # ... and the hardest negative
+            term = term - torch.log(torch.clamp(1 - max(Ng), min=1e-3))
+        sshn.append(term)
+    frame = []
+    for a in range(N):
+        for b in range(N):
+            if a == b or not positives[a, b]:
+                continue
+            La, Lb = int(lengths[a]), int(lengths[b])
+            per_frame = []
+            for x in range(La):
+                cos = [float(teacher[a, x] @ teacher[b, y] / (teacher[a, x].norm() * teacher[b, y].norm()))
+                       for y in range(Lb)]
+                r = qlap_list([frame_maps[a, b, x, y] for y in range(Lb)], pseudo_labels(cos, cfg.r_t, cfg.r_b),
+                              cfg.delta_f, cfg.rho_f)
+                if r is not None:
+                    per_frame.append(r)
+            if per_frame:
+                frame.append(mean(per_frame))
+    x = raw * raw_mask
+    # sum |min(x + 1, 0)| + sum |max(x - 1, 0)|
+    regularizer = sum(torch.clamp(v + 1, max=0).abs() + torch.clamp(v - 1, min=0).abs() for v in x.flatten())
+    parts = dict(frame_ap=mean(frame), video_ap=mean(video_ap), infonce=mean(nce), sshn=mean(sshn),
+                 regularizer=regularizer)
+    weights = dict(frame_ap=cfg.lambda_f, video_ap=cfg.lambda_v, infonce=1.0, sshn=cfg.lambda_s,
+                   regularizer=cfg.lambda_r)
+    return sum(weights[k] * v for k, v in parts.items()), parts
 
 
 def padded_batch(N=8, T=7, Dt=6, seed=0):
     """A training batch as the trainer builds it: two clips per video, padded to the longest clip
     (student maps 0 on padding, teacher vectors L2-normalised, 0 on padding)."""
-    g = torch.Generator().manual_seed(seed + torch.initial_seed())
-    lengths = torch.randint(1, T + 1, (N,), generator=g)
-    lengths[0], lengths[3] = T, 2
+    g = torch.Generator().manual_seed(seed)
+    # clip lengths whose pseudo-label counts max(round(0.35 L), 1) differ from floor's (L = 5) and
+    # from ceil's (L = 4, 7), one of a single frame (a list with no negative) and full/short ones
+    lengths = torch.tensor([T, 5, 6, 2, 4, 1, 3, 5][:N] + [T] * max(N - 8, 0))
     inside = torch.arange(T)[None, :] < lengths[:, None]
     frame_maps = torch.rand(N, N, T, T, generator=g) * inside[:, None, :, None] * inside[None, :, None, :]
     teacher = torch.nn.functional.normalize(torch.randn(N, T, Dt, generator=g), dim=-1) * inside[..., None]
@@ -70,22 +120,33 @@ def _with_grad(x):
                            x.raw.clone().requires_grad_(True), x.raw_mask, x.lengths, x.positives, x.teacher)
 
 
-def test_padded_batch_objective_equals_former_workaround_and_unpadded_pairs():
+def brute_from(cfg, x):
+    """The brute-force objective of ``ObjectiveInputs`` x, with float64 leaves for the gradients."""
+    leaves = {name: getattr(x, name).detach().double().requires_grad_(True) for name in ("video", "frame_maps", "raw")}
+    total, parts = brute_objective(cfg, leaves["video"], leaves["frame_maps"], leaves["raw"], x.raw_mask, x.lengths,
+                                   x.positives.bool(), x.teacher.double())
+    return total, parts, leaves
+
+
+def test_padded_batch_objective_equals_brute_force_and_unpadded_pairs():
     cfg = TrainConfig()
     x = padded_batch()
     assert bool((x.lengths < x.frame_maps.shape[-1]).any())  # the padded case
-    new_in, old_in = _with_grad(x), _with_grad(x)
+    new_in = _with_grad(x)
     total, parts = build_objective(cfg)(new_in)
-    old_total, old_parts = old_objective(cfg, old_in)
-    assert set(parts) == set(old_parts) | {"loss"}
-    for name, value in old_parts.items():
-        assert parts[name] == pytest.approx(float(value), rel=1e-6, abs=1e-7), name
-    torch.testing.assert_close(total, old_total)
+    want_total, want_parts, leaves = brute_from(cfg, x)
+    assert set(parts) == set(want_parts) | {"loss"}
+    for name, value in want_parts.items():
+        assert parts[name] == pytest.approx(float(value.detach()), rel=1e-5, abs=1e-6), name
+    assert float(total.detach()) == pytest.approx(float(want_total.detach()), rel=1e-5)
+    assert want_parts["frame_ap"] > 0 and want_parts["regularizer"] > 0  # every term is exercised
     total.backward()
-    old_total.backward()
+    want_total.backward()
     for name in ("video", "frame_maps", "raw"):
-        torch.testing.assert_close(getattr(new_in, name).grad, getattr(old_in, name).grad, msg=name)
-    assert new_in.frame_maps.grad.abs().sum() > 0
+        want = leaves[name].grad
+        assert want.abs().sum() > 0, name
+        torch.testing.assert_close(getattr(new_in, name).grad.double(), want, rtol=1e-4,
+                                   atol=1e-5 * float(want.abs().max()), msg=name)
     # The frame term equals the loss on each positive pair cut to its true lengths, one at a time.
     N = x.lengths.shape[0]
     loss = FrameQuadLinearAPLoss(cfg.delta_f, cfg.rho_f, cfg.r_t, cfg.r_b)
@@ -148,7 +209,10 @@ def test_short_clips_get_their_teacher_vectors_repeated_like_the_model_repeats_t
         # The student's maps see the same repetition: target frame y is clip frame y mod L.
         torch.testing.assert_close(x.frame_maps[0, k, :, :n], x.frame_maps[0, k][:, frames])
     total, parts = build_objective(TrainConfig())(x)
-    assert torch.isfinite(total) and parts["frame_ap"] > 0
+    _, want, _ = brute_from(TrainConfig(), x)  # the repeated teacher frames give the pseudo-labels
+    assert parts["frame_ap"] > 0
+    for name, value in want.items():
+        assert parts[name] == pytest.approx(float(value.detach()), rel=1e-5, abs=1e-6), name
 
 
 # --- cross-rank negatives (--gather-negatives) ----------------------------------------------
@@ -249,3 +313,58 @@ def test_frame_labels_choose_the_frame_level_pairs_only():
     with pytest.raises(ValueError, match="frame_labels must be the local"):
         obj(sim, labels, frame_labels=frame_pairs[:, :N - 1], **kw)
 
+
+
+# --- optimisation: the trainer's model, objective, optimiser and schedule on one fixed batch ---
+
+
+def test_short_training_run_lowers_the_objective_on_a_fixed_batch():
+    """30 AdamW steps (the trainer's optimiser, schedule and objective, lr 1e-3) on one batch of 4
+    videos x 2 clips, the second clip a noisy copy of the first: the objective must fall to half
+    or less, every term that can move must move the right way, and the two clips of each video
+    must end up ranked above every other clip."""
+    import torch.nn.functional as F
+
+    from hapvr.models import VideoSimilarityModel
+    from hapvr.train import lr_lambda
+    from hapvr.training.batches import Batch
+
+    g = torch.Generator().manual_seed(0)
+    B, T, D, Dt = 4, 8, 32, 16
+    src = F.normalize(torch.randn(B, T, 9, D, generator=g), dim=-1)
+    tsrc = F.normalize(torch.randn(B, T, Dt, generator=g), dim=-1)
+    feats, teach = [], []
+    for v in range(B):
+        feats += [src[v], F.normalize(src[v] + 0.6 * torch.randn(T, 9, D, generator=g), dim=-1)]
+        teach += [tsrc[v], F.normalize(tsrc[v] + 0.3 * torch.randn(T, Dt, generator=g), dim=-1)]
+    ids = torch.arange(2 * B) // 2
+    batch = Batch(torch.stack(feats), torch.stack(teach), torch.full((2 * B,), T), ids[:, None] == ids[None, :], ids,
+                  torch.full((2 * B,), -1))
+    cfg = TrainConfig(lr=1e-3, warmup=3)  # the first 30 steps of a 1000-step schedule
+    torch.manual_seed(0)
+    model = VideoSimilarityModel(D, cfg.k_s, cfg.k_t)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    objective = build_objective(cfg)
+    history = []
+    for _ in range(30):
+        out = model(batch.features, query_lengths=batch.lengths)
+        loss, parts = objective(objective_inputs(out, batch, model.min_frames, torch.device("cpu")))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        history.append(parts)
+    with torch.no_grad():
+        out = model(batch.features, query_lengths=batch.lengths)
+        _, final = objective(objective_inputs(out, batch, model.min_frames, torch.device("cpu")))
+    first = history[0]
+    assert final["loss"] <= 0.5 * first["loss"], (first, final)
+    assert final["video_ap"] <= 0.25 * first["video_ap"]
+    assert final["infonce"] < first["infonce"] and final["sshn"] < first["sshn"]
+    assert final["frame_ap"] <= 0.95 * first["frame_ap"]  # the teacher's frame ranking is learnt more slowly
+    # every clip's partner now scores above every clip of another video
+    sim = out.video.clone().fill_diagonal_(float("nan"))
+    partner = sim[torch.arange(2 * B), torch.arange(2 * B) ^ 1]
+    others = torch.where(batch.positives, float("-inf"), sim).amax(1)
+    assert bool((partner > others).all()), (partner, others)
