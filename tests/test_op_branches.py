@@ -243,9 +243,6 @@ def test_temporal_without_steps_is_zero(shape):
     assert out.shape == shape[:2] and not out.any()
 
 
-@pytest.mark.xfail(strict=True, reason="temporal_topk_chamfer returns sim.new_zeros(batch) when T == 0 or T' == 0 "
-                   "(hapvr/ops/temporal.py): the result is detached from sim, so backward raises, while the "
-                   "same empty videos given as lengths 0 stay in the graph with a zero gradient")
 @pytest.mark.parametrize("shape", [(2, 3, 0, 4), (2, 3, 4, 0)], ids=["no-query-steps", "no-target-steps"])
 def test_temporal_without_steps_stays_differentiable(shape):
     sim = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
@@ -273,9 +270,6 @@ def test_quadlinear_ap_no_queries_cpp():
     assert grad.shape == (0, 5)
 
 
-@pytest.mark.xfail(strict=True, reason="quadlinear_ap_reference returns scores.new_zeros((0,)) for Q = 0 "
-                   "(hapvr/ops/quadlinear_ap.py): detached, so backward raises, while the cpp backend's "
-                   "empty result stays in the graph")
 def test_quadlinear_ap_no_queries_reference():
     scores = torch.zeros(0, 5, dtype=torch.float64, requires_grad=True)
     risk, _ = quadlinear_ap(scores, torch.zeros(0, 5, dtype=torch.int8), backend="reference")

@@ -82,7 +82,7 @@ def quadlinear_ap_reference(
         den = 1 + rho * above
         ratio = num / (den + num)  # h(num / den)
         parts.append(torch.where(p, ratio, zero).sum(-1))
-    risk = torch.cat(parts) if parts else scores.new_zeros((0,))
+    risk = torch.cat(parts) if parts else scores.sum(-1) * 0  # no queries: empty, still in the graph
     risk = risk / n_pos.clamp(min=1).to(scores.dtype)
     return QuadLinearAPResult(torch.where(valid, risk, zero), valid)
 

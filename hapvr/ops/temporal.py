@@ -67,8 +67,8 @@ def temporal_topk_chamfer(
         kk = torch.round(lt.to(torch.float64) * rate).to(torch.int64)  # half to even, like round()
         kk = torch.minimum(torch.clamp(kk, min=1), lt)
     kk = torch.clamp(kk, min=1)  # a zero-length target selects nothing below anyway
-    if T == 0 or T2 == 0:
-        return sim.new_zeros(batch)
+    if T == 0 or T2 == 0:  # no steps: 0, still in the graph (a zero gradient, as for lengths of 0)
+        return sim.sum((-2, -1)) * 0
     # Only the largest K over all pairs is gathered (top-k, not a full sort): the maps of a
     # whole evaluation batch can be large, K is small (k_t = 0.03).
     kmax = min(int(kk.max()) if kk.numel() else 1, T2)
