@@ -1,7 +1,18 @@
-"""hapvr: HAP-VR fine-grained video retrieval (ACM MM'24) with fused similarity and loss operators."""
+"""hapvr: HAP-VR fine-grained video retrieval (ACM MM'24) with fused similarity and loss operators.
+
+For your own videos: ``hapvr.load_model()`` and ``hapvr.compare(a, b)`` (:mod:`hapvr.api`).
+"""
 
 from hapvr import _ext  # noqa: F401  (loads the compiled kernels, warns once if missing)
 from hapvr import losses, metrics, ops
 
 __version__ = "0.1.0"
-__all__ = ["losses", "metrics", "ops", "__version__"]
+__all__ = ["losses", "metrics", "ops", "load_model", "compare", "VideoModel", "__version__"]
+
+
+def __getattr__(name):  # the video-level API is imported on first use (it pulls in the feature extractor)
+    if name in ("load_model", "compare", "VideoModel"):
+        from hapvr import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'hapvr' has no attribute {name!r}")

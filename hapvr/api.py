@@ -1,0 +1,246 @@
+"""The Python API for your own videos: load a model, extract features, compare two videos.
+
+    import hapvr
+    model = hapvr.load_model()                       # the default model (see below)
+    result = hapvr.compare("a.mp4", "b.mp4", model)  # similarity, frame map, copied segments
+    print(result.similarity, result.segments)
+    result.plot("a_vs_b.png")
+
+A :class:`VideoModel` is a frozen feature extractor (backbone + PCA whitening) and a similarity
+model over its features. ``load_model(checkpoint)`` takes a checkpoint of ``python -m hapvr.train``
+(its backbone, PCA and trained weights); ``load_model()`` takes the default model shipped with the
+package (:mod:`hapvr.default_model`). Videos are paths (decoded at ``model.fps`` frames per second,
+the shorter side resized to 256 and centre-cropped to 224) or already extracted features
+``[T, 9, 512]``.
+
+Scores are asymmetric (the query's frames look for their best matches in the target); pass
+``symmetric=True`` for the mean of both directions (de-duplication). Their range and the
+suggested "copy" threshold of each model are documented in docs/scores.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hapvr.localization import Segment, localize
+
+
+@dataclass
+class ScoreScale:
+    """What a model's scores mean: their ``range`` and the ``threshold`` above which a pair is
+    called a copy (calibrated on the built-in benchmark, docs/scores.md)."""
+
+    low: float
+    high: float
+    threshold: float
+    localize_threshold: float  # frame-map level above which frames are matched by the localiser
+
+
+BASELINE_SCALE = ScoreScale(0.0, 1.0, threshold=0.5, localize_threshold=0.5)
+TRAINED_SCALE = ScoreScale(-1.0, 1.0, threshold=0.0, localize_threshold=0.5)
+
+
+class VideoModel:
+    """A feature extractor and a similarity model: what compare, index and search use.
+
+    Args:
+        extractor: :class:`hapvr.features.RegionFeatureExtractor` with its PCA loaded.
+        similarity: :class:`hapvr.models.VideoSimilarityModel` (``attention=False,
+            comparator=False`` is the features-only Chamfer baseline).
+        name: how the model is reported (``default``, a checkpoint path, ...).
+        fps: frames per second decoded from video files.
+        scale: what the scores mean (:class:`ScoreScale`).
+    """
+
+    def __init__(self, extractor, similarity, name: str, fps: float = 1.0, scale: ScoreScale | None = None,
+                 device: str | torch.device = "cpu", identity: dict | None = None):
+        self.device = torch.device(device)
+        self.extractor = extractor.eval().to(self.device)
+        self.model = similarity.eval().to(self.device)
+        self.name = name
+        self.fps = fps
+        self.is_baseline = similarity.comparator is None and similarity.attention is None
+        self.scale = scale or (BASELINE_SCALE if self.is_baseline else TRAINED_SCALE)
+        self.identity = identity or {}
+
+    @property
+    def min_frames(self) -> int:
+        return int(self.model.min_frames)
+
+    # --- features --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def features(self, video) -> torch.Tensor:
+        """``[T, 9, D]`` features of a video file path (or a folder of frames), or the given
+        features tensor itself (checked)."""
+        if isinstance(video, torch.Tensor):
+            if video.dim() != 3 or video.shape[-1] != self.model.dim:
+                raise ValueError(f"features must be [T, R, {self.model.dim}], got {tuple(video.shape)}")
+            if video.shape[0] == 0:
+                raise ValueError("features of a video with no frames")
+            return video.float()
+        from hapvr.extract import load_frames
+
+        frames = load_frames(str(video), self.fps, None)
+        return self.extractor(frames.to(self.device)).float().cpu()
+
+    # --- similarity ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def similarity(self, a, b, symmetric: bool = False) -> float:
+        """Video-level similarity of ``a`` (query) to ``b`` (target); with ``symmetric`` the
+        mean of both directions."""
+        fa, fb = self.features(a), self.features(b)
+        s = self.model.similarity(fa.to(self.device), fb.to(self.device))
+        if symmetric:
+            s = 0.5 * (s + self.model.similarity(fb.to(self.device), fa.to(self.device)))
+        return s
+
+    @torch.no_grad()
+    def frame_map(self, a, b) -> torch.Tensor:
+        """``[T, T']`` frame-to-frame similarity (the region TopK-Chamfer map, eq. 3) of the
+        query's frames to the target's, after the model's region attention."""
+        from hapvr.ops import spatial_topk_chamfer, topk_count
+
+        qa = self.model.index_video(self.features(a).to(self.device))
+        qb = self.model.index_video(self.features(b).to(self.device))
+        k = topk_count(self.model.k_s, qa.shape[1])
+        return spatial_topk_chamfer(qa[None].contiguous(), qb[None].contiguous(), k)[0, 0].float().cpu()
+
+    def scorer(self, precision: str = "fp32"):
+        """The evaluation engine's scorer of this model (batched scoring, index and search)."""
+        if self.is_baseline:
+            from hapvr.evaluation.scorers import ChamferBaseline
+
+            return ChamferBaseline(precision=precision, device=self.device)
+        from hapvr.evaluation.model_scorer import ModelScorer
+
+        return ModelScorer(self.model, name=self.name, precision=precision, device=self.device)
+
+    def fingerprint(self) -> dict:
+        """What the features and scores depend on: backbone, PCA and similarity weights, fps."""
+        from hapvr.evaluation.scorers import state_dict_digest
+
+        return {"backbone": self.extractor.backbone_name, "pca": state_dict_digest(self.extractor.pca),
+                "model": "chamfer-baseline" if self.is_baseline else state_dict_digest(self.model),
+                "dim": int(self.model.dim), "fps": float(self.fps)}
+
+
+def _build_extractor(backbone: str, weights: str | None, pca_state: dict, dim: int):
+    from hapvr.features.extractor import RegionFeatureExtractor
+
+    ext = RegionFeatureExtractor(backbone, weights, dim)
+    ext.pca.load_state_dict(pca_state)
+    return ext
+
+
+def load_model(checkpoint: str | Path | None = None, *, baseline: bool = False, device: str = "auto",
+               fps: float = 1.0, backbone_weights: str | None = None) -> VideoModel:
+    """A :class:`VideoModel`.
+
+    Args:
+        checkpoint: a training checkpoint of ``python -m hapvr.train`` (backbone, PCA, trained
+            weights); None: the default model (:mod:`hapvr.default_model`).
+        baseline: use the checkpoint's backbone and PCA with the features-only Chamfer baseline
+            instead of its trained weights.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        fps: frames per second decoded from video files.
+        backbone_weights: weights file of the backbone when the checkpoint's backbone needs one
+            (resnet50) and its recorded path is not valid here.
+    """
+    from hapvr.models import VideoSimilarityModel
+    from hapvr.precision import resolve_device
+
+    dev = resolve_device(device)
+    if checkpoint is None:
+        from hapvr import default_model
+
+        content = default_model.load()
+        ext = _build_extractor(content["backbone"], None, content["pca"], content["pca_dim"])
+        baseline = baseline or content["kind"] == "baseline"
+        sim = VideoSimilarityModel(content["pca_dim"], content["k_s"], content["k_t"],
+                                   attention=not baseline, comparator=not baseline)
+        if not baseline:
+            sim.load_state_dict(content["model"])
+        return VideoModel(ext, sim, "default" + (" (Chamfer baseline)" if baseline else ""), fps, device=dev)
+    from hapvr.evaluation.model_scorer import load_model as load_similarity
+    from hapvr.serialization import load_torch_file
+
+    state = load_torch_file(checkpoint, "checkpoint", allow_numpy=True)
+    if not isinstance(state, dict) or "pca" not in state or "config" not in state:
+        raise ValueError(f"checkpoint {checkpoint}: not a hapvr training checkpoint (it must hold the PCA "
+                         f"whitening of its features; published state dicts need features extracted by "
+                         f"their own pipeline: use them with python -m hapvr.evaluate)")
+    cfg = state["config"]
+    ext = _build_extractor(cfg.get("backbone", "efficientnet_lite0"), backbone_weights or cfg.get("backbone_weights"),
+                           state["pca"], cfg.get("pca_dim", 512))
+    if baseline:
+        sim = VideoSimilarityModel(cfg.get("pca_dim", 512), cfg.get("k_s", 0.1), cfg.get("k_t", 0.03),
+                                   attention=False, comparator=False)
+    else:
+        sim = load_similarity(checkpoint)
+    return VideoModel(ext, sim, str(checkpoint) + (" (Chamfer baseline)" if baseline else ""), fps, device=dev)
+
+
+@dataclass
+class Comparison:
+    """The result of :func:`compare`. ``to_dict()`` is the fixed JSON layout other tools read."""
+
+    query: str
+    target: str
+    similarity: float
+    fps: float
+    frame_map: torch.Tensor = field(repr=False)
+    segments: list[Segment]
+
+    def to_dict(self) -> dict:
+        return {"query": self.query, "target": self.target, "similarity": float(self.similarity),
+                "fps": float(self.fps), "segments": [s.to_dict() for s in self.segments]}
+
+    def plot(self, path: str | Path, title: str | None = None) -> None:
+        """The frame map as a heatmap (query frames down, target frames across, in seconds) with
+        the copied segments drawn on it."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+
+        m = self.frame_map.numpy()
+        T, T2 = m.shape
+        fig, ax = plt.subplots(figsize=(6.4, max(3.0, min(9.0, 6.4 * T / max(T2, 1)))))
+        im = ax.imshow(m, cmap="viridis", aspect="auto", interpolation="nearest",
+                       extent=(0, T2 / self.fps, T / self.fps, 0))
+        for s in self.segments:
+            ax.add_patch(Rectangle((s.target_start, s.query_start), s.target_end - s.target_start,
+                                   s.query_end - s.query_start, fill=False, edgecolor="red", linewidth=1.5))
+            ax.text(s.target_start, s.query_start, f"{s.score:.2f}", color="red", fontsize=8, va="bottom")
+        ax.set_xlabel(f"target: {Path(self.target).name} (s)")
+        ax.set_ylabel(f"query: {Path(self.query).name} (s)")
+        ax.set_title(title or f"similarity {self.similarity:.3f}, {len(self.segments)} copied segment(s)")
+        fig.colorbar(im, ax=ax, label="frame similarity")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def compare(a, b, model: VideoModel | None = None, *, symmetric: bool = False, localize_threshold: float | None = None,
+            names: tuple[str, str] | None = None, **localize_options) -> Comparison:
+    """Compare video ``a`` (query) with video ``b`` (target): the video-level similarity, the
+    ``[T, T']`` frame map and the copied segments (:func:`hapvr.localization.localize`, whose
+    options can be passed here), times in seconds from each video's start.
+
+    ``a`` and ``b`` are video paths or features ``[T, 9, D]``; ``model`` defaults to
+    :func:`load_model` ``()``."""
+    model = model or load_model()
+    fa, fb = model.features(a), model.features(b)
+    sim = model.similarity(fa, fb, symmetric=symmetric)
+    fmap = model.frame_map(fa, fb)
+    thr = model.scale.localize_threshold if localize_threshold is None else localize_threshold
+    segments = localize(fmap, fps=model.fps, threshold=thr, **localize_options)
+    qa, qb = names or (str(a) if not isinstance(a, torch.Tensor) else "query",
+                       str(b) if not isinstance(b, torch.Tensor) else "target")
+    return Comparison(qa, qb, float(sim), float(model.fps), fmap, segments)

@@ -1,0 +1,131 @@
+"""Compare two videos: their similarity, the frame-similarity map and the copied segments.
+
+A and B are video files (decoded at --fps), or ids in --features (an HDF5 feature file of
+python -m hapvr.extract). Prints the similarity, whether it is above the model's "copy"
+threshold (docs/scores.md), and the copied segments (query and target spans in seconds, best
+first); --json writes them in a fixed layout (docs/formats.md), --plot draws the frame map with
+the segments. Without --checkpoint the default model is used (python -m hapvr.default_model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+
+from hapvr.api import compare as _compare
+from hapvr.cli import ArgumentParser, fail, input_file, output_file, positive_float, run_main
+
+EXAMPLES = """\
+  python -m hapvr.compare original.mp4 suspect.mp4
+  python -m hapvr.compare original.mp4 suspect.mp4 --json result.json --plot result.png
+  python -m hapvr.compare clip_a clip_b --features features.hdf5 --checkpoint runs/hapvr/checkpoint.pt
+"""
+
+
+def build_parser() -> ArgumentParser:
+    ap = ArgumentParser(prog="python -m hapvr.compare", description=__doc__, examples=EXAMPLES)
+    ap.add_argument("query", help="query video file (or id with --features)")
+    ap.add_argument("target", help="target video file (or id with --features)")
+    ap.add_argument("--checkpoint", help="training checkpoint of python -m hapvr.train (default: the default model)")
+    ap.add_argument("--baseline", action="store_true",
+                    help="the features-only Chamfer baseline over the checkpoint's features")
+    ap.add_argument("--features", help="HDF5 feature file: QUERY and TARGET are ids in it")
+    ap.add_argument("--json", help="write the result here (fixed layout, docs/formats.md)")
+    ap.add_argument("--plot", help="write the frame map with the copied segments here (PNG)")
+    ap.add_argument("--symmetric", action="store_true", help="similarity as the mean of both directions")
+    ap.add_argument("--threshold", type=float, help="similarity above which the pair is called a copy "
+                                                    "(default: the model's calibrated threshold, docs/scores.md)")
+    ap.add_argument("--fps", type=positive_float(), default=1.0, help="frames per second decoded from video files")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    return ap
+
+
+def _inputs(args, model):
+    if args.features:
+        from hapvr.evaluation.feature_store import FeatureStore
+
+        store = FeatureStore(args.features)
+        for arg, vid in (("QUERY", args.query), ("TARGET", args.target)):
+            if vid not in store:
+                fail(f"{arg} {vid!r}: no such id in --features {args.features}")
+        return store.load(args.query), store.load(args.target)
+    from hapvr.data.video import VideoDecodeError
+
+    out = []
+    for arg, path in (("QUERY", args.query), ("TARGET", args.target)):
+        if os.path.isdir(path):
+            pass  # a folder of frames
+        else:
+            input_file(path, arg)
+        try:
+            out.append(model.features(path))
+        except VideoDecodeError as exc:
+            fail(f"{arg} {exc}")
+    return out
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.checkpoint:
+        input_file(args.checkpoint, "--checkpoint")
+    if args.features:
+        input_file(args.features, "--features")
+    for arg, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            output_file(path, arg)
+    if args.baseline and not args.checkpoint:
+        pass  # the default model is the baseline already, or its trained weights are set aside
+    from hapvr.api import load_model
+
+    try:
+        model = load_model(args.checkpoint, baseline=args.baseline, device=args.device, fps=args.fps)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    fa, fb = _inputs(args, model)
+    try:
+        result = _compare(fa, fb, model, symmetric=args.symmetric, names=(args.query, args.target))
+    except ValueError as exc:
+        fail(str(exc))
+    threshold = model.scale.threshold if args.threshold is None else args.threshold
+    verdict = "copy" if result.similarity >= threshold else "not a copy"
+    print(f"model: {model.name}")
+    print(f"similarity {result.similarity:.4f} ({'symmetric' if args.symmetric else 'query -> target'}; "
+          f"range [{model.scale.low:g}, {model.scale.high:g}], copy threshold {threshold:g}): {verdict}")
+    if result.segments:
+        print(f"{len(result.segments)} copied segment(s), seconds:")
+        print(f"  {'query start':>11} {'query end':>9} {'target start':>12} {'target end':>10} {'score':>6}")
+        for s in result.segments:
+            print(f"  {s.query_start:>11.1f} {s.query_end:>9.1f} {s.target_start:>12.1f} {s.target_end:>10.1f} "
+                  f"{s.score:>6.3f}")
+    else:
+        print("no copied segment found")
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result.to_dict(), f, indent=1)
+        os.replace(tmp, args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        result.plot(args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(_main, argv)
+
+
+class _CallableModule(types.ModuleType):
+    """``hapvr.compare`` is both this command's module and the function ``hapvr.compare(a, b)``:
+    importing the module must not take the function away from ``import hapvr`` users."""
+
+    def __call__(self, *args, **kwargs):
+        return _compare(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    raise SystemExit(main())
