@@ -142,7 +142,11 @@ def localize(sim, fps: float = 1.0, *, threshold: float = _D.threshold, top_k: i
 
 
 def _as_map(sim) -> torch.Tensor:
-    m = sim.detach() if isinstance(sim, torch.Tensor) else torch.as_tensor(np.asarray(sim))
+    if isinstance(sim, torch.Tensor):
+        m = sim.detach()
+    else:
+        a = np.asarray(sim)
+        m = torch.from_numpy(a if a.flags.writeable else a.copy())  # torch warns on read-only arrays
     if m.dim() != 2:
         raise ValueError(f"sim must be a [T, T'] map (query frames x target frames), got shape {tuple(m.shape)}")
     if m.dtype not in (torch.float32, torch.float64):
@@ -179,12 +183,16 @@ class _TemporalNetwork:
             ok = (dj >= 1) & (dj <= G) & (dj * cfg.max_speed >= d) & (dj <= d * cfg.max_speed)
             edges[d:, :, (d - 1) * K:d * K] = ok
         self.edges = edges
-        self.best = np.full((T + G, K), -np.inf)
-        self.back = np.full((T, K), -1, dtype=np.int64)
         self._rows = np.arange(K)
-        # Only rows with a node can hold a path; rows with a node but no possible predecessor
+        self._full_dp()
+
+    def _full_dp(self):
+        G = self.G
+        self.best = np.full((self.T + G, self.K), -np.inf)
+        self.back = np.full((self.T, self.K), -1, dtype=np.int64)
+        # Only rows with a node can end a path; rows with a node but no possible predecessor
         # start paths and need no DP step.
-        needs_dp = self.alive.any(axis=1) & edges.any(axis=(1, 2))
+        needs_dp = self.alive.any(axis=1) & self.edges.any(axis=(1, 2))
         self.best[G:] = np.where(self.alive, self.vals, -np.inf)
         for i in np.nonzero(needs_dp)[0]:
             self._relax(i)

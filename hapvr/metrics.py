@@ -122,15 +122,17 @@ def _segment_boxes(segments, with_score: bool = False) -> np.ndarray:
     n = 5 if with_score else 4
     rows = []
     for s in segments:
-        if isinstance(s, dict):
-            row = [s[k] for k in _SEGMENT_KEYS[:n]]
-        elif hasattr(s, "query_start"):
-            row = [getattr(s, k) for k in _SEGMENT_KEYS[:n]]
-        else:
-            row = list(s)
-            if len(row) < n:
-                raise ValueError(f"a segment needs {n} numbers {_SEGMENT_KEYS[:n]}, got {row!r}")
-            row = row[:n]
+        try:
+            if isinstance(s, dict):
+                row = [s[k] for k in _SEGMENT_KEYS[:n]]
+            elif hasattr(s, "query_start"):
+                row = [getattr(s, k) for k in _SEGMENT_KEYS[:n]]
+            else:
+                row = list(s)[:n]
+                if len(row) < n:
+                    raise ValueError
+        except (KeyError, AttributeError, TypeError, ValueError):
+            raise ValueError(f"a segment needs {', '.join(_SEGMENT_KEYS[:n])}; got {s!r}") from None
         rows.append(row)
     boxes = np.asarray(rows, dtype=np.float64).reshape(-1, n)
     if not np.isfinite(boxes).all():

@@ -125,6 +125,8 @@ def test_bad_segments_are_refused():
         metrics.segment_precision_recall([(0, float("nan"), 0, 10)], [(0, 10, 0, 10)])
     with pytest.raises(ValueError, match="combine"):
         metrics.segment_precision_recall([], [], combine="mean")
+    with pytest.raises(ValueError, match="score"):  # the micro-AP ranks by score
+        metrics.segment_micro_ap({"A": [(0, 10, 0, 10)]}, {"A": [(0, 10, 0, 10)]})
 
 
 def test_over_pairs_macro_average_and_groups():
