@@ -99,8 +99,9 @@ class LocalizationConfig:
 # Starting points for the two kinds of map (not tuned on annotated copies; tune threshold and
 # min_score on a few labelled pairs of your own). Use as ``localize(sim, fps, **PRESETS[name])``.
 PRESETS: dict[str, dict] = {
-    # Spatial TopK-Chamfer maps m_s (features-only baseline, or the trained model's attended
-    # features): values in about [0, 1], unrelated frames mostly 0.1-0.4. These are the defaults.
+    # Spatial TopK-Chamfer maps m_s of the features-only baseline: about [0, 1], identical
+    # frames 1, unrelated frames mostly 0.1-0.4. These are the defaults. (Region attention
+    # scales m_s down by its weights: calibrate for a trained model's m_s.)
     "chamfer": dataclasses.asdict(LocalizationConfig()),
     # The trained comparator's output after Hardtanh: [-1, 1], unrelated frames near or below 0.
     # Its map has one cell per 4 frames: pass fps = extraction fps / 4.
