@@ -100,10 +100,10 @@ class LocalizationConfig:
 # min_score on a few labelled pairs of your own). Use as ``localize(sim, fps, **PRESETS[name])``.
 PRESETS: dict[str, dict] = {
     # Spatial TopK-Chamfer maps m_s of the features-only baseline: about [0, 1], identical
-    # frames 1, unrelated frames mostly 0.1-0.4. These are the defaults. (Region attention
+    # frames 1, unrelated frames assumed mostly 0.1-0.4. These are the defaults. (Region attention
     # scales m_s down by its weights: calibrate for a trained model's m_s.)
     "chamfer": dataclasses.asdict(LocalizationConfig()),
-    # The trained comparator's output after Hardtanh: [-1, 1], unrelated frames near or below 0.
+    # The trained comparator's output after Hardtanh: [-1, 1], unrelated frames assumed near or below 0.
     # Its map has one cell per 4 frames: pass fps = extraction fps / 4.
     "trained": dataclasses.asdict(LocalizationConfig(threshold=0.3, min_score=0.5)),
 }
