@@ -91,3 +91,201 @@ def precision_recall_curve(scores: Sequence[float], relevant: Sequence[bool],
     hits = np.cumsum(r)
     ranks = np.arange(1, r.size + 1)
     return hits / ranks, hits / max(gt, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Copy localisation (SPEC section 6): segment precision / recall / F1 per video pair (VCSL) and
+# the segment micro-AP of the VSC 2022 matching track. Formulas and how they relate to VCSL's
+# and vsc2022's code: docs/localization.md.
+#
+# A segment is (query_start, query_end, target_start, target_end) in seconds: an object with
+# those attributes (hapvr.localization.Segment), a dict with those keys (Segment.to_dict()), or
+# a sequence of 4 numbers; predictions for the micro-AP also need a score (attribute, key or
+# 5th number).
+
+import math  # noqa: E402  (this section's imports stay with it)
+from dataclasses import dataclass  # noqa: E402
+from typing import Mapping  # noqa: E402
+
+_SEGMENT_KEYS = ("query_start", "query_end", "target_start", "target_end", "score")
+
+
+@dataclass(frozen=True)
+class SegmentPRF:
+    precision: float
+    recall: float
+    f1: float
+
+
+def _segment_boxes(segments, with_score: bool = False) -> np.ndarray:
+    """Segments -> float64 ``[N, 4]`` boxes (``[N, 5]`` with the score last)."""
+    n = 5 if with_score else 4
+    rows = []
+    for s in segments:
+        try:
+            if isinstance(s, dict):
+                row = [s[k] for k in _SEGMENT_KEYS[:n]]
+            elif hasattr(s, "query_start"):
+                row = [getattr(s, k) for k in _SEGMENT_KEYS[:n]]
+            else:
+                row = list(s)[:n]
+                if len(row) < n:
+                    raise ValueError
+        except (KeyError, AttributeError, TypeError, ValueError):
+            raise ValueError(f"a segment needs {', '.join(_SEGMENT_KEYS[:n])}; got {s!r}") from None
+        rows.append(row)
+    boxes = np.asarray(rows, dtype=np.float64).reshape(-1, n)
+    if not np.isfinite(boxes).all():
+        raise ValueError("segments contain NaN or infinite values")
+    if (boxes[:, 1] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 2]).any():
+        raise ValueError("a segment ends before it starts (need start <= end on both axes)")
+    return boxes
+
+
+def _union_length(intervals: np.ndarray) -> float:
+    """Length of the union of ``[N, 2]`` intervals (overlaps counted once)."""
+    if len(intervals) == 0:
+        return 0.0
+    iv = intervals[np.argsort(intervals[:, 0], kind="stable")]
+    reach = np.maximum.accumulate(iv[:, 1])
+    # A new block starts where an interval begins after everything before it has ended.
+    starts = np.r_[True, iv[1:, 0] > reach[:-1]]
+    block_start = iv[starts, 0]
+    block_end = reach[np.r_[np.nonzero(starts)[0][1:] - 1, len(iv) - 1]]
+    return float(np.sum(block_end - block_start))
+
+
+def _axis_overlaps(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per axis (query, target): the true-positive length ``|U(P) n U(G*)|``, ``|U(P)|`` and
+    ``|U(G)|`` of one pair, where G* are the ground-truth boxes that overlap some prediction
+    with positive area."""
+    tp, pred_len, gt_len = np.zeros(2), np.zeros(2), np.zeros(2)
+    if len(pred) and len(gt):
+        dq = np.minimum(pred[:, None, 1], gt[None, :, 1]) - np.maximum(pred[:, None, 0], gt[None, :, 0])
+        dt = np.minimum(pred[:, None, 3], gt[None, :, 3]) - np.maximum(pred[:, None, 2], gt[None, :, 2])
+        hit = gt[((dq > 0) & (dt > 0)).any(axis=0)]
+    else:
+        hit = gt[:0]
+    for a, cols in enumerate(([0, 1], [2, 3])):
+        p, g = pred[:, cols], hit[:, cols]
+        pred_len[a] = _union_length(p)
+        gt_len[a] = _union_length(gt[:, cols])
+        # |A n B| = |A| + |B| - |A u B| for unions of intervals
+        tp[a] = pred_len[a] + _union_length(g) - _union_length(np.concatenate([p, g]))
+    return tp, pred_len, gt_len
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else 0.0
+
+
+def _combine_axes(q: float, t: float, combine: str) -> float:
+    if combine == "geometric":
+        return math.sqrt(q * t)
+    if combine == "product":
+        return q * t
+    raise ValueError(f"combine must be 'geometric' (vsc2022) or 'product' (VCSL), got {combine!r}")
+
+
+def _f1(p: float, r: float) -> float:
+    return 2 * p * r / (p + r) if p + r > 0 else 0.0
+
+
+def segment_precision_recall(predicted, ground_truth, combine: str = "geometric") -> SegmentPRF:
+    """Overlap-aware segment precision, recall and F1 of one video pair (VCSL-style).
+
+    Per axis a (query, target): ``TP_a = |U(P)_a n U(G*)_a|``, ``P_a = TP_a / |U(P)_a|``,
+    ``R_a = TP_a / |U(G)_a|`` (unions of intervals, so overlapping segments count once; G* = the
+    ground-truth boxes overlapping some prediction with positive area). The axes are combined by
+    ``combine``: ``"geometric"`` ``sqrt(P_q P_t)`` as vsc2022, or ``"product"`` ``P_q P_t`` as
+    VCSL. F1 = 2PR / (P + R). VCSL's conventions for empty sides: no prediction and no ground
+    truth -> P = R = 1; predictions without ground truth -> P = 0, R = 1; ground truth without
+    predictions -> P = 1, R = 0. A 0/0 ratio otherwise counts 0.
+    """
+    _combine_axes(1.0, 1.0, combine)  # validate before the empty-side shortcuts
+    pred, gt = _segment_boxes(predicted), _segment_boxes(ground_truth)
+    if len(pred) == 0 or len(gt) == 0:
+        p, r = (1.0, 1.0) if len(pred) == len(gt) else ((0.0, 1.0) if len(pred) else (1.0, 0.0))
+        return SegmentPRF(p, r, _f1(p, r))
+    tp, pred_len, gt_len = _axis_overlaps(pred, gt)
+    p = _combine_axes(_ratio(tp[0], pred_len[0]), _ratio(tp[1], pred_len[1]), combine)
+    r = _combine_axes(_ratio(tp[0], gt_len[0]), _ratio(tp[1], gt_len[1]), combine)
+    return SegmentPRF(p, r, _f1(p, r))
+
+
+def segment_prf_over_pairs(predicted: Mapping, ground_truth: Mapping, groups: Mapping | None = None,
+                           combine: str = "geometric") -> SegmentPRF:
+    """VCSL's aggregate over video pairs: macro means of the per-pair precision and recall of
+    :func:`segment_precision_recall`, and F1 = 2PR / (P + R) of those means.
+
+    ``predicted`` and ``ground_truth`` map a pair key (e.g. ``(query_id, target_id)``) to its
+    segments; a pair missing from one side has no segments there. The pairs evaluated are the
+    keys of either mapping. ``groups`` (optional) maps each pair to a group id: precision and
+    recall are then averaged within each group first, then over groups (VCSL averages over the
+    pairs of one copied source, then over sources).
+    """
+    keys = list(dict.fromkeys([*ground_truth.keys(), *predicted.keys()]))
+    if not keys:
+        raise ValueError("no video pair to evaluate")
+    per_pair = {k: segment_precision_recall(predicted.get(k, ()), ground_truth.get(k, ()), combine) for k in keys}
+    if groups is None:
+        buckets = [[k] for k in keys]
+    else:
+        missing = [k for k in keys if k not in groups]
+        if missing:
+            raise ValueError(f"{len(missing)} pairs have no group, e.g. {missing[0]!r}")
+        by_group: dict = {}
+        for k in keys:
+            by_group.setdefault(groups[k], []).append(k)
+        buckets = list(by_group.values())
+    p = float(np.mean([np.mean([per_pair[k].precision for k in b]) for b in buckets]))
+    r = float(np.mean([np.mean([per_pair[k].recall for k in b]) for b in buckets]))
+    return SegmentPRF(p, r, _f1(p, r))
+
+
+def segment_micro_ap(predicted: Mapping, ground_truth: Mapping) -> float:
+    """Segment micro-AP of the VSC 2022 matching track over all pairs.
+
+    Predictions of every pair are ranked by score, descending; predictions of equal score enter
+    together as one step. After each step, per axis a: ``TP_a = sum over pairs of
+    |U(P)_a n U(G*)_a|`` (P = the pair's predictions so far, G* its ground-truth boxes that
+    overlap one of them with positive area), ``PL_a = sum |U(P)_a|``, ``GL_a = sum |U(G)_a|``
+    over all ground-truth pairs; ``precision = sqrt((TP_q / PL_q) (TP_t / PL_t))``,
+    ``recall = sqrt((TP_q / GL_q) (TP_t / GL_t))``, and ``AP = sum precision * (recall -
+    previous recall)``. Returns 0 when there is no ground truth.
+    """
+    gl = np.zeros(2)
+    gts = {k: _segment_boxes(v) for k, v in ground_truth.items()}
+    for g in gts.values():
+        gl += _axis_overlaps(g[:0], g)[2]
+    if not (gl > 0).all():
+        return 0.0
+    ranked = []
+    for k, v in predicted.items():
+        for row in _segment_boxes(v, with_score=True):
+            ranked.append((row[4], k, row[:4]))
+    ranked.sort(key=lambda x: -x[0])  # stable; order inside a tie group does not matter
+    added: dict = {}
+    per_pair: dict = {}
+    tp, pl = np.zeros(2), np.zeros(2)
+    ap = recall_before = 0.0
+    i = 0
+    while i < len(ranked):
+        j = i
+        touched = set()
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            added.setdefault(ranked[j][1], []).append(ranked[j][2])
+            touched.add(ranked[j][1])
+            j += 1
+        for k in touched:
+            old_tp, old_pl = per_pair.get(k, (np.zeros(2), np.zeros(2)))
+            new_tp, new_pl, _ = _axis_overlaps(np.stack(added[k]), gts.get(k, np.zeros((0, 4))))
+            tp += new_tp - old_tp
+            pl += new_pl - old_pl
+            per_pair[k] = (new_tp, new_pl)
+        precision = math.sqrt(_ratio(tp[0], pl[0]) * _ratio(tp[1], pl[1]))
+        recall = math.sqrt(_ratio(tp[0], gl[0]) * _ratio(tp[1], gl[1]))
+        ap += precision * (recall - recall_before)
+        recall_before = recall
+        i = j
+    return float(ap)

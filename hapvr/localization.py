@@ -1,0 +1,273 @@
+"""Copy localisation: which part of the query was copied from which part of the target
+(SPEC section 6; beyond the HAP-VR paper).
+
+Input is a pair's frame-similarity map ``sim [T, T']`` (query frames x target frames sampled at
+``fps``); output is a list of :class:`Segment` (query span, target span, in seconds).
+
+Algorithm: the temporal network (TN) of Tan et al., "Scalable detection of partial near-duplicate
+videos by visual-temporal consistency" (ACM MM'09), one of the localisation baselines of VCSL
+(CVPR'22), written here from its description:
+
+1. Nodes: for each query frame ``i``, its ``top_k`` most similar target frames ``j`` whose
+   similarity is at least ``threshold``.
+2. Edges ``(i, j) -> (i', j')``: ``0 < i' - i <= max_gap``, ``0 < j' - j <= max_gap`` and slope
+   ``(j' - j) / (i' - i)`` in ``[1 / max_speed, max_speed]``: time runs forward in both videos,
+   a few unmatched frames may be skipped, and the copy may be played up to ``max_speed`` times
+   faster or slower.
+3. The heaviest path (sum of node similarities) ending at each node, by dynamic programming
+   over query frames (edges only reach ``max_gap`` rows back, so row ``i`` reads a
+   ``[top_k, max_gap * top_k]`` block).
+4. Repeatedly: take the heaviest path, turn it into a segment (its bounding box), remove every
+   node inside that box and update the DP only where the removal changed it. A segment is kept
+   when both its spans last ``min_length`` seconds, its mean similarity is ``min_score`` or more
+   and it overlaps no better segment by more than ``max_overlap`` (IoU of the boxes).
+
+Frame ``i`` covers ``[i / fps, (i + 1) / fps)``, so a path from query frame ``a`` to ``b`` gives
+``query_start = a / fps``, ``query_end = (b + 1) / fps``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A copied part: the query's ``[query_start, query_end)`` matches the target's
+    ``[target_start, target_end)`` (seconds from each video's start). ``score`` is the mean
+    similarity of the matched frame pairs along the path."""
+
+    query_start: float
+    query_end: float
+    target_start: float
+    target_end: float
+    score: float
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class LocalizationConfig:
+    """Parameters of :func:`localize` and their defaults.
+
+    threshold: a frame pair becomes a node when its similarity is at least this (map units).
+    top_k: nodes kept per query frame (its most similar target frames).
+    max_gap: largest step between consecutive path nodes on either axis, in frames of the map
+        (``max_gap - 1`` unmatched frames may be skipped).
+    max_speed: allowed playback-speed ratio; an edge's slope ``dj / di`` must lie in
+        ``[1 / max_speed, max_speed]`` (2.0 finds 0.5x to 2x copies).
+    min_length: shortest reported segment, in seconds, on both the query and the target axis.
+    min_score: lowest mean similarity along a reported path (map units).
+    max_segments: most segments returned per pair.
+    max_overlap: a segment whose box has IoU above this with a better-scoring one is dropped.
+    max_paths: most paths examined (DP passes) per pair, found or rejected; bounds the time
+        spent on noisy maps.
+    """
+
+    threshold: float = 0.5
+    top_k: int = 5
+    max_gap: int = 5
+    max_speed: float = 2.0
+    min_length: float = 3.0
+    min_score: float = 0.6
+    max_segments: int = 10
+    max_overlap: float = 0.3
+    max_paths: int = 100
+
+    def __post_init__(self):
+        for name in ("threshold", "min_score"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
+        for name in ("top_k", "max_gap", "max_segments", "max_paths"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not (math.isfinite(self.max_speed) and self.max_speed >= 1.0):
+            raise ValueError(f"max_speed must be a finite number >= 1 (1 = same speed only), got {self.max_speed!r}")
+        if not (math.isfinite(self.min_length) and self.min_length >= 0.0):
+            raise ValueError(f"min_length must be a finite number of seconds >= 0, got {self.min_length!r}")
+        if not (0.0 <= self.max_overlap <= 1.0):
+            raise ValueError(f"max_overlap must be an IoU in [0, 1], got {self.max_overlap!r}")
+
+
+# Starting points for the two kinds of map (not tuned on annotated copies; tune threshold and
+# min_score on a few labelled pairs of your own). Use as ``localize(sim, fps, **PRESETS[name])``.
+PRESETS: dict[str, dict] = {
+    # Spatial TopK-Chamfer maps m_s of the features-only baseline: about [0, 1], identical
+    # frames 1, unrelated frames assumed mostly 0.1-0.4. These are the defaults. (Region attention
+    # scales m_s down by its weights: calibrate for a trained model's m_s.)
+    "chamfer": dataclasses.asdict(LocalizationConfig()),
+    # The trained comparator's output after Hardtanh: [-1, 1], unrelated frames assumed near or below 0.
+    # Its map has one cell per 4 frames: pass fps = extraction fps / 4.
+    "trained": dataclasses.asdict(LocalizationConfig(threshold=0.3, min_score=0.5)),
+}
+
+_D = LocalizationConfig  # the dataclass's fields hold the defaults
+
+
+def localize(sim, fps: float = 1.0, *, threshold: float = _D.threshold, top_k: int = _D.top_k,
+             max_gap: int = _D.max_gap, max_speed: float = _D.max_speed, min_length: float = _D.min_length,
+             min_score: float = _D.min_score, max_segments: int = _D.max_segments,
+             max_overlap: float = _D.max_overlap, max_paths: int = _D.max_paths) -> list[Segment]:
+    """Copied segments of a pair from its frame-similarity map, best first.
+
+    ``sim``: ``[T, T']`` torch tensor or array, query frames x target frames; ``-inf`` marks
+    cells to ignore (padding); NaN is refused. ``fps``: frames per second of the map's axes (1.0
+    for hapvr's 1-fps frame maps; a quarter of that for the comparator's output).
+
+    Parameters (defaults in brackets; see :class:`LocalizationConfig`): ``threshold`` [0.5],
+    ``top_k`` [5], ``max_gap`` [5 frames], ``max_speed`` [2.0], ``min_length`` [3.0 s],
+    ``min_score`` [0.6], ``max_segments`` [10], ``max_overlap`` [0.3], ``max_paths`` [100].
+    The defaults suit maps in [0, 1] (Chamfer); ``PRESETS["trained"]`` lowers ``threshold`` and
+    ``min_score`` for the trained comparator's [-1, 1] output.
+
+    Returns segments in seconds sorted by ``score`` (mean similarity along the path), best first.
+    """
+    cfg = LocalizationConfig(threshold=threshold, top_k=top_k, max_gap=max_gap, max_speed=max_speed,
+                             min_length=min_length, min_score=min_score, max_segments=max_segments,
+                             max_overlap=max_overlap, max_paths=max_paths)
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.floating, np.integer)) \
+            or not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number of frames per second, got {fps!r}")
+    m = _as_map(sim)
+    if m.numel() == 0:
+        return []
+    net = _TemporalNetwork(m, cfg)
+    return net.segments(float(fps))
+
+
+def _as_map(sim) -> torch.Tensor:
+    if isinstance(sim, torch.Tensor):
+        m = sim.detach()
+    else:
+        a = np.asarray(sim)
+        m = torch.from_numpy(a if a.flags.writeable else a.copy())  # torch warns on read-only arrays
+    if m.dim() != 2:
+        raise ValueError(f"sim must be a [T, T'] map (query frames x target frames), got shape {tuple(m.shape)}")
+    if m.dtype not in (torch.float32, torch.float64):
+        m = m.to(torch.float32 if m.is_floating_point() else torch.float64)
+    m = m.cpu()
+    if m.numel() and not bool(m.max() < math.inf):  # max propagates NaN
+        raise ValueError("sim contains NaN or +inf (use -inf to mark cells to ignore)")
+    return m
+
+
+class _TemporalNetwork:
+    """The node graph of one map and the heaviest-path DP over it.
+
+    Nodes live in a dense ``[T, K]`` grid (query frame x rank among its top-K target frames):
+    ``cols`` their target frames, ``vals`` their similarities, ``alive`` whether they are nodes.
+    ``edges[i, k, (d - 1) * K + k2]`` says node ``(i - d, k2)`` may precede node ``(i, k)``.
+    ``best`` holds the heaviest path sum ending at each node (``-inf`` for no node), stored
+    ``G`` rows down so that row ``i``'s predecessors are the contiguous rows ``i .. i + G - 1``.
+    """
+
+    def __init__(self, m: torch.Tensor, cfg: LocalizationConfig):
+        self.cfg = cfg
+        T, T2 = m.shape
+        K = min(cfg.top_k, T2)
+        G = cfg.max_gap
+        self.T, self.K, self.G = T, K, G
+        top = torch.topk(m, K, dim=1, sorted=False).indices.sort(dim=1).values  # by target frame
+        self.cols = top.numpy().astype(np.int64)
+        self.vals = m.gather(1, top).numpy().astype(np.float64)
+        self.alive = self.vals >= cfg.threshold
+        edges = np.zeros((T, K, G * K), dtype=bool)
+        for d in range(1, min(G, T - 1) + 1):
+            dj = self.cols[d:, :, None] - self.cols[:-d, None, :]  # [T - d, K, K]
+            ok = (dj >= 1) & (dj <= G) & (dj * cfg.max_speed >= d) & (dj <= d * cfg.max_speed)
+            edges[d:, :, (d - 1) * K:d * K] = ok
+        self.edges = edges
+        self._rows = np.arange(K)
+        self._full_dp()
+
+    def _full_dp(self):
+        G = self.G
+        self.best = np.full((self.T + G, self.K), -np.inf)
+        self.back = np.full((self.T, self.K), -1, dtype=np.int64)
+        # Only rows with a node can end a path; rows with a node but no possible predecessor
+        # start paths and need no DP step.
+        needs_dp = self.alive.any(axis=1) & self.edges.any(axis=(1, 2))
+        self.best[G:] = np.where(self.alive, self.vals, -np.inf)
+        for i in np.nonzero(needs_dp)[0]:
+            self._relax(i)
+
+    def _relax(self, i: int) -> bool:
+        """Recompute row ``i`` of the DP from rows ``i - G .. i - 1``; True if it changed."""
+        G, K = self.G, self.K
+        cand = self.best[i:i + G][::-1].reshape(-1)  # rows i-1, i-2, ..., i-G
+        reach = np.where(self.edges[i], cand, -np.inf)  # [K, G * K]
+        arg = reach.argmax(axis=1)
+        prev = reach[self._rows, arg]
+        extend = prev > 0.0  # a path with a non-positive sum is better not prefixed
+        new = np.where(self.alive[i], self.vals[i] + np.where(extend, prev, 0.0), -np.inf)
+        old = self.best[i + G]
+        changed = not np.array_equal(new, old)
+        self.best[i + G] = new
+        self.back[i] = np.where(extend & self.alive[i], arg, -1)
+        return changed
+
+    def _path(self, i: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        qs, ks = [i], [k]
+        while self.back[i, k] >= 0:
+            a = int(self.back[i, k])
+            i, k = i - (a // self.K + 1), a % self.K
+            qs.append(i)
+            ks.append(k)
+        q = np.array(qs[::-1])
+        return q, np.array(ks[::-1])
+
+    def _remove_box(self, q0: int, q1: int, t0: int, t1: int):
+        """Delete the nodes inside ``[q0, q1] x [t0, t1]`` and repair the DP downstream: a row
+        changes only if a row within ``G`` before it changed (removal only lowers sums)."""
+        inside = (self.cols[q0:q1 + 1] >= t0) & (self.cols[q0:q1 + 1] <= t1)
+        self.alive[q0:q1 + 1] &= ~inside
+        changed = np.zeros(self.T, dtype=bool)
+        for i in range(q0, self.T):
+            if i > q1 and not changed[max(0, i - self.G):i].any():
+                break
+            changed[i] = self._relax(i)
+
+    def segments(self, fps: float) -> list[Segment]:
+        cfg = self.cfg
+        min_frames = cfg.min_length * fps
+        # A path of n nodes spans at most (n - 1) * G + 1 frames, so a keepable one has at least
+        # n_min nodes and (with min_score > 0) a sum of at least n_min * min_score; the heaviest
+        # remaining sum only falls as nodes are removed, so below that nothing is left to find.
+        n_min = 1 + max(0, math.ceil((min_frames - 1) / self.G))
+        stop_below = n_min * cfg.min_score - 1e-9 if cfg.min_score > 0 else -np.inf  # float slack
+        kept: list[tuple[Segment, tuple[int, int, int, int]]] = []
+        for _ in range(cfg.max_paths):
+            flat = int(self.best[self.G:].argmax())
+            top = self.best[self.G:].flat[flat]
+            if not np.isfinite(top) or top < stop_below:
+                break
+            q, k = self._path(*divmod(flat, self.K))
+            t = self.cols[q, k]
+            box = (int(q[0]), int(q[-1]) + 1, int(t.min()), int(t.max()) + 1)  # frames, end exclusive
+            self._remove_box(box[0], box[1] - 1, box[2], box[3] - 1)
+            score = float(self.vals[q, k].mean())
+            long_enough = min(box[1] - box[0], box[3] - box[2]) >= min_frames
+            if not long_enough or score < cfg.min_score:
+                continue
+            if any(_box_iou(box, other) > cfg.max_overlap for _, other in kept):
+                continue
+            kept.append((Segment(box[0] / fps, box[1] / fps, box[2] / fps, box[3] / fps, score), box))
+            if len(kept) == cfg.max_segments:
+                break
+        return sorted((s for s, _ in kept), key=lambda s: -s.score)
+
+
+def _box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """IoU of two ``(q0, q1, t0, t1)`` boxes (end-exclusive frames)."""
+    iq = max(0, min(a[1], b[1]) - max(a[0], b[0]))
+    it = max(0, min(a[3], b[3]) - max(a[2], b[2]))
+    inter = iq * it
+    union = (a[1] - a[0]) * (a[3] - a[2]) + (b[1] - b[0]) * (b[3] - b[2]) - inter
+    return inter / union if union > 0 else 0.0
