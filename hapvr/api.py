@@ -40,7 +40,7 @@ class ScoreScale:
 
 
 BASELINE_SCALE = ScoreScale(0.0, 1.0, threshold=0.5, localize_threshold=0.5)
-TRAINED_SCALE = ScoreScale(-1.0, 1.0, threshold=0.0, localize_threshold=0.5)
+TRAINED_SCALE = ScoreScale(-1.0, 1.0, threshold=0.0, localize_threshold=0.5)  # the frame map is the same as the baseline's
 
 
 class VideoModel:
@@ -101,12 +101,15 @@ class VideoModel:
 
     @torch.no_grad()
     def frame_map(self, a, b) -> torch.Tensor:
-        """``[T, T']`` frame-to-frame similarity (the region TopK-Chamfer map, eq. 3) of the
-        query's frames to the target's, after the model's region attention."""
+        """``[T, T']`` frame-to-frame similarity of the query's frames to the target's: the
+        region Chamfer map (eq. 3) of the L2-normalised features, before any learned attention,
+        so that its values read the same for every model (about 1 for the same frame, docs/scores.md;
+        a trained model's attention scales its own map down). It is what :func:`compare` localises
+        copies on."""
         from hapvr.ops import spatial_topk_chamfer, topk_count
 
-        qa = self.model.index_video(self.features(a).to(self.device))
-        qb = self.model.index_video(self.features(b).to(self.device))
+        qa = torch.nn.functional.normalize(self.features(a).to(self.device), dim=-1)
+        qb = torch.nn.functional.normalize(self.features(b).to(self.device), dim=-1)
         k = topk_count(self.model.k_s, qa.shape[1])
         return spatial_topk_chamfer(qa[None].contiguous(), qb[None].contiguous(), k)[0, 0].float().cpu()
 

@@ -55,10 +55,6 @@ def _inputs(args, model):
 
     out = []
     for arg, path in (("QUERY", args.query), ("TARGET", args.target)):
-        if os.path.isdir(path):
-            pass  # a folder of frames
-        else:
-            input_file(path, arg)
         try:
             out.append(model.features(path))
         except VideoDecodeError as exc:
@@ -75,8 +71,10 @@ def _main(argv=None) -> int:
     for arg, path in (("--json", args.json), ("--plot", args.plot)):
         if path:
             output_file(path, arg)
-    if args.baseline and not args.checkpoint:
-        pass  # the default model is the baseline already, or its trained weights are set aside
+    if not args.features:  # video files (or folders of frames), checked before the model loads
+        for arg, path in (("QUERY", args.query), ("TARGET", args.target)):
+            if not os.path.isdir(path):
+                input_file(path, arg)
     from hapvr.api import load_model
 
     try:

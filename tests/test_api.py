@@ -1,0 +1,171 @@
+"""The Python API and python -m hapvr.compare on real decoded clips: a video against itself, a
+partial copy inside other footage, an unrelated video; the JSON layout; bad inputs."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import hapvr  # noqa: E402
+from hapvr import default_model  # noqa: E402
+
+
+def _frames(n, seed):
+    """n distinct 64x48 frames: smooth random colour fields (the backbone tells them apart)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        base = rng.integers(0, 256, (6, 8, 3)).astype(np.uint8)
+        out.append(np.kron(base, np.ones((8, 8, 1), np.uint8)))
+    return out
+
+
+def _write(path, frames, fps=2):
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=fps)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.options = {"qscale": "2"}
+        for img in frames:
+            for _ in range(fps):  # each picture held for one second
+                for p in s.encode(__import__("av").VideoFrame.from_ndarray(img, format="rgb24")):
+                    c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+@pytest.fixture(scope="module")
+def default(tmp_path_factory):
+    """A default-model file built by export() from a checkpoint whose PCA is learned on the
+    clips' own descriptors (the real file needs the default training run)."""
+    from hapvr.features.extractor import RegionFeatureExtractor
+    from hapvr.models import VideoSimilarityModel
+
+    d = tmp_path_factory.mktemp("default")
+    source, other = _frames(12, 0), _frames(12, 1)
+    _write(d / "source.mp4", source)
+    _write(d / "copy_inside.mp4", other[:3] + source[2:8] + other[3:6])  # seconds 2-8 of source at 3-9
+    _write(d / "other.mp4", other)
+    ext = RegionFeatureExtractor("efficientnet_lite0", None, 64)
+    from hapvr.extract import load_frames
+
+    descs = torch.cat([ext.descriptors(load_frames(str(d / n), 1.0, None)) for n in ("source.mp4", "other.mp4")])
+    ext.pca.fit(descs.reshape(-1, ext.in_dim))
+    ckpt = d / "checkpoint.pt"
+    model = VideoSimilarityModel(64)
+    torch.save({"format": "hapvr-checkpoint-1", "config": {"backbone": "efficientnet_lite0", "pca_dim": 64},
+                "pca": ext.pca.state_dict(), "model": model.state_dict(), "step": 0}, ckpt)
+    path = d / "default_model.pt"
+    digest = default_model.export(ckpt, path)
+    return d, path, digest
+
+
+@pytest.fixture
+def use_default(default, monkeypatch):
+    d, path, digest = default
+    monkeypatch.setattr(default_model, "PATH", path)
+    monkeypatch.setattr(default_model, "SHA256", digest)
+    monkeypatch.setattr(default_model.load, "__defaults__", (path, digest))
+    return d
+
+
+def test_compare_finds_the_copied_part_in_seconds(use_default):
+    d = use_default
+    model = hapvr.load_model()
+    assert model.is_baseline and model.name.startswith("default")
+    same = hapvr.compare(d / "source.mp4", d / "source.mp4", model)
+    assert same.similarity == pytest.approx(1.0, abs=1e-4)
+    assert same.frame_map.shape == (12, 12)
+    assert len(same.segments) >= 1
+    best = same.segments[0]
+    assert (best.query_start, best.query_end, best.target_start, best.target_end) == (0, 12, 0, 12)
+
+    part = hapvr.compare(d / "copy_inside.mp4", d / "source.mp4", model)
+    assert part.frame_map.shape == (12, 12)
+    spans = [(s.query_start, s.query_end, s.target_start, s.target_end) for s in part.segments]
+    assert spans[0] == (3, 9, 2, 8), spans  # query seconds 3-9 are the source's seconds 2-8
+    other = hapvr.compare(d / "other.mp4", d / "source.mp4", model)
+    assert other.segments == [] and other.similarity < part.similarity < same.similarity
+
+    layout = part.to_dict()
+    assert list(layout) == ["query", "target", "similarity", "fps", "segments"]
+    assert list(layout["segments"][0]) == ["query_start", "query_end", "target_start", "target_end", "score"]
+    assert [s["score"] for s in layout["segments"]] == sorted((s["score"] for s in layout["segments"]), reverse=True)
+    sym = model.similarity(d / "copy_inside.mp4", d / "source.mp4", symmetric=True)
+    back = model.similarity(d / "source.mp4", d / "copy_inside.mp4")
+    assert sym == pytest.approx(0.5 * (part.similarity + back), abs=1e-6)
+
+
+def test_compare_command_line(use_default, tmp_path, capsys):
+    from hapvr.compare import main
+
+    d = use_default
+    out, png = tmp_path / "r" / "result.json", tmp_path / "r" / "map.png"
+    assert main([str(d / "copy_inside.mp4"), str(d / "source.mp4"), "--json", str(out), "--plot", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "similarity" in text and "copied segment" in text
+    result = json.loads(out.read_text())
+    assert result["query"] == str(d / "copy_inside.mp4") and result["fps"] == 1.0
+    assert result["segments"][0]["query_start"] == 3.0 and png.stat().st_size > 5000
+    # features from a file, by id
+    from hapvr.evaluation.feature_store import write_features
+
+    model = hapvr.load_model()
+    feats = tmp_path / "f.hdf5"
+    write_features(feats, {"a": model.features(d / "copy_inside.mp4"), "b": model.features(d / "source.mp4")})
+    assert main(["a", "b", "--features", str(feats), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["segments"][0]["target_start"] == 2.0
+
+
+@pytest.mark.parametrize("case", ["missing query", "not a video", "unknown id", "bad checkpoint", "plot under a file"])
+def test_compare_bad_input_is_one_line(use_default, tmp_path, capsys, case):
+    from hapvr.compare import main
+
+    d = use_default
+    (tmp_path / "junk.mp4").write_bytes(os.urandom(2000))
+    (tmp_path / "file").write_text("x")
+    from hapvr.evaluation.feature_store import write_features
+
+    write_features(tmp_path / "f.hdf5", {"a": torch.randn(3, 9, 64)})
+    argv = {"missing query": [str(tmp_path / "nope.mp4"), str(d / "source.mp4")],
+            "not a video": [str(tmp_path / "junk.mp4"), str(d / "source.mp4")],
+            "unknown id": ["a", "zz", "--features", str(tmp_path / "f.hdf5")],
+            "bad checkpoint": [str(d / "source.mp4"), str(d / "source.mp4"), "--checkpoint", str(tmp_path / "file")],
+            "plot under a file": [str(d / "source.mp4"), str(d / "source.mp4"), "--plot", str(tmp_path / "file" / "p.png")],
+            }[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+
+
+def test_default_model_file_is_checked(default, tmp_path):
+    d, path, digest = default
+    assert default_model.load(path, digest)["kind"] == "baseline"
+    bad = tmp_path / "m.pt"
+    bad.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    from hapvr.serialization import CorruptFileError
+
+    with pytest.raises(CorruptFileError, match="SHA-256"):
+        default_model.load(bad, digest)
+
+
+def test_shipped_default_model_matches_its_hash():
+    """The file in the package is the one whose SHA-256 the code records."""
+    assert default_model.file_sha256(default_model.PATH) == default_model.SHA256
+    content = default_model.load()
+    assert content["pca"]["projection"].shape == (1752, 512) and content["kind"] == default_model.KIND
+
+
+def test_hapvr_compare_is_the_function_even_after_the_command_module_is_imported(use_default):
+    import importlib
+
+    importlib.import_module("hapvr.compare")
+    d = use_default
+    assert hapvr.compare(d / "other.mp4", d / "other.mp4").similarity == pytest.approx(1.0, abs=1e-4)
