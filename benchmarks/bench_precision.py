@@ -58,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     from hapvr.precision import PRECISIONS
     from hapvr.training.config import default_cache_dir
-    from hapvr.training.evaluate import LEVEL_LABELS, all_similarities, evaluate_levels
+    from hapvr.training.heldout import LEVEL_LABELS, all_similarities, evaluate_levels
 
     precisions = ["fp32"] + [p.strip() for p in args.precision.split(",") if p.strip() and p.strip() != "fp32"]
     bad = [p for p in precisions if p not in PRECISIONS]

@@ -208,7 +208,7 @@ def run(cfg) -> dict:
     from hapvr.training import distributed
     from hapvr.training.batches import FeaturePool, draw_batch
     from hapvr.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-    from hapvr.training.evaluate import draw_heatmaps, evaluate_model, results_table
+    from hapvr.training.heldout import draw_heatmaps, evaluate_model, results_table
     from hapvr.training.gather import GatheredSimilarity, gathered_labels
     from hapvr.training.objective import build_objective, objective_inputs
 

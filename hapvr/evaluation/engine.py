@@ -33,6 +33,7 @@ from typing import Iterable
 
 import torch
 
+from hapvr.batching import Chunk, pad_stack, repeat_to, split_chunks  # noqa: F401  (re-exported)
 from hapvr.evaluation.feature_store import FeatureStore, frames_digest
 from hapvr.evaluation.scorers import Scorer
 from hapvr.serialization import CorruptFileError
@@ -45,42 +46,6 @@ class EngineConfig:
     max_batch_videos: int = 256
     max_batch_frames: int = 16384  # target frames held in memory at once (16384 x 9 x 512 fp32 = 302 MB)
     max_padding_ratio: float = 1.3  # longest / shortest video in one padded batch or query group
-
-
-@dataclass(frozen=True)
-class Chunk:
-    vid: str
-    start: int
-    end: int
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start
-
-    def key(self) -> str:
-        return f"{self.vid}\t{self.start}\t{self.end}"
-
-
-def split_chunks(vid: str, length: int, chunk_frames: int) -> list[Chunk]:
-    if length <= 0:
-        return []
-    return [Chunk(vid, s, min(s + chunk_frames, length)) for s in range(0, length, chunk_frames)]
-
-
-def repeat_to(x: torch.Tensor, min_frames: int) -> torch.Tensor:
-    """Self-concatenates a short video until it has at least ``min_frames`` frames."""
-    if x.shape[0] >= min_frames or x.shape[0] == 0:
-        return x
-    reps = -(-min_frames // x.shape[0])
-    return x.repeat(reps, *([1] * (x.dim() - 1)))
-
-
-def pad_stack(videos: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([v.shape[0] for v in videos], dtype=torch.int64)
-    out = videos[0].new_zeros((len(videos), int(lengths.max()), *videos[0].shape[1:]))
-    for i, v in enumerate(videos):
-        out[i, : v.shape[0]] = v
-    return out, lengths
 
 
 def plan_batches(chunks: list[Chunk], query_frames: int, cfg: EngineConfig) -> list[list[Chunk]]:

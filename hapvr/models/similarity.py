@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hapvr.batching import CHUNK_FRAMES, repeat_to_min_length, split_chunks
 from hapvr.models.attention import RegionAttention
 from hapvr.models.comparator import MIN_FRAMES, FrameComparator
 from hapvr.ops import spatial_topk_chamfer, temporal_topk_chamfer, topk_count
 
-MAX_TARGET_CHUNK = 2048  # frames per target chunk at evaluation (bounds the [T, T'] map)
+MAX_TARGET_CHUNK = CHUNK_FRAMES  # frames per target chunk in similarity() (hapvr.batching)
 
 
 @dataclass
@@ -46,28 +47,6 @@ class SimilarityOutput:
 
         return SimilarityOutput(*(move(getattr(self, f)) for f in
                                   ("video", "frame_maps", "raw", "raw_mask", "query_lengths", "target_lengths")))
-
-
-def repeat_to_min_length(x: torch.Tensor, lengths: torch.Tensor, min_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Self-concatenate videos shorter than ``min_frames`` until they reach it.
-
-    ``x [B, T, ...]`` padded batch, ``lengths [B]``. A video of length L < min_frames becomes
-    ``ceil(min_frames / L)`` copies of itself. Returns the new batch and lengths.
-    """
-    lengths = lengths.to(torch.int64)
-    short = (lengths > 0) & (lengths < min_frames)
-    if not bool(short.any()):
-        return x, lengths
-    safe = lengths.clamp(min=1)
-    reps = torch.where(short, (min_frames + safe - 1) // safe, torch.ones_like(safe))
-    new_lengths = torch.where(short, safe * reps, lengths)
-    T_new = max(x.shape[1], int(new_lengths.max()))
-    t = torch.arange(T_new, device=x.device)[None, :]
-    idx = torch.where(short[:, None], t % safe[:, None], t.clamp(max=x.shape[1] - 1))
-    idx = idx.view(idx.shape + (1,) * (x.dim() - 2)).expand((x.shape[0], T_new) + x.shape[2:])
-    out = torch.gather(x, 1, idx)
-    valid = (t < new_lengths[:, None]).view((x.shape[0], T_new) + (1,) * (x.dim() - 2))
-    return out * valid.to(out.dtype), new_lengths
 
 
 class VideoSimilarityModel(nn.Module):
@@ -170,8 +149,8 @@ class VideoSimilarityModel(nn.Module):
             raise ValueError("a video with no frames has no similarity")
         q = query if indexed else self.index_video(query)
         scores = []
-        for start in range(0, target.shape[0], MAX_TARGET_CHUNK):
-            chunk = target[start:start + MAX_TARGET_CHUNK]
+        for c in split_chunks("target", target.shape[0], MAX_TARGET_CHUNK):
+            chunk = target[c.start:c.end]
             t = chunk if indexed else self.index_video(chunk)
             scores.append(self(q[None], t[None], indexed=True).video[0, 0])
         return float(torch.stack(scores).mean())

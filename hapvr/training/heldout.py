@@ -1,4 +1,4 @@
-"""Evaluation on the held-out benchmark: mAP / uAP per level, the results table and heatmaps."""
+"""The held-out benchmark during training: mAP / uAP per level, the results table and heatmaps."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 
 from dataclasses import dataclass
 
+from hapvr.batching import pad_stack as pad
 from hapvr.evaluation.benchmarks import Benchmark, evaluate_scores
 
 # FIVR-style tasks of the built-in benchmark: which labels count as relevant at each level
@@ -33,14 +34,6 @@ def evaluate_levels(similarities: dict[str, dict[str, float]], labels: dict[str,
     res = evaluate_scores(bench, similarities, present=db | set(similarities))
     return {task: LevelResult(task, res.retrieval.get(task, float("nan")), res.detection[task], res.queries_used[task])
             for task in LEVEL_LABELS}
-
-
-def pad(videos: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([v.shape[0] for v in videos])
-    out = videos[0].new_zeros((len(videos), int(lengths.max())) + tuple(videos[0].shape[1:]))
-    for i, v in enumerate(videos):
-        out[i, : v.shape[0]] = v
-    return out, lengths
 
 
 def device_of(model) -> torch.device:

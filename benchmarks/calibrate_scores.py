@@ -1,0 +1,113 @@
+"""What a score means: each model's score range and the "copy" threshold at a stated precision,
+calibrated on the built-in held-out benchmark (its DS level: the query's own footage re-edited,
+re-encoded, cropped, captioned, picture-in-picture; every other video is "not a copy").
+
+    python benchmarks/calibrate_scores.py --checkpoint runs/hapvr/checkpoint.pt --precision-target 0.95 \
+        --json benchmarks/results/scores.json
+
+Needs the benchmark cache that python -m hapvr.train builds (--cache-dir, default ~/.cache/hapvr).
+For each model (the features-only baseline and the checkpoint's trained model, both over the
+checkpoint's PCA) it scores every query against every other benchmark video, in both directions
+and symmetrised, and prints: the range of the scores, of the copies' and of the others'; the
+lowest threshold whose pooled precision (copies above it / all above it) reaches the target, and
+the recall there. docs/scores.md shows the table; hapvr.api.BASELINE_SCALE / TRAINED_SCALE hold
+the thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _harness as H  # noqa: E402
+
+
+def threshold_at_precision(scores: list[float], copy: list[bool], target: float):
+    """Lowest threshold t (a score value) such that precision of {s >= t} >= target; (t, precision, recall)."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    total = sum(copy)
+    best = None
+    tp = 0
+    for n, i in enumerate(order, 1):
+        tp += copy[i]
+        if n < len(order) and scores[order[n]] == scores[i]:
+            continue  # ties enter together
+        if tp / n >= target:
+            best = (scores[i], tp / n, tp / total)
+    return best
+
+
+def main() -> None:
+    from hapvr.cli import input_file
+    from hapvr.models import VideoSimilarityModel
+    from hapvr.serialization import load_torch_file
+    from hapvr.training.config import default_cache_dir
+    from hapvr.training.pool import BenchmarkFeatures
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--cache-dir", default=default_cache_dir())
+    ap.add_argument("--precision-target", type=float, default=0.95)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    input_file(args.checkpoint, "--checkpoint")
+    found = sorted(glob.glob(os.path.join(args.cache_dir, "benchmark-*.pt")), key=os.path.getmtime)
+    if not found:
+        raise SystemExit(f"error: no benchmark cache in {args.cache_dir}: run python -m hapvr.train first")
+    bench = BenchmarkFeatures(**load_torch_file(found[-1], "benchmark cache"))
+    state = load_torch_file(args.checkpoint, "--checkpoint", allow_numpy=True)
+    from hapvr.features.pca import PCAWhitening
+
+    pca_state = state["pca"]
+    pca = PCAWhitening(pca_state["projection"].shape[0], pca_state["projection"].shape[1])
+    pca.load_state_dict(pca_state)
+    feats = {v: pca(d.float()) for v, d in bench.desc.items()}
+    cfg = state["config"]
+    trained = VideoSimilarityModel(cfg.get("pca_dim", 512), cfg.get("k_s", 0.1), cfg.get("k_t", 0.03)).eval()
+    trained.load_state_dict(state["model"])
+    models = {"baseline (features-only Chamfer)": VideoSimilarityModel(cfg.get("pca_dim", 512), attention=False,
+                                                                      comparator=False).eval(),
+              "HAP-VR (trained)": trained}
+    rows, out = [], {}
+    for name, model in models.items():
+        for mode in ("query -> target", "symmetric"):
+            scores, copy = [], []
+            for q in bench.queries:
+                ds = set(bench.labels[q].get("DS", []))
+                for v in sorted(feats):
+                    if v == q:
+                        continue
+                    s = model.similarity(feats[q], feats[v])
+                    if mode == "symmetric":
+                        s = 0.5 * (s + model.similarity(feats[v], feats[q]))
+                    scores.append(s)
+                    copy.append(v in ds)
+            pos = [s for s, c in zip(scores, copy) if c]
+            neg = [s for s, c in zip(scores, copy) if not c]
+            cal = threshold_at_precision(scores, copy, args.precision_target)
+            out[f"{name} {mode}"] = dict(min=min(scores), max=max(scores), copies=[min(pos), max(pos)],
+                                         others=[min(neg), max(neg)], pairs=len(scores), copies_n=len(pos),
+                                         threshold=None if cal is None else cal[0],
+                                         precision=None if cal is None else cal[1],
+                                         recall=None if cal is None else cal[2])
+            r = out[f"{name} {mode}"]
+            rows.append([name, mode, f"{r['min']:.3f} .. {r['max']:.3f}", f"{min(pos):.3f} .. {max(pos):.3f}",
+                         f"{min(neg):.3f} .. {max(neg):.3f}",
+                         "-" if cal is None else f"{cal[0]:.3f}", "-" if cal is None else f"{cal[1]:.3f}",
+                         "-" if cal is None else f"{cal[2]:.3f}"])
+    print(f"built-in benchmark: {len(bench.queries)} queries x {len(feats) - 1} videos, copies = DS level; "
+          f"threshold = lowest score with pooled precision >= {args.precision_target}")
+    H.print_table(["model", "direction", "all scores", "copies", "others", "threshold", "precision", "recall"], rows)
+    if args.json:
+        H.write_json(args.json, dict(precision_target=args.precision_target, benchmark=os.path.basename(found[-1]),
+                                     checkpoint=args.checkpoint, results=out))
+
+
+if __name__ == "__main__":
+    main()
