@@ -1,0 +1,163 @@
+"""Search an index (python -m hapvr.index) for copies of query videos, or list its duplicates.
+
+Search runs in two stages: a coarse stage (faiss over segment-level descriptors: exact for
+small collections, IVF for large ones) picks --candidates videos, which the model then scores
+exactly; --exhaustive scores every indexed video. Each result gets its copied segments (query and
+target spans in seconds). Queries shorter than the model's minimum length are repeated, as the
+model does. --json writes {"queries": [{"query", "results": [{"id", "similarity", "segments"}]}]}
+(docs/formats.md).
+
+--duplicates lists every pair of indexed videos whose similarity reaches --threshold (default:
+the model's calibrated "copy" threshold, docs/scores.md) and groups them into clusters, using
+the coarse stage to avoid all-pairs work; --symmetric scores a pair by the mean of both
+directions (whole-video duplicates), otherwise by the shorter video against the longer (a clip
+cut from a longer video is found too).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+
+from hapvr.cli import ArgumentParser, fail, input_file, int_at_least, output_file, run_main
+
+EXAMPLES = """\
+  python -m hapvr.search --index my.index suspect.mp4
+  python -m hapvr.search --index my.index a.mp4 b.mp4 --top 5 --json results.json
+  python -m hapvr.search --index my.index --duplicates --csv duplicates.csv
+"""
+
+
+def build_parser() -> ArgumentParser:
+    ap = ArgumentParser(prog="python -m hapvr.search", description=__doc__, examples=EXAMPLES)
+    ap.add_argument("queries", nargs="*", metavar="QUERY_VIDEO", help="query video files")
+    ap.add_argument("--index", required=True, help="index folder made by python -m hapvr.index build")
+    ap.add_argument("--top", type=int_at_least(1), default=10, help="results per query")
+    ap.add_argument("--candidates", type=int_at_least(1), default=100,
+                    help="videos the coarse stage passes to the exact scoring")
+    ap.add_argument("--exhaustive", action="store_true", help="score every indexed video (no coarse stage)")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--duplicates", action="store_true", help="list the duplicate pairs and clusters of the index")
+    ap.add_argument("--threshold", type=float, help="similarity of a duplicate pair (default: the model's copy threshold)")
+    ap.add_argument("--symmetric", action="store_true", help="with --duplicates: mean of both directions")
+    ap.add_argument("--csv", help="with --duplicates: write the pairs here as CSV")
+    ap.add_argument("--no-segments", action="store_true", help="skip the localisation of copied segments")
+    ap.add_argument("--checkpoint", help="the checkpoint the index was built with (default: the default model)")
+    ap.add_argument("--baseline", action="store_true", help="the index was built with --baseline")
+    ap.add_argument("--fps", type=float, default=1.0, help="frames per second the index was built with")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    return ap
+
+
+def _write_json(path: str, payload: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _search(args, model, store) -> int:
+    from hapvr.api import localize
+    from hapvr.data.video import VideoDecodeError
+    from hapvr.retrieval.search import Searcher
+
+    if len(store) == 0:
+        fail(f"--index {args.index}: the index is empty (add videos with python -m hapvr.index add)")
+    features = []
+    for q in args.queries:
+        try:
+            features.append(model.features(q))
+        except (VideoDecodeError, ValueError) as exc:
+            fail(f"QUERY {exc}" if q in str(exc) else f"QUERY {q}: {exc}")
+    searcher = Searcher(store, model.scorer())
+    out = []
+    for q, fq in zip(args.queries, features):
+        res = searcher.search(fq, k=args.top, candidates=args.candidates, exhaustive=args.exhaustive)
+        results = []
+        for hit in res.hits:
+            segments = []
+            if not args.no_segments:
+                fmap = model.frame_map(fq, store.load(hit.id).float())
+                segments = [s.to_dict() for s in localize(fmap, fps=model.fps, threshold=model.scale.localize_threshold)]
+            results.append({"id": hit.id, "similarity": hit.score, "segments": segments})
+        out.append({"query": q, "results": results})
+        copy = model.scale.threshold if args.threshold is None else args.threshold
+        print(f"\n{q}: {len(store)} indexed videos, {res.scored} scored "
+              f"({'exhaustive' if args.exhaustive else 'coarse stage + exact scoring'}), "
+              f"{1000 * (res.coarse_seconds + res.rerank_seconds):.0f} ms")
+        print(f"  {'rank':>4}  {'similarity':>10}  {'copy?':<5}  {'segments (query s -> target s)':<34}  id")
+        for rank, r in enumerate(results, 1):
+            seg = "; ".join(f"{s['query_start']:.0f}-{s['query_end']:.0f} -> {s['target_start']:.0f}-{s['target_end']:.0f}"
+                            for s in r["segments"][:2]) or "-"
+            print(f"  {rank:>4}  {r['similarity']:>10.4f}  {'yes' if r['similarity'] >= copy else 'no':<5}  {seg:<34}  {r['id']}")
+    if args.json:
+        _write_json(args.json, {"queries": out})
+    return 0
+
+
+def _duplicates(args, model, store) -> int:
+    from hapvr.retrieval.search import duplicates
+
+    threshold = model.scale.threshold if args.threshold is None else args.threshold
+    found = duplicates(store, model.scorer(), threshold, symmetric=args.symmetric, progress=True)
+    print(f"{len(store)} indexed videos, {found.candidate_pairs} candidate pairs from the coarse stage, "
+          f"{len(found.pairs)} pairs with similarity >= {threshold:g}"
+          f"{' (symmetric)' if args.symmetric else ''}, {len(found.clusters)} clusters")
+    for i, cluster in enumerate(found.clusters, 1):
+        print(f"  cluster {i}: {', '.join(cluster)}")
+    for p in found.pairs[:50]:
+        print(f"  {p.score:.4f}  {p.a}  {p.b}")
+    if args.json:
+        _write_json(args.json, {"threshold": threshold, "symmetric": args.symmetric,
+                                "pairs": [{"a": p.a, "b": p.b, "similarity": p.score} for p in found.pairs],
+                                "clusters": found.clusters})
+    if args.csv:
+        tmp = args.csv + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["a", "b", "similarity", "cluster"])
+            cluster_of = {v: i for i, c in enumerate(found.clusters, 1) for v in c}
+            for p in found.pairs:
+                w.writerow([p.a, p.b, f"{p.score:.6f}", cluster_of.get(p.a, "")])
+        os.replace(tmp, args.csv)
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 0
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.duplicates == bool(args.queries):
+        fail("give QUERY_VIDEO files to search for, or --duplicates (not both)")
+    if args.csv and not args.duplicates:
+        fail("--csv goes with --duplicates")
+    for q in args.queries:
+        if not os.path.isdir(q):
+            input_file(q, "QUERY")
+    for arg, path in (("--json", args.json), ("--csv", args.csv)):
+        if path:
+            output_file(path, arg)
+    if args.checkpoint:
+        input_file(args.checkpoint, "--checkpoint")
+    if not os.path.isfile(os.path.join(args.index, "manifest.json")):
+        fail(f"--index {args.index}: no index there (make one with python -m hapvr.index build)")
+    from hapvr.api import load_model
+    from hapvr.index import open_index
+
+    try:
+        model = load_model(args.checkpoint, baseline=args.baseline, device=args.device, fps=args.fps)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    store = open_index(args.index, model)
+    with store:
+        return _duplicates(args, model, store) if args.duplicates else _search(args, model, store)
+
+
+def main(argv=None) -> int:
+    return run_main(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
