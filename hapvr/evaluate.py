@@ -174,9 +174,7 @@ def _pooled(bench, scores, present):
         for q in bench.queries:
             if q not in present:
                 continue
-            g = {v for v in per.get(q, ()) if v in present and v != q}
-            if not g:
-                continue
+            g = {v for v in per.get(q, ()) if v in present and v != q}  # none: its candidates are negatives
             for v in sorted({v for v in bench.candidates_of(q) if v in present and v != q}):
                 s.append(scores[q][v])
                 r.append(v in g)

@@ -337,9 +337,6 @@ def test_fivr_protocol_hand_computed(fivr_by_hand):
     assert res.detection["ISVD"] == pytest.approx(34 / 63)
 
 
-@pytest.mark.xfail(strict=True, reason="SPEC section 4: uAP pools the candidates of every query, so a query "
-                   "without positives at a level still contributes its candidates as negatives; "
-                   "evaluate_scores drops such queries from the pool (hapvr/evaluation/benchmarks.py)")
 def test_fivr_uap_keeps_queries_without_positives_as_negatives(fivr_by_hand):
     bench, scores, present = fivr_by_hand
     res = evaluate_scores(bench, scores, present)
@@ -439,7 +436,9 @@ def test_custom_levels_protocol_hand_computed(tmp_path):
     assert res.queries_skipped == {"strict": ["q2"], "loose": []}
     # loose-uAP, |GT| = 3: .9 R, .6 n, .5 n, .4 R, .3 R, .2 n -> (1 + 2/4 + 3/5) / 3
     assert res.detection["loose-uAP"] == pytest.approx((1 + 2 / 4 + 3 / 5) / 3)
-    assert res.detection["strict-uAP"] == pytest.approx(1 / 3)
+    # strict-uAP, |GT| = 1: q2 has no strict GT, its candidates stay in the pool as negatives:
+    # .9 n, .6 n, .5 n, .4 n, .3 R, .2 n -> (1/5) / 1
+    assert res.detection["strict-uAP"] == pytest.approx(1 / 5)
     # the single-level form, without detection
     plain = load_benchmark("custom", _write(tmp_path, "plain.json", {"queries": ["q1"], "database": ["a", "b", "c"],
                                                                      "positives": {"q1": ["c"]}}))
@@ -452,6 +451,7 @@ def test_relevant_video_outside_the_candidates_counts_as_never_found(tmp_path):
     # in no candidate list, so it counts in |GT| and is never retrieved (benchmarks.py's rule).
     data = {"queries": ["q1", "q2"], "database": ["a", "b"], "positives": {"q1": ["a", "q2"]}}
     bench = load_benchmark("custom", _write(tmp_path, "c.json", data))
-    res = evaluate_scores(bench, {"q1": {"a": .9, "b": .1, "q2": .95}}, {"q1", "q2", "a", "b"})
+    res = evaluate_scores(bench, {"q1": {"a": .9, "b": .1, "q2": .95}, "q2": {"a": .3, "b": .2}},
+                          {"q1", "q2", "a", "b"})
     # candidates of q1: a, b (q2 is no database video). a at rank 1, q2 never: (1/1) / 2.
     assert res.per_query_ap["retrieval"] == pytest.approx({"q1": 1 / 2})

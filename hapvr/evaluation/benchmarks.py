@@ -205,7 +205,10 @@ class EvaluationResult:
 
 def evaluate_scores(bench: Benchmark, scores: dict[str, dict[str, float]], present: set[str]) -> EvaluationResult:
     """Applies the protocol to ``scores[qid][vid]`` (the similarity of candidate ``vid`` to
-    query ``qid``); ``present`` holds the ids that have features."""
+    query ``qid``); ``present`` holds the ids that have features. mAP averages the AP of the
+    queries with ground truth at a level (the others are listed as skipped); uAP pools the
+    candidates of every present query, so a query without positives at a level adds its
+    candidates as negatives (as the release's ``calculate_uAP`` does)."""
     retrieval, detection, used, skipped, per_query = {}, {}, {}, {}, {}
     ap_fn = {
         "standard": metrics.average_precision,
@@ -221,13 +224,15 @@ def evaluate_scores(bench: Benchmark, scores: dict[str, dict[str, float]], prese
                 continue
             cands = sorted({v for v in bench.candidates_of(q) if v in present and v != q})
             gt = {v for v in per.get(q, set()) if v in present and v != q}
-            if not gt:
-                missing.append(q)
-                continue
             row = scores.get(q)
             if row is None:
                 raise KeyError(f"no scores for query {q!r}")
             s = [row[v] for v in cands]
+            if not gt:  # no AP of its own, but its candidates stay in the detection pool as negatives
+                missing.append(q)
+                all_s += s
+                all_r += [False] * len(s)
+                continue
             r = [v in gt for v in cands]
             n_gt = len(gt)  # relevant videos outside the candidate list count as never found
             aps[q] = ap_fn(s, r, n_gt)
