@@ -1,0 +1,1 @@
+"""Search over an indexed video collection."""
