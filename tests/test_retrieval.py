@@ -242,44 +242,54 @@ def test_damaged_frames_are_reported(tmp_path):
 # --- the coarse stage ------------------------------------------------------------------------
 
 
-def test_aggregate_matches_the_written_out_coarse_similarity():
+def _videos(counts: np.ndarray) -> tuple[list[str], np.ndarray]:
+    return [f"v{i}" for i in range(len(counts))], np.concatenate([[0], np.cumsum(counts)[:-1]])
+
+
+def test_flat_search_is_the_written_out_coarse_similarity():
     rng = np.random.default_rng(0)
     counts = rng.integers(1, 5, size=30)
     vectors = unit(rng, int(counts.sum()), 16)
-    owners = np.repeat(np.arange(30), counts)
-    index = CoarseIndex.build(vectors, np.arange(len(vectors)), CoarseConfig(kind="flat", per_candidate=1000))
-    index.set_videos([f"v{i}" for i in range(30)], np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    ids, starts = _videos(counts)
+    index = CoarseIndex.build(vectors, CoarseConfig(kind="flat", block_rows=7))  # blocks cut between videos
+    index.set_videos(ids, starts, counts)
     query = unit(rng, 3, 16)
-    pos, sims = index.search(query, 30)  # every row retrieved: exact
-    expect = coarse_chamfer_reference(query, vectors, owners, 30)
+    pos, sims = index.search(query, 30)
+    expect = coarse_chamfer_reference(query, vectors, np.repeat(np.arange(30), counts), 30)
     np.testing.assert_array_equal(pos, np.argsort(-expect, kind="stable"))
     np.testing.assert_allclose(sims, expect[pos], rtol=1e-5, atol=1e-6)
+    # removed videos leave gaps in the rows: never returned, the others unchanged
+    keep = np.array([i for i in range(30) if i % 3])
+    index.set_videos([ids[i] for i in keep], starts[keep], counts[keep])
+    pos, sims = index.search(query, 30)
+    assert len(pos) == len(keep)
+    np.testing.assert_allclose(sims, expect[keep][pos], rtol=1e-5, atol=1e-6)
 
 
 def test_exact_and_ivf_agree():
     vectors = np.concatenate(list(planted_descriptors(4000, dim=32, seed=1)))
-    rows = np.arange(len(vectors))
     counts = np.full(1000, 4)  # 1000 videos of 4 rows
-    flat = CoarseIndex.build(vectors, rows, CoarseConfig(kind="flat"))
-    ivf = CoarseIndex.build(vectors, rows, CoarseConfig(kind="ivf", nlist=16))
-    assert flat.kind == "flat" and ivf.kind == "ivf" and ivf.index.nlist == 16
+    ids, starts = _videos(counts)
+    flat = CoarseIndex.build(vectors, CoarseConfig(kind="flat"))
+    ivf = CoarseIndex.build(vectors, CoarseConfig(kind="ivf", nlist=16))
+    assert flat.kind == "flat" and ivf.kind == "ivf" and ivf.ann.nlist == 16 and ivf.ann.ntotal == 4000
     for index in (flat, ivf):
-        index.set_videos([f"v{i}" for i in range(1000)], np.arange(0, 4000, 4), counts)
-    queries = [vectors[i * 4: i * 4 + 4] + 0.05 * np.random.default_rng(i).standard_normal((4, 32)).astype(np.float32)
-               for i in range(0, 1000, 100)]
+        index.set_videos(ids, starts, counts)
+    rng = np.random.default_rng(0)
     overlap = []
-    for number, q in zip(range(0, 1000, 100), queries):
+    for number in range(0, 1000, 100):
+        q = vectors[number * 4: number * 4 + 4] + 0.05 * rng.standard_normal((4, 32)).astype(np.float32)
         exact = flat.search(q, 20)
-        everywhere = ivf.search(q, 20, nprobe=16)  # all lists searched: exact
+        everywhere = ivf.search(q, 20, nprobe=16, shortlist_per_row=4000)  # every list, every row: exact
         np.testing.assert_array_equal(exact[0], everywhere[0])
         np.testing.assert_allclose(exact[1], everywhere[1], rtol=1e-5)
-        approx = ivf.search(q, 20, nprobe=4)  # a quarter of the lists: the copy is still first
-        assert approx[0][0] == exact[0][0] == number
+        approx = ivf.search(q, 20, nprobe=4, shortlist_per_row=100)  # a quarter of the lists
+        assert approx[0][0] == exact[0][0] == number  # the near copy is still first
         overlap.append(len(set(approx[0][:10]) & set(exact[0][:10])) / 10)
-    print("IVF nprobe=4/16 top-10 overlap", overlap)
+    print("IVF (4 of 16 lists, 100 rows a row) top-10 overlap with exact", overlap)
     assert np.mean(overlap) >= 0.6
-    auto = CoarseIndex.build(vectors, rows, CoarseConfig(ivf_threshold=3999))
-    assert auto.kind == "ivf"
+    assert CoarseIndex.build(vectors, CoarseConfig(ivf_threshold=3999)).kind == "ivf"
+    assert CoarseIndex.build(vectors, CoarseConfig(ivf_threshold=4000)).kind == "flat"
 
 
 def test_saved_ivf_is_reused_and_extended(tmp_path, planted):
@@ -287,14 +297,15 @@ def test_saved_ivf_is_reused_and_extended(tmp_path, planted):
     with IndexStore.create(tmp_path / "i", space(), (R, D)) as store:
         store.add_many((vid, planted.video(vid)) for vid in planted.ids[:30])
         first = coarse_index(store, cfg)
-        assert (tmp_path / "i" / "coarse.faiss").exists()
+        assert (tmp_path / "i" / "coarse-ivf.faiss").exists() and first.ann.ntotal == store.state()["rows"]
+        centroids = first.ann.quantizer.reconstruct_n(0, 4)
         store.add_many((vid, planted.video(vid)) for vid in planted.ids[30:])
         store.remove(planted.ids[0])
         again = coarse_index(store, cfg)
-        assert again.rows == first.rows + sum(store.row_layout()[2][-(len(planted.ids) - 30):])
-        assert again.ids == store.ids()
+        np.testing.assert_array_equal(again.ann.quantizer.reconstruct_n(0, 4), centroids)  # not trained again
+        assert again.ann.ntotal == store.state()["rows"] and again.ids == store.ids()
         q = video_descriptors(planted.video(planted.ids[0]), store.descriptor)
-        found = [again.ids[p] for p in again.search(q, len(store))[0]]
+        found = [again.ids[p] for p in again.search(q, len(store), nprobe=4, shortlist_per_row=10_000)[0]]
         assert planted.ids[0] not in found and len(found) == len(store)
 
 
@@ -315,6 +326,13 @@ def test_two_stage_finds_planted_copies_and_matches_exhaustive(planted, planted_
             assert [h.id for h in every.hits] == [h.id for h in exhaustive.hits]
             assert [h.score for h in every.hits] == [h.score for h in exhaustive.hits]
             assert exhaustive.scored == len(store) and all(h.coarse is None for h in exhaustive.hits)
+        # several queries scored together give each one's own scores
+        queries = [planted.query(n)[0] for n in range(3)]
+        together = searcher.search_many(queries, k=10, exhaustive=True)
+        for query, joint in zip(queries, together):
+            alone = searcher.search(query, k=10, exhaustive=True)
+            assert [h.id for h in joint.hits] == [h.id for h in alone.hits]
+            np.testing.assert_allclose([h.score for h in joint.hits], [h.score for h in alone.hits], rtol=1e-6)
 
 
 def test_exhaustive_scores_equal_the_evaluation_engine(planted, planted_index, tmp_path):

@@ -553,6 +553,22 @@ class IndexStore:
         return ([r.id for r in recs], np.array([r.row for r in recs], np.int64),
                 np.array([r.rows for r in recs], np.int64))
 
+    def descriptor_matrix(self, verify: bool = True) -> np.ndarray:
+        """Every stored descriptor row by global row number, ``[rows, D]`` float32, memory-mapped
+        read-only (rows of removed videos included: see :meth:`row_layout` for the live runs).
+        ``verify``: check the live videos' rows against their CRCs first (one read of the file)."""
+        D = self.region_shape[1]
+        if self._row_end == 0:
+            return np.zeros((0, D), DESCRIPTOR_DTYPE)
+        matrix = np.memmap(self._file("desc"), dtype=DESCRIPTOR_DTYPE, mode="r", shape=(self._row_end, D))
+        if verify:
+            flat = matrix.reshape(-1).view(np.uint8)
+            for rec in self._records.values():
+                if zlib.crc32(flat[rec.row * self._row_bytes: (rec.row + rec.rows) * self._row_bytes]) != rec.desc_crc:
+                    raise CorruptFileError(f"index {self.path}: the descriptor of video {rec.id!r} is damaged on disk "
+                                           "(CRC mismatch); remove and re-add it")
+        return matrix
+
     def descriptors(self, since_row: int = 0) -> Descriptors:
         """Descriptor rows of the live videos added at or after global row ``since_row`` (all by
         default), read from disk and CRC-checked on each call."""

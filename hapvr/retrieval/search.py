@@ -10,12 +10,13 @@ by that score. ``exhaustive=True`` skips stage 1 and scores every indexed video.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from hapvr.evaluation.engine import EngineConfig, pad_stack, plan_batches, repeat_to, split_chunks
+from hapvr.evaluation.engine import _query_groups  # the engine's grouping of queries by length
 from hapvr.evaluation.scorers import Scorer
 from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, coarse_index, video_descriptors
 from hapvr.retrieval.index_store import IndexStore, space_differences
@@ -55,28 +56,29 @@ def _as_tensor(features) -> torch.Tensor:
     return x.float()
 
 
-def score_videos(scorer: Scorer, store: IndexStore, query: torch.Tensor, vids: list[str],
+def score_videos(scorer: Scorer, store: IndexStore, queries: list[torch.Tensor], vids: list[str],
                  engine: EngineConfig = EngineConfig()) -> np.ndarray:
-    """Exact similarity of one query (``[T, R, D]`` stored-space features) to each of ``vids``.
+    """Exact similarity ``[len(queries), len(vids)]`` of each query (``[T, R, D]`` features in the
+    index's space) to each of ``vids``, each target read once for all queries.
 
-    As :func:`hapvr.evaluation.engine.compute_scores`: targets are cut into chunks of
-    ``engine.chunk_frames`` frames, packed by length into padded batches, and a video's score
-    is the mean of its chunks'; the query and any chunk shorter than ``scorer.min_frames``
-    are repeated up to it."""
-    if not vids:
-        return np.zeros(0, np.float32)
-    q = repeat_to(scorer.index(query), scorer.min_frames)
-    qpad, qlen = pad_stack([q])
-    qlen = qlen.to(qpad.device)
+    As :func:`hapvr.evaluation.engine.compute_scores`: queries are padded in groups of similar
+    length, targets are cut into chunks of ``engine.chunk_frames`` frames and packed by length
+    into padded batches, a video's score is the mean of its chunks', and queries and chunks
+    shorter than ``scorer.min_frames`` are repeated up to it."""
+    out = np.zeros((len(queries), len(vids)), np.float32)
+    if not vids or not queries:
+        return out
+    groups = _query_groups([repeat_to(scorer.index(q), scorer.min_frames) for q in queries], engine)
+    query_frames = max(len(members) * int(qlen.max()) for members, _, qlen in groups)
     position = {v: i for i, v in enumerate(vids)}
     chunks = [c for v in vids for c in split_chunks(v, store.length(v), engine.chunk_frames)]
     remaining: dict[str, int] = {}
     for c in chunks:
         remaining[c.vid] = remaining.get(c.vid, 0) + 1
     counts = np.array([remaining[v] for v in vids], np.float64)
-    sums = np.zeros(len(vids), np.float64)
+    sums = np.zeros((len(queries), len(vids)), np.float64)
     loaded: dict[str, torch.Tensor] = {}
-    for batch in plan_batches(chunks, int(qlen.max()), engine):
+    for batch in plan_batches(chunks, query_frames, engine):
         missing = list(dict.fromkeys(c.vid for c in batch if c.vid not in loaded))
         loaded.update(zip(missing, store.load_many(missing)))
         targets = [repeat_to(scorer.index(loaded[c.vid][c.start: c.end]), scorer.min_frames) for c in batch]
@@ -86,10 +88,13 @@ def score_videos(scorer: Scorer, store: IndexStore, query: torch.Tensor, vids: l
                 del loaded[c.vid]
         tpad, tlen = pad_stack(targets)
         del targets
-        sims = scorer.pairwise(qpad, qlen, tpad, tlen.to(tpad.device))[0].float().cpu().numpy()
-        for c, s in zip(batch, sims):
-            sums[position[c.vid]] += float(s)
-    return (sums / counts).astype(np.float32)
+        tlen = tlen.to(tpad.device)
+        columns = np.array([position[c.vid] for c in batch])
+        for members, qpad, qlen in groups:
+            sims = scorer.pairwise(qpad, qlen, tpad, tlen).float().cpu().numpy()  # [Q_g, B]
+            np.add.at(sums, (members.numpy()[:, None], columns[None, :]), sims)
+    out[:] = sums / counts[None, :]
+    return out
 
 
 class Searcher:
@@ -99,24 +104,18 @@ class Searcher:
     entry differs from ``scorer.fingerprint()``)."""
 
     def __init__(self, store: IndexStore, scorer: Scorer, coarse: CoarseConfig = CoarseConfig(),
-                 engine: EngineConfig = EngineConfig(), persist_coarse: bool | None = None,
+                 engine: EngineConfig = EngineConfig(), persist_coarse: bool = True,
                  coarse_index_: CoarseIndex | None = None):
         _check_scorer(store, scorer)
         self.store, self.scorer, self.engine = store, scorer, engine
-        self.coarse_cfg = coarse
+        self.coarse_cfg, self.persist_coarse = coarse, persist_coarse
         self.coarse = coarse_index_ if coarse_index_ is not None else coarse_index(store, coarse, persist_coarse)
 
     def refresh(self) -> None:
-        """Picks up videos added or removed since (the store's :meth:`refresh`)."""
+        """Picks up videos added or removed since (the store's :meth:`refresh`; a saved IVF is
+        extended, not trained again)."""
         self.store.refresh()
-        self.coarse = coarse_index(self.store, self.coarse_cfg, persist=False) if self.coarse.kind == "flat" \
-            else self._extend_coarse()
-
-    def _extend_coarse(self) -> CoarseIndex:
-        new = self.store.descriptors(since_row=self.coarse.rows_indexed)
-        self.coarse.add(new.vectors, new.rows)
-        self.coarse.set_videos(*self.store.row_layout())
-        return self.coarse
+        self.coarse = coarse_index(self.store, self.coarse_cfg, self.persist_coarse)
 
     def candidates(self, query, candidates: int = DEFAULT_CANDIDATES) -> tuple[list[str], np.ndarray]:
         """Stage 1 alone: the ``candidates`` best videos by coarse similarity, and those similarities."""
@@ -127,20 +126,41 @@ class Searcher:
     def search(self, query, k: int = 10, candidates: int = DEFAULT_CANDIDATES, exhaustive: bool = False) -> SearchResult:
         """The ``k`` indexed videos most similar to ``query`` (``[T, R, D]`` float, torch or numpy,
         in the index's feature space). Queries shorter than ``scorer.min_frames`` are repeated."""
+        return self.search_many([query], k, candidates, exhaustive)[0]
+
+    def search_many(self, queries: list, k: int = 10, candidates: int = DEFAULT_CANDIDATES,
+                    exhaustive: bool = False) -> list[SearchResult]:
+        """:meth:`search` for several queries. Exhaustively, every video is read once and scored
+        against all the queries together (the times reported are shared); with the coarse stage,
+        each query is re-ranked on its own candidates."""
+        xs = [self._check_query(q) for q in queries]
+        if exhaustive:
+            start = time.perf_counter()
+            vids = self.store.ids()
+            scores = score_videos(self.scorer, self.store, xs, vids, self.engine)
+            seconds = time.perf_counter() - start
+            return [SearchResult(self._top(vids, s, None, k), len(vids), 0.0, seconds) for s in scores]
+        results = []
+        for x in xs:
+            start = time.perf_counter()
+            vids, coarse = self.candidates(x, candidates)
+            mid = time.perf_counter()
+            scores = score_videos(self.scorer, self.store, [x], vids, self.engine)[0]
+            results.append(SearchResult(self._top(vids, scores, coarse, k), len(vids), mid - start,
+                                        time.perf_counter() - mid))
+        return results
+
+    def _check_query(self, query) -> torch.Tensor:
         x = _as_tensor(query)
         R, D = self.store.region_shape
         if tuple(x.shape[1:]) != (R, D):
             raise ValueError(f"query features are [T, {x.shape[1]}, {x.shape[2]}], the index holds [T, {R}, {D}]")
-        start = time.perf_counter()
-        if exhaustive:
-            vids, coarse = self.store.ids(), None
-        else:
-            vids, coarse = self.candidates(x, candidates)
-        mid = time.perf_counter()
-        scores = score_videos(self.scorer, self.store, x, vids, self.engine)
+        return x
+
+    @staticmethod
+    def _top(vids: list[str], scores: np.ndarray, coarse: np.ndarray | None, k: int) -> list[Hit]:
         order = np.lexsort((np.arange(len(vids)), -scores))[:k]  # ties: the coarse order, then index order
-        hits = [Hit(vids[i], float(scores[i]), None if coarse is None else float(coarse[i])) for i in order]
-        return SearchResult(hits, len(vids), mid - start, time.perf_counter() - mid)
+        return [Hit(vids[i], float(scores[i]), None if coarse is None else float(coarse[i])) for i in order]
 
 
 def search(store: IndexStore, scorer: Scorer, query, k: int = 10, candidates: int = DEFAULT_CANDIDATES,
@@ -174,7 +194,9 @@ class Duplicates:
 class DuplicatesConfig:
     neighbours: int = 10  # coarse neighbours each video proposes
     min_coarse: float | None = None  # skip proposals with a lower coarse similarity
-    block: int = 256  # videos whose coarse searches go to faiss together
+    shortlist_per_row: int = 32  # nearest rows per descriptor row whose videos are considered (IVF)
+    flat_rows: int = 5_000  # up to this many rows (~300 videos), neighbours come from the exact search
+    block: int = 256  # videos whose IVF searches go to faiss together
 
 
 def duplicates(store: IndexStore, scorer: Scorer, threshold: float, symmetric: bool = False,
@@ -212,7 +234,7 @@ def duplicates(store: IndexStore, scorer: Scorer, threshold: float, symmetric: b
     scores: dict[tuple[str, str], float] = {}
     for a in sorted(directed):
         targets = directed[a]
-        sims = score_videos(scorer, store, store.load(a), targets, engine)
+        sims = score_videos(scorer, store, [store.load(a)], targets, engine)[0]
         scores.update(((a, b), float(s)) for b, s in zip(targets, sims))
         if bar:
             bar.update(1)
@@ -232,21 +254,24 @@ def duplicates(store: IndexStore, scorer: Scorer, threshold: float, symmetric: b
 
 
 def _coarse_pairs(searcher: Searcher, cfg: DuplicatesConfig) -> set[tuple[str, str]]:
-    """Unordered pairs ``(u, v)``, ``u < v``, where one proposed the other."""
+    """Unordered pairs ``(u, v)``, ``u < v``, where one proposed the other. Beyond ``flat_rows``
+    rows an IVF proposes them (the exact search would cost every row against every row)."""
     index = searcher.coarse
-    desc = searcher.store.descriptors()
+    if index.kind == "flat" and index.rows > cfg.flat_rows:
+        index = coarse_index(searcher.store, replace(searcher.coarse_cfg, kind="ivf"), searcher.persist_coarse)
     position = {v: i for i, v in enumerate(index.ids)}
-    bounds = np.searchsorted(desc.owners, np.arange(len(desc.ids) + 1))  # video j: rows bounds[j]:bounds[j+1]
+    ids, starts, counts = searcher.store.row_layout()
     out: set[tuple[str, str]] = set()
-    for b0 in range(0, len(desc.ids), cfg.block):
-        block = range(b0, min(b0 + cfg.block, len(desc.ids)))
-        found = index.search_many([desc.vectors[bounds[j]: bounds[j + 1]] for j in block], cfg.neighbours + 1)
+    for b0 in range(0, len(ids), cfg.block):
+        block = range(b0, min(b0 + cfg.block, len(ids)))
+        rows = [np.asarray(index.vectors[starts[j]: starts[j] + counts[j]], dtype=np.float32) for j in block]
+        found = index.search_many(rows, cfg.neighbours + 1, shortlist_per_row=cfg.shortlist_per_row)
         for j, (pos, coarse) in zip(block, found):
-            me = position[desc.ids[j]]
+            me = position[ids[j]]
             for p, c in zip(pos.tolist(), coarse.tolist()):
                 if p == me or (cfg.min_coarse is not None and c < cfg.min_coarse):
                     continue
-                u, v = desc.ids[j], index.ids[p]
+                u, v = ids[j], index.ids[p]
                 out.add((u, v) if u < v else (v, u))
     return out
 
