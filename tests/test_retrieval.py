@@ -227,6 +227,23 @@ def test_torn_tail_and_lost_unsynced_data_are_dropped(tmp_path):
         assert store.ids() == ["a", "b"]
 
 
+def test_compaction_killed_before_the_switch_leaves_the_old_index(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "i"
+    with IndexStore.create(path, space(), (R, D)) as store:
+        store.add_many([("a", unit(rng, 3, R, D)), ("b", unit(rng, 5, R, D))])
+        store.remove("a")
+    for kind in ("frames", "desc", "journal"):  # what a compaction killed mid-way leaves
+        (path / f"g1.{kind}").write_bytes(b"half")
+    (path / "manifest.json.tmp").write_text("{")
+    with IndexStore.open(path) as store:
+        assert store.ids() == ["b"] and store.generation == 0
+    with IndexStore.open(path, writable=True) as store:  # the writer clears the debris
+        assert sorted(p.name for p in path.iterdir()) == ["g0.desc", "g0.frames", "g0.journal", "lock", "manifest.json"]
+        store.compact()
+        assert store.ids() == ["b"] and store.generation == 1
+
+
 def test_damaged_frames_are_reported(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "i"

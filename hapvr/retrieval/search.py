@@ -98,18 +98,19 @@ def score_videos(scorer: Scorer, store: IndexStore, queries: list[torch.Tensor],
 
 
 class Searcher:
-    """Searches one index with one scorer; the coarse index is built (or loaded) once, here.
+    """Searches one index with one scorer; the coarse index is opened (or an IVF trained or
+    loaded) once, here. ``prebuilt``: a coarse index to use instead.
 
     Raises ValueError if the index was built for another scorer (its manifest's ``scorer``
     entry differs from ``scorer.fingerprint()``)."""
 
     def __init__(self, store: IndexStore, scorer: Scorer, coarse: CoarseConfig = CoarseConfig(),
                  engine: EngineConfig = EngineConfig(), persist_coarse: bool = True,
-                 coarse_index_: CoarseIndex | None = None):
+                 prebuilt: CoarseIndex | None = None):
         _check_scorer(store, scorer)
         self.store, self.scorer, self.engine = store, scorer, engine
         self.coarse_cfg, self.persist_coarse = coarse, persist_coarse
-        self.coarse = coarse_index_ if coarse_index_ is not None else coarse_index(store, coarse, persist_coarse)
+        self.coarse = prebuilt if prebuilt is not None else coarse_index(store, coarse, persist_coarse)
 
     def refresh(self) -> None:
         """Picks up videos added or removed since (the store's :meth:`refresh`; a saved IVF is
@@ -119,7 +120,7 @@ class Searcher:
 
     def candidates(self, query, candidates: int = DEFAULT_CANDIDATES) -> tuple[list[str], np.ndarray]:
         """Stage 1 alone: the ``candidates`` best videos by coarse similarity, and those similarities."""
-        rows = video_descriptors(_as_tensor(query).numpy(), self.store.descriptor)
+        rows = video_descriptors(self._check_query(query).numpy(), self.store.descriptor)
         pos, sims = self.coarse.search(rows, candidates)
         return [self.coarse.ids[i] for i in pos], sims
 
