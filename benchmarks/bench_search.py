@@ -1,0 +1,483 @@
+"""Benchmark of hapvr.retrieval: index build, two-stage query latency and memory, coarse recall
+against exhaustive search, duplicates(), and the coarse stage alone at a million descriptors.
+
+    python benchmarks/bench_search.py --part index,latency,recall,duplicates --size 1000
+    python benchmarks/bench_search.py --part index,latency --size 20000
+    python benchmarks/bench_search.py --part recall --size 20000 --recall-queries 8
+    python benchmarks/bench_search.py --part duplicates --size 20000
+    python benchmarks/bench_search.py --part coarse --rows 1000000
+
+Data: :class:`hapvr.retrieval.planted.PlantedCollection` (R = 9, D = 512, 10-60 frames a video;
+20 % of the videos in planted groups of a source and 3 copies made by frame drops, shuffles,
+speed changes, sub-clips, a copy-wide shift and per-region noise; the rest distractors that
+share Zipf-popular scenes). Queries are held-out copies cut or filled to 30 frames (a short copy
+is followed by unrelated frames, as in a compilation). Full float16 features are on disk in the
+index. Scorer: :class:`hapvr.evaluation.scorers.ChamferBaseline` (fp32; no checkpoint needed).
+
+Each part runs in under ~10 minutes on a 2-core machine and merges its numbers into the JSON
+file (``--json``, default ``benchmarks/results/search.json``) with the date, machine and load.
+Indexes are kept in ``--workdir`` between parts (a killed build resumes where it stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # this tree's hapvr, not an installed one
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import _harness as H  # noqa: E402
+
+QUERY_FRAMES = 30
+CANDIDATES = (25, 50, 100, 200, 400)
+TARGETS = {"latency_s": 1.0, "rss_bytes": 4 * 1024 ** 3, "recall": 0.95}
+
+
+def collection(size: int):
+    from hapvr.retrieval.planted import PlantedCollection, PlantedConfig
+
+    return PlantedCollection(PlantedConfig(n_videos=size))
+
+
+def space() -> dict:
+    from hapvr.evaluation.scorers import ChamferBaseline
+    from hapvr.retrieval.index_store import feature_space
+
+    return feature_space(ChamferBaseline(), backbone="synthetic-planted", pca=None, region_shape=[9, 512])
+
+
+def index_path(args, size: int) -> Path:
+    return Path(args.workdir) / f"index-{size}"
+
+
+def queries(col, n: int, first: int = 0) -> list[tuple[np.ndarray, str]]:
+    return [col.query(i, frames=QUERY_FRAMES) for i in range(first, first + n)]
+
+
+# --- parts ------------------------------------------------------------------------------------
+
+
+def part_index(args, size: int) -> dict:
+    """Builds (or resumes) the index of ``size`` videos; times only the index's own work."""
+    from hapvr.retrieval.index_store import IndexStore
+
+    col = collection(size)
+    path = index_path(args, size)
+    store = IndexStore.open(path, space(), writable=True) if (path / "manifest.json").exists() \
+        else IndexStore.create(path, space(), (9, 512))
+    present = set(store.ids())
+    todo = [v for v in col.ids if v not in present]
+    index_seconds, generate_seconds, frames = 0.0, 0.0, 0
+    from hapvr.progress import progress
+
+    bar = progress(total=len(todo), unit="video", desc=f"indexing {size}")
+    for b0 in range(0, len(todo), 256):
+        t0 = time.perf_counter()
+        batch = [(v, col.video(v)) for v in todo[b0: b0 + 256]]
+        t1 = time.perf_counter()
+        store.add_many(batch)  # one sync per call
+        index_seconds += time.perf_counter() - t1
+        generate_seconds += t1 - t0
+        frames += sum(x.shape[0] for _, x in batch)
+        bar.update(len(batch))
+    bar.close()
+    out = {"videos": len(store), "resumed_from": len(present), "added": len(todo),
+           "add_seconds": round(index_seconds, 2), "generate_seconds": round(generate_seconds, 2),
+           "frames_added": frames, "disk_bytes": store.disk_bytes(),
+           "frames_bytes": (path / f"g{store.generation}.frames").stat().st_size,
+           "descriptor_bytes": (path / f"g{store.generation}.desc").stat().st_size}
+    if todo:
+        out["videos_per_s"] = round(len(todo) / index_seconds, 1)
+    store.close()
+    return out
+
+
+def _evict(path: Path) -> None:
+    """Drops this index's frames from the page cache (this file only), for a cold-cache query."""
+    for p in path.glob("g*.frames"):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def latency_child(args, size: int) -> dict:
+    """In a fresh process: opening, the coarse index (flat: ready on open; an IVF trained, saved
+    and read back for comparison), 30-frame queries warm and cold, and the peak resident memory."""
+    import faiss
+
+    from hapvr.evaluation.scorers import ChamferBaseline
+    from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, coarse_index, video_descriptors
+    from hapvr.retrieval.index_store import IndexStore
+    from hapvr.retrieval.search import DEFAULT_CANDIDATES, Searcher
+
+    col = collection(size)
+    qs = queries(col, args.latency_queries, first=1000)
+    path = index_path(args, size)
+    t0 = time.perf_counter()
+    store = IndexStore.open(path, space())
+    out = {"open_s": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    coarse = coarse_index(store, CoarseConfig(), persist=False)
+    out["coarse_default"] = {"kind": coarse.kind, "rows": coarse.rows, "ready_after_open_s": time.perf_counter() - t0}
+    scorer = ChamferBaseline()
+    searcher = Searcher(store, scorer, prebuilt=coarse)
+    for name, evict in (("warm", False), ("cold", True)):
+        totals, coarse_s, rerank_s = [], [], []
+        for i, (q, _) in enumerate(qs):
+            if evict:
+                _evict(path)
+            t0 = time.perf_counter()
+            r = searcher.search(q, k=10, candidates=DEFAULT_CANDIDATES)
+            totals.append(time.perf_counter() - t0)
+            coarse_s.append(r.coarse_seconds)
+            rerank_s.append(r.rerank_seconds)
+        out[f"query_{name}"] = {"median_s": statistics.median(totals), "max_s": max(totals),
+                                "coarse_median_s": statistics.median(coarse_s),
+                                "rerank_median_s": statistics.median(rerank_s)}
+    out["peak_rss_bytes"] = H._status_kib("VmHWM:") * 1024  # open, coarse index and queries
+    # the IVF alternative: trained now, or saved and read back
+    live = np.concatenate([np.arange(s, s + c) for _, s, c in zip(*store.row_layout())])
+    t0 = time.perf_counter()
+    ivf = CoarseIndex.build(coarse.vectors, CoarseConfig(kind="ivf"), live)
+    ivf_s = time.perf_counter() - t0
+    ivf.set_videos(*store.row_layout())
+    saved = Path(args.workdir) / f"ivf-{size}.faiss"
+    t0 = time.perf_counter()
+    ivf.save(saved, store.state())
+    save_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    faiss.read_index(str(saved))
+    out["coarse_ivf"] = {"nlist": int(ivf.ann.nlist), "train_and_add_s": ivf_s, "save_s": save_s,
+                         "read_back_s": time.perf_counter() - t0, "file_bytes": saved.stat().st_size}
+    for name, index in (("flat", coarse), ("ivf", ivf)):
+        times = []
+        for q, _ in qs:
+            rows = video_descriptors(q, store.descriptor)
+            t0 = time.perf_counter()
+            index.search(rows, DEFAULT_CANDIDATES)
+            times.append(time.perf_counter() - t0)
+        out[f"coarse_{name}_search_median_s"] = statistics.median(times)
+    del ivf
+    out["candidates"] = DEFAULT_CANDIDATES
+    out["faiss_threads"] = faiss.omp_get_max_threads()
+    out["peak_rss_with_ivf_training_bytes"] = H._status_kib("VmHWM:") * 1024
+    return out
+
+
+def part_latency(args, size: int) -> dict:
+    cmd = [sys.executable, __file__, "--latency-child", str(size), "--workdir", args.workdir,
+           "--latency-queries", str(args.latency_queries)] + (["--threads", str(args.threads)] if args.threads else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"latency child for {size} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def part_recall(args, size: int) -> dict:
+    """Fraction of the exhaustive top-10 in the coarse top-C, per query, and the speed-up."""
+    from hapvr.evaluation.scorers import ChamferBaseline
+    from hapvr.retrieval.index_store import IndexStore
+    from hapvr.retrieval.search import DEFAULT_CANDIDATES, Searcher
+
+    col = collection(size)
+    qs = queries(col, args.recall_queries)
+    with IndexStore.open(index_path(args, size), space()) as store:
+        searcher = Searcher(store, ChamferBaseline())
+        t0 = time.perf_counter()
+        exhaustive = searcher.search_many([q for q, _ in qs], k=10, exhaustive=True)
+        batched_s = (time.perf_counter() - t0) / len(qs)
+        t0 = time.perf_counter()
+        searcher.search(qs[0][0], k=10, exhaustive=True)
+        single_s = time.perf_counter() - t0
+        recall = {C: [] for C in CANDIDATES}
+        recall_copies = {C: [] for C in CANDIDATES}
+        per_query = []
+        for (q, source), ex in zip(qs, exhaustive):
+            top = [h.id for h in ex.hits]
+            planted = [v for v in top if col.group_of.get(v) == source]
+            cands, _ = searcher.candidates(q, max(CANDIDATES))
+            for C in CANDIDATES:
+                found = set(cands[:C])
+                recall[C].append(sum(v in found for v in top) / len(top))
+                if planted:
+                    recall_copies[C].append(sum(v in found for v in planted) / len(planted))
+            per_query.append({"planted_in_top10": len(planted), "top10_scores": [round(h.score, 4) for h in ex.hits]})
+        t0 = time.perf_counter()
+        two_stage = [searcher.search(q, k=10) for q, _ in qs]
+        two_stage_s = (time.perf_counter() - t0) / len(qs)
+        same_top1 = float(np.mean([a.hits[0].id == b.hits[0].id for a, b in zip(two_stage, exhaustive)]))
+    return {"queries": len(qs), "candidates_default": DEFAULT_CANDIDATES,
+            "recall_top10": {C: round(float(np.mean(v)), 4) for C, v in recall.items()},
+            "recall_top10_min": {C: round(float(np.min(v)), 2) for C, v in recall.items()},
+            "recall_planted_in_top10": {C: round(float(np.mean(v)), 4) if v else None for C, v in recall_copies.items()},
+            "exhaustive_single_query_s": single_s, "exhaustive_batched_per_query_s": batched_s,
+            "two_stage_per_query_s": two_stage_s, "speedup_vs_single": single_s / two_stage_s,
+            "speedup_vs_batched": batched_s / two_stage_s, "two_stage_top1_equals_exhaustive": same_top1,
+            "per_query": per_query}
+
+
+def part_duplicates(args, size: int) -> dict:
+    from hapvr.evaluation.scorers import ChamferBaseline
+    from hapvr.retrieval.index_store import IndexStore
+    from hapvr.retrieval.search import DuplicatesConfig, duplicates
+
+    col = collection(size)
+    cfg = DuplicatesConfig(neighbours=args.neighbours, min_coarse=args.min_coarse)
+    with IndexStore.open(index_path(args, size), space()) as store:
+        t0 = time.perf_counter()
+        found = duplicates(store, ChamferBaseline(), args.threshold, cfg=cfg, progress=True)
+        seconds = time.perf_counter() - t0
+    truth = {frozenset((s, c)) for s, copies in col.groups.items() for c in copies}  # copy-source pairs
+    got = {frozenset((p.a, p.b)) for p in found.pairs}
+    planted_clusters = {frozenset([s, *c]) for s, c in col.groups.items()}
+    exact = sum(frozenset(c) in planted_clusters for c in found.clusters)
+    return {"threshold": args.threshold, "neighbours": cfg.neighbours, "min_coarse": cfg.min_coarse,
+            "seconds": seconds, "coarse_seconds": found.seconds["coarse"], "scoring_seconds": found.seconds["scoring"],
+            "candidate_pairs": found.candidate_pairs, "pairs_found": len(found.pairs),
+            "copy_source_pairs_recall": len(truth & got) / len(truth),
+            "pairs_outside_planted_groups": sum(1 for p in found.pairs if col.group_of.get(p.a) is None
+                                                or col.group_of.get(p.a) != col.group_of.get(p.b)),
+            "clusters": len(found.clusters), "planted_groups": len(planted_clusters),
+            "clusters_equal_to_a_planted_group": exact}
+
+
+def part_coarse(args) -> dict:
+    """The coarse stage alone on ``--rows`` synthetic 512-d descriptor rows (no features): flat and
+    IVF build time, latency of a 30-frame query's rows, IVF agreement with flat, peak memory."""
+    proc = subprocess.run([sys.executable, __file__, "--coarse-child", str(args.rows)]
+                          + (["--threads", str(args.threads)] if args.threads else []),
+                          capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit("coarse child failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def coarse_child(rows: int) -> dict:
+    from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, DescriptorConfig
+    from hapvr.retrieval.planted import planted_descriptors
+
+    per_query = -(-QUERY_FRAMES // DescriptorConfig().segment_frames)  # rows of a 30-frame query
+    t0 = time.perf_counter()
+    vectors = np.concatenate(list(planted_descriptors(rows, 512, seed=7)))
+    out = {"rows": rows, "query_rows": per_query, "generate_s": time.perf_counter() - t0}
+    rows_per_video = 9
+    n_videos = rows // rows_per_video
+    starts = np.arange(n_videos) * rows_per_video
+    counts = np.full(n_videos, rows_per_video)
+    ids = [f"v{i}" for i in range(n_videos)]
+    rng = np.random.default_rng(0)
+    qs = [vectors[s: s + per_query] + 0.3 / np.sqrt(512) * rng.standard_normal((per_query, 512)).astype(np.float32)
+          for s in rng.choice(rows - per_query, 20, replace=False)]
+    results = {}
+    for kind in ("flat", "ivf"):
+        t0 = time.perf_counter()
+        index = CoarseIndex.build(vectors, np.arange(rows), CoarseConfig(kind=kind))
+        build = time.perf_counter() - t0
+        index.set_videos(ids, starts, counts)
+        entry = {"build_s": build, "rss_after_build_bytes": H._status_kib("VmRSS:") * 1024}
+        probes = (None,) if kind == "flat" else (8, 16, 32, 64, 128)
+        for nprobe in probes:
+            index.search(qs[0], 100, nprobe=nprobe)
+            times, found = [], []
+            for q in qs:
+                t0 = time.perf_counter()
+                pos, _ = index.search(q, 100, nprobe=nprobe)
+                times.append(time.perf_counter() - t0)
+                found.append(pos)
+            name = "search" if nprobe is None else f"nprobe{nprobe}"
+            entry[name] = {"median_s": statistics.median(times), "max_s": max(times)}
+            results.setdefault("_found", {})[(kind, nprobe)] = found
+        if kind == "ivf":
+            entry["nlist"] = int(index.index.nlist)
+        results[kind] = entry
+        del index
+    exact = results["_found"][("flat", None)]
+    for nprobe in (8, 16, 32, 64, 128):
+        approx = results["_found"][("ivf", nprobe)]
+        results["ivf"][f"nprobe{nprobe}"]["overlap_with_flat_top100"] = float(np.mean(
+            [len(set(a) & set(e)) / len(e) for a, e in zip(approx, exact)]))
+    del results["_found"]
+    out.update(results)
+    out["peak_rss_bytes"] = H._status_kib("VmHWM:") * 1024
+    return out
+
+
+# --- reporting ----------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    import faiss
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "faiss": faiss.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "load_average_at_start": os.getloadavg()}
+
+
+def fmt_s(x: float) -> str:
+    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.1f} s"
+
+
+def report(results: dict) -> None:
+    rows = []
+    for size, r in sorted(((int(k.split("-")[1]), v) for k, v in results.items() if k.startswith("size-")),
+                          key=lambda kv: kv[0]):
+        if "index" in r:
+            i = r["index"]
+            rows.append([f"{size}", "index build", f"{i.get('add_seconds', 0):.1f} s for {i['added']} videos"
+                         f" ({i.get('videos_per_s', '-')} videos/s); {H.fmt_bytes(i['disk_bytes'])} on disk"
+                         f" (frames {H.fmt_bytes(i['frames_bytes'])}, descriptors {H.fmt_bytes(i['descriptor_bytes'])})"])
+        if "latency" in r:
+            lat = r["latency"]
+            c = lat["coarse_default"]
+            iv = lat["coarse_ivf"]
+            rows.append([f"{size}", "coarse index", f"{c['kind']} over {c['rows']} rows: ready {fmt_s(c['ready_after_open_s'])} "
+                         f"after open, search {fmt_s(lat['coarse_flat_search_median_s'])}; IVF ({iv['nlist']} lists): "
+                         f"train+add {fmt_s(iv['train_and_add_s'])}, saved {fmt_s(iv['save_s'])}, read back "
+                         f"{fmt_s(iv['read_back_s'])}, search {fmt_s(lat['coarse_ivf_search_median_s'])}"])
+            for name in ("warm", "cold"):
+                q = lat[f"query_{name}"]
+                rows.append([f"{size}", f"{QUERY_FRAMES}-frame query, {name} cache (C={lat['candidates']})",
+                             f"median {fmt_s(q['median_s'])} (coarse {fmt_s(q['coarse_median_s'])}, "
+                             f"re-rank {fmt_s(q['rerank_median_s'])}), max {fmt_s(q['max_s'])}"])
+            rows.append([f"{size}", "peak resident memory (whole process)", f"{H.fmt_bytes(lat['peak_rss_bytes'])} "
+                         f"searching; {H.fmt_bytes(lat['peak_rss_with_ivf_training_bytes'])} with the IVF trained beside"])
+        if "recall" in r:
+            rc = r["recall"]
+            rows.append([f"{size}", f"coarse recall of exhaustive top-10 ({rc['queries']} queries)",
+                         ", ".join(f"C={C}: {v}" for C, v in rc["recall_top10"].items())])
+            rows.append([f"{size}", "  of the planted copies in that top-10",
+                         ", ".join(f"C={C}: {v}" for C, v in rc["recall_planted_in_top10"].items())])
+            rows.append([f"{size}", "exhaustive vs two-stage", f"exhaustive {fmt_s(rc['exhaustive_single_query_s'])} "
+                         f"(batched {fmt_s(rc['exhaustive_batched_per_query_s'])}/query), two-stage "
+                         f"{fmt_s(rc['two_stage_per_query_s'])}: x{rc['speedup_vs_single']:.0f} "
+                         f"(x{rc['speedup_vs_batched']:.0f} vs batched)"])
+        if "duplicates" in r:
+            d = r["duplicates"]
+            rows.append([f"{size}", f"duplicates(threshold={d['threshold']}, neighbours={d['neighbours']})",
+                         f"{fmt_s(d['seconds'])} ({d['candidate_pairs']} pairs scored); copy-source pairs found "
+                         f"{d['copy_source_pairs_recall']:.3f}; {d['clusters_equal_to_a_planted_group']}/"
+                         f"{d['planted_groups']} clusters exactly a planted group; "
+                         f"{d['pairs_outside_planted_groups']} pairs outside them"])
+    if "coarse" in results:
+        c = results["coarse"]
+        flat, ivf = c["flat"], c["ivf"]
+        rows.append([f"{c['rows']} rows", "coarse alone, flat", f"build {fmt_s(flat['build_s'])}, query "
+                     f"({c['query_rows']} rows, C=100) {fmt_s(flat['search']['median_s'])}"])
+        for k, v in ivf.items():
+            if k.startswith("nprobe"):
+                rows.append([f"{c['rows']} rows", f"coarse alone, IVF {ivf['nlist']} lists {k}",
+                             f"query {fmt_s(v['median_s'])}, top-100 overlap with flat {v['overlap_with_flat_top100']:.3f}"])
+        rows.append([f"{c['rows']} rows", "coarse alone", f"IVF build {fmt_s(ivf['build_s'])}; peak resident "
+                     f"{H.fmt_bytes(c['peak_rss_bytes'])}"])
+    H.print_table(["size", "measure", "result"], rows)
+
+
+def verdicts(results: dict) -> list[str]:
+    lines = []
+    r = results.get("size-20000", {})
+    if "latency" in r:
+        q = r["latency"]["query_warm"]["median_s"]
+        lines.append(f"{'PASS' if q < TARGETS['latency_s'] else 'FAIL'}: 20k videos, {QUERY_FRAMES}-frame query "
+                     f"median {q:.3f} s (target < 1 s; cold cache {r['latency']['query_cold']['median_s']:.3f} s)")
+        m = r["latency"]["peak_rss_bytes"]
+        lines.append(f"{'PASS' if m < TARGETS['rss_bytes'] else 'FAIL'}: 20k videos, peak resident "
+                     f"{H.fmt_bytes(m)} (target < 4 GiB)")
+    for size in sorted(int(k.split("-")[1]) for k in results if k.startswith("size-")):
+        rc = results[f"size-{size}"].get("recall")
+        if rc:
+            C = rc["candidates_default"]
+            v = rc["recall_top10"][str(C)] if str(C) in rc["recall_top10"] else rc["recall_top10"][C]
+            lines.append(f"{'PASS' if v >= TARGETS['recall'] else 'FAIL'}: {size} videos, coarse recall of the "
+                         f"exhaustive top-10 at C={C}: {v:.3f} over {rc['queries']} queries (target >= 0.95)")
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", default="index,latency,recall,duplicates",
+                   help="comma-separated: index, latency, recall, duplicates, coarse (default: %(default)s)")
+    p.add_argument("--size", type=int, action="append", help="indexed videos (repeatable; default 1000)")
+    p.add_argument("--rows", type=int, default=1_000_000, help="descriptor rows for --part coarse (default: %(default)s)")
+    p.add_argument("--workdir", default="/tmp/hapvr-bench-search", help="where indexes are kept (default: %(default)s)")
+    p.add_argument("--latency-queries", type=int, default=20, help="30-frame queries timed (default: %(default)s)")
+    p.add_argument("--recall-queries", type=int, default=30, help="queries scored exhaustively (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.7, help="duplicates() threshold (default: %(default)s)")
+    p.add_argument("--neighbours", type=int, default=10, help="duplicates() coarse neighbours (default: %(default)s)")
+    p.add_argument("--min-coarse", type=float, default=None, help="duplicates() coarse floor (default: none)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--json", default=str(HERE / "results" / "search.json"), help="results file (merged; default: %(default)s)")
+    p.add_argument("--latency-child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--coarse-child", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.latency_child:
+        print(json.dumps(latency_child(args, args.latency_child)))
+        return
+    if args.coarse_child:
+        print(json.dumps(coarse_child(args.coarse_child)))
+        return
+    parts = [x.strip() for x in args.part.split(",") if x.strip()]
+    unknown = set(parts) - {"index", "latency", "recall", "duplicates", "coarse"}
+    if unknown:
+        p.error(f"unknown part(s) {sorted(unknown)}")
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    results = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
+    runs = results.setdefault("runs", [])
+    run = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+           "command": "python benchmarks/bench_search.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    results["scorer"] = "ChamferBaseline (hapvr.evaluation.scorers, fp32, backend auto): chamfer-baseline-v1"
+    for size in args.size or [1000]:
+        entry = results.setdefault(f"size-{size}", {})
+        for part in ("index", "latency", "recall", "duplicates"):
+            if part in parts:
+                print(f"[{size}] {part} ...", flush=True)
+                t0 = time.perf_counter()
+                fn = {"index": part_index, "latency": part_latency, "recall": part_recall,
+                      "duplicates": part_duplicates}[part]
+                result = fn(args, size) | {"date": run["date"], "load_average": os.getloadavg(),
+                                           "threads": torch.get_num_threads()}
+                if part == "index" and result["added"] == 0 and "index" in entry:
+                    entry["index"]["checked_complete"] = run["date"]  # keep the build's own numbers
+                else:
+                    entry[part] = result
+                print(f"[{size}] {part} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    if "coarse" in parts:
+        print(f"[coarse {args.rows} rows] ...", flush=True)
+        results["coarse"] = part_coarse(args) | {"date": run["date"], "load_average": os.getloadavg()}
+    run["machine"]["load_average_at_end"] = os.getloadavg()
+    runs.append(run)
+    results["verdicts"] = verdicts(results)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    H.write_json(args.json, results)
+    report(results)
+    for line in results["verdicts"]:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Search over an indexed video collection: an on-disk index of region features
+(:mod:`~hapvr.retrieval.index_store`), a coarse stage over per-segment descriptors
+(:mod:`~hapvr.retrieval.coarse`), exact re-ranking by a scorer and near-duplicate detection
+(:mod:`~hapvr.retrieval.search`). :mod:`~hapvr.retrieval.planted` makes synthetic collections
+with planted copies for tests and benchmarks."""
+
+from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, DescriptorConfig, coarse_index, video_descriptors
+from hapvr.retrieval.index_store import IndexLockedError, IndexStore, feature_space
+from hapvr.retrieval.search import (
+    DEFAULT_CANDIDATES,
+    DuplicatePair,
+    Duplicates,
+    DuplicatesConfig,
+    Hit,
+    Searcher,
+    SearchResult,
+    duplicates,
+    score_videos,
+    search,
+)
+
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "CoarseConfig",
+    "CoarseIndex",
+    "DescriptorConfig",
+    "DuplicatePair",
+    "Duplicates",
+    "DuplicatesConfig",
+    "Hit",
+    "IndexLockedError",
+    "IndexStore",
+    "SearchResult",
+    "Searcher",
+    "coarse_index",
+    "duplicates",
+    "feature_space",
+    "score_videos",
+    "search",
+    "video_descriptors",
+]

@@ -1,0 +1,322 @@
+"""The coarse stage: cheap descriptors of each video, and the search over them that picks the
+candidates the scorer then ranks exactly.
+
+**Descriptor.** A frame vector is the normalised mean of the frame's normalised region features;
+a video is described by one row per segment of ``segment_frames`` consecutive frames (the
+normalised sum of their frame vectors). The coarse similarity of a query to a video is a
+Chamfer similarity at segment level: the mean over the query's rows of the best inner product
+with any of the video's rows. It mirrors the exact score (the mean over query frames of the best
+target frame), so a query that is a sub-clip of a long video, or a video that shows the query
+among other shots, still ranks high; one mean vector per video blurs the shots together.
+Fraction of the exhaustive top-10 found in the coarse top-C (planted collection of
+``benchmarks/bench_search.py``, 30-frame queries; exact coarse similarity):
+
+===============================  ========  =====  =====  =====
+rows per video (segment_frames)  videos    C=50   C=100  C=200
+===============================  ========  =====  =====  =====
+1 (one mean per video)           1000      0.667  0.783  0.857
+4.7 (8)                          1000      0.860  0.913  0.983
+8.9 (4)                          1000      0.933  0.967  0.993
+34 (1: every frame)              1000      0.997  1.000  1.000
+1 (one mean per video)           20000     0.475  0.512  0.562
+8.9 (4)                          20000     0.850  0.912  0.912
+17 (2, the default)              20000     0.962  0.988  0.988
+34 (1: every frame)              20000     1.000  1.000  1.000
+===============================  ========  =====  =====  =====
+
+Two-frame segments keep the recall near 0.99 at C = 100 with 17 rows of 2 KiB a video, next
+to ~320 KiB of float16 frames. ``segment_frames = 0`` gives the single mean vector, for
+collections too large to keep 17 rows a video in memory.
+
+**Search.** ``flat`` (exact): the inner products of the query's rows with every stored row (one
+GEMM over the descriptor file, memory-mapped, in blocks) and every video's best row. faiss's
+``IndexFlatIP`` was tried first, but its interface returns only the k best rows per query row,
+and crediting the videos outside them lost recall (0.74 instead of 0.99 at 20k videos, C = 100),
+while computing all rows costs no more than its search. ``ivf`` (large collections): a faiss
+``IndexIVFFlat`` (``nlist = 4 sqrt(rows)`` lists, ``nprobe`` searched) returns the
+``shortlist_per_row`` nearest rows of each query row; the videos they belong to are scored by
+the exact coarse similarity above, from the memory-mapped rows. ``auto`` switches to IVF above
+``ivf_threshold`` rows (see the benchmark for the latencies that set it). The trained IVF is
+saved beside the index (training costs ~40 s at 350k rows); the flat search needs nothing
+but the descriptor file, so it is ready as soon as the index is open.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DescriptorConfig:
+    """How a video's descriptor rows are made (stored in the index manifest; a change of these
+    needs a rebuilt index)."""
+
+    segment_frames: int = 2  # frames per descriptor row; 0: one row, the mean of the video
+    version: int = 1  # of the recipe below
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def video_descriptors(features: np.ndarray, cfg: DescriptorConfig = DescriptorConfig()) -> np.ndarray:
+    """``[T, R, D]`` region features -> ``[ceil(T / segment_frames), D]`` float32 unit rows
+    (one row for ``segment_frames = 0``). Queries and indexed videos use the same recipe."""
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim != 3 or x.shape[0] < 1:
+        raise ValueError(f"features must be [T >= 1, R, D], got {list(x.shape)}")
+    frames = _normalize(_normalize(x).mean(axis=1))  # [T, D]
+    L = cfg.segment_frames
+    if L <= 0:
+        return _normalize(frames.mean(axis=0, keepdims=True)).astype(np.float32)
+    return _normalize(np.add.reduceat(frames, np.arange(0, frames.shape[0], L), axis=0)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CoarseConfig:
+    """Choice and settings of the coarse search (see the module docstring)."""
+
+    kind: str = "auto"  # "flat" (exact), "ivf", or "auto": flat up to ivf_threshold rows
+    ivf_threshold: int = 1_000_000  # descriptor rows; set from the benchmark's latencies
+    nlist: int | None = None  # IVF lists; None: 4 sqrt(rows)
+    nprobe: int = 16  # IVF lists searched per query row
+    shortlist_per_row: int = 2000  # IVF: nearest rows per query row whose videos are scored exactly
+    train_per_list: int = 40  # IVF training rows per list (faiss warns below 39)
+    block_rows: int = 65536  # flat: rows per GEMM block (bounds the transient [n, block] scores)
+    seed: int = 1234
+
+
+def choose_kind(rows: int, cfg: CoarseConfig) -> str:
+    if cfg.kind not in ("auto", "flat", "ivf"):
+        raise ValueError(f"coarse index kind must be auto, flat or ivf, got {cfg.kind!r}")
+    if cfg.kind != "auto":
+        return cfg.kind
+    return "ivf" if rows > cfg.ivf_threshold else "flat"
+
+
+def segment_chamfer(query_rows: np.ndarray, vectors: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Coarse similarity of a query to each video whose rows are ``vectors[starts[j]:starts[j] +
+    counts[j]]``: the mean over query rows of the best inner product with the video's rows.
+    ``starts`` must be increasing and the runs disjoint; rows between runs are ignored."""
+    n = len(starts)
+    if n == 0:
+        return np.zeros(0, np.float32)
+    lo, hi = int(starts[0]), int(starts[-1] + counts[-1])
+    sims = query_rows @ np.asarray(vectors[lo:hi]).T  # [q, hi - lo]
+    # reduceat over (start, end) pairs: even outputs are the runs, odd ones the gaps between
+    bounds = np.stack([starts - lo, starts - lo + counts], axis=1).reshape(-1)
+    bounds = bounds[:-1] if bounds[-1] == hi - lo else bounds
+    best = np.maximum.reduceat(sims, bounds, axis=1)[:, 0::2]  # [q, n]
+    return best.mean(axis=0)
+
+
+class CoarseIndex:
+    """The coarse search over a collection's descriptor rows.
+
+    ``vectors`` holds every stored row by its global row number (the index store's descriptor
+    file, memory-mapped); :meth:`set_videos` says which row runs are live videos (rows of
+    removed videos are never scored). ``ann`` is None for the exact search, or a faiss IVF
+    whose ids are global row numbers."""
+
+    def __init__(self, vectors: np.ndarray, ann, cfg: CoarseConfig = CoarseConfig(), rows_indexed: int = 0):
+        self.vectors = vectors
+        self.ann = ann
+        self.cfg = cfg
+        self.rows_indexed = rows_indexed  # rows [0, rows_indexed) are in ann
+        self.ids: list[str] = []
+        self._order = np.zeros(0, np.int64)  # video positions sorted by first row
+        self._starts = np.zeros(0, np.int64)  # sorted first rows
+        self._counts = np.zeros(0, np.int64)
+
+    @property
+    def kind(self) -> str:
+        return "flat" if self.ann is None else "ivf"
+
+    @property
+    def rows(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, cfg: CoarseConfig = CoarseConfig(), live_rows: np.ndarray | None = None
+              ) -> "CoarseIndex":
+        """A coarse index over ``vectors [M, D]`` (row ``r`` = global row ``r``); an IVF is trained
+        and filled when ``choose_kind`` says so (``live_rows``: the rows to put in it; all by default)."""
+        kind = choose_kind(len(vectors), cfg)
+        if kind == "flat":
+            return cls(vectors, None, cfg, 0)
+        out = cls(vectors, train_ivf(vectors, cfg, live_rows), cfg, 0)
+        out.add_rows(np.arange(len(vectors)) if live_rows is None else live_rows)
+        return out
+
+    def add_rows(self, rows: np.ndarray) -> None:
+        """Puts rows (global numbers, e.g. of videos added since it was built) into the IVF."""
+        rows = np.asarray(rows, np.int64)
+        if self.ann is None or not len(rows):
+            return
+        for b0 in range(0, len(rows), self.cfg.block_rows):
+            block = rows[b0: b0 + self.cfg.block_rows]
+            self.ann.add_with_ids(np.ascontiguousarray(self.vectors[block], dtype=np.float32), block)
+        self.rows_indexed = max(self.rows_indexed, int(rows.max()) + 1)
+
+    def set_videos(self, ids: list[str], starts: np.ndarray, counts: np.ndarray) -> None:
+        """The live videos and their row runs (global row numbers), e.g. ``store.row_layout()``."""
+        starts, counts = np.asarray(starts, np.int64), np.asarray(counts, np.int64)
+        self._order = np.argsort(starts, kind="stable")
+        self._starts, self._counts = starts[self._order], counts[self._order]
+        self.ids = list(ids)
+
+    def video_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Video position of each global row number; -1 for rows of removed videos (or -1 rows)."""
+        rows = np.asarray(rows, np.int64)
+        if not len(self._starts):
+            return np.full(rows.shape, -1, np.int64)
+        k = np.searchsorted(self._starts, rows, side="right") - 1
+        kk = np.maximum(k, 0)
+        ok = (k >= 0) & (rows >= 0) & (rows < self._starts[kk] + self._counts[kk])
+        return np.where(ok, self._order[kk], -1)
+
+    def search(self, query_rows: np.ndarray, candidates: int, nprobe: int | None = None,
+               shortlist_per_row: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``candidates`` videos of highest coarse similarity to a query's descriptor rows
+        ``[n, D]``: ``(positions into ids, similarities)``, best first (ties: lower position)."""
+        return self.search_many([query_rows], candidates, nprobe, shortlist_per_row)[0]
+
+    def search_many(self, queries: list[np.ndarray], candidates: int, nprobe: int | None = None,
+                    shortlist_per_row: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`search` for several queries (the IVF is asked once for all their rows)."""
+        queries = [np.ascontiguousarray(q, dtype=np.float32) for q in queries]
+        if candidates < 1 or not self.ids or not queries:
+            return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
+        if self.ann is None:
+            shortlists = [np.arange(len(self._starts))] * len(queries)
+        else:
+            self.ann.nprobe = min(nprobe or self.cfg.nprobe, self.ann.nlist)
+            k = min(shortlist_per_row or self.cfg.shortlist_per_row, max(int(self.ann.ntotal), 1))
+            _, rows = self.ann.search(np.concatenate(queries), k)
+            rank = np.empty(len(self._order), np.int64)  # video position -> place in the start-sorted arrays
+            rank[self._order] = np.arange(len(self._order))
+            shortlists, at = [], 0
+            for q in queries:
+                found = self.video_of_rows(rows[at: at + len(q)].reshape(-1))
+                shortlists.append(np.unique(rank[found[found >= 0]]))  # increasing, as _scores needs
+                at += len(q)
+        out = []
+        for q, sorted_pos in zip(queries, shortlists):
+            scores = self._scores(q, sorted_pos)
+            videos = self._order[sorted_pos]
+            top = np.lexsort((videos, -scores))[:candidates]
+            out.append((videos[top], scores[top].astype(np.float32)))
+        return out
+
+    def _scores(self, q: np.ndarray, sorted_pos: np.ndarray) -> np.ndarray:
+        """Exact coarse similarity to the videos at ``sorted_pos`` (increasing) of the start-sorted
+        arrays, a block of at most ``block_rows`` rows at a time (one run may exceed it)."""
+        starts, counts = self._starts[sorted_pos], self._counts[sorted_pos]
+        out = np.empty(len(sorted_pos), np.float64)
+        i = 0
+        while i < len(starts):
+            j = int(np.searchsorted(starts, starts[i] + self.cfg.block_rows, side="left"))
+            j = max(j, i + 1)
+            if self.ann is None:  # contiguous runs: one slice of the file
+                out[i:j] = segment_chamfer(q, self.vectors, starts[i:j], counts[i:j])
+            else:  # scattered runs: gather them first
+                rows = np.concatenate([np.arange(s, s + c) for s, c in zip(starts[i:j], counts[i:j])])
+                local = np.concatenate([[0], np.cumsum(counts[i:j])[:-1]])
+                out[i:j] = segment_chamfer(q, np.asarray(self.vectors[rows]), local, counts[i:j])
+            i = j
+        return out
+
+    # --- persistence of the IVF ----------------------------------------------------------------
+
+    def save(self, path: str | Path, store_state: dict) -> None:
+        """Writes the IVF to ``path`` and what it covers to ``path.json``, each atomically."""
+        import faiss
+
+        if self.ann is None:
+            raise ValueError("a flat coarse index has nothing to save: it reads the descriptor file")
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        faiss.write_index(self.ann, str(tmp))
+        os.replace(tmp, path)
+        meta = {"config": asdict(self.cfg), "rows_indexed": self.rows_indexed, "store": store_state}
+        meta_tmp = path.with_name(path.name + ".json.tmp")
+        meta_tmp.write_text(json.dumps(meta, sort_keys=True))
+        os.replace(meta_tmp, path.with_name(path.name + ".json"))
+
+
+def train_ivf(vectors: np.ndarray, cfg: CoarseConfig, live_rows: np.ndarray | None = None):
+    """An empty, trained faiss ``IndexIVFFlat`` (inner product) for these rows; ids are added by
+    the caller. Trained on ``train_per_list x nlist`` rows drawn with ``cfg.seed``."""
+    import faiss
+
+    pool = np.arange(len(vectors)) if live_rows is None else np.asarray(live_rows, np.int64)
+    M, D = len(pool), vectors.shape[1]
+    nlist = cfg.nlist or max(1, int(round(4 * math.sqrt(max(M, 1)))))
+    nlist = max(1, min(nlist, M // 39))  # faiss wants >= 39 training rows per list
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(D), D, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = cfg.seed
+    n_train = min(M, cfg.train_per_list * nlist)
+    sample = np.sort(np.random.default_rng(cfg.seed).choice(pool, n_train, replace=False))
+    index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+    index.nprobe = min(cfg.nprobe, nlist)
+    return index
+
+
+COARSE_FILE = "coarse-ivf.faiss"
+_BUILD_FIELDS = ("nlist", "train_per_list", "seed")  # settings that shape a trained IVF
+
+
+def coarse_index(store, cfg: CoarseConfig = CoarseConfig(), persist: bool = True) -> CoarseIndex:
+    """The coarse index of an :class:`~hapvr.retrieval.index_store.IndexStore`.
+
+    Flat: the memory-mapped descriptor file, nothing to build. IVF: the one saved in the index
+    folder (``coarse-ivf.faiss``) is reused when it was trained on this index (same creation id
+    and generation) with the same settings, with the rows added since put in; otherwise one is
+    trained. ``persist``: save what was trained or extended (skipped where the folder is not
+    writable)."""
+    vectors = store.descriptor_matrix()
+    ids, starts, counts = store.row_layout()
+    live = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts)]) if len(ids) else np.zeros(0, np.int64)
+    kind = choose_kind(len(live), cfg)
+    index = CoarseIndex(vectors, None, cfg)
+    if kind == "ivf":
+        path = Path(store.path) / COARSE_FILE
+        state = store.state()
+        ann, covered = _load_ivf(path, state, cfg)
+        if ann is None:
+            ann, covered = train_ivf(vectors, cfg, live), 0
+        index = CoarseIndex(vectors, ann, cfg, covered)
+        new = live[live >= covered]
+        index.add_rows(new)
+        if persist and len(new):
+            try:
+                index.save(path, state)
+            except OSError:
+                pass
+    index.set_videos(ids, starts, counts)
+    return index
+
+
+def _load_ivf(path: Path, state: dict, cfg: CoarseConfig):
+    import faiss
+
+    meta_path = path.with_name(path.name + ".json")
+    if not (path.exists() and meta_path.exists()):
+        return None, 0
+    try:
+        meta = json.loads(meta_path.read_text())
+        saved = meta["store"]
+        fits = (saved["uid"] == state["uid"] and saved["generation"] == state["generation"]
+                and int(meta["rows_indexed"]) <= state["rows"]
+                and all(meta["config"].get(k) == getattr(cfg, k) for k in _BUILD_FIELDS))
+        if not fits:
+            return None, 0
+        return faiss.read_index(str(path)), int(meta["rows_indexed"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):  # unreadable: trained again
+        return None, 0

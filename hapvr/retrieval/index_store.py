@@ -1,0 +1,627 @@
+"""An on-disk index of a video collection: full region features, ids, coarse descriptors, and
+the feature space they were made in.
+
+Layout of the folder (generation ``g`` counts compactions)::
+
+    manifest.json   format, feature space (caller's dict), region shape, descriptor settings,
+                    generation; written once (atomically: temporary file, fsync, rename)
+    g<g>.frames     every added video's frames back to back, float16 [T, R, D] each
+    g<g>.desc       their coarse descriptors back to back, float32 [rows, D] each
+    g<g>.journal    one JSON line per event: ``add`` (id, frame offset, length, descriptor rows,
+                    CRC-32s of both), ``remove`` (a tombstone), ``sync`` (all before is on disk)
+    lock            held (flock) by the one writer
+
+Why this layout:
+
+- *Fast candidate reads.* A query reads a few hundred videos at unrelated places. Each video is
+  one contiguous run of bytes, so it costs one ``pread`` (sorted by offset); there is no
+  per-video object to open and no chunk index to walk, as an HDF5 dataset per video would have.
+  float16 halves the bytes read and stored; the stored features are unit vectors (PCA
+  whitening ends with a normalisation), so the rounding is ~5e-4 relative, far below what
+  separates a copy from a distractor (the scores move by ~1e-4; tests check it).
+- *Crash-safe appends.* Files are only ever appended to: a video's frames and descriptor rows
+  are written first, then its journal line; a video exists once its line ends with a newline.
+  A kill (even SIGKILL) part way through an add leaves, at worst, bytes past the last journal
+  line and a torn last line, which opening drops (a writer truncates them away). HDF5 updates
+  its B-trees and free lists in place, and a writer killed mid-update can leave the whole file
+  unreadable, which is what this layout avoids.
+- *Power loss.* ``sync()`` fsyncs the data files, then appends a ``sync`` line and fsyncs the
+  journal. Opening verifies the CRCs of the videos added after the last ``sync`` line (their
+  data may not have reached the disk before their line did) and drops the first bad one and
+  all after it. With ``durable=True`` (the default) every ``add`` is synced; ``add_many`` syncs
+  once per call.
+- *Removal.* ``remove`` appends a tombstone; the bytes stay until :meth:`IndexStore.compact`
+  rewrites the live videos into generation ``g + 1`` and switches the manifest to it (one
+  atomic rename: a crash before it leaves the old generation in force, after it the new one;
+  the other's files are deleted by the next writer).
+- *The feature space.* Scores are only meaningful between features of one backbone, PCA and
+  model; the manifest keeps the caller's description of them, and opening with another one
+  is refused with both named, instead of searching one space with queries from another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from hapvr.retrieval.coarse import DescriptorConfig, video_descriptors
+from hapvr.serialization import CorruptFileError
+
+FORMAT = "hapvr-video-index-1"
+STORAGE_DTYPE = np.float16
+DESCRIPTOR_DTYPE = np.float32
+_GENERATION_FILE = re.compile(r"^g(\d+)\.(frames|desc|journal)$")
+
+
+class IndexLockedError(RuntimeError):
+    """Another process is writing this index."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """Where one video lies: frames ``[frame, frame + frames)`` of the frames file, descriptor
+    rows ``[row, row + rows)`` of the descriptor file, and the CRC-32s of those bytes."""
+
+    id: str
+    frame: int
+    frames: int
+    row: int
+    rows: int
+    crc: int
+    desc_crc: int
+
+
+@dataclass
+class Descriptors:
+    """Descriptor rows of live videos: ``vectors[i]`` is global row ``rows[i]`` of the store and
+    belongs to video ``ids[owners[i]]``; each video's rows are contiguous, in ``ids`` order."""
+
+    ids: list[str]
+    vectors: np.ndarray  # [M, D] float32
+    owners: np.ndarray  # [M] int64, positions into ids
+    rows: np.ndarray  # [M] int64, global row numbers (stable until compaction)
+
+
+def _line_crc(fields: dict) -> str:
+    return f"{zlib.crc32(json.dumps(fields, sort_keys=True, separators=(',', ':')).encode()):08x}"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def space_differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
+    """What differs between two feature-space descriptions, one ``key: a -> b`` entry each."""
+    out = []
+    for key in sorted(set(stored) | set(given), key=str):
+        a, b = stored.get(key, "<absent>"), given.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += space_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def feature_space(scorer, **identity) -> dict:
+    """The description of a feature space that an index records: the scorer's fingerprint and
+    whatever else identifies the features (``backbone=``, ``pca=`` digest of the PCA file,
+    ``region_shape=``...), all JSON values."""
+    return {"scorer": scorer.fingerprint(), **identity}
+
+
+def _to_numpy(features) -> np.ndarray:
+    if isinstance(features, torch.Tensor):
+        features = features.detach().cpu().numpy()
+    return np.asarray(features)
+
+
+class IndexStore:
+    """A video collection on disk; see the module docstring for the layout.
+
+    Open with :meth:`create` or :meth:`open`; readers need no lock and see the index as it was
+    when opened (:meth:`refresh` picks up later appends); one writer at a time."""
+
+    def __init__(self, path: Path, manifest: dict, writable: bool, durable: bool):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.writable = writable
+        self.durable = durable
+        self.region_shape: tuple[int, int] = tuple(manifest["region_shape"])
+        self.descriptor = DescriptorConfig(**manifest["descriptor"])
+        self.generation = int(manifest["generation"])
+        self._lock_fh = None
+        self._records: dict[str, VideoRecord] = {}  # live videos in the order they were added
+        self._frame_end = 0  # committed frames
+        self._row_end = 0  # committed descriptor rows
+        self._journal_pos = 0  # committed journal bytes
+        self._journal_lines = 0
+        self._dead_frames = 0
+        self._fds: dict[str, int] = {}
+
+    # --- opening --------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | Path, space: dict, region_shape: tuple[int, int],
+               descriptor: DescriptorConfig = DescriptorConfig(), durable: bool = True) -> "IndexStore":
+        """A new empty index at ``path`` (a folder that does not exist or is empty), open for writing.
+
+        ``space`` describes the feature space, e.g. ``{"scorer": scorer.fingerprint(), "backbone":
+        ..., "pca": digest of the PCA file}``; it must be JSON-serialisable, and later opens must
+        pass an equal one. ``region_shape`` is ``(R, D)`` of every video's ``[T, R, D]``."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise FileExistsError(f"cannot create an index at {path}: it exists and is not an empty folder "
+                                  "(open it to add to it, or choose another path)")
+        R, D = (int(v) for v in region_shape)
+        if R < 1 or D < 1:
+            raise ValueError(f"region_shape must be (R, D) with both >= 1, got {tuple(region_shape)}")
+        try:
+            json.dumps(space)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"space must be a JSON-serialisable dict ({exc})") from None
+        path.mkdir(parents=True, exist_ok=True)
+        manifest = {"format": FORMAT, "uid": uuid.uuid4().hex, "space": space, "region_shape": [R, D],
+                    "storage_dtype": np.dtype(STORAGE_DTYPE).name, "descriptor": asdict(descriptor),
+                    "generation": 0}
+        store = cls(path, manifest, writable=True, durable=durable)
+        store._lock()
+        for kind in ("frames", "desc", "journal"):
+            store._file(kind, 0).touch()
+        _write_json_atomic(path / "manifest.json", manifest)
+        store._open_files()
+        return store
+
+    @classmethod
+    def open(cls, path: str | Path, space: dict | None = None, writable: bool = False,
+             durable: bool = True) -> "IndexStore":
+        """Opens an existing index. With ``space``, refuses (ValueError naming both) an index made in
+        another feature space. ``writable``: take the writer's lock and drop what a killed writer
+        left half-written."""
+        path = Path(path)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"no index at {path} (no manifest.json); create one first")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            if not isinstance(manifest, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            raise CorruptFileError(f"index {path}: unreadable manifest.json ({exc})") from None
+        if manifest.get("format") != FORMAT:
+            raise CorruptFileError(f"index {path}: manifest format {manifest.get('format')!r}, expected {FORMAT!r}")
+        if space is not None and manifest["space"] != space:
+            raise ValueError(
+                f"index {path} was built in another feature space: it holds {json.dumps(manifest['space'], sort_keys=True)}, "
+                f"this run has {json.dumps(space, sort_keys=True)} (differences: "
+                f"{'; '.join(space_differences(manifest['space'], space))}). Rebuild the index with these features "
+                "and scorer, or use the ones it was built with")
+        store = cls(path, manifest, writable=writable, durable=durable)
+        if writable:
+            store._lock()
+            store._remove_other_generations()
+        store._open_files()
+        store._replay()
+        return store
+
+    def _file(self, kind: str, generation: int | None = None) -> Path:
+        return self.path / f"g{self.generation if generation is None else generation}.{kind}"
+
+    def _lock(self) -> None:
+        import fcntl
+
+        self._lock_fh = open(self.path / "lock", "a+b")
+        try:
+            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_fh.close()
+            self._lock_fh = None
+            raise IndexLockedError(f"index {self.path} is being written by another process; "
+                                   "wait for it to finish (readers need no lock)") from None
+        except OSError:  # a file system without locks: proceed unlocked
+            pass
+
+    def _open_files(self) -> None:
+        flags = os.O_RDWR if self.writable else os.O_RDONLY
+        for kind in ("frames", "desc", "journal"):
+            path = self._file(kind)
+            try:
+                self._fds[kind] = os.open(path, flags)
+            except FileNotFoundError:
+                self.close()
+                raise CorruptFileError(f"index {self.path}: {path.name} is missing") from None
+
+    def _remove_other_generations(self) -> None:
+        for p in self.path.iterdir():
+            m = _GENERATION_FILE.match(p.name)
+            if m and int(m.group(1)) != self.generation:
+                p.unlink()
+        tmp = self.path / "manifest.json.tmp"
+        if tmp.exists():
+            tmp.unlink()
+
+    # --- the journal ----------------------------------------------------------------------------
+
+    def _replay(self) -> None:
+        """Reads the committed journal: live records, tombstones, and the ends of the data files.
+        Videos after the last ``sync`` line are checked against their CRCs (a power loss may have
+        kept their line but not their data); the first bad one and all after it are dropped."""
+        data = self._read_all("journal")
+        events, ends, pos = [], [], 0
+        while True:
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                break  # a torn last line (or none): not committed
+            events.append(self._parse_line(data[pos:nl], len(events) + 1))
+            pos = nl + 1
+            ends.append(pos)
+        last_sync = max((i for i, e in enumerate(events) if e["op"] == "sync"), default=-1)
+        keep = len(events)
+        for i in range(last_sync + 1, len(events)):
+            if events[i]["op"] == "add" and not self._data_intact(events[i]):
+                keep = i
+                break
+        for e in events[:keep]:
+            self._apply(e)
+        self._journal_pos = ends[keep - 1] if keep else 0
+        self._journal_lines = keep
+        if self.writable:  # drop what a killed writer left past the committed part
+            os.ftruncate(self._fds["journal"], self._journal_pos)
+            os.ftruncate(self._fds["frames"], self._frame_end * self._frame_bytes)
+            os.ftruncate(self._fds["desc"], self._row_end * self._row_bytes)
+
+    def _parse_line(self, line: bytes, number: int) -> dict:
+        def bad(why: str):
+            return CorruptFileError(f"index {self.path}: {self._file('journal').name} line {number}: {why}; the "
+                                    "journal is damaged: rebuild the index")
+
+        try:
+            event = json.loads(line)
+        except ValueError:
+            raise bad("not a JSON record") from None
+        if not isinstance(event, dict) or "lcrc" not in event:
+            raise bad("not a journal record")
+        crc = event.pop("lcrc")
+        if crc != _line_crc(event):
+            raise bad("checksum mismatch")
+        op = event.get("op")
+        if op == "add":
+            if not (isinstance(event.get("id"), str) and all(isinstance(event.get(k), int)
+                                                             for k in ("frame", "frames", "row", "rows", "crc", "dcrc"))):
+                raise bad("malformed add record")
+        elif op == "remove":
+            if not isinstance(event.get("id"), str):
+                raise bad("malformed remove record")
+        elif op != "sync":
+            raise bad(f"unknown operation {op!r}")
+        return event
+
+    def _apply(self, e: dict) -> None:
+        if e["op"] == "add":
+            rec = VideoRecord(e["id"], e["frame"], e["frames"], e["row"], e["rows"], e["crc"], e["dcrc"])
+            if rec.id in self._records:  # cannot happen through this class; tolerate a hand-edited journal
+                self._dead_frames += self._records.pop(rec.id).frames
+            self._records[rec.id] = rec
+            self._frame_end = rec.frame + rec.frames
+            self._row_end = rec.row + rec.rows
+        elif e["op"] == "remove":
+            rec = self._records.pop(e["id"], None)
+            if rec is not None:
+                self._dead_frames += rec.frames
+
+    def _data_intact(self, e: dict) -> bool:
+        frames = self._pread("frames", e["frame"] * self._frame_bytes, e["frames"] * self._frame_bytes)
+        rows = self._pread("desc", e["row"] * self._row_bytes, e["rows"] * self._row_bytes)
+        return (len(frames) == e["frames"] * self._frame_bytes and zlib.crc32(frames) == e["crc"]
+                and len(rows) == e["rows"] * self._row_bytes and zlib.crc32(rows) == e["dcrc"])
+
+    def _append_event(self, event: dict) -> None:
+        line = (json.dumps({**event, "lcrc": _line_crc(event)}) + "\n").encode()
+        os.pwrite(self._fds["journal"], line, self._journal_pos)  # one write: a kill tears at most this line
+        self._journal_pos += len(line)
+        self._journal_lines += 1
+
+    def refresh(self) -> None:
+        """Picks up what a writer committed since this reader opened (or last refreshed)."""
+        manifest = json.loads((self.path / "manifest.json").read_text())
+        if manifest.get("generation") != self.generation:  # compacted meanwhile: start over
+            for fd in self._fds.values():
+                os.close(fd)
+            self.__init__(self.path, manifest, self.writable, self.durable)
+            self._open_files()
+            self._replay()
+            return
+        data = self._read_all("journal")[self._journal_pos:]
+        committed = data.rfind(b"\n") + 1
+        for line in data[:committed].split(b"\n")[:-1]:
+            event = self._parse_line(line, self._journal_lines + 1)
+            if event["op"] == "add" and not self._data_intact(event):
+                break  # its data is still on the way; the next refresh takes it
+            self._apply(event)
+            self._journal_pos += len(line) + 1
+            self._journal_lines += 1
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise PermissionError(f"index {self.path} is open read-only; open it with writable=True to change it")
+        if not self._fds:
+            raise ValueError(f"index {self.path} is closed")
+
+    def _prepare(self, vid: str, features) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(vid, str) or not vid:
+            raise ValueError(f"a video id must be a non-empty string, got {vid!r}")
+        if vid in self._records:
+            raise ValueError(f"video {vid!r} is already in index {self.path}; remove it first to replace it")
+        x = _to_numpy(features)
+        R, D = self.region_shape
+        if x.ndim != 3 or x.shape[1:] != (R, D) or x.shape[0] < 1:
+            raise ValueError(f"video {vid!r}: features must be [T >= 1, {R}, {D}], got {list(x.shape)}")
+        if x.dtype.kind != "f":
+            raise ValueError(f"video {vid!r}: features must be floating point, got {x.dtype}")
+        with np.errstate(over="ignore"):
+            stored = np.ascontiguousarray(x, dtype=STORAGE_DTYPE)
+        if not np.isfinite(stored).all():
+            what = "NaN or infinite values" if not np.isfinite(x).all() else "values beyond float16's range (65504)"
+            raise ValueError(f"video {vid!r}: features hold {what}; index only finite, normalised features")
+        desc = np.ascontiguousarray(video_descriptors(stored.astype(np.float32), self.descriptor), dtype=DESCRIPTOR_DTYPE)
+        return stored, desc
+
+    def add(self, vid: str, features) -> None:
+        """Appends one video (``[T, R, D]`` float, torch or numpy). With ``durable``, it is on disk
+        when this returns; a kill during the call loses this video only."""
+        self.add_many([(vid, features)])
+
+    def add_many(self, items: Iterable[tuple[str, object]]) -> int:
+        """Appends videos one after another (each committed by its own journal line, so a kill
+        loses only the one being written) and syncs once at the end when ``durable``. Returns how
+        many were added."""
+        self._check_writable()
+        added = 0
+        for vid, features in items:
+            stored, desc = self._prepare(vid, features)
+            frame_bytes, row_bytes = stored.tobytes(), desc.tobytes()
+            os.pwrite(self._fds["frames"], frame_bytes, self._frame_end * self._frame_bytes)
+            os.pwrite(self._fds["desc"], row_bytes, self._row_end * self._row_bytes)
+            event = {"op": "add", "id": vid, "frame": self._frame_end, "frames": int(stored.shape[0]),
+                     "row": self._row_end, "rows": int(desc.shape[0]), "crc": zlib.crc32(frame_bytes),
+                     "dcrc": zlib.crc32(row_bytes)}
+            self._append_event(event)
+            self._apply(event)
+            added += 1
+        if self.durable and added:
+            self.sync()
+        return added
+
+    def remove(self, vid: str) -> None:
+        """Removes a video (a tombstone; its bytes stay until :meth:`compact`)."""
+        self._check_writable()
+        if vid not in self._records:
+            raise KeyError(f"index {self.path} has no video {vid!r}")
+        event = {"op": "remove", "id": vid}
+        self._append_event(event)
+        self._apply(event)
+        if self.durable:
+            self.sync()
+
+    def sync(self) -> None:
+        """Makes everything added so far durable: data first, then the journal saying so."""
+        self._check_writable()
+        os.fdatasync(self._fds["frames"])
+        os.fdatasync(self._fds["desc"])
+        self._append_event({"op": "sync"})
+        os.fdatasync(self._fds["journal"])
+
+    def compact(self) -> None:
+        """Rewrites the live videos into a new generation, dropping removed ones' bytes; the switch is
+        one atomic rename of the manifest, so a crash leaves either the old or the new index."""
+        self._check_writable()
+        new_gen = self.generation + 1
+        paths = {kind: self._file(kind, new_gen) for kind in ("frames", "desc", "journal")}
+        fds = {kind: os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644) for kind, p in paths.items()}
+        try:
+            frame, row, lines = 0, 0, []
+            for rec in self._records.values():
+                frames = self._pread("frames", rec.frame * self._frame_bytes, rec.frames * self._frame_bytes)
+                rows = self._pread("desc", rec.row * self._row_bytes, rec.rows * self._row_bytes)
+                if zlib.crc32(frames) != rec.crc or zlib.crc32(rows) != rec.desc_crc:
+                    raise CorruptFileError(f"index {self.path}: video {rec.id!r} is damaged on disk; "
+                                           "remove it before compacting")
+                os.pwrite(fds["frames"], frames, frame * self._frame_bytes)
+                os.pwrite(fds["desc"], rows, row * self._row_bytes)
+                event = {"op": "add", "id": rec.id, "frame": frame, "frames": rec.frames, "row": row,
+                         "rows": rec.rows, "crc": rec.crc, "dcrc": rec.desc_crc}
+                lines.append(json.dumps({**event, "lcrc": _line_crc(event)}) + "\n")
+                frame, row = frame + rec.frames, row + rec.rows
+            lines.append(json.dumps({"op": "sync", "lcrc": _line_crc({"op": "sync"})}) + "\n")
+            os.pwrite(fds["journal"], "".join(lines).encode(), 0)
+            for fd in fds.values():
+                os.fsync(fd)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        _write_json_atomic(self.path / "manifest.json", {**self.manifest, "generation": new_gen})
+        old = self.generation
+        for fd in self._fds.values():
+            os.close(fd)
+        lock_fh = self._lock_fh
+        self.__init__(self.path, {**self.manifest, "generation": new_gen}, True, self.durable)
+        self._lock_fh = lock_fh
+        self._open_files()
+        self._replay()
+        for kind in ("frames", "desc", "journal"):
+            self._file(kind, old).unlink(missing_ok=True)
+
+    # --- reading --------------------------------------------------------------------------------
+
+    @property
+    def space(self) -> dict:
+        return self.manifest["space"]
+
+    @property
+    def _frame_bytes(self) -> int:
+        R, D = self.region_shape
+        return R * D * np.dtype(STORAGE_DTYPE).itemsize
+
+    @property
+    def _row_bytes(self) -> int:
+        return self.region_shape[1] * np.dtype(DESCRIPTOR_DTYPE).itemsize
+
+    def _pread(self, kind: str, offset: int, size: int) -> bytes:
+        out = bytearray()
+        while len(out) < size:
+            chunk = os.pread(self._fds[kind], size - len(out), offset + len(out))
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+
+    def _read_all(self, kind: str) -> bytes:
+        return self._pread(kind, 0, os.fstat(self._fds[kind]).st_size)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, vid: str) -> bool:
+        return vid in self._records
+
+    def ids(self) -> list[str]:
+        """Live video ids, in the order they were added."""
+        return list(self._records)
+
+    def length(self, vid: str) -> int:
+        return self._record(vid).frames
+
+    def _record(self, vid: str) -> VideoRecord:
+        try:
+            return self._records[vid]
+        except KeyError:
+            raise KeyError(f"index {self.path} has no video {vid!r}") from None
+
+    def load(self, vid: str) -> torch.Tensor:
+        """Features of ``vid`` as float32 ``[T, R, D]``; CorruptFileError if its bytes fail their CRC."""
+        return self.load_many([vid])[0]
+
+    def load_many(self, vids: list[str]) -> list[torch.Tensor]:
+        """Features of several videos, read in file order (one ``pread`` each)."""
+        recs = [self._record(v) for v in vids]
+        out: list[torch.Tensor | None] = [None] * len(recs)
+        R, D = self.region_shape
+        for i in sorted(range(len(recs)), key=lambda i: recs[i].frame):
+            rec = recs[i]
+            data = self._pread("frames", rec.frame * self._frame_bytes, rec.frames * self._frame_bytes)
+            if len(data) != rec.frames * self._frame_bytes or zlib.crc32(data) != rec.crc:
+                raise CorruptFileError(f"index {self.path}: the frames of video {rec.id!r} are damaged on disk "
+                                       "(CRC mismatch); remove and re-add it")
+            x = np.frombuffer(data, dtype=STORAGE_DTYPE).reshape(rec.frames, R, D)
+            out[i] = torch.from_numpy(x.astype(np.float32))
+        return out
+
+    def row_layout(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """``(ids, first global descriptor row, row count)`` of the live videos, in ``ids()`` order;
+        no data is read."""
+        recs = list(self._records.values())
+        return ([r.id for r in recs], np.array([r.row for r in recs], np.int64),
+                np.array([r.rows for r in recs], np.int64))
+
+    def descriptor_matrix(self, verify: bool = True) -> np.ndarray:
+        """Every stored descriptor row by global row number, ``[rows, D]`` float32, memory-mapped
+        read-only (rows of removed videos included: see :meth:`row_layout` for the live runs).
+        ``verify``: check the live videos' rows against their CRCs first (one read of the file)."""
+        D = self.region_shape[1]
+        if self._row_end == 0:
+            return np.zeros((0, D), DESCRIPTOR_DTYPE)
+        matrix = np.memmap(self._file("desc"), dtype=DESCRIPTOR_DTYPE, mode="r", shape=(self._row_end, D))
+        if verify:
+            flat = matrix.reshape(-1).view(np.uint8)
+            for rec in self._records.values():
+                if zlib.crc32(flat[rec.row * self._row_bytes: (rec.row + rec.rows) * self._row_bytes]) != rec.desc_crc:
+                    raise CorruptFileError(f"index {self.path}: the descriptor of video {rec.id!r} is damaged on disk "
+                                           "(CRC mismatch); remove and re-add it")
+        return matrix
+
+    def descriptors(self, since_row: int = 0) -> Descriptors:
+        """Descriptor rows of the live videos added at or after global row ``since_row`` (all by
+        default), read from disk and CRC-checked on each call."""
+        D = self.region_shape[1]
+        recs = [r for r in self._records.values() if r.row >= since_row]
+        first = min((r.row for r in recs), default=0)
+        data = memoryview(self._pread("desc", first * self._row_bytes, (self._row_end - first) * self._row_bytes))
+        counts = np.array([r.rows for r in recs], dtype=np.int64)
+        vectors = np.empty((int(counts.sum()), D), dtype=DESCRIPTOR_DTYPE)
+        at = 0
+        for rec in recs:
+            chunk = data[(rec.row - first) * self._row_bytes: (rec.row - first + rec.rows) * self._row_bytes]
+            if zlib.crc32(chunk) != rec.desc_crc:
+                raise CorruptFileError(f"index {self.path}: the descriptor of video {rec.id!r} is damaged on disk "
+                                       "(CRC mismatch); remove and re-add it")
+            vectors[at: at + rec.rows] = np.frombuffer(chunk, dtype=DESCRIPTOR_DTYPE).reshape(rec.rows, D)
+            at += rec.rows
+        owners = np.repeat(np.arange(len(recs), dtype=np.int64), counts)
+        rows = np.concatenate([np.arange(r.row, r.row + r.rows, dtype=np.int64) for r in recs]) if recs \
+            else np.zeros(0, np.int64)
+        return Descriptors([r.id for r in recs], vectors, owners, rows)
+
+    def state(self) -> dict:
+        """What identifies this index's content, for caches built on it (the coarse index file):
+        a random id given at creation, the generation, and how many descriptor rows it has."""
+        return {"uid": self.manifest["uid"], "generation": self.generation, "rows": self._row_end,
+                "videos": len(self._records)}
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+    def dead_fraction(self) -> float:
+        """Fraction of the stored frames that belong to removed videos (what compact() would free)."""
+        return self._dead_frames / self._frame_end if self._frame_end else 0.0
+
+    def close(self) -> None:
+        if self.writable and self._fds and not self.durable:
+            try:
+                self.sync()
+            except OSError:
+                pass
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"IndexStore({str(self.path)!r}, videos={len(self)}, generation={self.generation})"

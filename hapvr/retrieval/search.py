@@ -1,0 +1,297 @@
+"""Two-stage search of an indexed collection, and near-duplicate detection within it.
+
+Stage 1 (:mod:`hapvr.retrieval.coarse`) picks ``candidates`` videos by segment-level descriptor
+similarity; stage 2 scores the query against each of them with the scorer, exactly as the
+evaluation engine scores a database (the same chunking of long videos, the same length-bucketed
+padded batches, the same repetition of videos shorter than ``scorer.min_frames``), and ranks
+by that score. ``exhaustive=True`` skips stage 1 and scores every indexed video.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from hapvr.evaluation.engine import EngineConfig, pad_stack, plan_batches, repeat_to, split_chunks
+from hapvr.evaluation.engine import _query_groups  # the engine's grouping of queries by length
+from hapvr.evaluation.scorers import Scorer
+from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, coarse_index, video_descriptors
+from hapvr.retrieval.index_store import IndexStore, space_differences
+
+DEFAULT_CANDIDATES = 100  # coarse recall of the exhaustive top-10 >= 0.95 at C = 100 (benchmark)
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float  # the scorer's similarity of the query to this video
+    coarse: float | None  # its coarse similarity (None when the search was exhaustive)
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]  # best first, at most k
+    scored: int  # videos the scorer compared with the query
+    coarse_seconds: float
+    rerank_seconds: float
+
+
+def _check_scorer(store: IndexStore, scorer: Scorer) -> None:
+    stored = store.space.get("scorer") if isinstance(store.space, dict) else None
+    given = scorer.fingerprint()
+    if stored is not None and stored != given:
+        diff = space_differences(stored, given) if isinstance(stored, dict) and isinstance(given, dict) else []
+        raise ValueError(f"index {store.path} was built for scorer {stored}, but this search uses {given}"
+                         f"{' (' + '; '.join(diff) + ')' if diff else ''}; search with the scorer it was built "
+                         "for, or rebuild the index")
+
+
+def _as_tensor(features) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
+    if x.dim() != 3 or x.shape[0] < 1:
+        raise ValueError(f"query features must be [T >= 1, R, D], got {list(x.shape)}")
+    return x.float()
+
+
+def score_videos(scorer: Scorer, store: IndexStore, queries: list[torch.Tensor], vids: list[str],
+                 engine: EngineConfig = EngineConfig()) -> np.ndarray:
+    """Exact similarity ``[len(queries), len(vids)]`` of each query (``[T, R, D]`` features in the
+    index's space) to each of ``vids``, each target read once for all queries.
+
+    As :func:`hapvr.evaluation.engine.compute_scores`: queries are padded in groups of similar
+    length, targets are cut into chunks of ``engine.chunk_frames`` frames and packed by length
+    into padded batches, a video's score is the mean of its chunks', and queries and chunks
+    shorter than ``scorer.min_frames`` are repeated up to it."""
+    out = np.zeros((len(queries), len(vids)), np.float32)
+    if not vids or not queries:
+        return out
+    groups = _query_groups([repeat_to(scorer.index(q), scorer.min_frames) for q in queries], engine)
+    query_frames = max(len(members) * int(qlen.max()) for members, _, qlen in groups)
+    position = {v: i for i, v in enumerate(vids)}
+    chunks = [c for v in vids for c in split_chunks(v, store.length(v), engine.chunk_frames)]
+    remaining: dict[str, int] = {}
+    for c in chunks:
+        remaining[c.vid] = remaining.get(c.vid, 0) + 1
+    counts = np.array([remaining[v] for v in vids], np.float64)
+    sums = np.zeros((len(queries), len(vids)), np.float64)
+    loaded: dict[str, torch.Tensor] = {}
+    for batch in plan_batches(chunks, query_frames, engine):
+        missing = list(dict.fromkeys(c.vid for c in batch if c.vid not in loaded))
+        loaded.update(zip(missing, store.load_many(missing)))
+        targets = [repeat_to(scorer.index(loaded[c.vid][c.start: c.end]), scorer.min_frames) for c in batch]
+        for c in batch:  # a long video's frames are kept only until its last chunk is scored
+            remaining[c.vid] -= 1
+            if remaining[c.vid] == 0:
+                del loaded[c.vid]
+        tpad, tlen = pad_stack(targets)
+        del targets
+        tlen = tlen.to(tpad.device)
+        columns = np.array([position[c.vid] for c in batch])
+        for members, qpad, qlen in groups:
+            sims = scorer.pairwise(qpad, qlen, tpad, tlen).float().cpu().numpy()  # [Q_g, B]
+            np.add.at(sums, (members.numpy()[:, None], columns[None, :]), sims)
+    out[:] = sums / counts[None, :]
+    return out
+
+
+class Searcher:
+    """Searches one index with one scorer; the coarse index is opened (or an IVF trained or
+    loaded) once, here. ``prebuilt``: a coarse index to use instead.
+
+    Raises ValueError if the index was built for another scorer (its manifest's ``scorer``
+    entry differs from ``scorer.fingerprint()``)."""
+
+    def __init__(self, store: IndexStore, scorer: Scorer, coarse: CoarseConfig = CoarseConfig(),
+                 engine: EngineConfig = EngineConfig(), persist_coarse: bool = True,
+                 prebuilt: CoarseIndex | None = None):
+        _check_scorer(store, scorer)
+        self.store, self.scorer, self.engine = store, scorer, engine
+        self.coarse_cfg, self.persist_coarse = coarse, persist_coarse
+        self.coarse = prebuilt if prebuilt is not None else coarse_index(store, coarse, persist_coarse)
+
+    def refresh(self) -> None:
+        """Picks up videos added or removed since (the store's :meth:`refresh`; a saved IVF is
+        extended, not trained again)."""
+        self.store.refresh()
+        self.coarse = coarse_index(self.store, self.coarse_cfg, self.persist_coarse)
+
+    def candidates(self, query, candidates: int = DEFAULT_CANDIDATES) -> tuple[list[str], np.ndarray]:
+        """Stage 1 alone: the ``candidates`` best videos by coarse similarity, and those similarities."""
+        rows = video_descriptors(self._check_query(query).numpy(), self.store.descriptor)
+        pos, sims = self.coarse.search(rows, candidates)
+        return [self.coarse.ids[i] for i in pos], sims
+
+    def search(self, query, k: int = 10, candidates: int = DEFAULT_CANDIDATES, exhaustive: bool = False) -> SearchResult:
+        """The ``k`` indexed videos most similar to ``query`` (``[T, R, D]`` float, torch or numpy,
+        in the index's feature space). Queries shorter than ``scorer.min_frames`` are repeated."""
+        return self.search_many([query], k, candidates, exhaustive)[0]
+
+    def search_many(self, queries: list, k: int = 10, candidates: int = DEFAULT_CANDIDATES,
+                    exhaustive: bool = False) -> list[SearchResult]:
+        """:meth:`search` for several queries. Exhaustively, every video is read once and scored
+        against all the queries together (the times reported are shared); with the coarse stage,
+        each query is re-ranked on its own candidates."""
+        xs = [self._check_query(q) for q in queries]
+        if exhaustive:
+            start = time.perf_counter()
+            vids = self.store.ids()
+            scores = score_videos(self.scorer, self.store, xs, vids, self.engine)
+            seconds = time.perf_counter() - start
+            return [SearchResult(self._top(vids, s, None, k), len(vids), 0.0, seconds) for s in scores]
+        results = []
+        for x in xs:
+            start = time.perf_counter()
+            vids, coarse = self.candidates(x, candidates)
+            mid = time.perf_counter()
+            scores = score_videos(self.scorer, self.store, [x], vids, self.engine)[0]
+            results.append(SearchResult(self._top(vids, scores, coarse, k), len(vids), mid - start,
+                                        time.perf_counter() - mid))
+        return results
+
+    def _check_query(self, query) -> torch.Tensor:
+        x = _as_tensor(query)
+        R, D = self.store.region_shape
+        if tuple(x.shape[1:]) != (R, D):
+            raise ValueError(f"query features are [T, {x.shape[1]}, {x.shape[2]}], the index holds [T, {R}, {D}]")
+        return x
+
+    @staticmethod
+    def _top(vids: list[str], scores: np.ndarray, coarse: np.ndarray | None, k: int) -> list[Hit]:
+        order = np.lexsort((np.arange(len(vids)), -scores))[:k]  # ties: the coarse order, then index order
+        return [Hit(vids[i], float(scores[i]), None if coarse is None else float(coarse[i])) for i in order]
+
+
+def search(store: IndexStore, scorer: Scorer, query, k: int = 10, candidates: int = DEFAULT_CANDIDATES,
+           exhaustive: bool = False, coarse: CoarseConfig = CoarseConfig(),
+           engine: EngineConfig = EngineConfig()) -> SearchResult:
+    """One search; for many, make one :class:`Searcher` (it builds the coarse index once)."""
+    return Searcher(store, scorer, coarse, engine).search(query, k, candidates, exhaustive)
+
+
+# --- near duplicates within the collection -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DuplicatePair:
+    a: str  # the query side: the shorter video (ties: the smaller id)
+    b: str
+    score: float  # s(a -> b), or the mean of both directions when symmetric
+    forward: float  # s(a -> b)
+    backward: float | None  # s(b -> a), computed only when symmetric
+
+
+@dataclass
+class Duplicates:
+    pairs: list[DuplicatePair]  # score >= threshold, best first
+    clusters: list[list[str]]  # connected components of those pairs (>= 2 videos), largest first
+    candidate_pairs: int  # pairs the coarse stage proposed (each scored once per direction asked)
+    seconds: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DuplicatesConfig:
+    neighbours: int = 10  # coarse neighbours each video proposes
+    min_coarse: float | None = None  # skip proposals with a lower coarse similarity
+    shortlist_per_row: int = 32  # nearest rows per descriptor row whose videos are considered (IVF)
+    flat_rows: int = 5_000  # up to this many rows (~300 videos), neighbours come from the exact search
+    block: int = 256  # videos whose IVF searches go to faiss together
+
+
+def duplicates(store: IndexStore, scorer: Scorer, threshold: float, symmetric: bool = False,
+               cfg: DuplicatesConfig = DuplicatesConfig(), coarse: CoarseConfig = CoarseConfig(),
+               engine: EngineConfig = EngineConfig(), searcher: Searcher | None = None,
+               progress: bool = False) -> Duplicates:
+    """Every pair of indexed videos whose similarity reaches ``threshold``, grouped into clusters.
+
+    No all-pairs work: each video proposes its ``cfg.neighbours`` nearest videos of the coarse
+    stage, and only those pairs are scored. A pair's score is one direction of the scorer,
+    the shorter video as the query (Chamfer similarity is high when the query's frames all
+    appear in the target, so a clip of a longer video is found), or, with ``symmetric``, the
+    mean of both directions (lower for a clip and its source: use it to keep only whole-video
+    copies). Clusters are the connected components of the pairs that pass."""
+    searcher = searcher or Searcher(store, scorer, coarse, engine)
+    t0 = time.perf_counter()
+    proposals = _coarse_pairs(searcher, cfg)
+    t1 = time.perf_counter()
+    lengths = {v: store.length(v) for v in store.ids()}
+
+    def query_side(u: str, v: str) -> tuple[str, str]:
+        return (u, v) if (lengths[u], u) <= (lengths[v], v) else (v, u)
+
+    pairs = sorted({query_side(u, v) for u, v in proposals})
+    directed: dict[str, list[str]] = {}
+    for a, b in pairs:
+        directed.setdefault(a, []).append(b)
+        if symmetric:
+            directed.setdefault(b, []).append(a)
+    bar = None
+    if progress:
+        from hapvr.progress import progress as progress_bar
+
+        bar = progress_bar(total=len(directed), unit="video", desc="scoring duplicate candidates")
+    scores: dict[tuple[str, str], float] = {}
+    for a in sorted(directed):
+        targets = directed[a]
+        sims = score_videos(scorer, store, [store.load(a)], targets, engine)[0]
+        scores.update(((a, b), float(s)) for b, s in zip(targets, sims))
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+    found = []
+    for a, b in pairs:
+        forward = scores[(a, b)]
+        backward = scores[(b, a)] if symmetric else None
+        score = (forward + backward) / 2 if symmetric else forward
+        if score >= threshold:
+            found.append(DuplicatePair(a, b, score, forward, backward))
+    found.sort(key=lambda p: (-p.score, p.a, p.b))
+    t2 = time.perf_counter()
+    return Duplicates(found, _components([(p.a, p.b) for p in found]), len(pairs),
+                      {"coarse": t1 - t0, "scoring": t2 - t1})
+
+
+def _coarse_pairs(searcher: Searcher, cfg: DuplicatesConfig) -> set[tuple[str, str]]:
+    """Unordered pairs ``(u, v)``, ``u < v``, where one proposed the other. Beyond ``flat_rows``
+    rows an IVF proposes them (the exact search would cost every row against every row)."""
+    index = searcher.coarse
+    if index.kind == "flat" and index.rows > cfg.flat_rows:
+        index = coarse_index(searcher.store, replace(searcher.coarse_cfg, kind="ivf"), searcher.persist_coarse)
+    position = {v: i for i, v in enumerate(index.ids)}
+    ids, starts, counts = searcher.store.row_layout()
+    out: set[tuple[str, str]] = set()
+    for b0 in range(0, len(ids), cfg.block):
+        block = range(b0, min(b0 + cfg.block, len(ids)))
+        rows = [np.asarray(index.vectors[starts[j]: starts[j] + counts[j]], dtype=np.float32) for j in block]
+        found = index.search_many(rows, cfg.neighbours + 1, shortlist_per_row=cfg.shortlist_per_row)
+        for j, (pos, coarse) in zip(block, found):
+            me = position[ids[j]]
+            for p, c in zip(pos.tolist(), coarse.tolist()):
+                if p == me or (cfg.min_coarse is not None and c < cfg.min_coarse):
+                    continue
+                u, v = ids[j], index.ids[p]
+                out.add((u, v) if u < v else (v, u))
+    return out
+
+
+def _components(edges: list[tuple[str, str]]) -> list[list[str]]:
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[str, list[str]] = {}
+    for x in parent:
+        groups.setdefault(root(x), []).append(x)
+    return sorted((sorted(g) for g in groups.values()), key=lambda g: (-len(g), g[0]))
