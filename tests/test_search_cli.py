@@ -1,0 +1,124 @@
+"""python -m hapvr.index and python -m hapvr.search as a user runs them on a folder of real
+decoded clips: build (and resume), search with segments, duplicates, add, remove, bad input."""
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_api import _frames, _write, default, use_default  # noqa: E402,F401  (fixtures)
+
+from hapvr.index import main as index_main  # noqa: E402
+from hapvr.search import main as search_main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def collection(default):  # noqa: F811
+    d = default[0] / "collection"
+    d.mkdir(exist_ok=True)
+    source = _frames(12, 0)
+    for i in range(4):
+        _write(d / f"other{i}.mp4", _frames(8, 10 + i))
+    _write(d / "source.mp4", source)
+    _write(d / "reupload.mp4", source)  # a whole copy
+    _write(d / "excerpt.mp4", _frames(2, 20) + source[4:10] + _frames(2, 21))  # seconds 4-10 of source at 2-8
+    return d
+
+
+def _one_error(err):
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_index_search_duplicates(use_default, collection, tmp_path, capsys):
+    index = tmp_path / "my.index"
+    assert index_main(["build", "--videos", str(collection), "--index", str(index), "--no-progress"]) == 0
+    assert "added 7" in capsys.readouterr().err
+    # a rerun adds nothing (a killed build resumes the same way)
+    assert index_main(["build", "--videos", str(collection), "--index", str(index), "--no-progress"]) == 0
+    assert "added 0, already present 7" in capsys.readouterr().err
+
+    out = tmp_path / "r.json"
+    assert search_main(["--index", str(index), str(collection / "excerpt.mp4"), "--top", "3", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "excerpt" in table
+    result = json.loads(out.read_text())
+    q = result["queries"][0]
+    assert q["query"] == str(collection / "excerpt.mp4")
+    ids = [r["id"] for r in q["results"]]
+    assert ids[0] == "excerpt" and set(ids[1:3]) == {"source", "reupload"}
+    src = next(r for r in q["results"] if r["id"] == "source")
+    seg = src["segments"][0]
+    got = (seg["query_start"], seg["query_end"], seg["target_start"], seg["target_end"])
+    assert all(abs(a - b) <= 1 for a, b in zip(got, (2, 8, 4, 10))), got  # within a frame (1 s)
+    assert got[3] - got[2] == got[1] - got[0]  # same speed
+    assert list(src) == ["id", "similarity", "segments"]
+    # exhaustive gives the same top results here
+    assert search_main(["--index", str(index), str(collection / "excerpt.mp4"), "--top", "3", "--exhaustive",
+                        "--json", str(out), "--no-segments"]) == 0
+    assert [r["id"] for r in json.loads(out.read_text())["queries"][0]["results"]] == ids
+
+    dup_json, dup_csv = tmp_path / "d.json", tmp_path / "d.csv"
+    assert search_main(["--index", str(index), "--duplicates", "--json", str(dup_json), "--csv", str(dup_csv)]) == 0
+    found = json.loads(dup_json.read_text())
+    assert ["excerpt", "reupload", "source"] in found["clusters"]
+    assert all(not c[0].startswith("other") for c in found["clusters"])
+    assert dup_csv.read_text().startswith("a,b,similarity,cluster")
+
+    assert index_main(["remove", "--index", str(index), "reupload"]) == 0
+    assert index_main(["info", "--index", str(index)]) == 0
+    assert "6 videos" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["empty index", "unreadable query", "no decodable frame", "no index",
+                                  "other model", "query and duplicates", "remove unknown id"])
+def test_search_bad_input(use_default, collection, tmp_path, capsys, case):
+    index = tmp_path / "i"
+    (tmp_path / "junk.mp4").write_bytes(os.urandom(3000))
+    (tmp_path / "empty").mkdir()
+    if case == "empty index":
+        assert index_main(["build", "--videos", str(tmp_path / "empty"), "--index", str(index)]) == 2
+        capsys.readouterr()
+        from hapvr.api import load_model
+        from hapvr.index import model_space
+        from hapvr.retrieval.index_store import IndexStore
+
+        IndexStore.create(index, model_space(load_model()), (9, 64)).close()
+        argv = ["--index", str(index), str(collection / "source.mp4")]
+        needle = "empty"
+    else:
+        assert index_main(["build", "--videos", str(collection / "other0.mp4"), "--index", str(index),
+                           "--no-progress"]) == 0
+        capsys.readouterr()
+        argv, needle = {
+            "unreadable query": (["--index", str(index), str(tmp_path / "nope.mp4")], "QUERY"),
+            "no decodable frame": (["--index", str(index), str(tmp_path / "junk.mp4")], "junk.mp4"),
+            "no index": (["--index", str(tmp_path / "nowhere"), str(collection / "source.mp4")], "--index"),
+            "other model": (["--index", str(index), str(collection / "source.mp4"), "--fps", "2"], "fps"),
+            "query and duplicates": (["--index", str(index), str(collection / "source.mp4"), "--duplicates"],
+                                     "--duplicates"),
+            "remove unknown id": (None, "zz"),
+        }[case]
+    if case == "remove unknown id":
+        code = index_main(["remove", "--index", str(index), "zz"])
+    else:
+        code = search_main(argv)
+    assert code == 2
+    assert needle in _one_error(capsys.readouterr().err)
+
+
+def test_a_query_shorter_than_the_minimum_is_repeated_not_refused(use_default, collection, tmp_path, capsys):
+    index = tmp_path / "i"
+    assert index_main(["build", "--videos", str(collection), "--index", str(index), "--no-progress"]) == 0
+    one = tmp_path / "one_second.mp4"
+    _write(one, _frames(12, 0)[:1])
+    out = tmp_path / "r.json"
+    assert search_main(["--index", str(index), str(one), "--json", str(out), "--checkpoint",
+                        str(tmp_path.parent / "unused")]) == 2  # the checkpoint must exist
+    capsys.readouterr()
+    assert search_main(["--index", str(index), str(one), "--json", str(out)]) == 0
+    top = json.loads(out.read_text())["queries"][0]["results"][0]
+    assert top["id"] in {"source", "reupload"} and top["similarity"] > 0.9
