@@ -288,7 +288,7 @@ def coarse_child(rows: int) -> dict:
     results = {}
     for kind in ("flat", "ivf"):
         t0 = time.perf_counter()
-        index = CoarseIndex.build(vectors, np.arange(rows), CoarseConfig(kind=kind))
+        index = CoarseIndex.build(vectors, CoarseConfig(kind=kind))
         build = time.perf_counter() - t0
         index.set_videos(ids, starts, counts)
         entry = {"build_s": build, "rss_after_build_bytes": H._status_kib("VmRSS:") * 1024}
@@ -305,7 +305,7 @@ def coarse_child(rows: int) -> dict:
             entry[name] = {"median_s": statistics.median(times), "max_s": max(times)}
             results.setdefault("_found", {})[(kind, nprobe)] = found
         if kind == "ivf":
-            entry["nlist"] = int(index.index.nlist)
+            entry["nlist"] = int(index.ann.nlist)
         results[kind] = entry
         del index
     exact = results["_found"][("flat", None)]
