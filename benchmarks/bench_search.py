@@ -276,8 +276,8 @@ def coarse_child(rows: int) -> dict:
     per_query = -(-QUERY_FRAMES // DescriptorConfig().segment_frames)  # rows of a 30-frame query
     t0 = time.perf_counter()
     vectors = np.concatenate(list(planted_descriptors(rows, 512, seed=7)))
-    out = {"rows": rows, "query_rows": per_query, "generate_s": time.perf_counter() - t0}
-    rows_per_video = 9
+    out = {"rows": rows, "query_rows": per_query, "rows_per_video": 17, "generate_s": time.perf_counter() - t0}
+    rows_per_video = 17  # a 34-frame video at the default 2-frame segments
     n_videos = rows // rows_per_video
     starts = np.arange(n_videos) * rows_per_video
     counts = np.full(n_videos, rows_per_video)
@@ -288,7 +288,7 @@ def coarse_child(rows: int) -> dict:
     results = {}
     for kind in ("flat", "ivf"):
         t0 = time.perf_counter()
-        index = CoarseIndex.build(vectors, np.arange(rows), CoarseConfig(kind=kind))
+        index = CoarseIndex.build(vectors, CoarseConfig(kind=kind))
         build = time.perf_counter() - t0
         index.set_videos(ids, starts, counts)
         entry = {"build_s": build, "rss_after_build_bytes": H._status_kib("VmRSS:") * 1024}
@@ -305,7 +305,7 @@ def coarse_child(rows: int) -> dict:
             entry[name] = {"median_s": statistics.median(times), "max_s": max(times)}
             results.setdefault("_found", {})[(kind, nprobe)] = found
         if kind == "ivf":
-            entry["nlist"] = int(index.index.nlist)
+            entry["nlist"] = int(index.ann.nlist)
         results[kind] = entry
         del index
     exact = results["_found"][("flat", None)]
@@ -363,7 +363,7 @@ def report(results: dict) -> None:
                              f"median {fmt_s(q['median_s'])} (coarse {fmt_s(q['coarse_median_s'])}, "
                              f"re-rank {fmt_s(q['rerank_median_s'])}), max {fmt_s(q['max_s'])}"])
             rows.append([f"{size}", "peak resident memory (whole process)", f"{H.fmt_bytes(lat['peak_rss_bytes'])} "
-                         f"searching; {H.fmt_bytes(lat['peak_rss_with_ivf_training_bytes'])} with the IVF trained beside"])
+                         f"searching; {H.fmt_bytes(lat.get('peak_rss_with_ivf_training_bytes'))} with the IVF trained beside"])
         if "recall" in r:
             rc = r["recall"]
             rows.append([f"{size}", f"coarse recall of exhaustive top-10 ({rc['queries']} queries)",
@@ -419,7 +419,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", default="index,latency,recall,duplicates",
-                   help="comma-separated: index, latency, recall, duplicates, coarse (default: %(default)s)")
+                   help="comma-separated: index, latency, recall, duplicates, coarse; or report (print the "
+                        "results file) (default: %(default)s)")
     p.add_argument("--size", type=int, action="append", help="indexed videos (repeatable; default 1000)")
     p.add_argument("--rows", type=int, default=1_000_000, help="descriptor rows for --part coarse (default: %(default)s)")
     p.add_argument("--workdir", default="/tmp/hapvr-bench-search", help="where indexes are kept (default: %(default)s)")
@@ -442,6 +443,12 @@ def main(argv=None):
         print(json.dumps(coarse_child(args.coarse_child)))
         return
     parts = [x.strip() for x in args.part.split(",") if x.strip()]
+    if parts == ["report"]:  # the table and verdicts of the results file, nothing run
+        results = json.loads(Path(args.json).read_text())
+        report(results)
+        for line in verdicts(results):
+            print(line)
+        return
     unknown = set(parts) - {"index", "latency", "recall", "duplicates", "coarse"}
     if unknown:
         p.error(f"unknown part(s) {sorted(unknown)}")

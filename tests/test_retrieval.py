@@ -94,7 +94,8 @@ def test_create_add_remove_reopen(tmp_path):
         store.remove("vid2")
         with pytest.raises(KeyError):
             store.remove("vid2")
-    with IndexStore.open(path, space()) as store:
+    as_tuple = {**space(), "region_shape": (R, D)}  # compares equal to the list it reads back as
+    with IndexStore.open(path, as_tuple) as store:
         assert store.ids() == ["vid0", "vid1", "vid3", "vid4", "vid5"]
         for vid in store.ids():
             got = store.load(vid)
@@ -254,6 +255,9 @@ def test_damaged_frames_are_reported(tmp_path):
         f.write(b"\x7f")
     with IndexStore.open(path) as store, pytest.raises(CorruptFileError, match="'a' are damaged"):
         store.load("a")
+    os.truncate(path / "g0.frames", 100)
+    with pytest.raises(CorruptFileError, match="g0.frames is shorter than its journal says"):
+        IndexStore.open(path)
 
 
 # --- the coarse stage ------------------------------------------------------------------------

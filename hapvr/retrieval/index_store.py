@@ -138,6 +138,16 @@ def feature_space(scorer, **identity) -> dict:
     return {"scorer": scorer.fingerprint(), **identity}
 
 
+def _as_json(space: dict) -> dict:
+    """``space`` as it reads back from the manifest (tuples become lists), so equal ones compare equal."""
+    if not isinstance(space, dict):
+        raise ValueError(f"space must be a dict describing the feature space, got {type(space).__name__}")
+    try:
+        return json.loads(json.dumps(space, sort_keys=True))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"space must be JSON-serialisable ({exc})") from None
+
+
 def _to_numpy(features) -> np.ndarray:
     if isinstance(features, torch.Tensor):
         features = features.detach().cpu().numpy()
@@ -184,10 +194,7 @@ class IndexStore:
         R, D = (int(v) for v in region_shape)
         if R < 1 or D < 1:
             raise ValueError(f"region_shape must be (R, D) with both >= 1, got {tuple(region_shape)}")
-        try:
-            json.dumps(space)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"space must be a JSON-serialisable dict ({exc})") from None
+        space = _as_json(space)
         path.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT, "uid": uuid.uuid4().hex, "space": space, "region_shape": [R, D],
                     "storage_dtype": np.dtype(STORAGE_DTYPE).name, "descriptor": asdict(descriptor),
@@ -218,6 +225,8 @@ class IndexStore:
             raise CorruptFileError(f"index {path}: unreadable manifest.json ({exc})") from None
         if manifest.get("format") != FORMAT:
             raise CorruptFileError(f"index {path}: manifest format {manifest.get('format')!r}, expected {FORMAT!r}")
+        if space is not None:
+            space = _as_json(space)
         if space is not None and manifest["space"] != space:
             raise ValueError(
                 f"index {path} was built in another feature space: it holds {json.dumps(manifest['space'], sort_keys=True)}, "
@@ -291,6 +300,11 @@ class IndexStore:
                 break
         for e in events[:keep]:
             self._apply(e)
+        for kind, need in (("frames", self._frame_end * self._frame_bytes), ("desc", self._row_end * self._row_bytes)):
+            if os.fstat(self._fds[kind]).st_size < need:
+                raise CorruptFileError(f"index {self.path}: {self._file(kind).name} is shorter than its journal says "
+                                       f"({os.fstat(self._fds[kind]).st_size} < {need} bytes); it was truncated: "
+                                       "rebuild the index")
         self._journal_pos = ends[keep - 1] if keep else 0
         self._journal_lines = keep
         if self.writable:  # drop what a killed writer left past the committed part
@@ -532,19 +546,29 @@ class IndexStore:
         return self.load_many([vid])[0]
 
     def load_many(self, vids: list[str]) -> list[torch.Tensor]:
-        """Features of several videos, read in file order (one ``pread`` each)."""
+        """Features of several videos, read in file order (one ``pread`` each, into the buffer)."""
         recs = [self._record(v) for v in vids]
         out: list[torch.Tensor | None] = [None] * len(recs)
         R, D = self.region_shape
         for i in sorted(range(len(recs)), key=lambda i: recs[i].frame):
             rec = recs[i]
-            data = self._pread("frames", rec.frame * self._frame_bytes, rec.frames * self._frame_bytes)
-            if len(data) != rec.frames * self._frame_bytes or zlib.crc32(data) != rec.crc:
+            buf = np.empty((rec.frames, R, D), dtype=STORAGE_DTYPE)
+            view = memoryview(buf.reshape(-1).view(np.uint8))
+            got = self._pread_into("frames", rec.frame * self._frame_bytes, view)
+            if got != len(view) or zlib.crc32(view) != rec.crc:
                 raise CorruptFileError(f"index {self.path}: the frames of video {rec.id!r} are damaged on disk "
                                        "(CRC mismatch); remove and re-add it")
-            x = np.frombuffer(data, dtype=STORAGE_DTYPE).reshape(rec.frames, R, D)
-            out[i] = torch.from_numpy(x.astype(np.float32))
+            out[i] = torch.from_numpy(buf).float()  # torch converts float16 ~20x faster than numpy
         return out
+
+    def _pread_into(self, kind: str, offset: int, view: memoryview) -> int:
+        done = 0
+        while done < len(view):
+            n = os.preadv(self._fds[kind], [view[done:]], offset + done)
+            if n == 0:
+                break
+            done += n
+        return done
 
     def row_layout(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """``(ids, first global descriptor row, row count)`` of the live videos, in ``ids()`` order;
