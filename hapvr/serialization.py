@@ -169,3 +169,20 @@ def load_plain_pickle(path: str | Path, what: str):
         raise CorruptFileError(f"{what} {path}: not a readable pickle ({exc})") from None
     except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
         raise CorruptFileError(f"{what} {path}: truncated or not a pickle ({type(exc).__name__}: {exc})") from None
+
+
+def fsync_dir(path) -> None:
+    """Makes a rename or a new file in folder ``path`` durable (fsync of the folder); a no-op
+    where the file system does not allow it."""
+    import os
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

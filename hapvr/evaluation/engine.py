@@ -37,6 +37,7 @@ from hapvr.batching import Chunk, pad_stack, repeat_to, split_chunks  # noqa: F4
 from hapvr.evaluation.feature_store import FeatureStore, frames_digest
 from hapvr.evaluation.scorers import Scorer
 from hapvr.serialization import CorruptFileError
+from hapvr.serialization import fsync_dir as _fsync_dir
 
 
 @dataclass(frozen=True)
@@ -205,19 +206,6 @@ def _lock(fh, path: Path) -> None:
                               "wait for it or pass another --cache-dir") from None
     except OSError:  # a file system without locks (some network mounts): proceed unlocked
         pass
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _listed(ids, limit: int = 5) -> str:

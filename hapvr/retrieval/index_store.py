@@ -55,6 +55,7 @@ import torch
 
 from hapvr.retrieval.coarse import DescriptorConfig, video_descriptors
 from hapvr.serialization import CorruptFileError
+from hapvr.serialization import fsync_dir as _fsync_dir
 
 FORMAT = "hapvr-video-index-1"
 STORAGE_DTYPE = np.float16
@@ -93,19 +94,6 @@ class Descriptors:
 
 def _line_crc(fields: dict) -> str:
     return f"{zlib.crc32(json.dumps(fields, sort_keys=True, separators=(',', ':')).encode()):08x}"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
