@@ -98,6 +98,11 @@ def float_in(low: float, high: float, low_open: bool = False, high_open: bool = 
     return _number(float, "float", low=low, high=high, low_open=low_open, high_open=high_open)
 
 
+def finite_float():
+    """argparse type: any finite number (NaN and infinity refused)."""
+    return _number(float, "float")
+
+
 def nonnegative_float():
     return _number(float, "float>=0", low=0)
 

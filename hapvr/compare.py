@@ -15,7 +15,7 @@ import sys
 import types
 
 from hapvr.api import compare as _compare
-from hapvr.cli import ArgumentParser, fail, input_file, output_file, positive_float, run_main
+from hapvr.cli import ArgumentParser, fail, finite_float, input_file, output_file, positive_float, run_main
 
 EXAMPLES = """\
   python -m hapvr.compare original.mp4 suspect.mp4
@@ -35,7 +35,7 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--json", help="write the result here (fixed layout, docs/formats.md)")
     ap.add_argument("--plot", help="write the frame map with the copied segments here (PNG)")
     ap.add_argument("--symmetric", action="store_true", help="similarity as the mean of both directions")
-    ap.add_argument("--threshold", type=float, help="similarity above which the pair is called a copy "
+    ap.add_argument("--threshold", type=finite_float(), help="similarity above which the pair is called a copy "
                                                     "(default: the model's calibrated threshold, docs/scores.md)")
     ap.add_argument("--fps", type=positive_float(), default=1.0, help="frames per second decoded from video files")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")

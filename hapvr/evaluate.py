@@ -57,10 +57,6 @@ def build_parser() -> ArgumentParser:
     return ap
 
 
-def _fail(msg: str) -> None:
-    fail(msg)
-
-
 def check_args(args) -> None:
     """Every path argument, before any work: inputs exist and are readable, outputs can be written."""
     for arg, path in (("--features", args.features), ("--annotations", args.annotations),
@@ -109,11 +105,11 @@ def make_scorer(args):
     try:
         device = pick_device(args.device)
     except ValueError as exc:
-        _fail(f"--device: {exc}")
+        fail(f"--device: {exc}")
     try:
         default_workspace_bytes(device.type)  # the tiled backend's bound, checked before any work
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if args.features_only:
         from hapvr.evaluation.scorers import ChamferBaseline
 
@@ -123,7 +119,7 @@ def make_scorer(args):
     try:
         return load_scorer(args.checkpoint, backend=args.backend, precision=args.precision, device=device)
     except (FileNotFoundError, ValueError, KeyError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def format_table(results: dict[str, EvaluationResult]) -> str:
@@ -191,11 +187,11 @@ def _main(argv=None) -> int:
     try:
         bench = load_benchmark(args.dataset, args.annotations)
     except (FileNotFoundError, ValueError) as exc:
-        _fail(f"--annotations {exc}" if args.annotations not in str(exc) else str(exc))
+        fail(f"--annotations {exc}" if args.annotations not in str(exc) else str(exc))
     try:
         store = FeatureStore(args.features)
     except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
-        _fail(f"--features {args.features}: {exc}" if args.features not in str(exc) else str(exc))
+        fail(f"--features {args.features}: {exc}" if args.features not in str(exc) else str(exc))
     easy = _read_ids(args.easy_duplicates) if args.easy_duplicates else None
     scorer = make_scorer(args)
     present = store.ids() & bench.all_videos()
@@ -205,14 +201,14 @@ def _main(argv=None) -> int:
     print(f"{bench.name}: {len(queries)}/{len(bench.queries)} queries and {len(targets)} candidates have features"
           f" ({absent} annotated videos are missing from {args.features})", file=sys.stderr)
     if not queries:
-        _fail(f"--features {args.features}: no query of the benchmark has features in it "
+        fail(f"--features {args.features}: no query of the benchmark has features in it "
               f"(ids as in --annotations {args.annotations}, e.g. {sorted(bench.queries)[:3]})")
     try:
         return _score_and_report(args, bench, store, scorer, queries, targets, present, easy)
     except (ValueError, FileNotFoundError) as exc:  # feature data, a cache of other inputs (names the file)
-        _fail(str(exc))
+        fail(str(exc))
     except KeyError as exc:
-        _fail(str(exc.args[0]))
+        fail(str(exc.args[0]))
 
 
 def _score_and_report(args, bench, store, scorer, queries, targets, present, easy) -> int:

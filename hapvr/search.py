@@ -21,7 +21,8 @@ import json
 import os
 import sys
 
-from hapvr.cli import ArgumentParser, fail, input_file, int_at_least, output_file, run_main
+from hapvr.cli import (ArgumentParser, fail, finite_float, input_file, int_at_least, output_file, positive_float,
+                       run_main)
 
 EXAMPLES = """\
   python -m hapvr.search --index my.index suspect.mp4
@@ -40,13 +41,13 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--exhaustive", action="store_true", help="score every indexed video (no coarse stage)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--duplicates", action="store_true", help="list the duplicate pairs and clusters of the index")
-    ap.add_argument("--threshold", type=float, help="similarity of a duplicate pair (default: the model's copy threshold)")
+    ap.add_argument("--threshold", type=finite_float(), help="similarity of a duplicate pair (default: the model's copy threshold)")
     ap.add_argument("--symmetric", action="store_true", help="with --duplicates: mean of both directions")
     ap.add_argument("--csv", help="with --duplicates: write the pairs here as CSV")
     ap.add_argument("--no-segments", action="store_true", help="skip the localisation of copied segments")
     ap.add_argument("--checkpoint", help="the checkpoint the index was built with (default: the default model)")
     ap.add_argument("--baseline", action="store_true", help="the index was built with --baseline")
-    ap.add_argument("--fps", type=float, default=1.0, help="frames per second the index was built with")
+    ap.add_argument("--fps", type=positive_float(), default=1.0, help="frames per second the index was built with")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     return ap
 

@@ -318,3 +318,19 @@ def test_reliability_table_names_tests_that_exist():
     for short, name in re.findall(r"`(\w+)::(test_\w+)", text):
         source = open(os.path.join(root, "tests", files[short])).read()
         assert f"def {name}(" in source, (short, name)
+
+
+@pytest.mark.parametrize("module,argv,needle", [
+    ("hapvr.compare", ["a.mp4", "b.mp4", "--threshold", "nan"], "--threshold"),
+    ("hapvr.compare", ["a.mp4", "b.mp4", "--fps", "0"], "--fps"),
+    ("hapvr.search", ["--index", "i", "q.mp4", "--threshold", "inf"], "--threshold"),
+    ("hapvr.search", ["--index", "i", "q.mp4", "--fps", "0"], "--fps"),
+    ("hapvr.search", ["--index", "i", "q.mp4", "--top", "0"], "--top"),
+    ("hapvr.index", ["build", "--videos", "v", "--index", "i", "--fps", "-1"], "--fps"),
+    ("hapvr.default_model", ["--from", "missing.pt"], "--from"),
+])
+def test_compare_search_index_arguments(module, argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main = __import__(module, fromlist=["main"]).main
+    assert main(argv) == 2
+    assert needle in _one_error(capsys.readouterr().err)

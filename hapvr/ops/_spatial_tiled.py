@@ -37,9 +37,9 @@ DEFAULT_WORKSPACE_BYTES = 64 << 20
 DEFAULT_WORKSPACE_BYTES_CUDA = 512 << 20
 # The CPU backward tiles within a quarter of the bound by default. It already holds the saved
 # selection and both input gradients (at the training shape, 64 x 64 clips of 28 frames, those are
-# 95 MiB, more than the forward's whole workspace), and its time does not depend on the tile size
-# between 8 and 64 MiB on the CPU (training shape, 2026-11-29: 3.3-4.5 s at every size, within the
-# machine's noise), while 16 MiB keeps the training shape's forward + backward within 1/10 of the
+# 95 MiB, more than the forward's whole workspace), and its time barely depends on the tile size
+# between 8 and 64 MiB on the CPU (training shape, 2026-11-29: 3.6-3.9 s at every size,
+# benchmarks/bench_tiled_backward.py), while 16 MiB keeps the training shape's forward + backward within 1/10 of the
 # materialising reference's memory (README, bench_similarity.py). On CUDA both phases use 512 MiB
 # (fewer, larger tiles keep the device busy, docs/gpu.md); an explicit bound applies to both.
 DEFAULT_BACKWARD_WORKSPACE_BYTES = 16 << 20
