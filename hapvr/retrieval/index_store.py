@@ -229,8 +229,9 @@ class IndexStore:
             space = _as_json(space)
         if space is not None and manifest["space"] != space:
             raise ValueError(
-                f"index {path} was built in another feature space: it holds {json.dumps(manifest['space'], sort_keys=True)}, "
-                f"this run has {json.dumps(space, sort_keys=True)} (differences: "
+                f"index {path} was built in another feature space: it holds "
+                f"{json.dumps(manifest['space'], sort_keys=True)}, this run has {json.dumps(space, sort_keys=True)} "
+                "(differences: "
                 f"{'; '.join(space_differences(manifest['space'], space))}). Rebuild the index with these features "
                 "and scorer, or use the ones it was built with")
         store = cls(path, manifest, writable=writable, durable=durable)
@@ -328,8 +329,8 @@ class IndexStore:
             raise bad("checksum mismatch")
         op = event.get("op")
         if op == "add":
-            if not (isinstance(event.get("id"), str) and all(isinstance(event.get(k), int)
-                                                             for k in ("frame", "frames", "row", "rows", "crc", "dcrc"))):
+            fields = ("frame", "frames", "row", "rows", "crc", "dcrc")
+            if not (isinstance(event.get("id"), str) and all(isinstance(event.get(k), int) for k in fields)):
                 raise bad("malformed add record")
         elif op == "remove":
             if not isinstance(event.get("id"), str):
@@ -407,7 +408,8 @@ class IndexStore:
         if not np.isfinite(stored).all():
             what = "NaN or infinite values" if not np.isfinite(x).all() else "values beyond float16's range (65504)"
             raise ValueError(f"video {vid!r}: features hold {what}; index only finite, normalised features")
-        desc = np.ascontiguousarray(video_descriptors(stored.astype(np.float32), self.descriptor), dtype=DESCRIPTOR_DTYPE)
+        desc = video_descriptors(stored.astype(np.float32), self.descriptor)
+        desc = np.ascontiguousarray(desc, dtype=DESCRIPTOR_DTYPE)
         return stored, desc
 
     def add(self, vid: str, features) -> None:

@@ -124,7 +124,8 @@ class Searcher:
         pos, sims = self.coarse.search(rows, candidates)
         return [self.coarse.ids[i] for i in pos], sims
 
-    def search(self, query, k: int = 10, candidates: int = DEFAULT_CANDIDATES, exhaustive: bool = False) -> SearchResult:
+    def search(self, query, k: int = 10, candidates: int = DEFAULT_CANDIDATES,
+               exhaustive: bool = False) -> SearchResult:
         """The ``k`` indexed videos most similar to ``query`` (``[T, R, D]`` float, torch or numpy,
         in the index's feature space). Queries shorter than ``scorer.min_frames`` are repeated."""
         return self.search_many([query], k, candidates, exhaustive)[0]
@@ -196,6 +197,7 @@ class DuplicatesConfig:
     neighbours: int = 10  # coarse neighbours each video proposes
     min_coarse: float | None = None  # skip proposals with a lower coarse similarity
     shortlist_per_row: int = 32  # nearest rows per descriptor row whose videos are considered (IVF)
+    rescore_factor: int = 4  # of those, 4 x (neighbours + 1) are scored exactly (IVF)
     flat_rows: int = 5_000  # up to this many rows (~300 videos), neighbours come from the exact search
     block: int = 256  # videos whose IVF searches go to faiss together
 
@@ -214,7 +216,7 @@ def duplicates(store: IndexStore, scorer: Scorer, threshold: float, symmetric: b
     copies). Clusters are the connected components of the pairs that pass."""
     searcher = searcher or Searcher(store, scorer, coarse, engine)
     t0 = time.perf_counter()
-    proposals = _coarse_pairs(searcher, cfg)
+    proposals = _coarse_pairs(searcher, cfg, progress)
     t1 = time.perf_counter()
     lengths = {v: store.length(v) for v in store.ids()}
 
@@ -254,7 +256,7 @@ def duplicates(store: IndexStore, scorer: Scorer, threshold: float, symmetric: b
                       {"coarse": t1 - t0, "scoring": t2 - t1})
 
 
-def _coarse_pairs(searcher: Searcher, cfg: DuplicatesConfig) -> set[tuple[str, str]]:
+def _coarse_pairs(searcher: Searcher, cfg: DuplicatesConfig, progress: bool = False) -> set[tuple[str, str]]:
     """Unordered pairs ``(u, v)``, ``u < v``, where one proposed the other. Beyond ``flat_rows``
     rows an IVF proposes them (the exact search would cost every row against every row)."""
     index = searcher.coarse
@@ -263,10 +265,16 @@ def _coarse_pairs(searcher: Searcher, cfg: DuplicatesConfig) -> set[tuple[str, s
     position = {v: i for i, v in enumerate(index.ids)}
     ids, starts, counts = searcher.store.row_layout()
     out: set[tuple[str, str]] = set()
+    bar = None
+    if progress:
+        from hapvr.progress import progress as progress_bar
+
+        bar = progress_bar(total=len(ids), unit="video", desc="coarse neighbours")
     for b0 in range(0, len(ids), cfg.block):
         block = range(b0, min(b0 + cfg.block, len(ids)))
         rows = [np.asarray(index.vectors[starts[j]: starts[j] + counts[j]], dtype=np.float32) for j in block]
-        found = index.search_many(rows, cfg.neighbours + 1, shortlist_per_row=cfg.shortlist_per_row)
+        found = index.search_many(rows, cfg.neighbours + 1, shortlist_per_row=cfg.shortlist_per_row,
+                                  rescore=cfg.rescore_factor * (cfg.neighbours + 1))
         for j, (pos, coarse) in zip(block, found):
             me = position[ids[j]]
             for p, c in zip(pos.tolist(), coarse.tolist()):
@@ -274,6 +282,10 @@ def _coarse_pairs(searcher: Searcher, cfg: DuplicatesConfig) -> set[tuple[str, s
                     continue
                 u, v = ids[j], index.ids[p]
                 out.add((u, v) if u < v else (v, u))
+        if bar:
+            bar.update(len(block))
+    if bar:
+        bar.close()
     return out
 
 
