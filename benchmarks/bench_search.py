@@ -436,14 +436,19 @@ def main(argv=None):
     p.add_argument("--threshold", type=float, default=0.7, help="duplicates() threshold (default: %(default)s)")
     p.add_argument("--neighbours", type=int, default=10, help="duplicates() coarse neighbours (default: %(default)s)")
     p.add_argument("--min-coarse", type=float, default=None, help="duplicates() coarse floor (default: none)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and faiss threads (default: theirs, one per core); on a machine others load, 1 "
+                        "avoids OpenMP threads waiting on each other")
     p.add_argument("--json", default=str(HERE / "results" / "search.json"),
                    help="results file (merged; default: %(default)s)")
     p.add_argument("--latency-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--coarse-child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.threads:
+    if args.threads:  # torch's and faiss's OpenMP pools alike
+        import faiss
+
         torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
     if args.latency_child:
         print(json.dumps(latency_child(args, args.latency_child)))
         return

@@ -57,6 +57,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,10 @@ def segment_chamfer(query_rows: np.ndarray, vectors: np.ndarray, starts: np.ndar
     if n == 0:
         return np.zeros(0, np.float32)
     lo, hi = int(starts[0]), int(starts[-1] + counts[-1])
-    sims = query_rows @ np.asarray(vectors[lo:hi]).T  # [q, hi - lo]
+    # through torch, so that torch.set_num_threads governs this GEMM as it does the scorer's
+    # (numpy's BLAS keeps its own threads, which wait on each other on a loaded machine)
+    sims = (torch.from_numpy(np.ascontiguousarray(query_rows, dtype=np.float32))
+            @ torch.from_numpy(np.asarray(vectors[lo:hi])).T).numpy()  # [q, hi - lo]
     # reduceat over (start, end) pairs: even outputs are the runs, odd ones the gaps between
     bounds = np.stack([starts - lo, starts - lo + counts], axis=1).reshape(-1)
     bounds = bounds[:-1] if bounds[-1] == hi - lo else bounds

@@ -581,12 +581,13 @@ class IndexStore:
 
     def descriptor_matrix(self, verify: bool = True) -> np.ndarray:
         """Every stored descriptor row by global row number, ``[rows, D]`` float32, memory-mapped
-        read-only (rows of removed videos included: see :meth:`row_layout` for the live runs).
+        (rows of removed videos included: see :meth:`row_layout` for the live runs).
         ``verify``: check the live videos' rows against their CRCs first (one read of the file)."""
         D = self.region_shape[1]
         if self._row_end == 0:
             return np.zeros((0, D), DESCRIPTOR_DTYPE)
-        matrix = np.memmap(self._file("desc"), dtype=DESCRIPTOR_DTYPE, mode="r", shape=(self._row_end, D))
+        # copy-on-write: writable as torch.from_numpy wants, though nothing writes it (the file is never changed)
+        matrix = np.memmap(self._file("desc"), dtype=DESCRIPTOR_DTYPE, mode="c", shape=(self._row_end, D))
         if verify:
             flat = matrix.reshape(-1).view(np.uint8)
             for rec in self._records.values():

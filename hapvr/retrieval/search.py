@@ -198,6 +198,7 @@ class DuplicatesConfig:
     min_coarse: float | None = None  # skip proposals with a lower coarse similarity
     shortlist_per_row: int = 32  # nearest rows per descriptor row whose videos are considered (IVF)
     rescore_factor: int = 4  # of those, 4 x (neighbours + 1) are scored exactly (IVF)
+    nprobe: int = 2  # IVF lists searched per row: a copy's rows fall in the lists of its source's
     flat_rows: int = 5_000  # up to this many rows (~300 videos), neighbours come from the exact search
     block: int = 256  # videos whose IVF searches go to faiss together
 
@@ -273,7 +274,7 @@ def _coarse_pairs(searcher: Searcher, cfg: DuplicatesConfig, progress: bool = Fa
     for b0 in range(0, len(ids), cfg.block):
         block = range(b0, min(b0 + cfg.block, len(ids)))
         rows = [np.asarray(index.vectors[starts[j]: starts[j] + counts[j]], dtype=np.float32) for j in block]
-        found = index.search_many(rows, cfg.neighbours + 1, shortlist_per_row=cfg.shortlist_per_row,
+        found = index.search_many(rows, cfg.neighbours + 1, nprobe=cfg.nprobe, shortlist_per_row=cfg.shortlist_per_row,
                                   rescore=cfg.rescore_factor * (cfg.neighbours + 1))
         for j, (pos, coarse) in zip(block, found):
             me = position[ids[j]]
