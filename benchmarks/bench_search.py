@@ -381,8 +381,10 @@ def report(results: dict) -> None:
                          f"(x{rc['speedup_vs_batched']:.0f} vs batched)"])
         if "duplicates" in r:
             d = r["duplicates"]
-            rows.append([f"{size}", f"duplicates(threshold={d['threshold']}, neighbours={d['neighbours']})",
-                         f"{fmt_s(d['seconds'])} ({d['candidate_pairs']} pairs scored); copy-source pairs found "
+            rows.append([f"{size}", f"duplicates(threshold={d['threshold']}, neighbours={d['neighbours']}, "
+                         f"min_coarse={d['min_coarse']}), {d.get('threads')} thread(s)",
+                         f"{fmt_s(d['seconds'])} (coarse {fmt_s(d['coarse_seconds'])}, scoring {fmt_s(d['scoring_seconds'])}"
+                         f" of {d['candidate_pairs']} pairs); copy-source pairs found "
                          f"{d['copy_source_pairs_recall']:.3f}; {d['clusters_equal_to_a_planted_group']}/"
                          f"{d['planted_groups']} clusters exactly a planted group; "
                          f"{d['pairs_outside_planted_groups']} pairs outside them"])
