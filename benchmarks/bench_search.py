@@ -1,11 +1,16 @@
 """Benchmark of hapvr.retrieval: index build, two-stage query latency and memory, coarse recall
 against exhaustive search, duplicates(), and the coarse stage alone at a million descriptors.
 
-    python benchmarks/bench_search.py --part index,latency,recall,duplicates --size 1000
-    python benchmarks/bench_search.py --part index,latency --size 20000
-    python benchmarks/bench_search.py --part recall --size 20000 --recall-queries 8
-    python benchmarks/bench_search.py --part duplicates --size 20000
-    python benchmarks/bench_search.py --part coarse --rows 1000000
+The runs recorded in ``benchmarks/results/search.json`` (each part < ~10 min on 2 cores):
+
+    python benchmarks/bench_search.py --part index,latency,recall --size 1000
+    python benchmarks/bench_search.py --part latency,recall,duplicates --size 1000 --threads 1
+    python benchmarks/bench_search.py --part index --size 20000 --threads 1
+    python benchmarks/bench_search.py --part latency --size 20000            # and --threads 1
+    python benchmarks/bench_search.py --part recall --size 20000 --recall-queries 10
+    python benchmarks/bench_search.py --part duplicates --size 20000 --min-coarse 0.5 --threads 1
+    python benchmarks/bench_search.py --part coarse --rows 1000000 --threads 1
+    python benchmarks/bench_search.py --part report                          # table + PASS/FAIL
 
 Data: :class:`hapvr.retrieval.planted.PlantedCollection` (R = 9, D = 512, 10-60 frames a video;
 20 % of the videos in planted groups of a source and 3 copies made by frame drops, shuffles,
@@ -361,11 +366,15 @@ def report(results: dict) -> None:
                          f"after open, search {fmt_s(lat['coarse_flat_search_median_s'])}; IVF ({iv['nlist']} lists): "
                          f"train+add {fmt_s(iv['train_and_add_s'])}, saved {fmt_s(iv['save_s'])}, read back "
                          f"{fmt_s(iv['read_back_s'])}, search {fmt_s(lat['coarse_ivf_search_median_s'])}"])
-            for name in ("warm", "cold"):
-                q = lat[f"query_{name}"]
-                rows.append([f"{size}", f"{QUERY_FRAMES}-frame query, {name} cache (C={lat['candidates']})",
-                             f"median {fmt_s(q['median_s'])} (coarse {fmt_s(q['coarse_median_s'])}, "
-                             f"re-rank {fmt_s(q['rerank_median_s'])}), max {fmt_s(q['max_s'])}"])
+            runs = sorted((v for k, v in r.items() if k.startswith("latency_threads")), key=lambda v: v["threads"])
+            for run in runs or [lat]:
+                for name in ("warm", "cold"):
+                    q = run[f"query_{name}"]
+                    load = run.get("load_average", [float("nan")])[0]
+                    rows.append([f"{size}", f"{QUERY_FRAMES}-frame query, {name} cache (C={run['candidates']}), "
+                                 f"{run.get('threads')} thread(s), load {load:.1f}",
+                                 f"median {fmt_s(q['median_s'])} (coarse {fmt_s(q['coarse_median_s'])}, "
+                                 f"re-rank {fmt_s(q['rerank_median_s'])}), max {fmt_s(q['max_s'])}"])
             rows.append([f"{size}", "peak resident memory (whole process)", f"{H.fmt_bytes(lat['peak_rss_bytes'])} "
                          f"searching; {H.fmt_bytes(lat.get('peak_rss_with_ivf_training_bytes'))} "
                          "with the IVF trained beside"])
@@ -383,8 +392,8 @@ def report(results: dict) -> None:
             d = r["duplicates"]
             rows.append([f"{size}", f"duplicates(threshold={d['threshold']}, neighbours={d['neighbours']}, "
                          f"min_coarse={d['min_coarse']}), {d.get('threads')} thread(s)",
-                         f"{fmt_s(d['seconds'])} (coarse {fmt_s(d['coarse_seconds'])}, scoring {fmt_s(d['scoring_seconds'])}"
-                         f" of {d['candidate_pairs']} pairs); copy-source pairs found "
+                         f"{fmt_s(d['seconds'])} (coarse {fmt_s(d['coarse_seconds'])}, scoring "
+                         f"{fmt_s(d['scoring_seconds'])} of {d['candidate_pairs']} pairs); copy-source pairs found "
                          f"{d['copy_source_pairs_recall']:.3f}; {d['clusters_equal_to_a_planted_group']}/"
                          f"{d['planted_groups']} clusters exactly a planted group; "
                          f"{d['pairs_outside_planted_groups']} pairs outside them"])
@@ -487,6 +496,8 @@ def main(argv=None):
                     entry["index"]["checked_complete"] = run["date"]  # keep the build's own numbers
                 else:
                     entry[part] = result
+                if part == "latency":  # kept per thread count too: both are worth comparing
+                    entry[f"latency_threads{result['threads']}"] = result
                 print(f"[{size}] {part} done in {time.perf_counter() - t0:.0f} s", flush=True)
     if "coarse" in parts:
         print(f"[coarse {args.rows} rows] ...", flush=True)

@@ -38,14 +38,16 @@ rows per query row, and crediting the videos outside them lost recall (0.74 inst
 at 20k videos, C = 100) while costing as much as computing all rows. ``ivf``: a faiss
 ``IndexIVFFlat`` (``nlist = 4 sqrt(rows)`` lists, ``nprobe`` searched) returns the
 ``shortlist_per_row`` nearest rows of each query row, and the videos they belong to are scored
-by the exact coarse similarity. Measured on 2 cores with a 30-frame query (15 rows): flat
-takes ~0.15 s at 345k rows (20k videos) and ~0.33 s at 1M rows; the IVF needs 2000 rows a row
-to agree with flat on 95 % of the top-100 at 1M rows and then takes ~0.8 s (1000 rows: 0.83,
-0.5 s), a cost bounded by the shortlist rather than by the collection. So ``auto`` stays flat
-up to ``ivf_threshold`` = 2M rows (~120k videos, 4 GB of descriptors, ~0.65 s) and uses IVF
-beyond. The trained IVF is saved beside the index (training takes 20-50 s at 345k rows and
-~2 min at 1M, reading it back ~1-2 s); the flat search needs nothing but the descriptor file,
-so it is ready as soon as the index is open (its CRCs are checked then: ~0.5 s at 20k videos).
+by the exact coarse similarity. Measured with a 30-frame query (15 rows) on a shared 2-core
+machine, one thread: flat takes ~0.2 s at 345k rows (20k videos) and ~0.6 s at 1M rows (0.3 s
+with two threads on an idle machine); at 1M rows the IVF (4000 lists, 16 searched) needs 2000
+rows a row to agree with flat on 95 % of the top-100 and then takes ~0.46 s (1000 rows: 83 %,
+0.29 s), a cost bounded by the shortlist rather than by the collection. So ``auto`` stays
+exact up to ``ivf_threshold`` = 1M rows (~60k videos, 2 GB of descriptors) and uses IVF beyond,
+where it wins as the collection grows. The trained IVF is saved beside the index (training
+takes 20-50 s at 345k rows and ~2 min at 1M; reading it back ~0.5-2 s); the flat search needs
+nothing but the descriptor file, ready as soon as the index is open (its CRCs are checked
+then: 0.5-1.8 s at 20k videos, depending on the page cache).
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class CoarseConfig:
     """Choice and settings of the coarse search (see the module docstring)."""
 
     kind: str = "auto"  # "flat" (exact), "ivf", or "auto": flat up to ivf_threshold rows
-    ivf_threshold: int = 2_000_000  # descriptor rows (~120k videos of 17 rows); see the module docstring
+    ivf_threshold: int = 1_000_000  # descriptor rows (~60k videos of 17 rows); see the module docstring
     nlist: int | None = None  # IVF lists; None: 4 sqrt(rows)
     nprobe: int = 16  # IVF lists searched per query row
     shortlist_per_row: int = 2000  # IVF: nearest rows per query row whose videos are scored exactly

@@ -21,7 +21,9 @@ from hapvr.evaluation.scorers import Scorer
 from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, coarse_index, video_descriptors
 from hapvr.retrieval.index_store import IndexStore, space_differences
 
-DEFAULT_CANDIDATES = 100  # coarse recall of the exhaustive top-10 >= 0.95 at C = 100 (benchmark)
+# The coarse top-100 held 99 % of the exhaustive top-10 at 1k and 20k videos (97-99 % at C = 50),
+# and re-ranking 100 candidates keeps a 30-frame query under 1 s at 20k on 2 cores (benchmark).
+DEFAULT_CANDIDATES = 100
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,14 @@ def duplicates(store: IndexStore, scorer: Scorer, threshold: float, symmetric: b
     the shorter video as the query (Chamfer similarity is high when the query's frames all
     appear in the target, so a clip of a longer video is found), or, with ``symmetric``, the
     mean of both directions (lower for a clip and its source: use it to keep only whole-video
-    copies). Clusters are the connected components of the pairs that pass."""
+    copies). Clusters are the connected components of the pairs that pass.
+
+    The proposals come from the exact coarse search on small collections (up to
+    ``cfg.flat_rows`` descriptor rows) and from an IVF beyond (trained once and saved beside the
+    index), each video's rows asking ``cfg.nprobe`` lists for ``cfg.shortlist_per_row`` rows.
+    Scoring dominates: ~4 ms a pair on 2 cores for 10-60-frame videos, so ``cfg.min_coarse``
+    (skip weak proposals) is the lever on large collections: at 20k planted videos, with 0.5,
+    29k pairs were scored in ~2 min and 98.7 % of the copy-source pairs found (benchmark)."""
     searcher = searcher or Searcher(store, scorer, coarse, engine)
     t0 = time.perf_counter()
     proposals = _coarse_pairs(searcher, cfg, progress)
