@@ -1,11 +1,16 @@
 """Benchmark of hapvr.retrieval: index build, two-stage query latency and memory, coarse recall
 against exhaustive search, duplicates(), and the coarse stage alone at a million descriptors.
 
-    python benchmarks/bench_search.py --part index,latency,recall,duplicates --size 1000
-    python benchmarks/bench_search.py --part index,latency --size 20000
-    python benchmarks/bench_search.py --part recall --size 20000 --recall-queries 8
-    python benchmarks/bench_search.py --part duplicates --size 20000
-    python benchmarks/bench_search.py --part coarse --rows 1000000
+The runs recorded in ``benchmarks/results/search.json`` (each part < ~10 min on 2 cores):
+
+    python benchmarks/bench_search.py --part index,latency,recall --size 1000
+    python benchmarks/bench_search.py --part latency,recall,duplicates --size 1000 --threads 1
+    python benchmarks/bench_search.py --part index --size 20000 --threads 1
+    python benchmarks/bench_search.py --part latency --size 20000            # and --threads 1
+    python benchmarks/bench_search.py --part recall --size 20000 --recall-queries 10
+    python benchmarks/bench_search.py --part duplicates --size 20000 --min-coarse 0.5 --threads 1
+    python benchmarks/bench_search.py --part coarse --rows 1000000 --threads 1
+    python benchmarks/bench_search.py --part report                          # table + PASS/FAIL
 
 Data: :class:`hapvr.retrieval.planted.PlantedCollection` (R = 9, D = 512, 10-60 frames a video;
 20 % of the videos in planted groups of a source and 3 copies made by frame drops, shuffles,
@@ -225,7 +230,8 @@ def part_recall(args, size: int) -> dict:
     return {"queries": len(qs), "candidates_default": DEFAULT_CANDIDATES,
             "recall_top10": {C: round(float(np.mean(v)), 4) for C, v in recall.items()},
             "recall_top10_min": {C: round(float(np.min(v)), 2) for C, v in recall.items()},
-            "recall_planted_in_top10": {C: round(float(np.mean(v)), 4) if v else None for C, v in recall_copies.items()},
+            "recall_planted_in_top10": {C: round(float(np.mean(v)), 4) if v else None
+                                        for C, v in recall_copies.items()},
             "exhaustive_single_query_s": single_s, "exhaustive_batched_per_query_s": batched_s,
             "two_stage_per_query_s": two_stage_s, "speedup_vs_single": single_s / two_stage_s,
             "speedup_vs_batched": batched_s / two_stage_s, "two_stage_top1_equals_exhaustive": same_top1,
@@ -292,27 +298,28 @@ def coarse_child(rows: int) -> dict:
         build = time.perf_counter() - t0
         index.set_videos(ids, starts, counts)
         entry = {"build_s": build, "rss_after_build_bytes": H._status_kib("VmRSS:") * 1024}
-        probes = (None,) if kind == "flat" else (8, 16, 32, 64, 128)
-        for nprobe in probes:
-            index.search(qs[0], 100, nprobe=nprobe)
+        settings = [(None, None)] if kind == "flat" else \
+            [(16, 250), (16, 500), (16, 1000), (16, 2000), (8, 1000), (32, 1000), (64, 1000)]
+        for nprobe, shortlist in settings:
+            index.search(qs[0], 100, nprobe=nprobe, shortlist_per_row=shortlist)
             times, found = [], []
             for q in qs:
                 t0 = time.perf_counter()
-                pos, _ = index.search(q, 100, nprobe=nprobe)
+                pos, _ = index.search(q, 100, nprobe=nprobe, shortlist_per_row=shortlist)
                 times.append(time.perf_counter() - t0)
                 found.append(pos)
-            name = "search" if nprobe is None else f"nprobe{nprobe}"
+            name = "search" if nprobe is None else f"nprobe{nprobe}-shortlist{shortlist}"
             entry[name] = {"median_s": statistics.median(times), "max_s": max(times)}
-            results.setdefault("_found", {})[(kind, nprobe)] = found
+            results.setdefault("_found", {})[name] = found
         if kind == "ivf":
             entry["nlist"] = int(index.ann.nlist)
         results[kind] = entry
         del index
-    exact = results["_found"][("flat", None)]
-    for nprobe in (8, 16, 32, 64, 128):
-        approx = results["_found"][("ivf", nprobe)]
-        results["ivf"][f"nprobe{nprobe}"]["overlap_with_flat_top100"] = float(np.mean(
-            [len(set(a) & set(e)) / len(e) for a, e in zip(approx, exact)]))
+    exact = results["_found"]["search"]
+    for name, approx in results["_found"].items():
+        if name != "search":
+            results["ivf"][name]["overlap_with_flat_top100"] = float(np.mean(
+                [len(set(a) & set(e)) / len(e) for a, e in zip(approx, exact)]))
     del results["_found"]
     out.update(results)
     out["peak_rss_bytes"] = H._status_kib("VmHWM:") * 1024
@@ -348,22 +355,29 @@ def report(results: dict) -> None:
             i = r["index"]
             rows.append([f"{size}", "index build", f"{i.get('add_seconds', 0):.1f} s for {i['added']} videos"
                          f" ({i.get('videos_per_s', '-')} videos/s); {H.fmt_bytes(i['disk_bytes'])} on disk"
-                         f" (frames {H.fmt_bytes(i['frames_bytes'])}, descriptors {H.fmt_bytes(i['descriptor_bytes'])})"])
+                         f" (frames {H.fmt_bytes(i['frames_bytes'])}, "
+                         f"descriptors {H.fmt_bytes(i['descriptor_bytes'])})"])
         if "latency" in r:
             lat = r["latency"]
             c = lat["coarse_default"]
             iv = lat["coarse_ivf"]
-            rows.append([f"{size}", "coarse index", f"{c['kind']} over {c['rows']} rows: ready {fmt_s(c['ready_after_open_s'])} "
+            rows.append([f"{size}", "coarse index", f"{c['kind']} over {c['rows']} rows: ready "
+                         f"{fmt_s(c['ready_after_open_s'])} "
                          f"after open, search {fmt_s(lat['coarse_flat_search_median_s'])}; IVF ({iv['nlist']} lists): "
                          f"train+add {fmt_s(iv['train_and_add_s'])}, saved {fmt_s(iv['save_s'])}, read back "
                          f"{fmt_s(iv['read_back_s'])}, search {fmt_s(lat['coarse_ivf_search_median_s'])}"])
-            for name in ("warm", "cold"):
-                q = lat[f"query_{name}"]
-                rows.append([f"{size}", f"{QUERY_FRAMES}-frame query, {name} cache (C={lat['candidates']})",
-                             f"median {fmt_s(q['median_s'])} (coarse {fmt_s(q['coarse_median_s'])}, "
-                             f"re-rank {fmt_s(q['rerank_median_s'])}), max {fmt_s(q['max_s'])}"])
+            runs = sorted((v for k, v in r.items() if k.startswith("latency_threads")), key=lambda v: v["threads"])
+            for run in runs or [lat]:
+                for name in ("warm", "cold"):
+                    q = run[f"query_{name}"]
+                    load = run.get("load_average", [float("nan")])[0]
+                    rows.append([f"{size}", f"{QUERY_FRAMES}-frame query, {name} cache (C={run['candidates']}), "
+                                 f"{run.get('threads')} thread(s), load {load:.1f}",
+                                 f"median {fmt_s(q['median_s'])} (coarse {fmt_s(q['coarse_median_s'])}, "
+                                 f"re-rank {fmt_s(q['rerank_median_s'])}), max {fmt_s(q['max_s'])}"])
             rows.append([f"{size}", "peak resident memory (whole process)", f"{H.fmt_bytes(lat['peak_rss_bytes'])} "
-                         f"searching; {H.fmt_bytes(lat.get('peak_rss_with_ivf_training_bytes'))} with the IVF trained beside"])
+                         f"searching; {H.fmt_bytes(lat.get('peak_rss_with_ivf_training_bytes'))} "
+                         "with the IVF trained beside"])
         if "recall" in r:
             rc = r["recall"]
             rows.append([f"{size}", f"coarse recall of exhaustive top-10 ({rc['queries']} queries)",
@@ -376,8 +390,10 @@ def report(results: dict) -> None:
                          f"(x{rc['speedup_vs_batched']:.0f} vs batched)"])
         if "duplicates" in r:
             d = r["duplicates"]
-            rows.append([f"{size}", f"duplicates(threshold={d['threshold']}, neighbours={d['neighbours']})",
-                         f"{fmt_s(d['seconds'])} ({d['candidate_pairs']} pairs scored); copy-source pairs found "
+            rows.append([f"{size}", f"duplicates(threshold={d['threshold']}, neighbours={d['neighbours']}, "
+                         f"min_coarse={d['min_coarse']}), {d.get('threads')} thread(s)",
+                         f"{fmt_s(d['seconds'])} (coarse {fmt_s(d['coarse_seconds'])}, scoring "
+                         f"{fmt_s(d['scoring_seconds'])} of {d['candidate_pairs']} pairs); copy-source pairs found "
                          f"{d['copy_source_pairs_recall']:.3f}; {d['clusters_equal_to_a_planted_group']}/"
                          f"{d['planted_groups']} clusters exactly a planted group; "
                          f"{d['pairs_outside_planted_groups']} pairs outside them"])
@@ -388,8 +404,9 @@ def report(results: dict) -> None:
                      f"({c['query_rows']} rows, C=100) {fmt_s(flat['search']['median_s'])}"])
         for k, v in ivf.items():
             if k.startswith("nprobe"):
-                rows.append([f"{c['rows']} rows", f"coarse alone, IVF {ivf['nlist']} lists {k}",
-                             f"query {fmt_s(v['median_s'])}, top-100 overlap with flat {v['overlap_with_flat_top100']:.3f}"])
+                rows.append([f"{c['rows']} rows", f"coarse alone, IVF {ivf['nlist']} lists, {k}",
+                             f"query {fmt_s(v['median_s'])}, top-100 overlap with flat "
+                             f"{v['overlap_with_flat_top100']:.3f}"])
         rows.append([f"{c['rows']} rows", "coarse alone", f"IVF build {fmt_s(ivf['build_s'])}; peak resident "
                      f"{H.fmt_bytes(c['peak_rss_bytes'])}"])
     H.print_table(["size", "measure", "result"], rows)
@@ -422,20 +439,27 @@ def main(argv=None):
                    help="comma-separated: index, latency, recall, duplicates, coarse; or report (print the "
                         "results file) (default: %(default)s)")
     p.add_argument("--size", type=int, action="append", help="indexed videos (repeatable; default 1000)")
-    p.add_argument("--rows", type=int, default=1_000_000, help="descriptor rows for --part coarse (default: %(default)s)")
+    p.add_argument("--rows", type=int, default=1_000_000,
+                   help="descriptor rows for --part coarse (default: %(default)s)")
     p.add_argument("--workdir", default="/tmp/hapvr-bench-search", help="where indexes are kept (default: %(default)s)")
     p.add_argument("--latency-queries", type=int, default=20, help="30-frame queries timed (default: %(default)s)")
     p.add_argument("--recall-queries", type=int, default=30, help="queries scored exhaustively (default: %(default)s)")
     p.add_argument("--threshold", type=float, default=0.7, help="duplicates() threshold (default: %(default)s)")
     p.add_argument("--neighbours", type=int, default=10, help="duplicates() coarse neighbours (default: %(default)s)")
     p.add_argument("--min-coarse", type=float, default=None, help="duplicates() coarse floor (default: none)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--json", default=str(HERE / "results" / "search.json"), help="results file (merged; default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and faiss threads (default: theirs, one per core); on a machine others load, 1 "
+                        "avoids OpenMP threads waiting on each other")
+    p.add_argument("--json", default=str(HERE / "results" / "search.json"),
+                   help="results file (merged; default: %(default)s)")
     p.add_argument("--latency-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--coarse-child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.threads:
+    if args.threads:  # torch's and faiss's OpenMP pools alike
+        import faiss
+
         torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
     if args.latency_child:
         print(json.dumps(latency_child(args, args.latency_child)))
         return
@@ -472,6 +496,8 @@ def main(argv=None):
                     entry["index"]["checked_complete"] = run["date"]  # keep the build's own numbers
                 else:
                     entry[part] = result
+                if part == "latency":  # kept per thread count too: both are worth comparing
+                    entry[f"latency_threads{result['threads']}"] = result
                 print(f"[{size}] {part} done in {time.perf_counter() - t0:.0f} s", flush=True)
     if "coarse" in parts:
         print(f"[coarse {args.rows} rows] ...", flush=True)

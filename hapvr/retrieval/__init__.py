@@ -2,7 +2,10 @@
 (:mod:`~hapvr.retrieval.index_store`), a coarse stage over per-segment descriptors
 (:mod:`~hapvr.retrieval.coarse`), exact re-ranking by a scorer and near-duplicate detection
 (:mod:`~hapvr.retrieval.search`). :mod:`~hapvr.retrieval.planted` makes synthetic collections
-with planted copies for tests and benchmarks."""
+with planted copies for tests and benchmarks.
+
+The one-call ``search(store, scorer, query)`` is not re-exported here: the name would hide the
+``hapvr.retrieval.search`` module (import it from there)."""
 
 from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, DescriptorConfig, coarse_index, video_descriptors
 from hapvr.retrieval.index_store import IndexLockedError, IndexStore, feature_space
@@ -16,7 +19,6 @@ from hapvr.retrieval.search import (
     SearchResult,
     duplicates,
     score_videos,
-    search,
 )
 
 __all__ = [
@@ -36,6 +38,5 @@ __all__ = [
     "duplicates",
     "feature_space",
     "score_videos",
-    "search",
     "video_descriptors",
 ]
