@@ -109,12 +109,10 @@ class VideoModel:
         so that its values read the same for every model (about 1 for the same frame, docs/scores.md;
         a trained model's attention scales its own map down). It is what :func:`compare` localises
         copies on."""
-        from hapvr.ops import spatial_topk_chamfer, topk_count
+        from hapvr.localization import chamfer_frame_map
 
-        qa = torch.nn.functional.normalize(self.features(a).to(self.device), dim=-1)
-        qb = torch.nn.functional.normalize(self.features(b).to(self.device), dim=-1)
-        k = topk_count(self.model.k_s, qa.shape[1])
-        return spatial_topk_chamfer(qa[None].contiguous(), qb[None].contiguous(), k)[0, 0].float().cpu()
+        fa, fb = self.features(a).to(self.device), self.features(b).to(self.device)
+        return chamfer_frame_map(fa, fb, self.model.k_s).float().cpu()
 
     def scorer(self, precision: str = "fp32"):
         """The evaluation engine's scorer of this model (batched scoring, index and search)."""

@@ -142,6 +142,17 @@ def localize(sim, fps: float = 1.0, *, threshold: float = _D.threshold, top_k: i
     return net.segments(float(fps))
 
 
+def chamfer_frame_map(query: torch.Tensor, target: torch.Tensor, k_s: float) -> torch.Tensor:
+    """``[T, T']`` region TopK-Chamfer map (eq. 3) of the L2-normalised features ``[T, R, D]`` of
+    two videos, before any learned attention: about 1 for the same frame whatever the model, so
+    the default parameters apply to every model (what compare localises on)."""
+    from hapvr.ops import spatial_topk_chamfer, topk_count
+
+    qa = torch.nn.functional.normalize(query.float(), dim=-1)
+    ta = torch.nn.functional.normalize(target.float(), dim=-1)
+    return spatial_topk_chamfer(qa[None].contiguous(), ta[None].contiguous(), topk_count(k_s, qa.shape[1]))[0, 0]
+
+
 def _as_map(sim) -> torch.Tensor:
     if isinstance(sim, torch.Tensor):
         m = sim.detach()

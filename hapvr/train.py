@@ -122,7 +122,7 @@ def load_or_build_benchmark(cfg, info, extractor):
                 _log(info, f"no benchmark: {exc}")
                 return None
             raise
-        frames = sum(v.shape[0] for v in bench.videos.values())
+        frames = sum(v.shape[0] for v in [*bench.videos.values(), *bench.partial_videos.values()])
         with _progress(info, frames, "benchmark") as bar:
             feats = build_benchmark_features(bench, extractor, progress=bar.update)
         atomic_save(feats.state(), path)
@@ -208,7 +208,8 @@ def run(cfg) -> dict:
     from hapvr.training import distributed
     from hapvr.training.batches import FeaturePool, draw_batch
     from hapvr.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-    from hapvr.training.heldout import draw_heatmaps, evaluate_model, results_table
+    from hapvr.training.heldout import (draw_heatmaps, evaluate_model, localization_rows, localization_table,
+                                        results_table)
     from hapvr.training.gather import GatheredSimilarity, gathered_labels
     from hapvr.training.objective import build_objective, objective_inputs
 
@@ -397,6 +398,15 @@ def run(cfg) -> dict:
         print(f"\nheld-out benchmark: {len(bench_feats)} videos, queries per level {n_q}")
         print(table)
         results = {name: {t: dataclasses.asdict(r) for t, r in res.items()} for name, res in rows.items()}
+        if bench.partial:
+            partial_feats = {k: extractor.whiten(v.float()) for k, v in bench.partial_desc.items()}
+            loc = localization_rows(baseline, eval_model, bench_feats, partial_feats, bench.partial)
+            loc_table = localization_table(loc)
+            print(f"\ncopy localisation on {len(bench.partial)} partial copies (segments at 1x, 2x and 0.5x inside "
+                  f"unrelated footage; VCSL segment P/R/F1, VSC micro-AP):")
+            print(loc_table)
+            table += "\n\n" + loc_table
+            results["localization"] = {name: dataclasses.asdict(r) for name, r in loc.items()}
         with open(os.path.join(cfg.out, "results.txt"), "w") as f:
             f.write(table + "\n")
         pairs = []

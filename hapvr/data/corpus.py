@@ -14,6 +14,12 @@ the spirit of FIVR (SPEC section 4):
   other shots of ``bikes``).
 
 DSVR positives are DS; CSVR DS+CS; ISVR DS+CS+IS. Everything else is a negative.
+
+The benchmark also holds **partial copies** for localisation (:func:`build_partial_copies`):
+targets made of unrelated footage with one or two segments of a query inside, played at 1x,
+2x or 0.5x and lightly re-edited (crop, colour), each with its known spans. They are kept apart
+from the retrieval database, so the mAP / uAP figures do not depend on them. Spans are in
+frames, which hapvr reads as seconds (its extraction samples 1 frame per second).
 """
 
 from __future__ import annotations
@@ -53,6 +59,20 @@ class Benchmark:
     videos: dict[str, torch.Tensor] = field(default_factory=dict)
     queries: list[str] = field(default_factory=list)
     labels: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    partial_videos: dict[str, torch.Tensor] = field(default_factory=dict)
+    partial: list["PartialCopy"] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PartialCopy:
+    """Target ``target`` (in ``Benchmark.partial_videos``) holds copies of parts of query
+    ``query``: each span ``(query_start, query_end, target_start, target_end)`` in frames, ends
+    exclusive, at playback ``speeds`` (target frames per query frame: 2.0 is a 0.5x slow-down)."""
+
+    query: str
+    target: str
+    spans: tuple[tuple[int, int, int, int], ...]
+    speeds: tuple[float, ...]
 
 
 # --- a virtual camera ---------------------------------------------------------------------------
@@ -219,4 +239,74 @@ def build_benchmark(cfg: CorpusConfig) -> Benchmark:
     new_query("bunny", bunny)
     add("bunny", "DS", "bunny-ds1", _copy_edit(bunny, rng))
     add("bunny", "CS", "bunny-cs0", _other_camera(camera_path(bunny, (0.3, 0.45, 0.75), (0.65, 0.55, 0.6), bunny.shape[0]), rng))
+    build_partial_copies(bench, random.Random(cfg.seed + 2))
     return bench
+
+
+# --- partial copies (localisation) --------------------------------------------------------------
+
+# query -> the query whose footage hosts its copies (unrelated to it at every level)
+PARTIAL_HOSTS = {"sklearn-china": "bikes", "sklearn-flower": "bunny", "skimage-astronaut": "v1",
+                 "skimage-rocket": "carphone", "skimage-coffee": "bikes", "skimage-chelsea": "bunny",
+                 "bunny": "skimage-rocket", "v1": "sklearn-flower", "v2": "skimage-chelsea",
+                 "bikes": "skimage-astronaut", "carphone": "sklearn-china"}
+SPEEDS = (1.0, 0.5, 2.0)  # target frames per query frame: normal, 2x fast, 0.5x slow
+
+
+def _light_edit(frames: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """A copy's re-edit without temporal change: crop (80-100 % of the area) and colour."""
+    import torchvision.transforms.v2.functional as TF
+
+    x = augment.random_resized_crop_flip(frames, rng, (0.8, 1.0), SHORT_SIDE, flip_p=0.0)
+    x = TF.adjust_brightness(x, rng.uniform(0.8, 1.2))
+    return TF.adjust_contrast(x, rng.uniform(0.8, 1.2))
+
+
+def _square(frames: torch.Tensor) -> torch.Tensor:
+    from hapvr.data.video import center_crop
+
+    return center_crop(frames, SHORT_SIDE)
+
+
+def _played(segment: torch.Tensor, speed: float) -> torch.Tensor:
+    """``segment`` played at ``1 / speed`` (``speed`` target frames per source frame)."""
+    n = max(1, round(segment.shape[0] * speed))
+    idx = torch.clamp((torch.arange(n) / speed).long(), max=segment.shape[0] - 1)
+    return segment[idx]
+
+
+def build_partial_copies(bench: Benchmark, rng: random.Random) -> None:
+    """Adds one partial-copy target per query (two copies in one target for every third query),
+    cycling through the playback speeds of ``SPEEDS``: unrelated footage (the host query's),
+    then a segment of the query played at that speed, then more unrelated footage. Filled into
+    ``bench.partial_videos`` and ``bench.partial``."""
+    k = 0
+    for i, qid in enumerate(bench.queries):
+        query = _square(bench.videos[qid])
+        host = _square(bench.videos[PARTIAL_HOSTS[qid]])
+        n_copies = 2 if i % 3 == 2 else 1
+        parts, spans, speeds, t = [], [], [], 0
+
+        def filler(m):
+            s = rng.randrange(0, max(1, host.shape[0] - m))
+            return host[torch.arange(s, s + m) % host.shape[0]]
+
+        for c in range(n_copies):
+            speed = SPEEDS[k % len(SPEEDS)]
+            k += 1
+            gap = filler(rng.randint(6, 10))  # more than the localiser's max_gap: copies stay apart
+            parts.append(gap)
+            t += gap.shape[0]
+            T = query.shape[0]
+            length = min(T, rng.randint(8, 12)) if n_copies == 1 else min(T // 2, rng.randint(7, 9))
+            lo = 0 if n_copies == 1 else c * (T // 2)
+            start = rng.randint(lo, lo + (T if n_copies == 1 else T // 2) - length)
+            copy = _light_edit(_played(query[start:start + length], speed), rng)
+            parts.append(copy)
+            spans.append((start, start + length, t, t + copy.shape[0]))
+            speeds.append(speed)
+            t += copy.shape[0]
+        parts.append(filler(rng.randint(6, 10)))
+        vid = f"{qid}-partial"
+        bench.partial_videos[vid] = torch.cat(parts)
+        bench.partial.append(PartialCopy(qid, vid, tuple(spans), tuple(speeds)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hapvr.batching import pad_stack as pad
 from hapvr.evaluation.benchmarks import Benchmark, evaluate_scores
@@ -65,6 +65,71 @@ def all_similarities(model, features: dict[str, torch.Tensor], queries: list[str
 def evaluate_model(model, features, queries, labels) -> dict[str, LevelResult]:
     database = sorted(features)
     return evaluate_levels(all_similarities(model, features, queries, database), labels, database)
+
+
+@dataclass
+class LocalizationResult:
+    """Segment metrics over the partial copies (:mod:`hapvr.metrics`): VCSL-style macro
+    precision / recall / F1 over pairs and the VSC micro-AP."""
+
+    precision: float
+    recall: float
+    f1: float
+    micro_ap: float
+    pairs: int
+    per_pair: dict[str, dict] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def evaluate_localization(maps, partial: list[dict], fps: float = 1.0, **localize_options) -> LocalizationResult:
+    """Localise every partial copy and score it against its known spans (in frames; ``fps``
+    frames a second on both axes). ``maps(query_id, target_id)`` gives the pair's map and the
+    map's own frames per second (the comparator's output has one cell per 4 frames)."""
+    from hapvr.localization import localize
+    from hapvr.metrics import segment_micro_ap, segment_precision_recall, segment_prf_over_pairs
+
+    predicted, truth, per_pair = {}, {}, {}
+    for p in partial:
+        key = (p["query"], p["target"])
+        m, map_fps = maps(*key)
+        predicted[key] = localize(m, fps=map_fps, **localize_options)
+        truth[key] = [tuple(x / fps for x in span) for span in p["spans"]]
+        prf = segment_precision_recall(predicted[key], truth[key])
+        per_pair[p["target"]] = {"speeds": list(p["speeds"]), "f1": prf.f1, "truth": truth[key],
+                                 "found": [[round(v, 2) for v in s.to_dict().values()] for s in predicted[key]]}
+    agg = segment_prf_over_pairs(predicted, truth)
+    return LocalizationResult(agg.precision, agg.recall, agg.f1, segment_micro_ap(predicted, truth), len(partial),
+                              per_pair)
+
+
+def localization_rows(baseline, model, feats: dict[str, torch.Tensor], partial_feats: dict[str, torch.Tensor],
+                      partial: list[dict]) -> dict[str, LocalizationResult]:
+    """The default localisation (compare's: the Chamfer map of the features, default
+    parameters), and the trained model's own comparator output (``PRESETS["trained"]``)."""
+    from hapvr.localization import PRESETS, chamfer_frame_map
+
+    def chamfer(q, t):
+        return chamfer_frame_map(feats[q], partial_feats[t], baseline.k_s), 1.0
+
+    def comparator(q, t):
+        dev = device_of(model)
+        was = model.training
+        model.eval()
+        out = model(feats[q][None].float().to(dev), partial_feats[t][None].float().to(dev))
+        model.train(was)
+        return torch.nn.functional.hardtanh(out.raw[0, 0]).float().cpu(), 0.25
+
+    return {"Chamfer map (compare's, both models)": evaluate_localization(chamfer, partial),
+            "HAP-VR comparator output": evaluate_localization(comparator, partial, **PRESETS["trained"])}
+
+
+def localization_table(rows: dict[str, LocalizationResult]) -> str:
+    head = f"{'localised on':<38}{'pairs':>6}{'precision':>11}{'recall':>9}{'F1':>8}{'micro-AP':>10}"
+    lines = [head, "-" * len(head)]
+    for name, r in rows.items():
+        lines.append(f"{name:<38}{r.pairs:>6}{100 * r.precision:>11.1f}{100 * r.recall:>9.1f}"
+                     f"{100 * r.f1:>8.1f}{100 * r.micro_ap:>10.1f}")
+    return "\n".join(lines)
 
 
 def results_table(rows: dict[str, dict[str, LevelResult]]) -> str:

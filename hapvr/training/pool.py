@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ import torch
 from hapvr.data import augment
 from hapvr.data.video import center_crop
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: the benchmark holds partial copies
 
 
 @dataclass
@@ -41,15 +42,20 @@ class ViewPool:
 
 @dataclass
 class BenchmarkFeatures:
-    """Descriptors (pre-PCA, fp16) per benchmark video, queries, labels and small thumbnails."""
+    """Descriptors (pre-PCA, fp16) per benchmark video, queries, labels and small thumbnails;
+    the partial-copy targets' descriptors and their spans (``partial``: dicts of
+    :class:`hapvr.data.corpus.PartialCopy`'s fields), apart from the retrieval database."""
 
     desc: dict[str, torch.Tensor]
     queries: list[str]
     labels: dict[str, dict[str, list[str]]]
     thumbs: dict[str, torch.Tensor]
+    partial_desc: dict[str, torch.Tensor]
+    partial: list[dict]
 
     def state(self) -> dict:
-        return dict(desc=self.desc, queries=self.queries, labels=self.labels, thumbs=self.thumbs)
+        return dict(desc=self.desc, queries=self.queries, labels=self.labels, thumbs=self.thumbs,
+                    partial_desc=self.partial_desc, partial=self.partial)
 
 
 def cache_key(**parts) -> str:
@@ -127,7 +133,7 @@ def build_view_pool(videos: dict[str, torch.Tensor], extractor, teacher, views_p
 def build_benchmark_features(bench, extractor, progress=None) -> BenchmarkFeatures:
     import torch.nn.functional as F
 
-    desc, thumbs = {}, {}
+    desc, thumbs, partial_desc = {}, {}, {}
     for vid, frames in bench.videos.items():
         x = center_crop(frames)
         desc[vid] = extractor.descriptors(x).half()
@@ -135,4 +141,9 @@ def build_benchmark_features(bench, extractor, progress=None) -> BenchmarkFeatur
         thumbs[vid] = F.interpolate(mid, size=(64, 64), mode="bilinear", antialias=True)[0].round().to(torch.uint8)
         if progress is not None:
             progress(x.shape[0])
-    return BenchmarkFeatures(desc, bench.queries, bench.labels, thumbs)
+    for vid, frames in bench.partial_videos.items():
+        partial_desc[vid] = extractor.descriptors(center_crop(frames)).half()
+        if progress is not None:
+            progress(frames.shape[0])
+    partial = [dataclasses.asdict(p) for p in bench.partial]
+    return BenchmarkFeatures(desc, bench.queries, bench.labels, thumbs, partial_desc, partial)
