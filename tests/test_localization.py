@@ -306,3 +306,63 @@ def test_segments_lie_in_the_videos_and_are_sorted(T, T2, seed, fps, threshold, 
         assert min(s.query_end - s.query_start, s.target_end - s.target_start) >= min_length - 1e-9
         assert s.score >= min_score - 1e-12
     assert [s.score for s in segs] == sorted((s.score for s in segs), reverse=True)
+
+
+# --- the built-in partial copies -------------------------------------------------------------
+
+def test_partial_copies_hold_the_query_frames_at_their_spans(monkeypatch):
+    """With the re-edit switched off, every ground-truth span of the target holds exactly the
+    query's frames played at the recorded speed, and the footage around it is the host's."""
+    import random
+
+    from hapvr.data import corpus
+
+    monkeypatch.setattr(corpus, "_light_edit", lambda frames, rng: frames)
+    g = torch.Generator().manual_seed(0)
+    bench = corpus.Benchmark()
+    for q in corpus.PARTIAL_HOSTS:  # frame t of video q: its own random colour, so frames are traceable
+        bench.queries.append(q)
+        T = 24 if q.startswith(("sk", "sklearn")) else 15
+        colours = torch.randint(0, 256, (T, 3, 1, 1), generator=g, dtype=torch.uint8)
+        bench.videos[q] = colours.expand(T, 3, 256, 256).contiguous()
+    corpus.build_partial_copies(bench, random.Random(5))
+    assert len(bench.partial) == len(corpus.PARTIAL_HOSTS)
+    speeds = [s for p in bench.partial for s in p.speeds]
+    assert set(speeds) == set(corpus.SPEEDS) and any(len(p.spans) == 2 for p in bench.partial)
+    for p in bench.partial:
+        target, query = bench.partial_videos[p.target][:, :, 0, 0], bench.videos[p.query][:, :, 0, 0]
+        host = bench.videos[corpus.PARTIAL_HOSTS[p.query]][:, :, 0, 0]
+        inside = torch.zeros(target.shape[0], dtype=torch.bool)
+        for (q0, q1, t0, t1), speed in zip(p.spans, p.speeds):
+            assert 0 <= q0 < q1 <= query.shape[0] and 0 <= t0 < t1 <= target.shape[0]
+            assert t1 - t0 == round((q1 - q0) * speed)  # 2x fast: half the frames; 0.5x: twice
+            played = [q0 + min(int(k / speed), q1 - q0 - 1) for k in range(t1 - t0)]
+            assert torch.equal(target[t0:t1], query[played])
+            inside[t0:t1] = True
+        outside = target[~inside]
+        assert outside.shape[0] >= 12  # unrelated footage before and after each copy
+        assert all(any(torch.equal(f, h) for h in host) for f in outside)
+        spans = sorted(p.spans, key=lambda s: s[2])
+        for a, b in zip(spans, spans[1:]):  # copies further apart than the localiser's max_gap
+            assert b[2] - a[3] > LocalizationConfig().max_gap
+
+
+def test_default_model_localises_the_builtin_partial_copies():
+    """Issue #14's bar: localisation F1 >= 0.8 on the built-in partial copies with the default
+    model (compare's map and parameters), scored by the VCSL metric against the known spans."""
+    from hapvr.api import load_model
+    from hapvr.data import corpus
+    from hapvr.data.video import center_crop
+    from hapvr.localization import chamfer_frame_map
+    from hapvr.training.heldout import evaluate_localization
+
+    bench = corpus.build_benchmark(corpus.CorpusConfig())
+    model = load_model()
+    with torch.no_grad():
+        feats = {v: model.extractor(center_crop(x)) for v, x in
+                 [*((q, bench.videos[q]) for q in bench.queries), *bench.partial_videos.items()]}
+    partial = [dict(query=p.query, target=p.target, spans=p.spans, speeds=p.speeds) for p in bench.partial]
+    res = evaluate_localization(lambda q, t: (chamfer_frame_map(feats[q], feats[t], model.model.k_s), 1.0), partial)
+    assert res.pairs == 11
+    assert res.f1 >= 0.8 and res.recall >= 0.9, (res.precision, res.recall, res.f1)
+    assert res.micro_ap >= 0.8
