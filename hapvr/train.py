@@ -164,11 +164,14 @@ def fit_pca(extractor, pool) -> None:
 
 
 def lr_lambda(cfg):
+    """Learning-rate factor of step ``step``, as the HAP-VR release's scheduler (timm cosine):
+    linear warm-up from ``warmup_from`` x lr to lr over ``warmup`` steps, then a cosine from lr
+    down to ``lr_floor`` x lr at the last step."""
     def f(step: int) -> float:
         if step < cfg.warmup:
-            return (step + 1) / max(cfg.warmup, 1)
+            return cfg.warmup_from + (1 - cfg.warmup_from) * step / cfg.warmup
         progress = (step - cfg.warmup) / max(cfg.iterations - cfg.warmup, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return f
 

@@ -82,13 +82,14 @@ def test_pseudo_labels_eq14():
         frame_pseudo_labels(row[None], 0.6, 0.6)
 
 
-def frame_loss_loop(frame_sims, teacher, pair_labels, delta, rho, r_t, r_b):
-    """Section 3.4 pair by pair, frame by frame, on the reference operator."""
+def frame_loss_loop(frame_sims, teacher, pair_labels, delta, rho, r_t, r_b, self_pairs=True):
+    """Section 3.4 pair by pair, frame by frame, on the reference operator; with ``self_pairs``
+    each clip paired with itself counts too (the release's mask, diagonal included)."""
     N, _, T, T2 = frame_sims.shape
     pair_values = []
     for a in range(N):
         for b in range(N):
-            if a == b or pair_labels[a, b] != 1:
+            if (a == b and not self_pairs) or (a != b and pair_labels[a, b] != 1):
                 continue
             lab = frame_pseudo_labels(teacher[a, b], r_t, r_b)
             risk, valid = quadlinear_ap_reference(frame_sims[a, b], lab, delta, rho)
@@ -109,33 +110,46 @@ def test_frame_loss_matches_loop_and_materialised():
     frame_sims, emb, teacher, labels = frame_case()
     loss = FrameQuadLinearAPLoss()
     assert (loss.delta, loss.rho, loss.r_t, loss.r_b) == (0.05, 5.0, 0.35, 0.35)
+    assert loss.self_pairs  # the release's default: a clip paired with itself counts
     value = loss(frame_sims, teacher, labels)
     torch.testing.assert_close(value, frame_loss_loop(frame_sims, teacher, labels, 0.05, 5.0, 0.35, 0.35))
-    materialised = _load_materialised()
-    torch.testing.assert_close(value, materialised(frame_sims, teacher, labels))
     # Teacher embeddings [N, T, D'] give the same value (eq. 13 computed for positive pairs only).
     torch.testing.assert_close(loss(frame_sims, emb, labels), value)
+    # Distinct pairs only: the loop without the diagonal, and the predecessor's materialised form.
+    distinct = FrameQuadLinearAPLoss(self_pairs=False)(frame_sims, teacher, labels)
+    torch.testing.assert_close(distinct, frame_loss_loop(frame_sims, teacher, labels, 0.05, 5.0, 0.35, 0.35, False))
+    torch.testing.assert_close(distinct, _load_materialised()(frame_sims, teacher, labels))
+    assert abs(float(distinct) - float(value)) > 1e-4
 
 
 def test_frame_loss_gradient_matches_materialised_and_touches_positive_pairs_only():
     frame_sims, _, teacher, labels = frame_case(N=4, T=6, seed=1)
     x = frame_sims.clone().requires_grad_(True)
-    FrameQuadLinearAPLoss(delta=0.2)(x, teacher, labels).backward()
+    FrameQuadLinearAPLoss(delta=0.2, self_pairs=False)(x, teacher, labels).backward()
     y = frame_sims.clone().requires_grad_(True)
     _load_materialised()(y, teacher, labels, delta=0.2).backward()
     torch.testing.assert_close(x.grad, y.grad)
     positive_pair = (labels == 1) & ~torch.eye(4, dtype=torch.bool)
     assert torch.all(x.grad[~positive_pair] == 0)
     assert x.grad[positive_pair].abs().sum() > 0
+    # The default (self pairs too) also reaches each clip's map with itself, and nothing else.
+    z = frame_sims.clone().requires_grad_(True)
+    FrameQuadLinearAPLoss(delta=0.2)(z, teacher, labels).backward()
+    eye = torch.eye(4, dtype=torch.bool)
+    assert torch.all(z.grad[~(positive_pair | eye)] == 0) and z.grad[eye].abs().sum() > 0
 
 
 def test_frame_loss_without_positive_pairs_is_zero_with_graph():
     frame_sims, _, teacher, _ = frame_case(N=3, T=4)
     x = frame_sims.clone().requires_grad_(True)
-    value = FrameQuadLinearAPLoss()(x, teacher, torch.eye(3, dtype=torch.int64))
+    value = FrameQuadLinearAPLoss(self_pairs=False)(x, teacher, torch.eye(3, dtype=torch.int64))
     assert value.item() == 0.0
     value.backward()
     assert torch.all(x.grad == 0)
+    # With self pairs (the default) each clip with itself is still a pair.
+    eye = torch.eye(3, dtype=torch.int64)
+    torch.testing.assert_close(FrameQuadLinearAPLoss()(frame_sims, teacher, eye),
+                               frame_loss_loop(frame_sims, teacher, eye, 0.05, 5.0, 0.35, 0.35))
 
 
 def test_frame_loss_bad_inputs():
@@ -195,10 +209,11 @@ def frame_loss_per_unpadded_pair(frame_sims, emb, labels, lengths, loss):
     """The loss on each positive pair alone, cut to its true lengths, then averaged over the pairs
     that have at least one valid frame (differentiable with respect to ``frame_sims``)."""
     N = frame_sims.shape[0]
+    single = FrameQuadLinearAPLoss(loss.delta, loss.rho, loss.r_t, loss.r_b, self_pairs=False)  # pair (0, 1) only
     values = []
     for a in range(N):
         for b in range(N):
-            if a == b or labels[a, b] != 1:
+            if (a == b and not loss.self_pairs) or (a != b and labels[a, b] != 1):
                 continue
             La, Lb = int(lengths[a]), int(lengths[b])
             pair = frame_sims[a, b, :La, :Lb]
@@ -209,7 +224,7 @@ def frame_loss_per_unpadded_pair(frame_sims, emb, labels, lengths, loss):
             pair_labels = torch.tensor([[1, 1], [0, 1]])
             lab = frame_pseudo_labels(t, loss.r_t, loss.r_b)
             if ((lab == 1).any(-1) & (lab == 0).any(-1)).any():
-                values.append(loss(sims, teacher, pair_labels))
+                values.append(single(sims, teacher, pair_labels))
     return torch.stack(values).mean()
 
 
@@ -317,6 +332,43 @@ def test_objective_weights_are_configurable():
         HAPVRObjective(lambda_f=0)(sim, labels)
     with pytest.raises(TypeError, match="unknown HAPVRObjective option"):
         HAPVRObjective(lambda_x=1)
+
+
+def test_objective_adaptive_margin_video_term():
+    """``video_loss="adaptive_margin"``: the video term is AdaptiveMarginLoss with margins from the
+    teacher's video vectors (mean of the valid L2-normalised frame vectors), computed here by
+    hand; the other terms are unchanged."""
+    from hapvr.losses import AdaptiveMarginLoss
+
+    frame_sims, emb, _, labels = frame_case(N=6, T=5, seed=4)
+    lengths = torch.tensor([5, 3, 5, 2, 4, 5])
+    sim = torch.rand(6, 6, dtype=torch.float64, requires_grad=True)
+    raw = torch.randn(6, 6, 2, 2, dtype=torch.float64)
+    am = HAPVRObjective(video_loss="adaptive_margin", am_base_margin=0.05, am_scale=0.5, am_max_margin=0.3)
+    total, parts = am(sim, labels, raw=raw, frame_sims=frame_sims, teacher=emb, lengths=lengths)
+    vec = torch.stack([torch.nn.functional.normalize(emb[k, :int(lengths[k])], dim=-1).sum(0) for k in range(6)])
+    vec = torch.nn.functional.normalize(vec, dim=-1)
+    teacher_sim = (vec @ vec.T + 1) / 2
+    # by hand: mean over (query, positive != query, negative) of [s_kj - s_ki + m]_+
+    hinges = []
+    for k in range(6):
+        for i in range(6):
+            for j in range(6):
+                if i != k and labels[k, i] == 1 and labels[k, j] == 0:
+                    m = min(max(0.05 + 0.5 * float(teacher_sim[k, i] - teacher_sim[k, j]), 0.0), 0.3)
+                    hinges.append(torch.relu(sim[k, j] - sim[k, i] + m))
+    expected = torch.stack(hinges).mean()
+    torch.testing.assert_close(parts["video_ap"], expected.detach())
+    torch.testing.assert_close(parts["video_ap"], AdaptiveMarginLoss(0.05, 0.5, 0.3)(sim, labels, teacher_sim).detach())
+    qlap = HAPVRObjective()(sim, labels, raw=raw, frame_sims=frame_sims, teacher=emb, lengths=lengths)[1]
+    for name in ("frame_ap", "infonce", "sshn", "regularizer"):
+        torch.testing.assert_close(parts[name], qlap[name])
+    total.backward()
+    assert sim.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="video_loss must be one of"):
+        HAPVRObjective(video_loss="triplet")
+    with pytest.raises(ValueError, match="teacher's frame vectors"):
+        HAPVRObjective(video_loss="adaptive_margin", lambda_f=0)(sim, labels, raw=raw)
 
 
 def test_frame_loss_fits_paper_batch_in_memory():

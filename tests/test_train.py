@@ -262,6 +262,48 @@ def test_presets_paper_table_6_and_cpu_overrides():
                   r_t=0.35, r_b=0.35, tau=0.03, k_s=0.10, k_t=0.03, lr=4e-5, weight_decay=1e-2, warmup=1000,
                   iterations=30000, batch_videos=64, clip_frames=28)
     assert {k: getattr(paper, k) for k in table6} == table6
+    # the release's choices where the paper is silent
+    release = dict(frame_self_pairs=True, warmup_from=0.01, lr_floor=0.1, lambda_nce=1.0, lambda_reg=1.0,
+                   video_loss="quadlinear_ap", clip_frames=28)
+    assert {k: getattr(paper, k) for k in release} == release
     cpu = parse_config([])
     assert cpu.lambda_f == 10.0 and cpu.iterations == 1000 and cpu.batch_videos == 8
     assert parse_config(["--preset", "paper", "--lambda-f", "2"]).lambda_f == 2.0  # flags beat presets
+
+
+def test_objective_settings_have_one_source():
+    """Every objective setting is a training option of the same name whose paper preset is the
+    objective's own default; the trainer's objective is built from them with nothing renamed."""
+    import dataclasses
+
+    from hapvr.losses import HAPVRObjectiveConfig
+    from hapvr.training.config import NOT_TRAINING_OPTIONS, TrainConfig, objective_config, parse_config
+    from hapvr.training.objective import build_objective
+
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    paper = parse_config(["--preset", "paper"])
+    for f in dataclasses.fields(HAPVRObjectiveConfig):
+        if f.name in NOT_TRAINING_OPTIONS:
+            continue
+        assert f.name in train_fields, f.name
+        assert getattr(paper, f.name) == f.default, f.name
+    cfg = parse_config(["--lambda-reg", "0.5", "--rho-f", "4", "--video-loss", "adaptive_margin", "--am-scale", "2"])
+    built = build_objective(cfg).objective.config
+    assert built == objective_config(cfg)
+    assert (built.lambda_reg, built.rho_f, built.video_loss, built.am_scale, built.lambda_f) == \
+        (0.5, 4.0, "adaptive_margin", 2.0, 10.0)
+
+
+def test_learning_rate_schedule_is_the_releases():
+    """Warm-up from 0.01 lr to lr, then a cosine down to 0.1 lr at the last step."""
+    from hapvr.train import lr_lambda
+    from hapvr.training.config import TrainConfig
+
+    f = lr_lambda(TrainConfig(iterations=110, warmup=10))
+    assert f(0) == pytest.approx(0.01) and f(5) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    steps = [f(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(steps, steps[1:]))  # decays monotonically
+    g = lr_lambda(TrainConfig(iterations=10, warmup=0, lr_floor=0.0))
+    assert g(0) == 1.0 and g(10) == pytest.approx(0.0, abs=1e-12)

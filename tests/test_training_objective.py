@@ -74,8 +74,8 @@ def brute_objective(cfg, video, frame_maps, raw, raw_mask, lengths, positives, t
     frame = []
     for a in range(N):
         for b in range(N):
-            if a == b or not positives[a, b]:
-                continue
+            if (a == b and not cfg.frame_self_pairs) or (a != b and not positives[a, b]):
+                continue  # the release's pairs: each clip with itself too (frame_self_pairs)
             La, Lb = int(lengths[a]), int(lengths[b])
             per_frame = []
             for x in range(La):
@@ -93,7 +93,7 @@ def brute_objective(cfg, video, frame_maps, raw, raw_mask, lengths, positives, t
     parts = dict(frame_ap=mean(frame), video_ap=mean(video_ap), infonce=mean(nce), sshn=mean(sshn),
                  regularizer=regularizer)
     weights = dict(frame_ap=cfg.lambda_f, video_ap=cfg.lambda_v, infonce=1.0, sshn=cfg.lambda_s,
-                   regularizer=cfg.lambda_r)
+                   regularizer=cfg.lambda_reg)
     return sum(weights[k] * v for k, v in parts.items()), parts
 
 
@@ -147,13 +147,14 @@ def test_padded_batch_objective_equals_brute_force_and_unpadded_pairs():
         assert want.abs().sum() > 0, name
         torch.testing.assert_close(getattr(new_in, name).grad.double(), want, rtol=1e-4,
                                    atol=1e-5 * float(want.abs().max()), msg=name)
-    # The frame term equals the loss on each positive pair cut to its true lengths, one at a time.
+    # The frame term equals the loss on each positive pair (and each clip with itself, as the release)
+    # cut to its true lengths, one at a time.
     N = x.lengths.shape[0]
-    loss = FrameQuadLinearAPLoss(cfg.delta_f, cfg.rho_f, cfg.r_t, cfg.r_b)
+    loss = FrameQuadLinearAPLoss(cfg.delta_f, cfg.rho_f, cfg.r_t, cfg.r_b, self_pairs=False)  # pair (0, 1) only
     values = []
     for a in range(N):
         for b in range(N):
-            if a != b and x.positives[a, b]:
+            if a == b or x.positives[a, b]:  # the release's pairs: each clip with itself too
                 La, Lb = int(x.lengths[a]), int(x.lengths[b])
                 # Clips a and b as a 2-clip batch with the pair's own frame counts.
                 sims = torch.zeros(2, 2, La, Lb)

@@ -98,7 +98,8 @@ class FrameQuadLinearAPLoss(nn.Module):
         frame_sims: ``[N, N, T, T']`` student frame similarities ``m_s`` of every clip pair.
         teacher: either the teacher's frame similarities ``[N, N, T, T']`` (eq. 13), or its frame
             embeddings ``[N, T, D']`` (then eq. 13 is computed for the positive pairs only).
-        pair_labels: ``[N, N]`` video labels; pairs labelled 1 (off the diagonal) are used.
+        pair_labels: ``[N, N]`` video labels; pairs labelled 1 are used, the diagonal (a clip
+            paired with itself) included when ``self_pairs`` (the default).
         lengths: optional ``[N]`` valid frames per clip of a padded batch (1 to ``min(T, T')``).
             Frames beyond a clip's length are neither query frames nor targets, and the
             pseudo-label counts ``K = max(round(r L), 1)`` use each target's true length ``L``.
@@ -108,14 +109,18 @@ class FrameQuadLinearAPLoss(nn.Module):
     whose list lacks a positive or a negative are skipped, and so are pairs left without frames.
 
     Defaults are the paper's: ``delta_f = 0.05``, ``rho_f = 5.0``, ``r_t = r_b = 0.35``.
+    ``self_pairs=True`` (default) counts each clip paired with itself, as the HAP-VR release
+    does (its pair mask comes from identity labels, diagonal included; the paper is silent);
+    ``False`` uses the pairs of distinct clips only.
     """
 
     def __init__(self, delta: float = 0.05, rho: float = 5.0, r_t: float = 0.35, r_b: float = 0.35,
-                 backend: str = "auto"):
+                 backend: str = "auto", self_pairs: bool = True):
         super().__init__()
         check_rates(r_t, r_b)
         check_delta_rho(delta, rho)
         self.delta, self.rho, self.r_t, self.r_b, self.backend = delta, rho, r_t, r_b, backend
+        self.self_pairs = bool(self_pairs)
 
     def forward(self, frame_sims: torch.Tensor, teacher: torch.Tensor, pair_labels: torch.Tensor,
                 lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -142,8 +147,12 @@ class FrameQuadLinearAPLoss(nn.Module):
         else:
             raise ValueError(f"teacher must be [N, N, T, T'] similarities or [N, T, D'] embeddings, "
                              f"got shape {tuple(teacher.shape)}")
-        off_diagonal = ~torch.eye(N, dtype=torch.bool, device=frame_sims.device)
-        a, b = torch.nonzero((labels == 1) & off_diagonal, as_tuple=True)
+        pairs = labels == 1
+        if self.self_pairs:
+            pairs = pairs | torch.eye(N, dtype=torch.bool, device=frame_sims.device)
+        else:
+            pairs = pairs & ~torch.eye(N, dtype=torch.bool, device=frame_sims.device)
+        a, b = torch.nonzero(pairs, as_tuple=True)
         if a.numel() == 0 or T == 0 or T2 == 0:
             return frame_sims.sum() * 0  # no positive pair: zero, but still part of the graph
         student = frame_sims[a, b]  # [P, T, T'] (pair, query frame) rows
@@ -174,4 +183,5 @@ class FrameQuadLinearAPLoss(nn.Module):
         return torch.where(pair_ok, per_pair, 0.0).sum() / pair_ok.sum().clamp(min=1).to(risk.dtype)
 
     def extra_repr(self) -> str:
-        return f"delta={self.delta}, rho={self.rho}, r_t={self.r_t}, r_b={self.r_b}, backend={self.backend!r}"
+        return (f"delta={self.delta}, rho={self.rho}, r_t={self.r_t}, r_b={self.r_b}, backend={self.backend!r}, "
+                f"self_pairs={self.self_pairs}")

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from torch import nn
 
+from hapvr.losses.adaptive_margin import AdaptiveMarginLoss
 from hapvr.losses.base import check_sim, self_column_offset
 from hapvr.losses.frame_quadlinear_ap import FrameQuadLinearAPLoss
 from hapvr.losses.infonce import InfoNCELoss
@@ -33,7 +34,37 @@ class HAPVRObjectiveConfig:
     r_b: float = 0.35
     tau: float = 0.03
     video_self_label: int | None = 1  # the HAP-VR release counts the query as its own positive
+    frame_self_pairs: bool = True  # the release's frame term counts a clip paired with itself
+    video_loss: str = "quadlinear_ap"  # or "adaptive_margin" (teacher-scaled margins, AdaptiveMarginLoss)
+    am_base_margin: float = 0.0  # adaptive margin m = clamp(base + scale * teacher gap, 0, max)
+    am_scale: float = 1.0
+    am_max_margin: float = 0.2
     backend: str = "auto"
+
+    def __post_init__(self):
+        if self.video_loss not in VIDEO_LOSSES:
+            raise ValueError(f"video_loss must be one of {VIDEO_LOSSES}, got {self.video_loss!r}")
+
+
+VIDEO_LOSSES = ("quadlinear_ap", "adaptive_margin")
+
+
+def video_teacher_similarity(teacher, lengths, M: int, N: int) -> torch.Tensor:
+    """``[N, N]`` teacher similarity of the batch's clips in [0, 1] (the scale of ``sim``): the
+    cosine of their mean L2-normalised teacher frame vectors, mapped by ``(c + 1) / 2``. It sets
+    the adaptive margins: a negative the teacher finds close to the positive gets a small one."""
+    if teacher is None or not isinstance(teacher, torch.Tensor) or teacher.dim() != 3:
+        raise ValueError("video_loss='adaptive_margin' needs the teacher's frame vectors [N, T, D'] "
+                         "(the margins come from the teacher's positive-negative gap)")
+    if M != N:
+        raise ValueError("video_loss='adaptive_margin' needs the teacher vectors of every column; it does not "
+                         "support cross-rank negatives (sim [N, M] with M != N)")
+    t = torch.nn.functional.normalize(teacher.float(), dim=-1)
+    if lengths is not None:
+        valid = torch.arange(t.shape[1], device=t.device)[None, :] < lengths.to(t.device)[:, None]
+        t = t * valid[..., None]
+    v = torch.nn.functional.normalize(t.sum(1), dim=-1)
+    return ((v @ v.T + 1) / 2).clamp(0, 1).detach()
 
 
 @register_loss("hapvr")
@@ -72,8 +103,13 @@ class HAPVRObjective(nn.Module):
             raise TypeError(f"unknown HAPVRObjective option(s) {sorted(unknown)}; valid: {sorted(names)}")
         self.config = replace(config or HAPVRObjectiveConfig(), **overrides)
         c = self.config
-        self.frame_ap = FrameQuadLinearAPLoss(c.delta_f, c.rho_f, c.r_t, c.r_b, backend=c.backend)
-        self.video_ap = QuadLinearAPLoss(c.delta_v, c.rho_v, self_label=c.video_self_label, backend=c.backend)
+        self.frame_ap = FrameQuadLinearAPLoss(c.delta_f, c.rho_f, c.r_t, c.r_b, backend=c.backend,
+                                              self_pairs=c.frame_self_pairs)
+        if c.video_loss == "adaptive_margin":
+            # a clip against itself is ignored: the positive of a triplet is the other view
+            self.video_ap = AdaptiveMarginLoss(c.am_base_margin, c.am_scale, c.am_max_margin, self_label=-1)
+        else:
+            self.video_ap = QuadLinearAPLoss(c.delta_v, c.rho_v, self_label=c.video_self_label, backend=c.backend)
         self.infonce = InfoNCELoss(c.tau)
         self.sshn = SSHNLoss()
         self.regularizer = SimilarityRegularizer()
@@ -103,7 +139,9 @@ class HAPVRObjective(nn.Module):
                                      f"got shape {tuple(frame_labels.shape)}")
                 local_labels = frame_labels
             terms["frame_ap"] = (c.lambda_f, self.frame_ap(frame_sims, teacher, local_labels, lengths))
-        if c.lambda_v:
+        if c.lambda_v and c.video_loss == "adaptive_margin":
+            terms["video_ap"] = (c.lambda_v, self.video_ap(sim, labels, video_teacher_similarity(teacher, lengths, M, N)))
+        elif c.lambda_v:
             terms["video_ap"] = (c.lambda_v, self.video_ap(sim, labels, self_offset))
         if c.lambda_nce:
             terms["infonce"] = (c.lambda_nce, self.infonce(sim, labels, self_offset))

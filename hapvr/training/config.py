@@ -14,6 +14,21 @@ import dataclasses
 import os
 from dataclasses import dataclass, fields
 
+from hapvr.losses.objective import VIDEO_LOSSES, HAPVRObjectiveConfig
+
+
+# The objective's one source of settings: the paper's defaults live in HAPVRObjectiveConfig; the CPU
+# preset weighs the frame-level term more (docs/train.md).
+CPU_OBJECTIVE = dataclasses.replace(HAPVRObjectiveConfig(), lambda_f=10.0)
+# HAPVRObjectiveConfig fields that are not training options (fixed by the package)
+NOT_TRAINING_OPTIONS = ("video_self_label", "backend")
+
+
+def objective_config(cfg) -> HAPVRObjectiveConfig:
+    """The objective's settings of a training config (fields of the same name)."""
+    return HAPVRObjectiveConfig(**{f.name: getattr(cfg, f.name) for f in fields(HAPVRObjectiveConfig)
+                                   if f.name not in NOT_TRAINING_OPTIONS})
+
 
 def default_cache_dir() -> str:
     return os.environ.get("HAPVR_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hapvr"))
@@ -44,24 +59,33 @@ class TrainConfig:
     # model (paper section 3.2)
     k_s: float = 0.10
     k_t: float = 0.03
-    # losses (paper eqs. 6-16, Table 6)
-    delta_v: float = 0.05
-    rho_v: float = 0.10
-    lambda_v: float = 4.0
-    delta_f: float = 0.05
-    rho_f: float = 5.0
-    lambda_f: float = 10.0  # paper: 6; the CPU preset leans more on the teacher (docs/train.md)
-    r_t: float = 0.35
-    r_b: float = 0.35
-    tau: float = 0.03
-    lambda_s: float = 3.0
-    lambda_r: float = 1.0
+    # losses (paper eqs. 6-16, Table 6): the fields of hapvr.losses.HAPVRObjectiveConfig, same names,
+    # its (paper) defaults; the CPU preset changes lambda_f only (CPU_OBJECTIVE above)
+    lambda_f: float = CPU_OBJECTIVE.lambda_f
+    lambda_v: float = CPU_OBJECTIVE.lambda_v
+    lambda_nce: float = CPU_OBJECTIVE.lambda_nce
+    lambda_s: float = CPU_OBJECTIVE.lambda_s
+    lambda_reg: float = CPU_OBJECTIVE.lambda_reg
+    delta_v: float = CPU_OBJECTIVE.delta_v
+    rho_v: float = CPU_OBJECTIVE.rho_v
+    delta_f: float = CPU_OBJECTIVE.delta_f
+    rho_f: float = CPU_OBJECTIVE.rho_f
+    r_t: float = CPU_OBJECTIVE.r_t
+    r_b: float = CPU_OBJECTIVE.r_b
+    tau: float = CPU_OBJECTIVE.tau
+    frame_self_pairs: bool = CPU_OBJECTIVE.frame_self_pairs
+    video_loss: str = CPU_OBJECTIVE.video_loss
+    am_base_margin: float = CPU_OBJECTIVE.am_base_margin
+    am_scale: float = CPU_OBJECTIVE.am_scale
+    am_max_margin: float = CPU_OBJECTIVE.am_max_margin
     # optimisation
     iterations: int = 1000
     batch_videos: int = 8  # videos per step; two clips each (paper: 64)
     lr: float = 2e-4
     weight_decay: float = 1e-2
     warmup: int = 20
+    warmup_from: float = 0.01  # warm-up starts at this fraction of lr (the release's timm scheduler)
+    lr_floor: float = 0.1  # the cosine decays to this fraction of lr (the release's timm scheduler)
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
     amp: str = "bf16"  # mixed precision on CUDA: bf16 autocast (no loss scaling needed) or off
     device: str = "auto"  # auto: CUDA when available (cuda:LOCAL_RANK under torchrun), else CPU
@@ -80,7 +104,7 @@ class TrainConfig:
 
 PRESETS = {
     "cpu": {},
-    "paper": dict(clip_frames=28, pool_frames=64, lambda_f=6.0, backbone="resnet50", teacher="dino_vits16", teacher_all_views=True,
+    "paper": dict(clip_frames=28, pool_frames=64, lambda_f=HAPVRObjectiveConfig().lambda_f, backbone="resnet50", teacher="dino_vits16", teacher_all_views=True,
                   iterations=30000, batch_videos=64, lr=4e-5, weight_decay=1e-2, warmup=1000, amp="bf16", checkpoint_every=1000,
                   eval_every=5000, log_every=50),
 }
@@ -127,7 +151,15 @@ HELP = {
     "r_b": "fraction of the teacher's least similar frame pairs taken as frame-level negatives (paper r_b)",
     "tau": "temperature of the InfoNCE term",
     "lambda_s": "weight of the hard-negative (SSHN) term",
-    "lambda_r": "weight of the similarity regulariser (keeps similarities in [-1, 1])",
+    "lambda_reg": "weight of the similarity regulariser (keeps similarities in [-1, 1])",
+    "lambda_nce": "weight of the InfoNCE term (paper 1)",
+    "frame_self_pairs": "the frame-level term also ranks each clip against itself, as the HAP-VR release does "
+                        "(its pair mask includes the diagonal); false: pairs of distinct clips only",
+    "video_loss": "video-level ranking loss: quadlinear_ap (the paper) or adaptive_margin (triplets whose margin "
+                  "grows with the teacher's positive-negative gap, docs/losses.md)",
+    "am_base_margin": "adaptive margin: m = clamp(base + scale * teacher gap, 0, max); the base",
+    "am_scale": "adaptive margin: how much the teacher's positive-negative gap widens the margin",
+    "am_max_margin": "adaptive margin: the largest margin",
     "k_s": "spatial TopK-Chamfer rate: each query region averages the top max(round(k_s R), 1) target regions",
     "k_t": "temporal TopK-Chamfer rate: each query frame averages the top max(round(k_t T'), 1) target frames",
     "pca_dim": "dimensions kept by the PCA whitening (the model's feature size)",
@@ -136,6 +168,8 @@ HELP = {
     "lr": "peak learning rate of AdamW (after warm-up, then cosine decay)",
     "weight_decay": "AdamW weight decay",
     "warmup": "linear warm-up steps of the learning rate",
+    "warmup_from": "the warm-up starts at this fraction of --lr (release: 0.01)",
+    "lr_floor": "the cosine schedule ends at this fraction of --lr (release: 0.1)",
     "seed": "seed of the model initialisation, the batches and the cached augmentations",
     "log_every": "write a line to OUT/log.csv and TensorBoard every N steps",
     "checkpoint_every": "save OUT/checkpoint.pt every N steps (0 = only at the end)",
@@ -149,12 +183,15 @@ RANGES = {
     "clip_shift": ("nonnegative",), "pca_dim": ("int", 1), "k_s": ("in", 0.0, 1.0, True), "k_t": ("in", 0.0, 1.0, True),
     "delta_v": ("positive",), "rho_v": ("nonnegative",), "lambda_v": ("nonnegative",), "delta_f": ("positive",),
     "rho_f": ("nonnegative",), "lambda_f": ("nonnegative",), "r_t": ("in", 0.0, 1.0, True), "r_b": ("in", 0.0, 1.0, True),
-    "tau": ("positive",), "lambda_s": ("nonnegative",), "lambda_r": ("nonnegative",), "iterations": ("int", 1),
+    "tau": ("positive",), "lambda_s": ("nonnegative",), "lambda_reg": ("nonnegative",),
+    "lambda_nce": ("nonnegative",), "am_base_margin": ("nonnegative",), "am_scale": ("nonnegative",),
+    "am_max_margin": ("nonnegative",), "iterations": ("int", 1),
     "batch_videos": ("int", 2), "lr": ("positive",), "weight_decay": ("nonnegative",), "warmup": ("int", 0),
+    "warmup_from": ("in", 0.0, 1.0), "lr_floor": ("in", 0.0, 1.0),
     "ema": ("in", 0.0, 1.0, False, True), "seed": ("int", 0), "threads": ("int", 0), "log_every": ("int", 1),
     "eval_every": ("int", 0), "checkpoint_every": ("int", 0), "stop_after": ("int", 0), "heatmaps": ("int", 0),
 }
-CHOICES = {"amp": ("bf16", "off"), "backbone": ("efficientnet_lite0", "resnet50"),
+CHOICES = {"video_loss": VIDEO_LOSSES, "amp": ("bf16", "off"), "backbone": ("efficientnet_lite0", "resnet50"),
            "teacher": ("dinov2_onnx", "dino_vits16", "cnn")}
 
 

@@ -62,11 +62,10 @@ class HAPVRLoss:
 
     def __init__(self, cfg):
         from hapvr.losses import HAPVRObjective
+        from hapvr.training.config import objective_config
 
         self.cfg = cfg
-        self.objective = HAPVRObjective(lambda_f=cfg.lambda_f, lambda_v=cfg.lambda_v, lambda_s=cfg.lambda_s,
-                                        lambda_reg=cfg.lambda_r, delta_v=cfg.delta_v, rho_v=cfg.rho_v,
-                                        delta_f=cfg.delta_f, rho_f=cfg.rho_f, r_t=cfg.r_t, r_b=cfg.r_b, tau=cfg.tau)
+        self.objective = HAPVRObjective(objective_config(cfg))
 
     def __call__(self, x: ObjectiveInputs) -> tuple[torch.Tensor, dict[str, float]]:
         sim01 = x.video / 2 + 0.5  # training maps scores to [0, 1]
