@@ -205,20 +205,76 @@ def check_config(cfg) -> None:
     cli.output_folder(cfg.cache_dir, "--cache-dir", create=False)
 
 
-def run(cfg) -> dict:
+@dataclasses.dataclass
+class Session:
+    """Everything a training run holds between its setup and its report."""
+
+    cfg: object
+    info: object  # hapvr.training.distributed.DistInfo
+    extractor: object
+    model: torch.nn.Module  # the live weights
+    train_model: torch.nn.Module  # model, or its DDP wrapper
+    eval_model: torch.nn.Module  # model, or its moving average (--ema)
+    ema: torch.nn.Module | None
+    baseline: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    sampler: random.Random
+    batches: object  # .next() -> Batch; .videos: how many videos it draws from
+    objective: object
+    gather: bool
+    start_step: int
+    ckpt_path: str
+    bench: object  # BenchmarkFeatures or None
+    bench_feats: dict | None
+    skipped: list
+    t_start: float
+    t_data: float
+
+
+class PoolBatches:
+    """Batches drawn from the cached view pool (the CPU preset's fast path)."""
+
+    def __init__(self, pool, cfg, sampler: random.Random):
+        self.pool, self.cfg, self.sampler = pool, cfg, sampler
+        self.videos = len(pool)
+        self.views = pool.features.shape[1]
+
+    def next(self):
+        from hapvr.training.batches import draw_batch
+
+        return draw_batch(self.pool, self.sampler, self.cfg.batch_videos, self.cfg.clip_frames,
+                          max_shift=self.cfg.clip_shift)
+
+    def describe(self) -> str:
+        return f"{self.videos} videos x {self.views} cached views"
+
+
+def _load_pca(cfg, extractor):
+    """The PCA file of --pca (checked before the long data preparation), or None."""
+    if not cfg.pca:
+        return None
+    from hapvr.pca import PCAFileError, load_pca
+
+    try:
+        return load_pca(cfg.pca, extractor.in_dim, cfg.pca_dim, cfg.backbone)
+    except PCAFileError as exc:
+        raise UserError(f"--pca {exc}") from None
+
+
+def setup(cfg) -> Session:
+    """Device and process group, backbone, data (cached pool and benchmark), PCA, model, optimiser,
+    schedule and sampler, resumed from OUT/checkpoint.pt with --resume."""
     from hapvr.features import BackboneError, RegionFeatureExtractor
     from hapvr.models import VideoSimilarityModel
+    from hapvr.precision import resolve_device
     from hapvr.training import distributed
-    from hapvr.training.batches import FeaturePool, draw_batch
-    from hapvr.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-    from hapvr.training.heldout import (draw_heatmaps, evaluate_model, localization_rows, localization_table,
-                                        results_table)
-    from hapvr.training.gather import GatheredSimilarity, gathered_labels
-    from hapvr.training.objective import build_objective, objective_inputs
+    from hapvr.training.batches import FeaturePool
+    from hapvr.training.checkpoint import load_checkpoint, set_rng_state
+    from hapvr.training.gather import GatheredSimilarity
+    from hapvr.training.objective import build_objective
 
     check_config(cfg)
-    from hapvr.precision import resolve_device
-
     try:
         device = resolve_device(cfg.device)
     except ValueError as exc:
@@ -232,14 +288,7 @@ def run(cfg) -> dict:
         extractor = RegionFeatureExtractor(cfg.backbone, cfg.backbone_weights, cfg.pca_dim)
     except BackboneError as exc:
         raise UserError(str(exc)) from None
-    pca_state = None
-    if cfg.pca:  # checked before the (long) pool build
-        from hapvr.pca import PCAFileError, load_pca
-
-        try:
-            pca_state = load_pca(cfg.pca, extractor.in_dim, cfg.pca_dim, cfg.backbone)
-        except PCAFileError as exc:
-            raise UserError(f"--pca {exc}") from None
+    pca_state = _load_pca(cfg, extractor)
     ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
     try:  # read (as data) and checked before the long data preparation
         ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
@@ -256,9 +305,10 @@ def run(cfg) -> dict:
         _log(info, f"PCA whitening loaded from {cfg.pca}")
     else:
         fit_pca(extractor, pool)
-    fpool = FeaturePool(pool, extractor.whiten)
-    if cfg.batch_videos > len(fpool) and info.main:
-        print(f"note: --batch-videos {cfg.batch_videos} > {len(fpool)} videos in the pool; using {len(fpool)}")
+    sampler = random.Random(cfg.seed * 1_000_003 + info.rank)
+    batches = PoolBatches(FeaturePool(pool, extractor.whiten), cfg, sampler)
+    if cfg.batch_videos > batches.videos and info.main:
+        print(f"note: --batch-videos {cfg.batch_videos} > {batches.videos} videos in the pool; using {batches.videos}")
 
     torch.manual_seed(cfg.seed)
     model = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t).to(info.device)
@@ -270,7 +320,6 @@ def run(cfg) -> dict:
                                                                 device_ids=ids)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    sampler = random.Random(cfg.seed * 1_000_003 + info.rank)
     start_step = 0
     # exponential moving average of the weights (--ema): what is evaluated and saved as "model"
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
@@ -286,161 +335,223 @@ def run(cfg) -> dict:
             sampler.setstate(ckpt["extra"]["rank_samplers"][info.rank])
         start_step = ckpt["step"]
         _log(info, f"resumed from {ckpt_path} at step {start_step}")
-    eval_model = model if ema is None else ema
-    objective = build_objective(cfg)
-    use_amp = cfg.amp == "bf16" and info.device.type == "cuda"
-
     bench_feats = None
     if bench is not None:
         bench_feats = {k: extractor.whiten(v.float()) for k, v in bench.desc.items()}
     baseline = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t, attention=False, comparator=False)
+    if cfg.gather_negatives and not info.enabled:
+        _log(info, "note: --gather-negatives has no effect in a single process (every clip is already a target)")
+    return Session(cfg, info, extractor, model, train_model, model if ema is None else ema, ema, baseline, optimizer,
+                   scheduler, sampler, batches, build_objective(cfg), gather, start_step, ckpt_path, bench,
+                   bench_feats, skipped, t_start, t_data)
 
-    writer = None
-    csv_file = None
-    if info.main:
+
+def train_step(s: Session, batch) -> dict[str, float]:
+    """One optimisation step on ``batch``: forward (bf16 autocast on CUDA), the objective,
+    backward, AdamW, schedule, moving average. Returns the loss parts."""
+    from hapvr.training.gather import GatheredSimilarity, gathered_labels
+    from hapvr.training.objective import objective_inputs
+
+    dev = s.info.device
+    use_amp = s.cfg.amp == "bf16" and dev.type == "cuda"
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+        if s.gather:
+            out = s.train_model(batch.features.to(dev), batch.lengths.to(dev))
+        else:
+            out = s.train_model(batch.features.to(dev), query_lengths=batch.lengths.to(dev))
+    if s.gather:
+        labels = gathered_labels(batch.positives.to(dev), batch.video_index.to(dev), batch.guests.to(dev))
+        inputs = objective_inputs(out, batch, s.model.min_frames, dev, labels,
+                                  GatheredSimilarity.offset(len(batch.lengths)))
+    else:
+        inputs = objective_inputs(out, batch, s.model.min_frames, dev)
+    loss, parts = s.objective(inputs)
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    s.optimizer.step()
+    s.scheduler.step()
+    if s.ema is not None:
+        with torch.no_grad():
+            for e, p in zip(s.ema.parameters(), s.model.parameters()):
+                e.lerp_(p, 1 - s.cfg.ema)
+    return parts
+
+
+def save(s: Session, step: int) -> None:
+    """OUT/checkpoint.pt (atomic): weights, PCA, optimiser, schedule, every sampler's state."""
+    from hapvr.training.checkpoint import save_checkpoint
+
+    extra = {}
+    if s.info.enabled:  # every rank's sampler state, so a resumed DDP run draws the same batches
+        states = [None] * s.info.world
+        torch.distributed.all_gather_object(states, s.sampler.getstate())
+        extra["rank_samplers"] = states
+    if not s.info.main:
+        return
+    if s.ema is not None:
+        extra["train_weights"] = s.model.state_dict()
+    save_checkpoint(s.ckpt_path, step=step, model=s.eval_model, pca=s.extractor.pca, optimizer=s.optimizer,
+                    scheduler=s.scheduler, sampler=s.sampler, config=dataclasses.asdict(s.cfg), extra=extra)
+
+
+LOG_COLUMNS = ("loss", "frame_ap", "video_ap", "infonce", "sshn", "regularizer")
+
+
+class TrainLog:
+    """OUT/log.csv and TensorBoard (main process only). On --resume, rows a killed run logged
+    after its checkpoint are dropped, so every step appears once."""
+
+    def __init__(self, s: Session):
+        self.cfg, self.main = s.cfg, s.info.main
+        self.writer = self.file = self.csv = None
+        if not self.main:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(os.path.join(cfg.out, "tensorboard"), purge_step=start_step)
+            self.writer = SummaryWriter(os.path.join(self.cfg.out, "tensorboard"), purge_step=s.start_step)
         except ImportError:
             print("note: tensorboard is not installed; logging to CSV only", file=sys.stderr)
-        csv_path = os.path.join(cfg.out, "log.csv")
-        new = not (cfg.resume and os.path.isfile(csv_path))
-        if not new:  # rows logged after the checkpoint by a run that was killed are logged again
-            _truncate_log(csv_path, start_step)
-        csv_file = open(csv_path, "w" if new else "a", newline="")
-        log_csv = csv.writer(csv_file)
+        path = os.path.join(self.cfg.out, "log.csv")
+        new = not (self.cfg.resume and os.path.isfile(path))
+        if not new:
+            _truncate_log(path, s.start_step)
+        self.file = open(path, "w" if new else "a", newline="")
+        self.csv = csv.writer(self.file)
         if new:
-            log_csv.writerow(["step", "lr", "loss", "frame_ap", "video_ap", "infonce", "sshn", "regularizer", "seconds"])
+            self.csv.writerow(["step", "lr", *LOG_COLUMNS, "seconds"])
 
-    def checkpoint(step):
-        extra = {}
-        if info.enabled:  # every rank's sampler state, so a resumed DDP run draws the same batches
-            states = [None] * info.world
-            torch.distributed.all_gather_object(states, sampler.getstate())
-            extra["rank_samplers"] = states
-        if not info.main:
+    def step(self, done: int, lr: float, parts: dict, seconds: float) -> None:
+        if not self.main:
             return
-        if ema is not None:
-            extra["train_weights"] = model.state_dict()
-        save_checkpoint(ckpt_path, step=step, model=eval_model, pca=extractor.pca, optimizer=optimizer, scheduler=scheduler,
-                        sampler=sampler, config=dataclasses.asdict(cfg), extra=extra)
+        self.csv.writerow([done, f"{lr:.6g}", *(f"{parts.get(k, 0.0):.6f}" for k in LOG_COLUMNS), f"{seconds:.1f}"])
+        self.file.flush()
+        if self.writer is not None:
+            self.writer.add_scalar("lr", lr, done)
+            for k, v in parts.items():
+                self.writer.add_scalar(f"loss/{k}", v, done)
 
+    def benchmark(self, done: int, res: dict) -> None:
+        if self.writer is not None:
+            for t, r in res.items():
+                self.writer.add_scalar(f"benchmark/mAP_{t}", r.map, done)
+                self.writer.add_scalar(f"benchmark/uAP_{t}", r.uap, done)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.file is not None:
+            self.file.close()
+
+
+def train_loop(s: Session, log: TrainLog) -> tuple[int, float]:
+    """Steps from ``s.start_step`` to ``--iterations`` (or ``--stop-after`` more), with progress,
+    logging, periodic evaluation and checkpoints. Returns (steps done, seconds)."""
     from hapvr.progress import progress
+    from hapvr.training.heldout import evaluate_model
 
-    if cfg.gather_negatives and not info.enabled:
-        _log(info, "note: --gather-negatives has no effect in a single process (every clip is already a target)")
-    _log(info, f"training {sum(p.numel() for p in model.parameters())} parameters on {len(fpool)} videos x "
-               f"{pool.desc.shape[1]} views, {cfg.iterations} steps of {min(cfg.batch_videos, len(fpool))} videos "
-               f"x 2 clips ({info.world} process{'es' if info.world > 1 else ''}, {torch.get_num_threads()} threads"
-               f"{', negatives gathered from all ranks' if gather else ''})")
-    t_train = time.time()
-    bar = progress(range(start_step, cfg.iterations), initial=start_step, total=cfg.iterations, desc="train",
+    cfg, info = s.cfg, s.info
+    _log(info, f"training {sum(p.numel() for p in s.model.parameters())} parameters on {s.batches.describe()}, "
+               f"{cfg.iterations} steps of {min(cfg.batch_videos, s.batches.videos)} videos x 2 clips "
+               f"({info.world} process{'es' if info.world > 1 else ''}, {torch.get_num_threads()} threads"
+               f"{', negatives gathered from all ranks' if s.gather else ''})")
+    t0 = time.time()
+    bar = progress(range(s.start_step, cfg.iterations), initial=s.start_step, total=cfg.iterations, desc="train",
                    unit="step", disable=not info.main)
-    model.train()
-    done = start_step
+    s.model.train()
+    done = s.start_step
     for step in bar:
-        batch = draw_batch(fpool, sampler, cfg.batch_videos, cfg.clip_frames, max_shift=cfg.clip_shift)
-        with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            if gather:
-                out = train_model(batch.features.to(info.device), batch.lengths.to(info.device))
-            else:
-                out = train_model(batch.features.to(info.device), query_lengths=batch.lengths.to(info.device))
-        if gather:
-            labels = gathered_labels(batch.positives.to(info.device), batch.video_index.to(info.device),
-                                     batch.guests.to(info.device))
-            inputs = objective_inputs(out, batch, model.min_frames, info.device, labels,
-                                      GatheredSimilarity.offset(len(batch.lengths)))
-        else:
-            inputs = objective_inputs(out, batch, model.min_frames, info.device)
-        loss, parts = objective(inputs)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            with torch.no_grad():
-                for e, p in zip(ema.parameters(), model.parameters()):
-                    e.lerp_(p, 1 - cfg.ema)
+        parts = train_step(s, s.batches.next())
         done = step + 1
         if info.main:
             bar.set_postfix(loss=f"{parts['loss']:.3f}", refresh=False)
             if done % cfg.log_every == 0 or done == cfg.iterations:
-                lr = optimizer.param_groups[0]["lr"]
-                log_csv.writerow([done, f"{lr:.6g}"] + [f"{parts.get(k, 0.0):.6f}" for k in
-                                 ("loss", "frame_ap", "video_ap", "infonce", "sshn", "regularizer")] + [f"{time.time() - t_train:.1f}"])
-                csv_file.flush()
-                if writer is not None:
-                    writer.add_scalar("lr", lr, done)
-                    for k, v in parts.items():
-                        writer.add_scalar(f"loss/{k}", v, done)
-            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.iterations and bench_feats is not None:
-                res = evaluate_model(eval_model, bench_feats, bench.queries, bench.labels)
-                if writer is not None:
-                    for t, r in res.items():
-                        writer.add_scalar(f"benchmark/mAP_{t}", r.map, done)
-                        writer.add_scalar(f"benchmark/uAP_{t}", r.uap, done)
+                log.step(done, s.optimizer.param_groups[0]["lr"], parts, time.time() - t0)
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.iterations and s.bench_feats is not None:
+                log.benchmark(done, evaluate_model(s.eval_model, s.bench_feats, s.bench.queries, s.bench.labels))
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
-            checkpoint(done)
-        if cfg.stop_after and done - start_step >= cfg.stop_after and done < cfg.iterations:
+            save(s, done)
+        if cfg.stop_after and done - s.start_step >= cfg.stop_after and done < cfg.iterations:
             break
     bar.close()
-    t_train = time.time() - t_train
-    checkpoint(done if cfg.iterations > start_step else start_step)
-    if done < cfg.iterations:
-        _log(info, f"stopped at step {done} of {cfg.iterations} (--stop-after); continue with --resume")
-        distributed.teardown(info)
-        return {}
+    save(s, done if cfg.iterations > s.start_step else s.start_step)
+    return done, time.time() - t0
 
-    results = {}
-    if info.main and bench_feats is not None:
-        rows = {"baseline (features-only Chamfer)": evaluate_model(baseline, bench_feats, bench.queries, bench.labels),
-                "HAP-VR (trained)": evaluate_model(eval_model, bench_feats, bench.queries, bench.labels)}
-        table = results_table(rows)
-        n_q = {t: r.queries for t, r in next(iter(rows.values())).items()}
-        print(f"\nheld-out benchmark: {len(bench_feats)} videos, queries per level {n_q}")
-        print(table)
-        results = {name: {t: dataclasses.asdict(r) for t, r in res.items()} for name, res in rows.items()}
-        if bench.partial:
-            partial_feats = {k: extractor.whiten(v.float()) for k, v in bench.partial_desc.items()}
-            loc = localization_rows(baseline, eval_model, bench_feats, partial_feats, bench.partial)
-            loc_table = localization_table(loc)
-            print(f"\ncopy localisation on {len(bench.partial)} partial copies (segments at 1x, 2x and 0.5x inside "
-                  f"unrelated footage; VCSL segment P/R/F1, VSC micro-AP):")
-            print(loc_table)
-            table += "\n\n" + loc_table
-            results["localization"] = {name: dataclasses.asdict(r) for name, r in loc.items()}
-        with open(os.path.join(cfg.out, "results.txt"), "w") as f:
-            f.write(table + "\n")
-        pairs = []
-        for q in bench.queries[: cfg.heatmaps]:
-            lab = bench.labels[q]
-            for rel in ("DS", "CS"):
-                if lab[rel]:
-                    pairs.append((q, lab[rel][0], rel))
-                    break
-        neg = next(t for t in sorted(bench_feats) if t not in {x for v in bench.labels[bench.queries[0]].values() for x in v}
-                   and t != bench.queries[0] and not t.startswith(bench.queries[0]))
-        pairs.append((bench.queries[0], neg, "negative"))
-        png = os.path.join(cfg.out, "heatmaps.png")
-        draw_heatmaps(png, baseline, eval_model, bench_feats, bench.thumbs, pairs)
-        print(f"heatmaps: {png}")
-    if info.main:
-        summary = dict(results=results, skipped_videos=[p for p, _ in skipped], steps=cfg.iterations,
-                       seconds=dict(data=round(t_data, 1), train=round(t_train, 1), total=round(time.time() - t_start, 1)),
-                       config=dataclasses.asdict(cfg))
-        tmp = os.path.join(cfg.out, "results.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=1)
-        os.replace(tmp, os.path.join(cfg.out, "results.json"))
-        if skipped:
-            print(f"skipped {len(skipped)} unreadable videos (see warnings above)")
-        print(f"checkpoint: {ckpt_path}   logs: {os.path.join(cfg.out, 'log.csv')}, {os.path.join(cfg.out, 'tensorboard')}")
-        print(f"time: data {t_data:.0f} s, training {t_train:.0f} s, total {time.time() - t_start:.0f} s")
-        if writer is not None:
-            writer.close()
-        csv_file.close()
-    distributed.teardown(info)
+
+def report(s: Session) -> dict:
+    """The held-out benchmark's table (baseline vs trained), the localisation of its partial
+    copies and the heatmaps; printed and written to OUT/results.txt and heatmaps.png."""
+    from hapvr.training.heldout import (draw_heatmaps, evaluate_model, localization_rows, localization_table,
+                                        results_table)
+
+    bench, feats = s.bench, s.bench_feats
+    rows = {"baseline (features-only Chamfer)": evaluate_model(s.baseline, feats, bench.queries, bench.labels),
+            "HAP-VR (trained)": evaluate_model(s.eval_model, feats, bench.queries, bench.labels)}
+    table = results_table(rows)
+    n_q = {t: r.queries for t, r in next(iter(rows.values())).items()}
+    print(f"\nheld-out benchmark: {len(feats)} videos, queries per level {n_q}")
+    print(table)
+    results = {name: {t: dataclasses.asdict(r) for t, r in res.items()} for name, res in rows.items()}
+    if bench.partial:
+        partial_feats = {k: s.extractor.whiten(v.float()) for k, v in bench.partial_desc.items()}
+        loc = localization_rows(s.baseline, s.eval_model, feats, partial_feats, bench.partial)
+        loc_table = localization_table(loc)
+        print(f"\ncopy localisation on {len(bench.partial)} partial copies (segments at 1x, 2x and 0.5x inside "
+              f"unrelated footage; VCSL segment P/R/F1, VSC micro-AP):")
+        print(loc_table)
+        table += "\n\n" + loc_table
+        results["localization"] = {name: dataclasses.asdict(r) for name, r in loc.items()}
+    with open(os.path.join(s.cfg.out, "results.txt"), "w") as f:
+        f.write(table + "\n")
+    pairs = []
+    for q in bench.queries[: s.cfg.heatmaps]:
+        lab = bench.labels[q]
+        for rel in ("DS", "CS"):
+            if lab[rel]:
+                pairs.append((q, lab[rel][0], rel))
+                break
+    q0 = bench.queries[0]
+    neg = next(t for t in sorted(feats) if t not in {x for v in bench.labels[q0].values() for x in v}
+               and t != q0 and not t.startswith(q0))
+    pairs.append((q0, neg, "negative"))
+    png = os.path.join(s.cfg.out, "heatmaps.png")
+    draw_heatmaps(png, s.baseline, s.eval_model, feats, bench.thumbs, pairs)
+    print(f"heatmaps: {png}")
+    return results
+
+
+def run(cfg) -> dict:
+    """Train as ``cfg`` says and report; returns the benchmark results ({} when stopped early)."""
+    from hapvr.training import distributed
+
+    s = setup(cfg)
+    log = TrainLog(s)
+    try:
+        done, t_train = train_loop(s, log)
+    finally:
+        log.close()
+    if done < cfg.iterations:
+        _log(s.info, f"stopped at step {done} of {cfg.iterations} (--stop-after); continue with --resume")
+        distributed.teardown(s.info)
+        return {}
+    try:
+        results = report(s) if s.info.main and s.bench_feats is not None else {}
+        if s.info.main:
+            summary = dict(results=results, skipped_videos=[p for p, _ in s.skipped], steps=cfg.iterations,
+                           seconds=dict(data=round(s.t_data, 1), train=round(t_train, 1),
+                                        total=round(time.time() - s.t_start, 1)),
+                           config=dataclasses.asdict(cfg))
+            tmp = os.path.join(cfg.out, "results.json.tmp")
+            with open(tmp, "w") as f:
+                json.dump(summary, f, indent=1)
+            os.replace(tmp, os.path.join(cfg.out, "results.json"))
+            if s.skipped:
+                print(f"skipped {len(s.skipped)} unreadable videos (see warnings above)")
+            print(f"checkpoint: {s.ckpt_path}   logs: {os.path.join(cfg.out, 'log.csv')}, "
+                  f"{os.path.join(cfg.out, 'tensorboard')}")
+            print(f"time: data {s.t_data:.0f} s, training {t_train:.0f} s, total {time.time() - s.t_start:.0f} s")
+    finally:
+        distributed.teardown(s.info)
     return results
 
 
