@@ -41,8 +41,9 @@ def resolve_device(device: str | None) -> torch.device:
 
 def process_device(device: str | None) -> torch.device:
     """:func:`resolve_device` for one process of a torchrun job: an unnumbered ``cuda`` (or
-    ``auto`` on a CUDA machine) becomes ``cuda:LOCAL_RANK``, so the ranks share the GPUs."""
+    ``auto`` on a CUDA machine) becomes ``cuda:LOCAL_RANK``, so the ranks share the GPUs (more
+    ranks than GPUs: rank ``r`` on GPU ``r mod count``)."""
     dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return dev
