@@ -19,10 +19,11 @@ keeps each finished one in INDEX/staging/ (one file a video, written to a tempor
 renamed); its failures go to INDEX/staging/failures.rankR.txt. Rank 0 alone creates and writes
 the index (it holds the writer's lock throughout): once every rank is done it adds the staged
 videos in the order of --videos, deletes them, writes INDEX/failures.txt for all ranks and
-prints the summary. The index is the one a single process would build. A killed sharded build
-resumes like any other: what is in the index or staged is not extracted again (a rerun with
-one process adds the staged videos too). Each rank uses its share of the machine's cores
-unless --threads says otherwise.
+prints the summary. The index is the one a single process would build (bit for bit with the
+same --threads). A killed sharded build resumes like any other: what is in the index or staged
+is not extracted again (a rerun with one process adds the staged videos too). Each rank uses
+its share of the machine's cores unless --threads says otherwise. docs/formats.md describes
+the index folder and the staging files.
 """
 
 from __future__ import annotations
