@@ -95,7 +95,8 @@ def _search(args, model, store) -> int:
             features.append(model.features(q))
         except (VideoDecodeError, ValueError) as exc:
             fail(f"QUERY {exc}" if q in str(exc) else f"QUERY {q}: {exc}")
-    searcher = Searcher(store, model.scorer(), CoarseConfig(kind=args.coarse, nprobe=args.nprobe or CoarseConfig.nprobe))
+    coarse = CoarseConfig(kind=args.coarse, nprobe=args.nprobe or CoarseConfig.nprobe)
+    searcher = Searcher(store, model.scorer(), coarse)
     out = []
     for q, fq in zip(args.queries, features):
         res = searcher.search(fq, k=args.top, candidates=args.candidates, exhaustive=args.exhaustive)
