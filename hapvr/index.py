@@ -184,14 +184,15 @@ def _add_staged(store, staging, inputs, failures: list) -> list[str]:
 
 
 def _write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
-    """``ID<TAB>why`` lines, written atomically; no file when there are none."""
+    """``ID<TAB>why`` lines (one line each: newlines in ``why`` become spaces), written atomically;
+    no file when there are none."""
     if not failures:
         path.unlink(missing_ok=True)
         return
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         for vid, why in failures:
-            f.write(f"{vid}\t{why}\n")
+            f.write(f"{vid}\t{' '.join(why.splitlines())}\n")
     os.replace(tmp, path)
 
 
@@ -201,7 +202,7 @@ def _read_failures(path: Path) -> list[tuple[str, str]]:
     return [tuple(line.split("\t", 1)) for line in path.read_text().splitlines() if "\t" in line]
 
 
-def _summary(args, index: Path, inputs, present: int, added: int, resumed: int, failures, total: int) -> None:
+def _summary(index: Path, inputs, present: int, added: int, resumed: int, failures, total: int) -> None:
     fail_file = index / "failures.txt"
     place = {vid: i for i, (vid, _) in enumerate(inputs)}
     failures = sorted(failures, key=lambda f: (place.get(f[0], len(place)), f[0]))
@@ -256,7 +257,7 @@ def _build_one(args, index: Path, inputs, exists: bool, model) -> int:
             store.add(vid, feats)
             extracted += 1
         total = len(store)
-    _summary(args, index, inputs, present, resumed + extracted, resumed, failures, total)
+    _summary(index, inputs, present, resumed + extracted, resumed, failures, total)
     return 0
 
 
@@ -289,7 +290,8 @@ def _build_sharded(args, index: Path, inputs, exists: bool, model, rank: int, wo
         failures: list[tuple[str, str]] = []
         for vid, feats in _extract(model, todo[0][rank::world], failures, args.no_progress, rank):
             staging.write(vid, feats.numpy())
-        staging.dir.mkdir(parents=True, exist_ok=True)
+        if failures:
+            staging.dir.mkdir(parents=True, exist_ok=True)
         _write_failures(staging.dir / f"failures.rank{rank}.txt", failures)
         dist.barrier()
         if rank != 0:
@@ -298,7 +300,7 @@ def _build_sharded(args, index: Path, inputs, exists: bool, model, rank: int, wo
         for r in range(world):
             (staging.dir / f"failures.rank{r}.txt").unlink(missing_ok=True)
         added = _add_staged(store, staging, inputs, failures)
-        _summary(args, index, inputs, present, len(added), len(leftovers.intersection(added)), failures, len(store))
+        _summary(index, inputs, present, len(added), len(leftovers.intersection(added)), failures, len(store))
         return 0
     finally:
         if store is not None:

@@ -129,6 +129,8 @@ def test_a_one_process_build_adds_staged_videos_without_extracting_them(clips, r
 
     monkeypatch.setattr(api.VideoModel, "features", recorded)
     capsys.readouterr()
+    assert index_main(["info", "--index", str(index)]) == 0
+    assert "2 more videos staged by an interrupted sharded build" in capsys.readouterr().out
 
     assert index_main(["build", "--videos", str(clips), *one]) == 0
     err = capsys.readouterr().err
