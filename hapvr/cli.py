@@ -124,6 +124,30 @@ def add_bool(parser: argparse.ArgumentParser, flag: str, default: bool, help: st
     group.add_argument("--no-" + flag.lstrip("-"), dest=dest, action="store_false", help=argparse.SUPPRESS)
 
 
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask, which a container or taskset narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call on this platform
+        return os.cpu_count() or 1
+
+
+def add_threads(parser: argparse.ArgumentParser, default_text: str = "one per core") -> None:
+    """``--threads N`` (CPU threads of torch and faiss); None when not given."""
+    parser.add_argument("--threads", type=int_at_least(1),
+                        help=f"CPU threads of torch and of faiss (default: {default_text})")
+
+
+def set_threads(threads: int) -> None:
+    """Sets torch's intra-op threads and faiss's OpenMP threads: a command's arithmetic runs in
+    both (the scorer and the flat coarse GEMMs in torch, an IVF search in faiss)."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+
+
 def input_file(path: str, arg: str) -> Path:
     """An existing, readable file, or :class:`UserError` naming ``arg``."""
     p = Path(path)

@@ -88,22 +88,12 @@ def _read_ids(path: str) -> set[str]:
     return {str(v) for v in value}
 
 
-def pick_device(name: str):
-    from hapvr.precision import resolve_device
-
-    device = resolve_device(name)
-    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
-
-
 def make_scorer(args):
     from hapvr.ops._spatial_tiled import default_workspace_bytes
+    from hapvr.precision import process_device
 
     try:
-        device = pick_device(args.device)
+        device = process_device(args.device)
     except ValueError as exc:
         fail(f"--device: {exc}")
     try:

@@ -206,11 +206,12 @@ def check_space(f, space: str, backbone: str, path) -> None:
 # --- crash-safe output ------------------------------------------------------------------------
 
 class Parts:
-    """Finished videos kept as one small HDF5 file each in ``OUTPUT.parts/`` (written to a
-    temporary name, then renamed: a file there is always whole) until the run writes the output."""
+    """Finished videos kept as one small HDF5 file each in a folder (``OUTPUT.parts/`` of
+    extract, ``INDEX/staging/`` of a sharded index build), written to a temporary name, then
+    renamed: a file there is always whole, until the run moves them into its output."""
 
-    def __init__(self, output: Path):
-        self.dir = Path(str(output) + ".parts")
+    def __init__(self, folder: Path):
+        self.dir = Path(folder)
 
     def _name(self, vid: str) -> Path:
         return self.dir / (hashlib.sha1(vid.encode()).hexdigest()[:20] + ".h5")
@@ -240,6 +241,14 @@ class Parts:
             f.create_dataset("features", data=feats)
         os.replace(tmp, final)
 
+    @staticmethod
+    def read(path: Path):
+        """The features of one part, as written."""
+        import h5py
+
+        with h5py.File(path, "r") as part:
+            return part["features"][()]
+
     def merge_into(self, output: Path, attrs: dict, parts: dict[str, Path]) -> None:
         """All parts into ``output``: a new output is written whole and renamed into place; an
         existing one is extended (each dataset written, then the file flushed)."""
@@ -251,8 +260,7 @@ class Parts:
                     f.attrs[key] = value
                 for vid, p in sorted(parts.items()):
                     if vid not in f:
-                        with h5py.File(p, "r") as part:
-                            f.create_dataset(vid, data=part["features"][()])
+                        f.create_dataset(vid, data=self.read(p))
                 f.flush()
         else:
             tmp = output.with_name(output.name + ".tmp")
@@ -260,9 +268,13 @@ class Parts:
                 for key, value in attrs.items():
                     f.attrs[key] = value
                 for vid, p in sorted(parts.items()):
-                    with h5py.File(p, "r") as part:
-                        f.create_dataset(vid, data=part["features"][()])
+                    f.create_dataset(vid, data=self.read(p))
             os.replace(tmp, output)
+        self.clear(parts)
+
+    def clear(self, parts: dict[str, Path]) -> None:
+        """Deletes ``parts`` (moved into the output), the temporary files of killed writers, and the
+        folder once nothing else is in it."""
         for p in parts.values():
             p.unlink()
         for leftover in self.dir.glob("*.tmp"):
@@ -316,7 +328,7 @@ def _main(argv=None) -> int:
         fail(str(exc))
     space = "raw" if args.raw else "whitened"
     in_output = existing_ids(out, space, extractor.backbone_name)
-    parts = Parts(out)
+    parts = Parts(Path(str(out) + ".parts"))
     in_parts = parts.done()
     done = in_output | set(in_parts)
     todo = [(vid, path) for vid, path in inputs if vid not in done]

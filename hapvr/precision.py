@@ -8,6 +8,8 @@ CPUs with avx512_bf16/AMX (oneDNN); elsewhere they are emulated and slower (benc
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -34,4 +36,14 @@ def resolve_device(device: str | None) -> torch.device:
         raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices are visible")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return dev
+
+
+def process_device(device: str | None) -> torch.device:
+    """:func:`resolve_device` for one process of a torchrun job: an unnumbered ``cuda`` (or
+    ``auto`` on a CUDA machine) becomes ``cuda:LOCAL_RANK``, so the ranks share the GPUs (more
+    ranks than GPUs: rank ``r`` on GPU ``r mod count``)."""
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return dev

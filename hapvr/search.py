@@ -9,9 +9,15 @@ model does. --json writes {"queries": [{"query", "results": [{"id", "similarity"
 
 --duplicates lists every pair of indexed videos whose similarity reaches --threshold (default:
 the model's calibrated "copy" threshold, docs/scores.md) and groups them into clusters, using
-the coarse stage to avoid all-pairs work; --symmetric scores a pair by the mean of both
-directions (whole-video duplicates), otherwise by the shorter video against the longer (a clip
-cut from a longer video is found too).
+the coarse stage to avoid all-pairs work (each video proposes its --neighbours nearest videos;
+--min-coarse drops weak proposals); --symmetric scores a pair by the mean of both directions
+(whole-video duplicates), otherwise by the shorter video against the longer (a clip cut from a
+longer video is found too).
+
+--coarse chooses the coarse search: flat (exact, over the memory-mapped descriptor file) or ivf
+(a faiss IVF, trained on first use and saved in the index folder, searching --nprobe lists per
+descriptor row); auto picks flat up to 1M descriptor rows (~60k videos) and IVF above
+(hapvr/retrieval/coarse.py has the measurements behind it).
 """
 
 from __future__ import annotations
@@ -21,13 +27,16 @@ import json
 import os
 import sys
 
-from hapvr.cli import (ArgumentParser, fail, finite_float, input_file, int_at_least, output_file, positive_float,
-                       run_main)
+from hapvr.cli import (ArgumentParser, add_threads, fail, finite_float, float_in, input_file, int_at_least,
+                       output_file, positive_float, run_main, set_threads)
+from hapvr.retrieval.coarse import CoarseConfig
+from hapvr.retrieval.search import DuplicatesConfig
 
 EXAMPLES = """\
   python -m hapvr.search --index my.index suspect.mp4
   python -m hapvr.search --index my.index a.mp4 b.mp4 --top 5 --json results.json
   python -m hapvr.search --index my.index --duplicates --csv duplicates.csv
+  python -m hapvr.search --index big.index --duplicates --coarse ivf --neighbours 5 --min-coarse 0.5 --threads 8
 """
 
 
@@ -39,11 +48,24 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--candidates", type=int_at_least(1), default=100,
                     help="videos the coarse stage passes to the exact scoring")
     ap.add_argument("--exhaustive", action="store_true", help="score every indexed video (no coarse stage)")
+    ap.add_argument("--coarse", choices=("auto", "flat", "ivf"), default=CoarseConfig.kind,
+                    help=f"coarse search: flat (exact), ivf (faiss IVF, trained once and saved in the index), or "
+                         f"auto: flat up to {CoarseConfig.ivf_threshold:,} descriptor rows (~60k videos), IVF above")
+    ap.add_argument("--nprobe", type=int_at_least(1),
+                    help=f"IVF lists searched per query descriptor row (default: {CoarseConfig.nprobe}; with "
+                         f"--duplicates {DuplicatesConfig.nprobe})")
+    add_threads(ap, "one per core, or OMP_NUM_THREADS")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--duplicates", action="store_true", help="list the duplicate pairs and clusters of the index")
     ap.add_argument("--threshold", type=finite_float(), help="similarity of a duplicate pair (default: the model's copy threshold)")
     ap.add_argument("--symmetric", action="store_true", help="with --duplicates: mean of both directions")
     ap.add_argument("--csv", help="with --duplicates: write the pairs here as CSV")
+    ap.add_argument("--neighbours", type=int_at_least(1),
+                    help=f"with --duplicates: coarse neighbours each video proposes for exact scoring "
+                         f"(default: {DuplicatesConfig.neighbours})")
+    ap.add_argument("--min-coarse", type=float_in(-1.0, 1.0),
+                    help="with --duplicates: drop proposals whose coarse similarity (in [-1, 1]) is below this; "
+                         "the lever on large collections (default: keep all)")
     ap.add_argument("--no-segments", action="store_true", help="skip the localisation of copied segments")
     ap.add_argument("--checkpoint", help="the checkpoint the index was built with (default: the default model)")
     ap.add_argument("--baseline", action="store_true", help="the index was built with --baseline")
@@ -73,7 +95,8 @@ def _search(args, model, store) -> int:
             features.append(model.features(q))
         except (VideoDecodeError, ValueError) as exc:
             fail(f"QUERY {exc}" if q in str(exc) else f"QUERY {q}: {exc}")
-    searcher = Searcher(store, model.scorer())
+    coarse = CoarseConfig(kind=args.coarse, nprobe=args.nprobe or CoarseConfig.nprobe)
+    searcher = Searcher(store, model.scorer(), coarse)
     out = []
     for q, fq in zip(args.queries, features):
         res = searcher.search(fq, k=args.top, candidates=args.candidates, exhaustive=args.exhaustive)
@@ -87,7 +110,7 @@ def _search(args, model, store) -> int:
         out.append({"query": q, "results": results})
         copy = model.scale.threshold if args.threshold is None else args.threshold
         print(f"\n{q}: {len(store)} indexed videos, {res.scored} scored "
-              f"({'exhaustive' if args.exhaustive else 'coarse stage + exact scoring'}), "
+              f"({'exhaustive' if args.exhaustive else f'coarse stage ({searcher.coarse.kind}) + exact scoring'}), "
               f"{1000 * (res.coarse_seconds + res.rerank_seconds):.0f} ms")
         print(f"  {'rank':>4}  {'similarity':>10}  {'copy?':<5}  {'segments (query s -> target s)':<34}  id")
         for rank, r in enumerate(results, 1):
@@ -103,7 +126,12 @@ def _duplicates(args, model, store) -> int:
     from hapvr.retrieval.search import duplicates
 
     threshold = model.scale.threshold if args.threshold is None else args.threshold
-    found = duplicates(store, model.scorer(), threshold, symmetric=args.symmetric, progress=True)
+    cfg = DuplicatesConfig(neighbours=args.neighbours or DuplicatesConfig.neighbours, min_coarse=args.min_coarse,
+                           nprobe=args.nprobe or DuplicatesConfig.nprobe,
+                           # flat asked for: exact neighbours however many rows (all rows against all rows)
+                           flat_rows=sys.maxsize if args.coarse == "flat" else DuplicatesConfig.flat_rows)
+    found = duplicates(store, model.scorer(), threshold, symmetric=args.symmetric, cfg=cfg,
+                       coarse=CoarseConfig(kind=args.coarse), progress=True)
     print(f"{len(store)} indexed videos, {found.candidate_pairs} candidate pairs from the coarse stage, "
           f"{len(found.pairs)} pairs with similarity >= {threshold:g}"
           f"{' (symmetric)' if args.symmetric else ''}, {len(found.clusters)} clusters")
@@ -132,8 +160,13 @@ def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.duplicates == bool(args.queries):
         fail("give QUERY_VIDEO files to search for, or --duplicates (not both)")
-    if args.csv and not args.duplicates:
-        fail("--csv goes with --duplicates")
+    for arg, value in (("--csv", args.csv), ("--neighbours", args.neighbours), ("--min-coarse", args.min_coarse)):
+        if value is not None and not args.duplicates:
+            fail(f"{arg} goes with --duplicates")
+    if args.exhaustive and (args.coarse != "auto" or args.nprobe):
+        fail("--exhaustive scores every video without a coarse stage: drop --coarse and --nprobe")
+    if args.nprobe and args.coarse == "flat":
+        fail("--nprobe sets the IVF search; --coarse flat has none (use --coarse ivf or auto)")
     for q in args.queries:
         if not os.path.isdir(q):
             input_file(q, "QUERY")
@@ -144,6 +177,8 @@ def _main(argv=None) -> int:
         input_file(args.checkpoint, "--checkpoint")
     if not os.path.isfile(os.path.join(args.index, "manifest.json")):
         fail(f"--index {args.index}: no index there (make one with python -m hapvr.index build)")
+    if args.threads:
+        set_threads(args.threads)
     from hapvr.api import load_model
     from hapvr.index import open_index
 

@@ -240,7 +240,7 @@ def test_pca_bad_input(files, capsys, case):
     assert not (files / "p.pt").exists()
 
 
-@pytest.mark.parametrize("module", ["hapvr.train", "hapvr.evaluate", "hapvr.extract", "hapvr.pca"])
+@pytest.mark.parametrize("module", ["hapvr.train", "hapvr.evaluate", "hapvr.extract", "hapvr.pca", "hapvr.search"])
 def test_help_shows_defaults_and_examples(module, capsys):
     main = __import__(module, fromlist=["main"]).main
     assert main(["--help"]) == 0
@@ -326,7 +326,20 @@ def test_reliability_table_names_tests_that_exist():
     ("hapvr.search", ["--index", "i", "q.mp4", "--threshold", "inf"], "--threshold"),
     ("hapvr.search", ["--index", "i", "q.mp4", "--fps", "0"], "--fps"),
     ("hapvr.search", ["--index", "i", "q.mp4", "--top", "0"], "--top"),
+    ("hapvr.search", ["--index", "i", "q.mp4", "--coarse", "hnsw"], "--coarse"),
+    ("hapvr.search", ["--index", "i", "q.mp4", "--nprobe", "0"], "--nprobe"),
+    ("hapvr.search", ["--index", "i", "q.mp4", "--coarse", "flat", "--nprobe", "4"], "--nprobe"),
+    ("hapvr.search", ["--index", "i", "q.mp4", "--exhaustive", "--coarse", "ivf"], "--exhaustive"),
+    ("hapvr.search", ["--index", "i", "q.mp4", "--threads", "0"], "--threads"),
+    ("hapvr.search", ["--index", "i", "q.mp4", "--threads", "two"], "--threads"),
+    ("hapvr.search", ["--index", "i", "--duplicates", "--neighbours", "0"], "--neighbours"),
+    ("hapvr.search", ["--index", "i", "q.mp4", "--neighbours", "5"], "--neighbours"),
+    ("hapvr.search", ["--index", "i", "--duplicates", "--min-coarse", "1.5"], "--min-coarse"),
+    ("hapvr.search", ["--index", "i", "--duplicates", "--min-coarse", "nan"], "--min-coarse"),
+    ("hapvr.search", ["--index", "i", "q.mp4", "--min-coarse", "0.5"], "--min-coarse"),
     ("hapvr.index", ["build", "--videos", "v", "--index", "i", "--fps", "-1"], "--fps"),
+    ("hapvr.index", ["build", "--videos", "v", "--index", "i", "--threads", "0"], "--threads"),
+    ("hapvr.index", ["add", "--videos", "v", "--index", "i", "--threads", "1.5"], "--threads"),
     ("hapvr.default_model", ["--from", "missing.pt"], "--from"),
 ])
 def test_compare_search_index_arguments(module, argv, needle, capsys, tmp_path, monkeypatch):
@@ -334,3 +347,4 @@ def test_compare_search_index_arguments(module, argv, needle, capsys, tmp_path, 
     main = __import__(module, fromlist=["main"]).main
     assert main(argv) == 2
     assert needle in _one_error(capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -122,3 +122,45 @@ def test_a_query_shorter_than_the_minimum_is_repeated_not_refused(use_default, c
     assert search_main(["--index", str(index), str(one), "--json", str(out)]) == 0
     top = json.loads(out.read_text())["queries"][0]["results"][0]
     assert top["id"] in {"source", "reupload"} and top["similarity"] > 0.9
+
+
+def test_coarse_kind_nprobe_threads_and_duplicate_proposals(use_default, collection, tmp_path, capsys):
+    import faiss
+    import torch
+
+    index = tmp_path / "i"
+    assert index_main(["build", "--videos", str(collection), "--index", str(index), "--no-progress"]) == 0
+    query = str(collection / "excerpt.mp4")
+    threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(2)
+    faiss.omp_set_num_threads(2)
+    try:
+        capsys.readouterr()
+        out = tmp_path / "ivf.json"
+        assert search_main(["--index", str(index), query, "--coarse", "ivf", "--nprobe", "1", "--threads", "1",
+                            "--no-segments", "--top", "3", "--json", str(out)]) == 0
+        assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
+    finally:
+        torch.set_num_threads(threads[0])
+        faiss.omp_set_num_threads(threads[1])
+    assert "coarse stage (ivf)" in capsys.readouterr().out
+    assert (index / "coarse-ivf.faiss").is_file()  # trained on first use, saved for the next search
+    ivf = [r["id"] for r in json.loads(out.read_text())["queries"][0]["results"]]
+    assert ivf[0] == "excerpt" and set(ivf[1:]) == {"source", "reupload"}
+    assert search_main(["--index", str(index), query, "--coarse", "flat", "--no-segments", "--top", "3",
+                        "--json", str(out)]) == 0
+    assert "coarse stage (flat)" in capsys.readouterr().out  # 7 videos: auto would be flat too
+    assert [r["id"] for r in json.loads(out.read_text())["queries"][0]["results"]] == ivf
+
+    def proposals(*extra):
+        assert search_main(["--index", str(index), "--duplicates", "--coarse", "ivf", *extra]) == 0
+        out = capsys.readouterr().out
+        line = next(x for x in out.splitlines() if "candidate pairs" in x)
+        return int(line.split(" candidate pairs")[0].split(", ")[-1]), out
+
+    # 7 videos: 21 pairs with the default 10 neighbours; with each video proposing its nearest one,
+    # at most 6 (source and reupload propose each other)
+    one, _ = proposals("--neighbours", "1")
+    assert 4 <= one <= 6
+    near, out = proposals("--neighbours", "1", "--min-coarse", "0.99")  # identical frames only
+    assert near == 1 and "cluster 1: reupload, source" in out
