@@ -167,7 +167,8 @@ def load_plain_pickle(path: str | Path, what: str):
             raise UnsafeFileError(f"{what} {path}: refused: the pickle asks to load {exc}; annotation files may "
                                   f"only hold dicts, lists and strings") from None
         raise CorruptFileError(f"{what} {path}: not a readable pickle ({exc})") from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+    # random bytes can read as a huge length (OverflowError, MemoryError on the allocation)
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError, MemoryError) as exc:
         raise CorruptFileError(f"{what} {path}: truncated or not a pickle ({type(exc).__name__}: {exc})") from None
 
 

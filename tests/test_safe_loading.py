@@ -207,3 +207,14 @@ def test_new_checkpoints_restore_numpy_rng_exactly(tmp_path):
     set_rng_state(torch.load(path, weights_only=True), sampler2)
     np.testing.assert_array_equal(np.random.rand(4), expected[0])
     assert sampler2.random() == expected[1]
+
+
+def test_pickle_with_an_impossible_length_is_a_corrupt_file(tmp_path):
+    """Random bytes can read as a BINBYTES8 of 2**63 bytes (OverflowError) or a length that cannot
+    be allocated (MemoryError): one clear error naming the file, as for any other garbage."""
+    import struct
+
+    ann = tmp_path / "huge.pickle"
+    ann.write_bytes(b"\x80\x04\x8e" + struct.pack("<Q", 2**63 + 5) + b"x")
+    with pytest.raises(CorruptFileError, match=r"--annotations .*huge\.pickle.*OverflowError"):
+        load_plain_pickle(ann, "--annotations")

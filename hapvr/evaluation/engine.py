@@ -315,7 +315,7 @@ def compute_scores(
     query_digests = [frames_digest(x) for x in stored]
     queries = [repeat_to(scorer.index(x), scorer.min_frames) for x in stored]
     del stored
-    groups = _query_groups(queries, cfg)
+    groups = query_groups(queries, cfg)
     chunks = [c for vid in target_ids for c in split_chunks(vid, store.length(vid), cfg.chunk_frames)]
     query_frames = max((len(g) * int(lens.max()) for g, _, lens in groups), default=1)
     batches = plan_batches(chunks, query_frames, cfg)
@@ -375,7 +375,7 @@ def _score_batches(scorer: Scorer, store: FeatureStore, groups, n_queries: int, 
             bar.close()
 
 
-def _query_groups(queries: list[torch.Tensor], cfg: EngineConfig, max_group: int = 16):
+def query_groups(queries: list[torch.Tensor], cfg: EngineConfig, max_group: int = 16):
     """Queries sorted by length and padded in groups of similar length, so padding wastes little."""
     order = sorted(range(len(queries)), key=lambda i: queries[i].shape[0])
     groups, current = [], []

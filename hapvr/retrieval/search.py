@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from hapvr.evaluation.engine import EngineConfig, pad_stack, plan_batches, repeat_to, split_chunks
-from hapvr.evaluation.engine import _query_groups  # the engine's grouping of queries by length
+from hapvr.evaluation.engine import query_groups
 from hapvr.evaluation.scorers import Scorer
 from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, coarse_index, video_descriptors
 from hapvr.retrieval.index_store import IndexStore, space_differences
@@ -70,7 +70,7 @@ def score_videos(scorer: Scorer, store: IndexStore, queries: list[torch.Tensor],
     out = np.zeros((len(queries), len(vids)), np.float32)
     if not vids or not queries:
         return out
-    groups = _query_groups([repeat_to(scorer.index(q), scorer.min_frames) for q in queries], engine)
+    groups = query_groups([repeat_to(scorer.index(q), scorer.min_frames) for q in queries], engine)
     query_frames = max(len(members) * int(qlen.max()) for members, _, qlen in groups)
     position = {v: i for i, v in enumerate(vids)}
     chunks = [c for v in vids for c in split_chunks(v, store.length(v), engine.chunk_frames)]
