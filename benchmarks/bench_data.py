@@ -86,15 +86,16 @@ def write_videos(workdir: str, count: int, seconds: float) -> list[str]:
 
 
 def machine(threads: int) -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    import re
+
     import av
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = re.findall(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
+    except OSError:
+        names = []
+    return {"cpu": names[0] if names else platform.processor(), "cores": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
             "pyav": av.__version__, "python": platform.python_version(), "load_average_at_start": os.getloadavg()}
 
 

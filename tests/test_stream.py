@@ -8,9 +8,10 @@ import random
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from hapvr.data.augment import AugmentConfig
-from hapvr.data.video import decode_samples, decode_video, expected_samples, list_videos
+from hapvr.data.video import decode_samples, decode_video, expected_samples, list_videos, load_frame_folder
 from hapvr.training import stream
 
 torch.set_num_threads(1)
@@ -55,11 +56,19 @@ def folder(tmp_path_factory):
     _write(root / "d_one.mp4", "mpeg4", 1)
     _write(root / "e_mid.mp4", "mpeg4", 7)
     (root / "f_corrupt.mp4").write_bytes(os.urandom(4096))
+    shots = root / "g_frames"  # a folder of frames is a video too
+    shots.mkdir()
+    for i in range(8):
+        Image.fromarray(np.full((48, 64, 3), 16 + 12 * i, dtype=np.uint8)).save(shots / f"{i:03d}.png")
     return list_videos(str(root))
 
 
 def _good(paths):
     return [p for p in paths if "corrupt" not in p]
+
+
+def _frames(path):
+    return load_frame_folder(path) if os.path.isdir(path) else decode_video(path)
 
 
 def _clip_batches(paths, steps, start=0, workers=0, batch=3, **aug):
@@ -73,7 +82,7 @@ def _clip_batches(paths, steps, start=0, workers=0, batch=3, **aug):
 
 
 def test_decode_samples_keeps_the_chosen_samples_of_decode_video(folder):
-    for path in _good(folder):
+    for path in [p for p in _good(folder) if not os.path.isdir(p)]:
         full = decode_video(path)
         assert expected_samples(path) == full.shape[0]  # the plan from the declared duration is exact here
         keep = {0, full.shape[0] - 1}
@@ -83,6 +92,28 @@ def test_decode_samples_keeps_the_chosen_samples_of_decode_video(folder):
             assert torch.equal(torch.from_numpy(np.array(im)).permute(2, 0, 1), full[k])
         _, count = decode_samples(path, keep=(), max_frames=1)
         assert count == 1
+
+
+def test_a_file_holding_fewer_samples_than_it_declares_is_planned_again(tmp_path):
+    """A cut AVI keeps its header's frame count: the windows planned on it are drawn again on the
+    samples the decoder really finds, and the truncation is reported."""
+    _write(tmp_path / "full.avi", "mjpeg", 10)
+    data = (tmp_path / "full.avi").read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[:len(data) // 2])
+    real = decode_video(str(cut)).shape[0]
+    assert expected_samples(str(cut)) == 10 and real < 10
+    ds = stream.ClipDataset([str(cut)], clip_frames=4, aug=AugmentConfig(**SMALL))
+    replanned = 0
+    for step in range(12):
+        clips = ds[stream.ClipKey(step, 0, 0, (0,))]
+        assert int(clips.source.max()) < real and len(clips.weak_rows) == 4
+        weak, strong = stream.plan_windows(10, 4, ds.clip_shift, stream.step_rng(0, "window", step, 0, 0))
+        again = max(weak + strong) >= real
+        # only a decoding that runs into the cut finds it (one that ends before it has no reason to)
+        assert bool(clips.warnings) == again and all(w.startswith("truncated") for _, w in clips.warnings)
+        replanned += again
+    assert replanned  # some steps needed the second plan
 
 
 # --- windows and steps --------------------------------------------------------------------------
@@ -129,7 +160,7 @@ def test_strong_clip_shows_its_window_through_the_temporal_edit(folder, edit):
         weak = v.source[v.weak_rows].tolist()
         shown = v.strong_source.tolist()
         assert v.edit == edit and len(weak) == CLIP
-        full = decode_video(paths[v.video])
+        full = _frames(paths[v.video])
         n = full.shape[0]
         window = {"none": shown, "reverse": shown[::-1], "fast_forward": None, "slow_motion": shown[::2]}[edit]
         if edit == "fast_forward":

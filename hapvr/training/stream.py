@@ -256,11 +256,11 @@ class ClipDataset(torch.utils.data.Dataset):
             weak, strong, need = plan(len(frame_folder_names(path)))
             return dict(zip(need, load_frame_folder(path, indices=need))), weak, strong, []
         n = expected_samples(path, self.fps)
+        warns: list[str] = []  # a truncation is found by the decoding that runs into it, the first one
         for _ in range(2):  # a file may hold fewer samples than it declares: plan again on the count
             if n is None:
                 _, n = decode_samples(path, self.fps, keep=())
             weak, strong, need = plan(n)
-            warns: list[str] = []
             images, n = decode_samples(path, self.fps, keep=set(need), max_frames=need[-1] + 1, warnings=warns)
             if len(images) == len(need):
                 size = images[need[0]].size
