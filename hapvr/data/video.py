@@ -70,9 +70,22 @@ def decode_video(path: str, fps: float = 1.0, max_frames: int | None = None, sho
     than a second and two sampling steps before the duration the container declares) keeps the
     frames decoded so far, and a sentence saying so is appended to ``warnings``.
     """
+    images, _ = decode_samples(path, fps, max_frames=max_frames, short_side=short_side, warnings=warnings)
+    return to_tensor(list(images.values()))
+
+
+def decode_samples(path: str, fps: float = 1.0, keep=None, max_frames: int | None = None,
+                   short_side: int = SHORT_SIDE, warnings: list[str] | None = None) -> tuple[dict[int, Image.Image], int]:
+    """The sampling of :func:`decode_video`, keeping only some samples: ``(images, count)`` with
+    ``images[k]`` the ``k``-th sample (resized) for every ``k`` in ``keep`` (``None``: all) and
+    ``count`` the samples seen. Decoding stops after ``max_frames`` samples; samples outside
+    ``keep`` are never converted or resized, so a window of a long video costs its decoding only.
+    Errors and ``warnings`` as in :func:`decode_video`.
+    """
     import av
 
-    images: list[Image.Image] = []
+    images: dict[int, Image.Image] = {}
+    count = 0
     last_t = None
     declared = None
     stopped = None
@@ -90,37 +103,69 @@ def decode_video(path: str, fps: float = 1.0, max_frames: int | None = None, sho
                     last_t = t
                     if t + 1e-6 < next_t:
                         continue
-                    images.append(resize_short_side(frame.to_image(), short_side))
+                    if keep is None or count in keep:
+                        images[count] = resize_short_side(frame.to_image(), short_side)
+                    count += 1
                     next_t = (np.floor(t * fps + 1e-6) + 1) / fps
-                    if max_frames is not None and len(images) >= max_frames:
+                    if max_frames is not None and count >= max_frames:
                         declared = None  # stopped on purpose
                         break
             except Exception as exc:  # PyAV raises many error types for broken files
-                if not images:
+                if not count:
                     raise
                 stopped = f"{type(exc).__name__}: {exc}"
     except VideoDecodeError:
         raise
     except Exception as exc:
         raise VideoDecodeError(f"{path}: {type(exc).__name__}: {exc}") from exc
-    if not images:
+    if not count:
         raise VideoDecodeError(f"{path}: no decodable frames")
     if warnings is not None:
         got = (last_t or 0.0)
         if stopped is not None:
-            warnings.append(f"truncated: decoding stopped after {got:.1f} s ({len(images)} frames) "
+            warnings.append(f"truncated: decoding stopped after {got:.1f} s ({count} frames) "
                             f"with {stopped}")
         elif declared is not None and declared - got > TRUNCATION_SLACK_S:
             warnings.append(f"truncated: frames end at {got:.1f} s of the {declared:.1f} s the file declares "
-                            f"({len(images)} frames kept)")
-    return to_tensor(images)
+                            f"({count} frames kept)")
+    return images, count
 
 
-def load_frame_folder(path: str, short_side: int = SHORT_SIDE) -> torch.Tensor:
-    """A folder of pre-extracted frames (sorted by name) -> ``uint8 [T, 3, H, W]``."""
+def expected_samples(path: str, fps: float = 1.0) -> int | None:
+    """How many frames :func:`decode_video` should give at ``fps``, from the durations the file
+    declares (no decoding); ``None`` when it declares none or cannot be opened. An estimate: a
+    truncated or mislabelled file gives fewer."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                return None
+            stream = container.streams.video[0]
+            declared = declared_seconds(container, stream)
+            rate = float(stream.average_rate) if stream.average_rate else 0.0
+    except Exception:  # unreadable: the decoder says why
+        return None
+    if declared is None or declared <= 0:
+        return None
+    last = declared - (1 / rate if rate > 0 else 0.0)  # the last frame starts one frame before the end
+    return int(np.floor(max(last, 0.0) * fps + 1e-6)) + 1
+
+
+def frame_folder_names(path: str) -> list[str]:
+    """The frame files of a folder of pre-extracted frames, in time (name) order."""
     names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
     if not names:
         raise VideoDecodeError(f"{path}: no frames ({', '.join(IMAGE_EXTENSIONS)})")
+    return names
+
+
+def load_frame_folder(path: str, short_side: int = SHORT_SIDE, indices: list[int] | None = None) -> torch.Tensor:
+    """A folder of pre-extracted frames (sorted by name) -> ``uint8 [T, 3, H, W]``; only the
+    frames at ``indices`` (positions in name order) when given."""
+    names = frame_folder_names(path)
+    if indices is not None:
+        names = [names[i] for i in indices]
     try:
         images = [resize_short_side(Image.open(os.path.join(path, n)).convert("RGB"), short_side) for n in names]
     except Exception as exc:
