@@ -250,6 +250,84 @@ class PoolBatches:
         return f"{self.videos} videos x {self.views} cached views"
 
 
+class StreamBatches:
+    """Batches of the streaming path (:class:`hapvr.training.stream.StreamingBatches`): videos
+    decoded by DataLoader workers, views drawn afresh every step, the frozen networks on the
+    training device. Step ``s`` draws the same batch whenever it runs, so a resumed run continues
+    exactly."""
+
+    def __init__(self, paths: list[str], cfg, info, extractor, teacher, start_step: int):
+        from hapvr.training.stream import StreamingBatches
+
+        self.videos = len(paths)
+        self.workers = cfg.workers
+        self.stream = StreamingBatches(paths, extractor, teacher, batch_videos=cfg.batch_videos,
+                                       clip_frames=cfg.clip_frames, clip_shift=cfg.clip_shift, fps=cfg.fps,
+                                       seed=cfg.seed, rank=info.rank, world=info.world, start_step=start_step,
+                                       steps=cfg.iterations, workers=cfg.workers, device=info.device, amp=cfg.amp,
+                                       teacher_all_views=cfg.teacher_all_views,
+                                       log=lambda m: print(m, file=sys.stderr, flush=True))
+        self._it = iter(self.stream)
+
+    def next(self):
+        return next(self._it)
+
+    def describe(self) -> str:
+        return (f"{self.videos} videos streamed ({self.workers} decoding worker{'s' if self.workers != 1 else ''}, "
+                f"fresh views every step)")
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return sorted(self.stream.skipped.items())
+
+
+def choose_pipeline(cfg, info, extractor) -> str:
+    """``cached`` or ``streaming`` for this run, printed with the reason."""
+    if not cfg.data:
+        if cfg.pipeline == "streaming":
+            _log(info, "note: the built-in corpus is made in memory, not read from files: it uses the cached "
+                       "pipeline (stream your own videos with --data DIR)")
+        return "cached"
+    if cfg.pipeline != "auto":
+        choice, why = cfg.pipeline, f"--pipeline {cfg.pipeline}"
+    else:
+        from hapvr.data.video import list_videos
+        from hapvr.training.stream import cached_pool_bytes
+
+        n = len(list_videos(cfg.data))
+        need = cached_pool_bytes(n, cfg.views_per_video, cfg.pool_frames, extractor.in_dim, TEACHER_DIMS.get(
+            cfg.teacher, extractor.in_dim), whitened_dim=cfg.pca_dim)
+        choice = "streaming" if need > cfg.cache_budget_gb * 1e9 else "cached"
+        why = (f"the cached pool of {n} videos x {cfg.views_per_video} views would take {need / 1e9:.1f} GB, "
+               f"{'over' if choice == 'streaming' else 'within'} --cache-budget-gb {cfg.cache_budget_gb:g}")
+    _log(info, f"data pipeline: {choice} ({why})")
+    return choice
+
+
+TEACHER_DIMS = {"dinov2_onnx": 384, "dino_vits16": 384}  # cnn: the backbone's last stage
+
+
+def _streaming_data(cfg, info, extractor, ckpt, pca_state):
+    """The streaming path's batches; fits the PCA whitening on weak clips first when neither
+    --resume nor --pca gives it."""
+    from hapvr.data.video import list_videos
+    from hapvr.features import Teacher
+    from hapvr.training.stream import pca_sample
+
+    paths = list_videos(cfg.data)
+    if not paths:
+        raise UserError(f"--data {cfg.data}: no videos found (extensions .mp4 .mkv .avi ..., or folders of frames)")
+    teacher = Teacher(cfg.teacher, cfg.teacher_weights, cache_dir=cfg.cache_dir, backbone=extractor.backbone,
+                      raw_pixels=cfg.teacher_raw_pixels)
+    if ckpt is None and pca_state is None:
+        n = min(cfg.pca_videos, len(paths))
+        _log(info, f"fitting the PCA whitening on the weak clips of {n} of {len(paths)} videos ...")
+        extractor.fit_pca(pca_sample(paths, extractor, n, clip_frames=cfg.clip_frames, fps=cfg.fps, seed=cfg.seed,
+                                     workers=cfg.workers, device=info.device, amp=cfg.amp,
+                                     log=lambda m: print(m, file=sys.stderr, flush=True)))
+    return StreamBatches(paths, cfg, info, extractor, teacher, ckpt["step"] if ckpt is not None else 0)
+
+
 def _load_pca(cfg, extractor):
     """The PCA file of --pca (checked before the long data preparation), or None."""
     if not cfg.pca:
@@ -294,19 +372,22 @@ def setup(cfg) -> Session:
         ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    pool, skipped = load_or_build_pool(cfg, info, extractor)
+    pipeline = choose_pipeline(cfg, info, extractor)
+    pool, skipped = load_or_build_pool(cfg, info, extractor) if pipeline == "cached" else (None, [])
     bench = load_or_build_benchmark(cfg, info, extractor) if cfg.benchmark else None
-    t_data = time.time() - t_start
-
     if ckpt is not None:
         extractor.pca.load_state_dict(ckpt["pca"])
     elif pca_state is not None:
         extractor.pca.load_state_dict(pca_state)
         _log(info, f"PCA whitening loaded from {cfg.pca}")
-    else:
+    elif pool is not None:
         fit_pca(extractor, pool)
     sampler = random.Random(cfg.seed * 1_000_003 + info.rank)
-    batches = PoolBatches(FeaturePool(pool, extractor.whiten), cfg, sampler)
+    if pool is not None:
+        batches = PoolBatches(FeaturePool(pool, extractor.whiten), cfg, sampler)
+    else:
+        batches = _streaming_data(cfg, info, extractor, ckpt, pca_state)
+    t_data = time.time() - t_start
     if cfg.batch_videos > batches.videos and info.main:
         print(f"note: --batch-videos {cfg.batch_videos} > {batches.videos} videos in the pool; using {batches.videos}")
 
@@ -534,6 +615,8 @@ def run(cfg) -> dict:
         _log(s.info, f"stopped at step {done} of {cfg.iterations} (--stop-after); continue with --resume")
         distributed.teardown(s.info)
         return {}
+    if isinstance(s.batches, StreamBatches):
+        s.skipped = s.batches.skipped
     try:
         results = report(s) if s.info.main and s.bench_feats is not None else {}
         if s.info.main:

@@ -86,6 +86,51 @@ def test_resume_continues_exactly(data, tmp_path, ema):
         assert any(not torch.equal(a[k], live[0][k]) for k in a)
 
 
+STREAM = ["--preset", "paper", "--backbone", "efficientnet_lite0", "--teacher", "cnn", "--benchmark", "false",
+          "--batch-videos", "3", "--clip-frames", "6", "--workers", "0", "--pca-dim", "64", "--pca-videos", "4",
+          "--log-every", "1", "--warmup", "1", "--lr", "1e-3", "--threads", "1", "--device", "cpu"]
+
+
+def test_paper_preset_streams_and_resumes_exactly(data, tmp_path):
+    """--preset paper trains through the streaming path (fresh views decoded every step) on a
+    folder with a corrupt file and videos shorter than a clip; 2 steps + --resume to 4 equal 4 steps."""
+    root, cache = data
+    full, split = str(tmp_path / "full"), str(tmp_path / "split")
+    common = ["--data", root, "--cache-dir", cache, *STREAM]
+    p = _train(*common, "--iterations", "4", "--out", full)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "data pipeline: streaming (--pipeline streaming)" in p.stdout
+    assert "videos streamed" in p.stdout and "fitting the PCA whitening" in p.stdout
+    assert "broken.mp4" in p.stderr and "skipping undecodable video" in p.stderr
+    assert not any(name.startswith("pool-") for name in os.listdir(cache) if "stream" in name)
+    summary = json.load(open(os.path.join(full, "results.json")))
+    assert [os.path.basename(x) for x in summary["skipped_videos"]] == ["broken.mp4"]
+    with open(os.path.join(full, "log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4] and all(float(r["frame_ap"]) > 0 for r in rows)
+    p = _train(*common, "--iterations", "4", "--out", split, "--stop-after", "2")
+    assert p.returncode == 0 and "stopped at step 2" in p.stdout, p.stderr[-2000:]
+    p = _train(*common, "--iterations", "4", "--out", split, "--resume")
+    assert p.returncode == 0 and "resumed from" in p.stdout, p.stderr[-2000:]
+    (s1, a), (s2, b) = _params(full), _params(split)
+    assert s1 == s2 == 4
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    # a finished run extended with a larger --iterations continues from its last step
+    p = _train(*common, "--iterations", "5", "--out", split, "--resume")
+    assert p.returncode == 0 and "resumed from" in p.stdout and "at step 4" in p.stdout, p.stderr[-2000:]
+    assert _params(split)[0] == 5
+
+
+def test_auto_pipeline_streams_above_the_cache_budget(data, tmp_path):
+    root, cache = data
+    p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "o"), "--iterations", "1",
+               *STREAM, "--pipeline", "auto", "--cache-budget-gb", "0.001")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "data pipeline: streaming (the cached pool of 5 videos x 4 views would take" in p.stdout
+    assert "over --cache-budget-gb 0.001" in p.stdout
+
+
 def replay_ranks(args, world, gather=False, steps=2):
     """The trainer's steps redone in this process: every rank's batch (each rank draws with its own
     sampler, seeded ``seed * 1_000_003 + rank``), the objective of each, one AdamW step on the mean

@@ -41,6 +41,10 @@ class TrainConfig:
     # data
     data: str | None = None  # folder of videos / frame folders; None = the built-in corpus
     fps: float = 1.0  # frame rate for --data videos (the paper samples 1 fps)
+    pipeline: str = "auto"  # cached (views cached as features), streaming (fresh views every step), auto
+    cache_budget_gb: float = 8.0  # auto: stream when the cached pool of --data would exceed this
+    workers: int = 1  # streaming: DataLoader processes decoding and augmenting (0 = in the training process)
+    pca_videos: int = 1000  # streaming: videos whose weak clips fit the PCA whitening
     views_per_video: int = 4  # cached augmented views per video (1 weak + the rest strong)
     pool_frames: int = 32  # frames cached per view (a window of longer videos)
     clip_frames: int = 16  # frames per training clip (paper: 28)
@@ -104,7 +108,7 @@ class TrainConfig:
 
 PRESETS = {
     "cpu": {},
-    "paper": dict(clip_frames=28, pool_frames=64, lambda_f=HAPVRObjectiveConfig().lambda_f, backbone="resnet50", teacher="dino_vits16", teacher_all_views=True,
+    "paper": dict(pipeline="streaming", workers=8, clip_frames=28, pool_frames=64, lambda_f=HAPVRObjectiveConfig().lambda_f, backbone="resnet50", teacher="dino_vits16", teacher_all_views=True,
                   iterations=30000, batch_videos=64, lr=4e-5, weight_decay=1e-2, warmup=1000, amp="bf16", checkpoint_every=1000,
                   eval_every=5000, log_every=50),
 }
@@ -112,6 +116,13 @@ PRESETS = {
 HELP = {
     "data": "folder of videos (any format PyAV reads) or of frame folders; omit to use the built-in corpus",
     "fps": "frames per second decoded from --data videos",
+    "pipeline": "cached: a few augmented views per video, computed once and cached as features (fast on a CPU); "
+                "streaming: videos decoded by DataLoader workers and augmented afresh every step, backbone and "
+                "teacher run on the training device (paper scale); auto: streaming when the cached pool of --data "
+                "would exceed --cache-budget-gb (the built-in corpus is always cached)",
+    "cache_budget_gb": "with --pipeline auto: largest cached pool (GB) before the streaming path is chosen",
+    "workers": "streaming: DataLoader worker processes that decode and augment (0 = in the training process)",
+    "pca_videos": "streaming: videos whose weak clips fit the PCA whitening (without --pca or --resume)",
     "views_per_video": "augmented views cached per video (backbone+teacher run once on each)",
     "pool_frames": "frames cached per view",
     "clip_frames": "frames per training clip",
@@ -179,7 +190,7 @@ HELP = {
 
 # The range of every numeric option, checked when the command line is parsed (one error line).
 RANGES = {
-    "fps": ("positive",), "views_per_video": ("int", 1), "pool_frames": ("int", 1), "clip_frames": ("int", 1),
+    "fps": ("positive",), "cache_budget_gb": ("positive",), "workers": ("int", 0), "pca_videos": ("int", 1), "views_per_video": ("int", 1), "pool_frames": ("int", 1), "clip_frames": ("int", 1),
     "clip_shift": ("nonnegative",), "pca_dim": ("int", 1), "k_s": ("in", 0.0, 1.0, True), "k_t": ("in", 0.0, 1.0, True),
     "delta_v": ("positive",), "rho_v": ("nonnegative",), "lambda_v": ("nonnegative",), "delta_f": ("positive",),
     "rho_f": ("nonnegative",), "lambda_f": ("nonnegative",), "r_t": ("in", 0.0, 1.0, True), "r_b": ("in", 0.0, 1.0, True),
@@ -191,7 +202,7 @@ RANGES = {
     "ema": ("in", 0.0, 1.0, False, True), "seed": ("int", 0), "threads": ("int", 0), "log_every": ("int", 1),
     "eval_every": ("int", 0), "checkpoint_every": ("int", 0), "stop_after": ("int", 0), "heatmaps": ("int", 0),
 }
-CHOICES = {"video_loss": VIDEO_LOSSES, "amp": ("bf16", "off"), "backbone": ("efficientnet_lite0", "resnet50"),
+CHOICES = {"pipeline": ("auto", "cached", "streaming"), "video_loss": VIDEO_LOSSES, "amp": ("bf16", "off"), "backbone": ("efficientnet_lite0", "resnet50"),
            "teacher": ("dinov2_onnx", "dino_vits16", "cnn")}
 
 
