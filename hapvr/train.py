@@ -562,17 +562,26 @@ def train_loop(s: Session, log: TrainLog) -> tuple[int, float]:
 def report(s: Session) -> dict:
     """The held-out benchmark's table (baseline vs trained), the localisation of its partial
     copies and the heatmaps; printed and written to OUT/results.txt and heatmaps.png."""
-    from hapvr.training.heldout import (draw_heatmaps, evaluate_model, localization_rows, localization_table,
-                                        results_table)
+    from hapvr.training.heldout import (all_similarities, bootstrap_levels, draw_heatmaps, evaluate_levels,
+                                        intervals_table, localization_rows, localization_table, results_table)
 
     bench, feats = s.bench, s.bench_feats
-    rows = {"baseline (features-only Chamfer)": evaluate_model(s.baseline, feats, bench.queries, bench.labels),
-            "HAP-VR (trained)": evaluate_model(s.eval_model, feats, bench.queries, bench.labels)}
+    database = sorted(feats)
+    sims = {"baseline": all_similarities(s.baseline, feats, bench.queries, database),
+            "trained": all_similarities(s.eval_model, feats, bench.queries, database)}
+    rows = {"baseline (features-only Chamfer)": evaluate_levels(sims["baseline"], bench.labels, database),
+            "HAP-VR (trained)": evaluate_levels(sims["trained"], bench.labels, database)}
     table = results_table(rows)
     n_q = {t: r.queries for t, r in next(iter(rows.values())).items()}
     print(f"\nheld-out benchmark: {len(feats)} videos, queries per level {n_q}")
     print(table)
+    intervals = bootstrap_levels(sims, bench.labels, database, difference=("trained", "baseline"))
+    iv_table = intervals_table(intervals, len(bench.queries))
+    print("\n" + iv_table)
+    table += "\n\n" + iv_table
     results = {name: {t: dataclasses.asdict(r) for t, r in res.items()} for name, res in rows.items()}
+    results["intervals"] = {t: {name: {m: dataclasses.asdict(iv) for m, iv in per.items()} for name, per in x.items()}
+                            for t, x in intervals.items()}
     if bench.partial:
         partial_feats = {k: s.extractor.whiten(v.float()) for k, v in bench.partial_desc.items()}
         loc = localization_rows(s.baseline, s.eval_model, feats, partial_feats, bench.partial)

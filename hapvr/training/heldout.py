@@ -36,6 +36,56 @@ def evaluate_levels(similarities: dict[str, dict[str, float]], labels: dict[str,
             for task in LEVEL_LABELS}
 
 
+def level_rankings(similarities: dict[str, dict[str, float]], labels: dict[str, dict[str, list[str]]],
+                   database: list[str]):
+    """``{task: [Ranking per query]}`` (queries sorted) with the protocol of
+    :func:`evaluate_levels`: a query's candidates are the database without itself, its
+    positives those of the level's labels found in the database."""
+    import numpy as np
+
+    from hapvr.evaluation.bootstrap import Ranking
+
+    out = {}
+    for task, kinds in LEVEL_LABELS.items():
+        rows = []
+        for q in sorted(similarities):
+            cands = [v for v in database if v != q]
+            gt = {v for k in kinds for v in labels.get(q, {}).get(k, []) if v in cands}
+            rows.append(Ranking(np.array([similarities[q][v] for v in cands], dtype=np.float64),
+                                np.array([v in gt for v in cands]), len(gt)))
+        out[task] = rows
+    return out
+
+
+def bootstrap_levels(sims: dict[str, dict[str, dict[str, float]]], labels, database: list[str],
+                     difference: tuple[str, str] | None = None, n: int = 1000, seed: int = 0):
+    """``{task: {model or "a - b": {"mAP": Interval, "uAP": Interval}}}``: 95 % paired bootstrap
+    intervals over the queries (:mod:`hapvr.evaluation.bootstrap`) of every model in ``sims``."""
+    from hapvr.evaluation.bootstrap import bootstrap
+
+    ranks = {name: level_rankings(s, labels, database) for name, s in sims.items()}
+    return {task: bootstrap({name: r[task] for name, r in ranks.items()}, n=n, seed=seed, difference=difference)
+            for task in LEVEL_LABELS}
+
+
+def intervals_table(intervals, n_queries: int, n: int = 1000) -> str:
+    """Plain-text table of :func:`bootstrap_levels`' intervals (percent)."""
+    names = list(next(iter(intervals.values())))
+    width = max(24, *(len(x) + 2 for x in names))
+    lines = [f"95 % bootstrap intervals over the {n_queries} queries ({n} paired resamples), percent:",
+             f"{'level':<7}{'metric':<8}" + "".join(f"{x:>{width}}" for x in names)]
+    for task, per in intervals.items():
+        for metric in ("mAP", "uAP"):
+            cells = []
+            for x in names:
+                iv = per[x][metric]
+                sign = "+" if " - " in x and iv.value >= 0 else ""
+                cells.append(f"{sign}{100 * iv.value:.2f} [{100 * iv.low:+.2f}, {100 * iv.high:+.2f}]"
+                             if " - " in x else f"{100 * iv.value:.2f} [{100 * iv.low:.2f}, {100 * iv.high:.2f}]")
+            lines.append(f"{task:<7}{metric:<8}" + "".join(f"{c:>{width}}" for c in cells))
+    return "\n".join(lines)
+
+
 def device_of(model) -> torch.device:
     """Where a model's parameters live (the CPU for a parameter-free baseline)."""
     p = next(iter(model.parameters()), None)
