@@ -1,0 +1,117 @@
+"""Trained runs against the baseline and against each other on the built-in held-out benchmark,
+with 95 % paired bootstrap intervals over its queries, and the queries where each run loses.
+
+    python benchmarks/compare_runs.py runs/hapvr runs/am --json benchmarks/results/compare_runs.json
+
+For each run folder (a checkpoint of python -m hapvr.train over the default cached features) it
+scores the benchmark with the run's model and with the features-only baseline over the run's
+PCA, prints mAP / uAP per level with intervals, the interval of run - baseline and of every
+later run - the first run, and lists per query the levels where the run's AP is below the
+baseline's. Needs the benchmark cache that python -m hapvr.train builds (--cache-dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import platform
+
+import torch
+
+
+def _load(run: str, bench):
+    from hapvr.features.pca import PCAWhitening
+    from hapvr.models import VideoSimilarityModel
+    from hapvr.serialization import load_torch_file
+
+    state = load_torch_file(os.path.join(run, "checkpoint.pt"), "checkpoint", allow_numpy=True)
+    cfg = state["config"]
+    pca = PCAWhitening(state["pca"]["mean"].shape[0], cfg["pca_dim"])
+    pca.load_state_dict(state["pca"])
+    feats = {k: pca(v.float()) for k, v in bench.desc.items()}
+    model = VideoSimilarityModel(cfg["pca_dim"], cfg["k_s"], cfg["k_t"])
+    model.load_state_dict(state["model"])
+    baseline = VideoSimilarityModel(cfg["pca_dim"], cfg["k_s"], cfg["k_t"], attention=False, comparator=False)
+    return feats, model.eval(), baseline, state.get("step")
+
+
+def main(argv=None) -> int:
+    from hapvr.serialization import load_torch_file
+    from hapvr.training.config import default_cache_dir
+    from hapvr.training.heldout import (LEVEL_LABELS, all_similarities, bootstrap_levels, evaluate_levels,
+                                        intervals_table)
+    from hapvr.training.pool import BenchmarkFeatures
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="run folders (each with checkpoint.pt)")
+    ap.add_argument("--cache-dir", default=default_cache_dir())
+    ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--json", help="write the intervals and per-query losses here")
+    args = ap.parse_args(argv)
+    found = sorted(glob.glob(os.path.join(args.cache_dir, "benchmark-*.pt")), key=os.path.getmtime)
+    if not found:
+        raise SystemExit(f"error: no benchmark cache in {args.cache_dir}: run python -m hapvr.train first")
+    bench = BenchmarkFeatures(**load_torch_file(found[-1], "benchmark cache"))
+    sims, losses = {}, {}
+    for run in args.runs:
+        feats, model, baseline, step = _load(run, bench)
+        database = sorted(feats)
+        with torch.no_grad():
+            sims[run] = all_similarities(model, feats, bench.queries, database)
+            if "baseline" not in sims:
+                sims["baseline"] = all_similarities(baseline, feats, bench.queries, database)
+        res = evaluate_levels(sims[run], bench.labels, database)
+        base = evaluate_levels(sims["baseline"], bench.labels, database)
+        losses[run] = {}
+        for task in LEVEL_LABELS:
+            for q in sorted(bench.queries):
+                ap_run, ap_base = _query_ap(sims[run], bench.labels, database, q, task), \
+                    _query_ap(sims["baseline"], bench.labels, database, q, task)
+                if ap_run is not None and ap_run < ap_base - 1e-9:
+                    losses[run].setdefault(q, {})[task] = round(100 * (ap_run - ap_base), 2)
+        print(f"{run} (step {step}): mAP " + " / ".join(f"{100 * res[t].map:.2f}" for t in LEVEL_LABELS)
+              + "; baseline " + " / ".join(f"{100 * base[t].map:.2f}" for t in LEVEL_LABELS))
+    database = sorted(bench.desc)
+    out = {}
+    for run in args.runs:
+        iv = bootstrap_levels({"baseline": sims["baseline"], run: sims[run]}, bench.labels, database,
+                              difference=(run, "baseline"), n=args.resamples)
+        print("\n" + intervals_table(iv, len(bench.queries), args.resamples))
+        out[run] = iv
+        print("queries where it loses to the baseline (AP points): "
+              + ("; ".join(f"{q}: " + ", ".join(f"{t} {d:+.2f}" for t, d in v.items()) for q, v in losses[run].items())
+                 or "none"))
+    for run in args.runs[1:]:
+        iv = bootstrap_levels({run: sims[run], args.runs[0]: sims[args.runs[0]]}, bench.labels, database,
+                              difference=(run, args.runs[0]), n=args.resamples)
+        print("\n" + intervals_table(iv, len(bench.queries), args.resamples))
+        out[f"{run} - {args.runs[0]}"] = iv
+    if args.json:
+        import dataclasses
+
+        payload = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.node(),
+                   "command": "python benchmarks/compare_runs.py " + " ".join(args.runs),
+                   "intervals": {k: {t: {n: {m: dataclasses.asdict(i) for m, i in per.items()} for n, per in x.items()}
+                                     for t, x in v.items()} for k, v in out.items()},
+                   "losses": losses}
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=1)
+    return 0
+
+
+def _query_ap(sims, labels, database, q, task):
+    from hapvr import metrics
+    from hapvr.training.heldout import LEVEL_LABELS
+
+    cands = [v for v in database if v != q]
+    gt = {v for k in LEVEL_LABELS[task] for v in labels.get(q, {}).get(k, []) if v in cands}
+    if not gt:
+        return None
+    return metrics.average_precision([sims[q][v] for v in cands], [v in gt for v in cands], len(gt))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
