@@ -256,15 +256,15 @@ class StreamBatches:
     training device. Step ``s`` draws the same batch whenever it runs, so a resumed run continues
     exactly."""
 
-    def __init__(self, paths: list[str], cfg, info, extractor, teacher, start_step: int):
+    def __init__(self, paths: list[str], cfg, info, extractor, teacher, start_step: int, workers: int):
         from hapvr.training.stream import StreamingBatches
 
         self.videos = len(paths)
-        self.workers = cfg.workers
+        self.workers = workers
         self.stream = StreamingBatches(paths, extractor, teacher, batch_videos=cfg.batch_videos,
                                        clip_frames=cfg.clip_frames, clip_shift=cfg.clip_shift, fps=cfg.fps,
                                        seed=cfg.seed, rank=info.rank, world=info.world, start_step=start_step,
-                                       steps=cfg.iterations, workers=cfg.workers, device=info.device, amp=cfg.amp,
+                                       steps=cfg.iterations, workers=workers, device=info.device, amp=cfg.amp,
                                        teacher_all_views=cfg.teacher_all_views,
                                        log=lambda m: print(m, file=sys.stderr, flush=True))
         self._it = iter(self.stream)
@@ -319,13 +319,17 @@ def _streaming_data(cfg, info, extractor, ckpt, pca_state):
         raise UserError(f"--data {cfg.data}: no videos found (extensions .mp4 .mkv .avi ..., or folders of frames)")
     teacher = Teacher(cfg.teacher, cfg.teacher_weights, cache_dir=cfg.cache_dir, backbone=extractor.backbone,
                       raw_pixels=cfg.teacher_raw_pixels)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(cfg.workers, cores)
+    if workers < cfg.workers:
+        _log(info, f"note: --workers {cfg.workers} is more than the {cores} cores here: using {workers}")
     if ckpt is None and pca_state is None:
         n = min(cfg.pca_videos, len(paths))
         _log(info, f"fitting the PCA whitening on the weak clips of {n} of {len(paths)} videos ...")
         extractor.fit_pca(pca_sample(paths, extractor, n, clip_frames=cfg.clip_frames, fps=cfg.fps, seed=cfg.seed,
-                                     workers=cfg.workers, device=info.device, amp=cfg.amp,
+                                     workers=workers, device=info.device, amp=cfg.amp,
                                      log=lambda m: print(m, file=sys.stderr, flush=True)))
-    return StreamBatches(paths, cfg, info, extractor, teacher, ckpt["step"] if ckpt is not None else 0)
+    return StreamBatches(paths, cfg, info, extractor, teacher, ckpt["step"] if ckpt is not None else 0, workers)
 
 
 def _load_pca(cfg, extractor):

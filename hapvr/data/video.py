@@ -44,13 +44,16 @@ TRUNCATION_SLACK_S = 1.5  # frames may end this much before the declared duratio
 
 
 def declared_seconds(container, stream) -> float | None:
-    """The video stream's duration as the file declares it: the larger of its duration and its
-    frame count over its frame rate (an AVI cut short keeps the header's frame count while its
-    duration is re-estimated from the file size); the container's duration if the stream has none."""
+    """The video stream's duration as the file declares it: its duration or, for AVI, the larger
+    of that and its frame count over its frame rate (an AVI cut short keeps the header's frame
+    count while its duration is re-estimated from the file size); the container's duration if
+    the stream has none. Other containers' frame counts are not used: a MOV / MP4 edit list
+    (a re-cut such as perception's v2s.mov) keeps every sample in the file but shows only part."""
     found = []
     if stream.duration is not None and stream.time_base is not None:
         found.append(float(stream.duration * stream.time_base))
-    if stream.frames and stream.average_rate:
+    is_avi = "avi" in (getattr(container.format, "name", "") or "").split(",")
+    if stream.frames and stream.average_rate and (is_avi or not found):
         found.append(float(stream.frames / stream.average_rate))
     if found:
         return max(found)
