@@ -104,7 +104,8 @@ def _worker(spec: dict) -> dict:
         from hapvr.losses import FrameQuadLinearAPLoss
 
         frame_sims, teacher, pair_labels = _frame_inputs(spec["size"])
-        loss = FrameQuadLinearAPLoss() if spec["impl"] == "fused" else frame_quadlinear_ap_materialised
+        # like for like: the materialised form has no self pairs
+        loss = FrameQuadLinearAPLoss(self_pairs=False) if spec["impl"] == "fused" else frame_quadlinear_ap_materialised
 
         def step():
             x = frame_sims.detach().requires_grad_(True)

@@ -190,8 +190,14 @@ def check_config(cfg) -> None:
             _type_of(name, type(value).__name__)(str(value))
         except argparse.ArgumentTypeError as exc:
             raise UserError(f"--{name.replace('_', '-')}: {exc}") from None
-    if cfg.amp not in ("bf16", "off"):
-        raise UserError(f"--amp must be bf16 or off, got {cfg.amp}")
+    from hapvr.training.config import CHOICES
+
+    for name, allowed in CHOICES.items():  # a TrainConfig built in Python skips the parser's choices too
+        if getattr(cfg, name) not in allowed:
+            raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+    if cfg.video_loss == "adaptive_margin" and cfg.gather_negatives:
+        raise UserError("--video-loss adaptive_margin does not support --gather-negatives (its margins need the "
+                        "teacher vectors of every rank's clips); drop one of them")
     if cfg.data:
         cli.input_folder(cfg.data, "--data")
     for arg, path in (("--backbone-weights", cfg.backbone_weights), ("--teacher-weights", cfg.teacher_weights),
@@ -225,6 +231,7 @@ class Session:
     gather: bool
     start_step: int
     ckpt_path: str
+    pipeline: str  # "cached" or "streaming"
     bench: object  # BenchmarkFeatures or None
     bench_feats: dict | None
     skipped: list
@@ -276,13 +283,24 @@ class StreamBatches:
         return (f"{self.videos} videos streamed ({self.workers} decoding worker{'s' if self.workers != 1 else ''}, "
                 f"fresh views every step)")
 
+    pca_skipped: dict[str, str] = {}
+
     @property
     def skipped(self) -> list[tuple[str, str]]:
-        return sorted(self.stream.skipped.items())
+        return sorted({**self.pca_skipped, **self.stream.skipped}.items())
+
+    def close(self) -> None:
+        """Stops the DataLoader workers (and drops the batches they prefetched)."""
+        self._it.close()
 
 
-def choose_pipeline(cfg, info, extractor) -> str:
-    """``cached`` or ``streaming`` for this run, printed with the reason."""
+def choose_pipeline(cfg, info, extractor, resumed: str | None = None) -> str:
+    """``cached`` or ``streaming`` for this run, printed with the reason; a resumed run keeps the
+    pipeline it was started with (``resumed``)."""
+    if resumed is not None:
+        note = "" if cfg.pipeline in ("auto", resumed) else f"; --pipeline {cfg.pipeline} is not used on --resume"
+        _log(info, f"data pipeline: {resumed} (the resumed run's{note})")
+        return resumed
     if not cfg.data:
         if cfg.pipeline == "streaming":
             _log(info, "note: the built-in corpus is made in memory, not read from files: it uses the cached "
@@ -319,17 +337,34 @@ def _streaming_data(cfg, info, extractor, ckpt, pca_state):
         raise UserError(f"--data {cfg.data}: no videos found (extensions .mp4 .mkv .avi ..., or folders of frames)")
     teacher = Teacher(cfg.teacher, cfg.teacher_weights, cache_dir=cfg.cache_dir, backbone=extractor.backbone,
                       raw_pixels=cfg.teacher_raw_pixels)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from hapvr.cli import cpu_cores
+    from hapvr.training.distributed import broadcast_object
+
+    cores = max(1, cpu_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))  # this rank's share
     workers = min(cfg.workers, cores)
     if workers < cfg.workers:
         _log(info, f"note: --workers {cfg.workers} is more than the {cores} cores here: using {workers}")
-    if ckpt is None and pca_state is None:
-        n = min(cfg.pca_videos, len(paths))
-        _log(info, f"fitting the PCA whitening on the weak clips of {n} of {len(paths)} videos ...")
-        extractor.fit_pca(pca_sample(paths, extractor, n, clip_frames=cfg.clip_frames, fps=cfg.fps, seed=cfg.seed,
-                                     workers=workers, device=info.device, amp=cfg.amp,
-                                     log=lambda m: print(m, file=sys.stderr, flush=True)))
-    return StreamBatches(paths, cfg, info, extractor, teacher, ckpt["step"] if ckpt is not None else 0, workers)
+    skipped: dict[str, str] = {}
+    if ckpt is None and pca_state is None:  # fitted once, on rank 0, and sent to the others
+        state = None
+        if info.main:
+            n = min(cfg.pca_videos, len(paths))
+            _log(info, f"fitting the PCA whitening on the weak clips of {n} of {len(paths)} videos ...")
+            extractor.fit_pca(pca_sample(paths, extractor, n, clip_frames=cfg.clip_frames, fps=cfg.fps,
+                                         seed=cfg.seed, workers=workers, device=info.device, amp=cfg.amp,
+                                         log=lambda m: print(m, file=sys.stderr, flush=True), skipped=skipped))
+            state = {k: v.cpu() for k, v in extractor.pca.state_dict().items()}
+        extractor.pca.load_state_dict(broadcast_object(info, state))
+    batches = StreamBatches(paths, cfg, info, extractor, teacher, ckpt["step"] if ckpt is not None else 0, workers)
+    batches.pca_skipped = skipped
+    return batches
+
+
+@torch.no_grad()
+def whiten_cpu(extractor, desc: torch.Tensor) -> torch.Tensor:
+    """PCA-whitened features on the CPU, wherever the PCA lives (the streaming path moves it to
+    the training device)."""
+    return extractor.whiten(desc.float().to(extractor.pca.mean.device)).cpu()
 
 
 def _load_pca(cfg, extractor):
@@ -356,7 +391,6 @@ def setup(cfg) -> Session:
     from hapvr.training.gather import GatheredSimilarity
     from hapvr.training.objective import build_objective
 
-    check_config(cfg)
     try:
         device = resolve_device(cfg.device)
     except ValueError as exc:
@@ -376,7 +410,7 @@ def setup(cfg) -> Session:
         ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    pipeline = choose_pipeline(cfg, info, extractor)
+    pipeline = choose_pipeline(cfg, info, extractor, ckpt["extra"].get("pipeline") if ckpt is not None else None)
     pool, skipped = load_or_build_pool(cfg, info, extractor) if pipeline == "cached" else (None, [])
     bench = load_or_build_benchmark(cfg, info, extractor) if cfg.benchmark else None
     if ckpt is not None:
@@ -422,12 +456,12 @@ def setup(cfg) -> Session:
         _log(info, f"resumed from {ckpt_path} at step {start_step}")
     bench_feats = None
     if bench is not None:
-        bench_feats = {k: extractor.whiten(v.float()) for k, v in bench.desc.items()}
+        bench_feats = {k: whiten_cpu(extractor, v) for k, v in bench.desc.items()}
     baseline = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t, attention=False, comparator=False)
     if cfg.gather_negatives and not info.enabled:
         _log(info, "note: --gather-negatives has no effect in a single process (every clip is already a target)")
     return Session(cfg, info, extractor, model, train_model, model if ema is None else ema, ema, baseline, optimizer,
-                   scheduler, sampler, batches, build_objective(cfg), gather, start_step, ckpt_path, bench,
+                   scheduler, sampler, batches, build_objective(cfg), gather, start_step, ckpt_path, pipeline, bench,
                    bench_feats, skipped, t_start, t_data)
 
 
@@ -466,7 +500,7 @@ def save(s: Session, step: int) -> None:
     """OUT/checkpoint.pt (atomic): weights, PCA, optimiser, schedule, every sampler's state."""
     from hapvr.training.checkpoint import save_checkpoint
 
-    extra = {}
+    extra = {"pipeline": s.pipeline}
     if s.info.enabled:  # every rank's sampler state, so a resumed DDP run draws the same batches
         states = [None] * s.info.world
         torch.distributed.all_gather_object(states, s.sampler.getstate())
@@ -563,9 +597,11 @@ def train_loop(s: Session, log: TrainLog) -> tuple[int, float]:
     return done, time.time() - t0
 
 
-def report(s: Session) -> dict:
-    """The held-out benchmark's table (baseline vs trained), the localisation of its partial
-    copies and the heatmaps; printed and written to OUT/results.txt and heatmaps.png."""
+def report(s: Session) -> tuple[dict, dict]:
+    """The held-out benchmark's table (baseline vs trained), its bootstrap intervals, the
+    localisation of its partial copies and the heatmaps; printed and written to
+    OUT/results.txt and heatmaps.png. Returns ({model: {level: mAP/uAP}}, {"intervals": ...,
+    "localization": ...})."""
     from hapvr.training.heldout import (all_similarities, bootstrap_levels, draw_heatmaps, evaluate_levels,
                                         intervals_table, localization_rows, localization_table, results_table)
 
@@ -584,17 +620,17 @@ def report(s: Session) -> dict:
     print("\n" + iv_table)
     table += "\n\n" + iv_table
     results = {name: {t: dataclasses.asdict(r) for t, r in res.items()} for name, res in rows.items()}
-    results["intervals"] = {t: {name: {m: dataclasses.asdict(iv) for m, iv in per.items()} for name, per in x.items()}
-                            for t, x in intervals.items()}
+    extra = {"intervals": {t: {name: {m: dataclasses.asdict(iv) for m, iv in per.items()} for name, per in x.items()}
+                           for t, x in intervals.items()}}
     if bench.partial:
-        partial_feats = {k: s.extractor.whiten(v.float()) for k, v in bench.partial_desc.items()}
-        loc = localization_rows(s.baseline, s.eval_model, feats, partial_feats, bench.partial)
+        partial_feats = {k: whiten_cpu(s.extractor, v) for k, v in bench.partial_desc.items()}
+        loc = localization_rows(s.baseline, s.eval_model, feats, partial_feats, bench.partial, bench.labels)
         loc_table = localization_table(loc)
         print(f"\ncopy localisation on {len(bench.partial)} partial copies (segments at 1x, 2x and 0.5x inside "
-              f"unrelated footage; VCSL segment P/R/F1, VSC micro-AP):")
+              f"unrelated footage; VCSL segment P/R/F1 over them, VSC micro-AP with one copy-free pair per query):")
         print(loc_table)
         table += "\n\n" + loc_table
-        results["localization"] = {name: dataclasses.asdict(r) for name, r in loc.items()}
+        extra["localization"] = {name: dataclasses.asdict(r) for name, r in loc.items()}
     with open(os.path.join(s.cfg.out, "results.txt"), "w") as f:
         f.write(table + "\n")
     pairs = []
@@ -611,43 +647,57 @@ def report(s: Session) -> dict:
     png = os.path.join(s.cfg.out, "heatmaps.png")
     draw_heatmaps(png, s.baseline, s.eval_model, feats, bench.thumbs, pairs)
     print(f"heatmaps: {png}")
-    return results
+    return results, extra
 
 
 def run(cfg) -> dict:
-    """Train as ``cfg`` says and report; returns the benchmark results ({} when stopped early)."""
+    """Train as ``cfg`` says and report; returns the benchmark results per model ({} when
+    stopped early). On an error the process group is left at once (no barrier: the other ranks
+    may be inside a collective); on success every rank waits for the others before leaving."""
     from hapvr.training import distributed
 
-    s = setup(cfg)
-    log = TrainLog(s)
+    check_config(cfg)
     try:
-        done, t_train = train_loop(s, log)
-    finally:
-        log.close()
-    if done < cfg.iterations:
-        _log(s.info, f"stopped at step {done} of {cfg.iterations} (--stop-after); continue with --resume")
-        distributed.teardown(s.info)
-        return {}
-    if isinstance(s.batches, StreamBatches):
-        s.skipped = s.batches.skipped
-    try:
-        results = report(s) if s.info.main and s.bench_feats is not None else {}
-        if s.info.main:
-            summary = dict(results=results, skipped_videos=[p for p, _ in s.skipped], steps=cfg.iterations,
-                           seconds=dict(data=round(s.t_data, 1), train=round(t_train, 1),
-                                        total=round(time.time() - s.t_start, 1)),
-                           config=dataclasses.asdict(cfg))
-            tmp = os.path.join(cfg.out, "results.json.tmp")
-            with open(tmp, "w") as f:
-                json.dump(summary, f, indent=1)
-            os.replace(tmp, os.path.join(cfg.out, "results.json"))
-            if s.skipped:
-                print(f"skipped {len(s.skipped)} unreadable videos (see warnings above)")
-            print(f"checkpoint: {s.ckpt_path}   logs: {os.path.join(cfg.out, 'log.csv')}, "
-                  f"{os.path.join(cfg.out, 'tensorboard')}")
-            print(f"time: data {s.t_data:.0f} s, training {t_train:.0f} s, total {time.time() - s.t_start:.0f} s")
-    finally:
-        distributed.teardown(s.info)
+        s = setup(cfg)
+        info = s.info
+        log = TrainLog(s)
+        try:
+            done, t_train = train_loop(s, log)
+        finally:
+            log.close()
+            if isinstance(s.batches, StreamBatches):
+                s.skipped = s.batches.skipped
+                s.batches.close()
+        if done < cfg.iterations:
+            _log(info, f"stopped at step {done} of {cfg.iterations} (--stop-after); continue with --resume")
+            results = {}
+        else:
+            results = _finish(s, t_train)
+    except BaseException:
+        distributed.abort()
+        raise
+    distributed.teardown(info)
+    return results
+
+
+def _finish(s: Session, t_train: float) -> dict:
+    """The report (main process) and OUT/results.json."""
+    cfg = s.cfg
+    results, extra = report(s) if s.info.main and s.bench_feats is not None else ({}, {})
+    if s.info.main:
+        summary = dict(results=results, **extra, skipped_videos=[p for p, _ in s.skipped], steps=cfg.iterations,
+                       seconds=dict(data=round(s.t_data, 1), train=round(t_train, 1),
+                                    total=round(time.time() - s.t_start, 1)),
+                       config=dataclasses.asdict(cfg))
+        tmp = os.path.join(cfg.out, "results.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=1)
+        os.replace(tmp, os.path.join(cfg.out, "results.json"))
+        if s.skipped:
+            print(f"skipped {len(s.skipped)} unreadable videos (see warnings above)")
+        print(f"checkpoint: {s.ckpt_path}   logs: {os.path.join(cfg.out, 'log.csv')}, "
+              f"{os.path.join(cfg.out, 'tensorboard')}")
+        print(f"time: data {s.t_data:.0f} s, training {t_train:.0f} s, total {time.time() - s.t_start:.0f} s")
     return results
 
 

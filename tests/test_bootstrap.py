@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from hapvr.evaluation.bootstrap import Ranking, bootstrap, resamples
+from hapvr.evaluation.bootstrap import Interval, Ranking, bootstrap, resamples
 from hapvr.training.heldout import LEVEL_LABELS, bootstrap_levels, evaluate_levels, intervals_table
 
 
@@ -49,6 +49,13 @@ def test_identical_models_differ_by_exactly_zero_and_a_better_model_by_more():
     better = bootstrap({"p": perfect, "a": rankings}, n=500, seed=3, difference=("p", "a"))["p - a"]
     assert better["mAP"].value > 0 and better["mAP"].low > 0 and better["uAP"].low > 0
     assert bootstrap({"p": perfect}, n=10)["p"]["mAP"].value == pytest.approx(1.0)
+
+
+def test_level_without_ground_truth_has_no_value():
+    none = _ranking([0.5, 0.2], [0, 0])
+    out = bootstrap({"a": [none], "b": [none]}, n=20, difference=("a", "b"))
+    assert out["a"]["mAP"] == Interval(None, None, None) and out["a - b"]["mAP"].value is None
+    assert out["a"]["uAP"].value == 0.0 and str(out["a"]["mAP"]) == "n/a [n/a, n/a]"
 
 
 def test_bad_inputs():

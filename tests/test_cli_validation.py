@@ -195,6 +195,13 @@ def train_cases(d):
         ("out is a file", ["--out", d / "text.txt", "--cache-dir", d / "cache"], "--out"),
         ("cache-dir under a file", ["--out", d / "run", "--cache-dir", d / "text.txt" / "c"], "--cache-dir"),
         ("unknown device", [*run, "--device", "tpu"], "--device"),
+        ("unknown pipeline", [*run, "--pipeline", "fast"], "--pipeline"),
+        ("unknown video loss", [*run, "--video-loss", "triplet"], "--video-loss"),
+        ("adaptive margin with gathered negatives", [*run, "--video-loss", "adaptive_margin", "--gather-negatives"],
+         "--gather-negatives"),
+        ("workers -1", [*run, "--workers", "-1"], "--workers"),
+        ("cache budget 0", [*run, "--cache-budget-gb", "0"], "--cache-budget-gb"),
+        ("lr floor above 1", [*run, "--lr-floor", "1.5"], "--lr-floor"),
     ]
 
 

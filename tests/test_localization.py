@@ -354,7 +354,7 @@ def test_default_model_localises_the_builtin_partial_copies():
     from hapvr.data import corpus
     from hapvr.data.video import center_crop
     from hapvr.localization import chamfer_frame_map
-    from hapvr.training.heldout import evaluate_localization
+    from hapvr.training.heldout import evaluate_localization, negative_pairs
 
     bench = corpus.build_benchmark(corpus.CorpusConfig())
     model = load_model()
@@ -362,7 +362,10 @@ def test_default_model_localises_the_builtin_partial_copies():
         feats = {v: model.extractor(center_crop(x)) for v, x in
                  [*((q, bench.videos[q]) for q in bench.queries), *bench.partial_videos.items()]}
     partial = [dict(query=p.query, target=p.target, spans=p.spans, speeds=p.speeds) for p in bench.partial]
-    res = evaluate_localization(lambda q, t: (chamfer_frame_map(feats[q], feats[t], model.model.k_s), 1.0), partial)
-    assert res.pairs == 11
+    negatives = negative_pairs(partial, bench.labels)
+    assert len(negatives) == 11 and all(t != f"{q}-partial" for q, t in negatives)
+    res = evaluate_localization(lambda q, t: (chamfer_frame_map(feats[q], feats[t], model.model.k_s), 1.0), partial,
+                                negatives=negatives)
+    assert res.pairs == 11 and res.negative_pairs == 11
     assert res.f1 >= 0.8 and res.recall >= 0.9, (res.precision, res.recall, res.f1)
-    assert res.micro_ap >= 0.8
+    assert res.micro_ap >= 0.8 and res.negatives_with_segments <= 1

@@ -89,7 +89,7 @@ def frame_loss_loop(frame_sims, teacher, pair_labels, delta, rho, r_t, r_b, self
     pair_values = []
     for a in range(N):
         for b in range(N):
-            if (a == b and not self_pairs) or (a != b and pair_labels[a, b] != 1):
+            if pair_labels[a, b] != 1 or (a == b and not self_pairs):
                 continue
             lab = frame_pseudo_labels(teacher[a, b], r_t, r_b)
             risk, valid = quadlinear_ap_reference(frame_sims[a, b], lab, delta, rho)
@@ -146,10 +146,16 @@ def test_frame_loss_without_positive_pairs_is_zero_with_graph():
     assert value.item() == 0.0
     value.backward()
     assert torch.all(x.grad == 0)
-    # With self pairs (the default) each clip with itself is still a pair.
+    # With self pairs (the default) each clip with itself is still a pair; a diagonal labelled -1 is not.
     eye = torch.eye(3, dtype=torch.int64)
     torch.testing.assert_close(FrameQuadLinearAPLoss()(frame_sims, teacher, eye),
                                frame_loss_loop(frame_sims, teacher, eye, 0.05, 5.0, 0.35, 0.35))
+    ignored = eye.clone()
+    ignored[1, 1] = -1
+    torch.testing.assert_close(FrameQuadLinearAPLoss()(frame_sims, teacher, ignored),
+                               frame_loss_loop(frame_sims, teacher, ignored, 0.05, 5.0, 0.35, 0.35))
+    assert abs(float(FrameQuadLinearAPLoss()(frame_sims, teacher, ignored))
+               - float(FrameQuadLinearAPLoss()(frame_sims, teacher, eye))) > 1e-6
 
 
 def test_frame_loss_bad_inputs():

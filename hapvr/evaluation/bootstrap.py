@@ -34,12 +34,15 @@ class Ranking:
 
 @dataclass(frozen=True)
 class Interval:
-    value: float  # on all the queries
-    low: float
-    high: float
+    value: float | None  # on all the queries (None: no query has ground truth at this level)
+    low: float | None  # None when no resample gives a value
+    high: float | None
 
     def __str__(self) -> str:
-        return f"{100 * self.value:.2f} [{100 * self.low:.2f}, {100 * self.high:.2f}]"
+        def pct(x):
+            return "n/a" if x is None else f"{100 * x:.2f}"
+
+        return f"{pct(self.value)} [{pct(self.low)}, {pct(self.high)}]"
 
 
 def _map(rankings: list[Ranking]) -> float | None:
@@ -65,9 +68,11 @@ def resamples(n_queries: int, n: int = 1000, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n_queries, size=(n, n_queries))
 
 
-def _interval(value: float, samples: list[float], confidence: float) -> Interval:
+def _interval(value: float | None, samples: list[float], confidence: float) -> Interval:
+    if not samples:
+        return Interval(value, None, None)
     tail = (1 - confidence) / 2
-    low, high = np.quantile(np.asarray(samples), [tail, 1 - tail]) if samples else (np.nan, np.nan)
+    low, high = np.quantile(np.asarray(samples), [tail, 1 - tail])
     return Interval(value, float(low), float(high))
 
 
@@ -93,6 +98,7 @@ def bootstrap(models: dict[str, list[Ranking]], n: int = 1000, seed: int = 0, co
         if difference is not None:
             a, b = difference
             diffs = [x - y for x, y in zip(per_model[a], per_model[b]) if x is not None and y is not None]
+            va, vb = out[a][metric].value, out[b][metric].value
             out.setdefault(f"{a} - {b}", {})[metric] = _interval(
-                out[a][metric].value - out[b][metric].value, diffs, confidence)
+                None if va is None or vb is None else va - vb, diffs, confidence)
     return out

@@ -99,7 +99,8 @@ class FrameQuadLinearAPLoss(nn.Module):
         teacher: either the teacher's frame similarities ``[N, N, T, T']`` (eq. 13), or its frame
             embeddings ``[N, T, D']`` (then eq. 13 is computed for the positive pairs only).
         pair_labels: ``[N, N]`` video labels; pairs labelled 1 are used, the diagonal (a clip
-            paired with itself) included when ``self_pairs`` (the default).
+            paired with itself, labelled 1 by identity labels) included when ``self_pairs`` (the
+            default); a diagonal entry labelled -1 stays ignored.
         lengths: optional ``[N]`` valid frames per clip of a padded batch (1 to ``min(T, T')``).
             Frames beyond a clip's length are neither query frames nor targets, and the
             pseudo-label counts ``K = max(round(r L), 1)`` use each target's true length ``L``.
@@ -147,10 +148,8 @@ class FrameQuadLinearAPLoss(nn.Module):
         else:
             raise ValueError(f"teacher must be [N, N, T, T'] similarities or [N, T, D'] embeddings, "
                              f"got shape {tuple(teacher.shape)}")
-        pairs = labels == 1
-        if self.self_pairs:
-            pairs = pairs | torch.eye(N, dtype=torch.bool, device=frame_sims.device)
-        else:
+        pairs = labels == 1  # the diagonal too: a clip with itself, labelled 1 by identity labels
+        if not self.self_pairs:
             pairs = pairs & ~torch.eye(N, dtype=torch.bool, device=frame_sims.device)
         a, b = torch.nonzero(pairs, as_tuple=True)
         if a.numel() == 0 or T == 0 or T2 == 0:

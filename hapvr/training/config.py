@@ -44,7 +44,7 @@ class TrainConfig:
     pipeline: str = "auto"  # cached (views cached as features), streaming (fresh views every step), auto
     cache_budget_gb: float = 8.0  # auto: stream when the cached pool of --data would exceed this
     workers: int = 1  # streaming: DataLoader processes decoding and augmenting (0 = in the training process)
-    pca_videos: int = 1000  # streaming: videos whose weak clips fit the PCA whitening
+    pca_videos: int = 300  # streaming: videos whose weak clips fit the PCA whitening (ResNet-50: ~1.2 GB of descriptors)
     views_per_video: int = 4  # cached augmented views per video (1 weak + the rest strong)
     pool_frames: int = 32  # frames cached per view (a window of longer videos)
     clip_frames: int = 16  # frames per training clip (paper: 28)

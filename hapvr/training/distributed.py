@@ -56,3 +56,19 @@ def teardown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def abort() -> None:
+    """On an error: leave the group (if any) without waiting for the others (they may be blocked
+    in a collective this rank will never join; torchrun stops them when this rank exits non-zero)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(info: DistInfo, obj, src: int = 0):
+    """``obj`` of rank ``src`` on every rank (itself in a single process)."""
+    if not info.enabled:
+        return obj
+    box = [obj if info.rank == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

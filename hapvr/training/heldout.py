@@ -36,6 +36,9 @@ def evaluate_levels(similarities: dict[str, dict[str, float]], labels: dict[str,
             for task in LEVEL_LABELS}
 
 
+BOOTSTRAP_RESAMPLES = 1000
+
+
 def level_rankings(similarities: dict[str, dict[str, float]], labels: dict[str, dict[str, list[str]]],
                    database: list[str]):
     """``{task: [Ranking per query]}`` (queries sorted) with the protocol of
@@ -58,7 +61,7 @@ def level_rankings(similarities: dict[str, dict[str, float]], labels: dict[str, 
 
 
 def bootstrap_levels(sims: dict[str, dict[str, dict[str, float]]], labels, database: list[str],
-                     difference: tuple[str, str] | None = None, n: int = 1000, seed: int = 0):
+                     difference: tuple[str, str] | None = None, n: int = BOOTSTRAP_RESAMPLES, seed: int = 0):
     """``{task: {model or "a - b": {"mAP": Interval, "uAP": Interval}}}``: 95 % paired bootstrap
     intervals over the queries (:mod:`hapvr.evaluation.bootstrap`) of every model in ``sims``."""
     from hapvr.evaluation.bootstrap import bootstrap
@@ -68,7 +71,7 @@ def bootstrap_levels(sims: dict[str, dict[str, dict[str, float]]], labels, datab
             for task in LEVEL_LABELS}
 
 
-def intervals_table(intervals, n_queries: int, n: int = 1000) -> str:
+def intervals_table(intervals, n_queries: int, n: int = BOOTSTRAP_RESAMPLES) -> str:
     """Plain-text table of :func:`bootstrap_levels`' intervals (percent)."""
     names = list(next(iter(intervals.values())))
     width = max(24, *(len(x) + 2 for x in names))
@@ -79,9 +82,12 @@ def intervals_table(intervals, n_queries: int, n: int = 1000) -> str:
             cells = []
             for x in names:
                 iv = per[x][metric]
-                sign = "+" if " - " in x and iv.value >= 0 else ""
-                cells.append(f"{sign}{100 * iv.value:.2f} [{100 * iv.low:+.2f}, {100 * iv.high:+.2f}]"
-                             if " - " in x else f"{100 * iv.value:.2f} [{100 * iv.low:.2f}, {100 * iv.high:.2f}]")
+                diff = " - " in x
+
+                def pct(v, signed=False):
+                    return "n/a" if v is None else (f"{100 * v:+.2f}" if signed else f"{100 * v:.2f}")
+
+                cells.append(f"{pct(iv.value, diff)} [{pct(iv.low, diff)}, {pct(iv.high, diff)}]")
             lines.append(f"{task:<7}{metric:<8}" + "".join(f"{c:>{width}}" for c in cells))
     return "\n".join(lines)
 
@@ -128,13 +134,20 @@ class LocalizationResult:
     micro_ap: float
     pairs: int
     per_pair: dict[str, dict] = field(default_factory=dict)
+    negative_pairs: int = 0
+    negatives_with_segments: int = 0
 
 
 @torch.no_grad()
-def evaluate_localization(maps, partial: list[dict], fps: float = 1.0, **localize_options) -> LocalizationResult:
+def evaluate_localization(maps, partial: list[dict], fps: float = 1.0, negatives=(),
+                          **localize_options) -> LocalizationResult:
     """Localise every partial copy and score it against its known spans (in frames; ``fps``
     frames a second on both axes). ``maps(query_id, target_id)`` gives the pair's map and the
-    map's own frames per second (the comparator's output has one cell per 4 frames)."""
+    map's own frames per second (the comparator's output has one cell per 4 frames).
+
+    ``negatives``: ``(query, target)`` pairs without any copy. As in VSC's matching track, the
+    segments found there are false positives of the micro-AP; precision / recall / F1 follow
+    VCSL, over the copy pairs."""
     from hapvr.localization import localize
     from hapvr.metrics import segment_micro_ap, segment_precision_recall, segment_prf_over_pairs
 
@@ -148,14 +161,41 @@ def evaluate_localization(maps, partial: list[dict], fps: float = 1.0, **localiz
         per_pair[p["target"]] = {"speeds": list(p["speeds"]), "f1": prf.f1, "truth": truth[key],
                                  "found": [[round(v, 2) for v in s.to_dict().values()] for s in predicted[key]]}
     agg = segment_prf_over_pairs(predicted, truth)
-    return LocalizationResult(agg.precision, agg.recall, agg.f1, segment_micro_ap(predicted, truth), len(partial),
-                              per_pair)
+    found_on_negatives = {}
+    for q, t in negatives:
+        m, map_fps = maps(q, t)
+        found_on_negatives[(q, t)] = localize(m, fps=map_fps, **localize_options)
+    micro_ap = segment_micro_ap({**predicted, **found_on_negatives}, truth)
+    return LocalizationResult(agg.precision, agg.recall, agg.f1, micro_ap, len(partial), per_pair,
+                              len(found_on_negatives), sum(bool(v) for v in found_on_negatives.values()))
+
+
+def negative_pairs(partial: list[dict], labels: dict[str, dict[str, list[str]]]) -> list[tuple[str, str]]:
+    """For each partial copy's query, the next partial target (in order) that holds nothing
+    related to it: not its own, not hosted in its footage, not a copy of a query it is labelled
+    related to (either way)."""
+    from hapvr.data.corpus import PARTIAL_HOSTS
+
+    def related(a, b):
+        return a == b or b in {v for vs in labels.get(a, {}).values() for v in vs} \
+            or a in {v for vs in labels.get(b, {}).values() for v in vs}
+
+    out = []
+    for i, p in enumerate(partial):
+        q = p["query"]
+        for k in range(1, len(partial)):
+            other = partial[(i + k) % len(partial)]
+            if not related(q, other["query"]) and PARTIAL_HOSTS.get(other["query"]) != q:
+                out.append((q, other["target"]))
+                break
+    return out
 
 
 def localization_rows(baseline, model, feats: dict[str, torch.Tensor], partial_feats: dict[str, torch.Tensor],
-                      partial: list[dict]) -> dict[str, LocalizationResult]:
+                      partial: list[dict], labels: dict | None = None) -> dict[str, LocalizationResult]:
     """The default localisation (compare's: the Chamfer map of the features, default
-    parameters), and the trained model's own comparator output (``PRESETS["trained"]``)."""
+    parameters), and the trained model's own comparator output (``PRESETS["trained"]``); with
+    ``labels``, one negative pair per copy (:func:`negative_pairs`) counts in the micro-AP."""
     from hapvr.localization import PRESETS, chamfer_frame_map
 
     def chamfer(q, t):
@@ -169,16 +209,20 @@ def localization_rows(baseline, model, feats: dict[str, torch.Tensor], partial_f
         model.train(was)
         return torch.nn.functional.hardtanh(out.raw[0, 0]).float().cpu(), 0.25
 
-    return {"Chamfer map (compare's, both models)": evaluate_localization(chamfer, partial),
-            "HAP-VR comparator output": evaluate_localization(comparator, partial, **PRESETS["trained"])}
+    neg = negative_pairs(partial, labels) if labels is not None else []
+    return {"Chamfer map (compare's, both models)": evaluate_localization(chamfer, partial, negatives=neg),
+            "HAP-VR comparator output": evaluate_localization(comparator, partial, negatives=neg,
+                                                              **PRESETS["trained"])}
 
 
 def localization_table(rows: dict[str, LocalizationResult]) -> str:
-    head = f"{'localised on':<38}{'pairs':>6}{'precision':>11}{'recall':>9}{'F1':>8}{'micro-AP':>10}"
+    head = (f"{'localised on':<38}{'pairs':>6}{'precision':>11}{'recall':>9}{'F1':>8}{'micro-AP':>10}"
+            f"{'negatives with segments':>25}")
     lines = [head, "-" * len(head)]
     for name, r in rows.items():
         lines.append(f"{name:<38}{r.pairs:>6}{100 * r.precision:>11.1f}{100 * r.recall:>9.1f}"
-                     f"{100 * r.f1:>8.1f}{100 * r.micro_ap:>10.1f}")
+                     f"{100 * r.f1:>8.1f}{100 * r.micro_ap:>10.1f}"
+                     f"{f'{r.negatives_with_segments} of {r.negative_pairs}':>25}")
     return "\n".join(lines)
 
 
