@@ -176,3 +176,22 @@ def test_folder_of_frames_is_a_video(tmp_path):
     assert list_videos(str(tmp_path)) == [str(tmp_path / "clip.mp4"), str(shots)]
     videos, report = load_folder(str(tmp_path), log=lambda m: None)
     assert videos["shots"].shape == (3, 3, 256, 384) and not report.skipped
+
+
+def test_a_mov_edit_list_is_not_a_truncation():
+    """perception's v2s.mov keeps v2's 287 samples but its edit list shows 3.3 s: the declared
+    duration is the 3.3 s shown (frame counts are trusted for AVI only), and decoding it warns of
+    nothing."""
+    import av
+
+    from hapvr.data.media import clip_paths
+    from hapvr.data.video import decode_video, declared_seconds
+
+    path = clip_paths()["v2s"]
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        assert stream.frames > 200  # the sample table holds all of v2
+        assert declared_seconds(c, stream) == pytest.approx(3.33, abs=0.01)
+    warnings = []
+    frames = decode_video(path, fps=1.0, warnings=warnings)
+    assert frames.shape[0] == 4 and warnings == []

@@ -91,12 +91,43 @@ STREAM = ["--preset", "paper", "--backbone", "efficientnet_lite0", "--teacher", 
           "--log-every", "1", "--warmup", "1", "--lr", "1e-3", "--threads", "1", "--device", "cpu"]
 
 
+def _mixed_folder(root):
+    """Videos of three codecs / containers and of 3 to 10 s (clips are 6 frames at 1 fps, so the
+    3 s ones are shorter than a clip), and a corrupt file."""
+    import av
+    import numpy as np
+
+    codecs = [("mpeg4", "mp4"), ("mjpeg", "avi"), ("libx264", "mkv")]
+    try:
+        av.codec.Codec("libx264", "w")
+    except Exception:  # an FFmpeg build without x264
+        codecs[2] = ("mpeg4", "mkv")
+    rng = np.random.default_rng(0)
+    for i, (seconds, (codec, ext)) in enumerate(zip((3, 10, 8, 3, 9), codecs * 2)):
+        with av.open(str(root / f"v{i}.{ext}"), "w") as c:
+            st = c.add_stream(codec, rate=4)
+            st.width, st.height = 64 + 16 * i, 48
+            st.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+            base = rng.integers(0, 256, (48, 64 + 16 * i, 3), dtype=np.uint8)
+            for k in range(seconds * 4):
+                img = np.roll(base, 3 * k, axis=1)  # a moving picture: frames differ
+                for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    c.mux(pkt)
+            for pkt in st.encode():
+                c.mux(pkt)
+    (root / "broken.mp4").write_bytes(os.urandom(3000))
+
+
 def test_paper_preset_streams_and_resumes_exactly(data, tmp_path):
     """--preset paper trains through the streaming path (fresh views decoded every step) on a
-    folder with a corrupt file and videos shorter than a clip; 2 steps + --resume to 4 equal 4 steps."""
-    root, cache = data
+    folder of mpeg4 / mjpeg / h264 videos, some shorter than a clip, and a corrupt file; 2 steps
+    + --resume to 4 equal 4 steps."""
+    _, cache = data
+    root = tmp_path / "videos"
+    root.mkdir()
+    _mixed_folder(root)
     full, split = str(tmp_path / "full"), str(tmp_path / "split")
-    common = ["--data", root, "--cache-dir", cache, *STREAM]
+    common = ["--data", str(root), "--cache-dir", cache, *STREAM]
     p = _train(*common, "--iterations", "4", "--out", full)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "data pipeline: streaming (--pipeline streaming)" in p.stdout
@@ -127,7 +158,7 @@ def test_auto_pipeline_streams_above_the_cache_budget(data, tmp_path):
     p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "o"), "--iterations", "1",
                *STREAM, "--pipeline", "auto", "--cache-budget-gb", "0.001")
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "data pipeline: streaming (the cached pool of 5 videos x 4 views would take" in p.stdout
+    assert "data pipeline: streaming (the cached pool of 5 videos x 4 views would take" in p.stdout  # 4 + broken
     assert "over --cache-budget-gb 0.001" in p.stdout
 
 
