@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import json
 import os
 import platform
@@ -39,22 +38,19 @@ def _load(run: str, bench):
 
 
 def main(argv=None) -> int:
-    from hapvr.serialization import load_torch_file
     from hapvr.training.config import default_cache_dir
     from hapvr.training.heldout import (LEVEL_LABELS, all_similarities, bootstrap_levels, evaluate_levels,
                                         intervals_table)
-    from hapvr.training.pool import BenchmarkFeatures
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="run folders (each with checkpoint.pt)")
     ap.add_argument("--cache-dir", default=default_cache_dir())
+    ap.add_argument("--benchmark-set", default="builtin", choices=("builtin", "test", "validation"),
+                    help="which held-out benchmark (built and cached on first use, as python -m hapvr.train does)")
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--json", help="write the intervals and per-query losses here")
     args = ap.parse_args(argv)
-    found = sorted(glob.glob(os.path.join(args.cache_dir, "benchmark-*.pt")), key=os.path.getmtime)
-    if not found:
-        raise SystemExit(f"error: no benchmark cache in {args.cache_dir}: run python -m hapvr.train first")
-    bench = BenchmarkFeatures(**load_torch_file(found[-1], "benchmark cache"))
+    bench = _benchmark(args)
     sims, losses = {}, {}
     for run in args.runs:
         feats, model, baseline, step = _load(run, bench)
@@ -93,13 +89,26 @@ def main(argv=None) -> int:
         import dataclasses
 
         payload = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.node(),
-                   "command": "python benchmarks/compare_runs.py " + " ".join(args.runs),
+                   "command": "python benchmarks/compare_runs.py " + " ".join(args.runs)
+                   + f" --benchmark-set {args.benchmark_set}", "benchmark_set": args.benchmark_set,
                    "intervals": {k: {t: {n: {m: dataclasses.asdict(i) for m, i in per.items()} for n, per in x.items()}
                                      for t, x in v.items()} for k, v in out.items()},
                    "losses": losses}
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=1)
     return 0
+
+
+def _benchmark(args):
+    """The benchmark's cached features (built on first use with the default backbone)."""
+    from hapvr.features import RegionFeatureExtractor
+    from hapvr.train import load_or_build_benchmark
+    from hapvr.training.config import parse_config
+    from hapvr.training.distributed import DistInfo
+
+    cfg = parse_config(["--benchmark-set", args.benchmark_set, "--cache-dir", args.cache_dir])
+    extractor = RegionFeatureExtractor(cfg.backbone, cfg.backbone_weights, cfg.pca_dim)
+    return load_or_build_benchmark(cfg, DistInfo(), extractor)
 
 
 def _query_ap(sims, labels, database, q, task):

@@ -110,13 +110,18 @@ def load_or_build_benchmark(cfg, info, extractor):
     from hapvr.data.media import MediaError
     from hapvr.training.pool import BenchmarkFeatures, atomic_save, build_benchmark_features, cache_key
 
-    key = cache_key(bench=dataclasses.asdict(corpus.CorpusConfig()), backbone=cfg.backbone, weights=cfg.backbone_weights)
-    path = os.path.join(cfg.cache_dir, f"benchmark-{key}.pt")
+    split = cfg.benchmark_set
+    parts = dict(bench=dataclasses.asdict(corpus.CorpusConfig()), backbone=cfg.backbone, weights=cfg.backbone_weights)
+    if split != "builtin":  # the built-in set keeps the key it always had
+        parts.update(split=split, renders=corpus.RENDER_FRAMES)
+    path = os.path.join(cfg.cache_dir, f"benchmark-{cache_key(**parts)}.pt")
     if info.main and not os.path.isfile(path):
         t0 = time.time()
-        _log(info, "building the held-out benchmark (real clips + other photos, DS/CS/IS levels) ...")
+        _log(info, f"building the held-out benchmark ({split}: "
+                   + ("rendered worlds" if split == "validation" else "real clips + other photos")
+                   + (" + rendered worlds" if split == "test" else "") + ", DS/CS/IS levels) ...")
         try:
-            bench = corpus.build_benchmark(corpus.CorpusConfig())
+            bench = corpus.build_benchmark(corpus.CorpusConfig(), split)
         except MediaError as exc:
             if cfg.data:
                 _log(info, f"no benchmark: {exc}")

@@ -172,7 +172,81 @@ def _other_camera(frames: torch.Tensor, rng: random.Random) -> torch.Tensor:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def build_benchmark(cfg: CorpusConfig) -> Benchmark:
+def build_benchmark(cfg: CorpusConfig, split: str = "builtin") -> Benchmark:
+    """The held-out benchmark. ``split``:
+
+    - ``builtin`` (the default run's): 11 queries from the packaged clips and held-out photos,
+      with their partial copies;
+    - ``test``: those and :data:`RENDER_QUERIES` more from rendered worlds (test seeds);
+    - ``validation``: rendered worlds only, other seeds (for choosing settings; never report it).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "validation":
+        bench = Benchmark()
+        add_render_queries(bench, VALIDATION_QUERIES, RENDER_SEEDS["validation"], random.Random(cfg.seed + 3))
+        return bench
+    bench = _builtin_benchmark(cfg)
+    if split == "test":
+        add_render_queries(bench, RENDER_QUERIES, RENDER_SEEDS["test"], random.Random(cfg.seed + 4))
+    return bench
+
+
+SPLITS = ("builtin", "test", "validation")
+RENDER_SEEDS = {"test": 10_000, "validation": 20_000}  # disjoint world seeds per split
+RENDER_QUERIES = 50  # test: 11 built-in + 50 rendered queries
+VALIDATION_QUERIES = 60
+RENDER_FRAMES = 8
+
+
+def add_render_queries(bench: Benchmark, n: int, seed0: int, rng: random.Random) -> None:
+    """``n`` queries from rendered worlds (:mod:`hapvr.data.renders`), each with moving content:
+
+    - DS: the query's frames re-edited (temporal edit, crop, colour, overlays; every third one
+      shown picture-in-picture inside the previous world's query); and the same event re-rendered
+      at 0.5x (slow motion, frames at half time steps) or 2x (every second time step, twice as
+      long a span), lightly cropped and recoloured;
+    - CS: the same event through another camera beside the query's, with another camera look;
+    - IS: the same world later on, elsewhere.
+    """
+    from hapvr.data.renders import render, make_world
+
+    n_frames = RENDER_FRAMES
+    previous, previous_id = None, None
+    for i in range(n):
+        world = make_world(seed0 + i)
+        qid = f"render{seed0 + i}"
+        t0 = rng.uniform(0, 20)
+        a0 = random_box(rng, (0.45, 0.65))
+        a1 = random_box(rng, (0.45, 0.65), near=a0, spread=0.1)
+        q = render(world, [t0 + k for k in range(n_frames)], a0, a1)
+        bench.videos[qid] = q
+        bench.queries.append(qid)
+        bench.labels[qid] = {lv: [] for lv in LEVELS}
+        host = previous if (i % 3 == 2 and previous is not None) else None
+        bench.videos[f"{qid}-ds1"] = _copy_edit(q, rng, host=host)
+        bench.labels[qid]["DS"].append(f"{qid}-ds1")
+        speed = 0.5 if i % 2 == 0 else 2.0
+        m = n_frames * 2 if speed == 0.5 else n_frames
+        times = [t0 + k * speed for k in range(m)] if speed == 0.5 else [t0 + 2 * k for k in range(m)]
+        ends = (a0, a1) if speed == 0.5 else (a0, tuple(2 * e - s for s, e in zip(a0, a1)))  # the same camera move
+        ends = tuple(tuple(min(max(x, 0.05), 0.95) for x in box) for box in ends)
+        bench.videos[f"{qid}-ds2"] = _light_edit(render(world, times, *ends), rng)
+        bench.labels[qid]["DS"].append(f"{qid}-ds2")
+        cs = _other_camera(render(world, [t0 + k for k in range(n_frames)], beside_box(rng, a0), beside_box(rng, a1)), rng)
+        bench.videos[f"{qid}-cs0"] = cs
+        bench.labels[qid]["CS"].append(f"{qid}-cs0")
+        later = t0 + rng.uniform(40, 80)
+        far = (1 - a0[0], 1 - a0[1], rng.uniform(0.4, 0.6))
+        bench.videos[f"{qid}-is0"] = render(world, [later + k for k in range(n_frames)], far,
+                                            random_box(rng, (0.4, 0.6), near=far, spread=0.1))
+        bench.labels[qid]["IS"].append(f"{qid}-is0")
+        if host is not None:  # the picture-in-picture copy shows the host's footage too
+            bench.labels[previous_id]["DS"].append(f"{qid}-ds1")
+        previous, previous_id = q, qid
+
+
+def _builtin_benchmark(cfg: CorpusConfig) -> Benchmark:
     rng = random.Random(cfg.seed + 1)
     n = cfg.benchmark_frames
     bench = Benchmark()

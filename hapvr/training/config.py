@@ -104,6 +104,7 @@ class TrainConfig:
     stop_after: int = 0  # end this run after N steps (checkpointed; --resume continues); 0 = run to the end
     heatmaps: int = 4  # query/target pairs drawn in the PNG
     benchmark: bool = True  # evaluate on the built-in held-out benchmark
+    benchmark_set: str = "builtin"  # builtin (11 queries), test (61, with rendered worlds), validation (60 rendered)
 
 
 PRESETS = {
@@ -152,6 +153,9 @@ HELP = {
                         "gradients), so the video-level losses rank world x N targets per query instead of N; "
                         "no effect in a single process",
     "benchmark": "evaluate on the built-in held-out benchmark (built once from packaged media)",
+    "benchmark_set": "builtin: 11 queries from packaged clips and photos (fast); test: those and 50 queries from "
+                     "rendered moving worlds (61; report on it); validation: 60 queries from other rendered worlds "
+                     "(choose settings on it, never report it)",
     "eval_every": "evaluate on the held-out benchmark every N steps (0 = at the end only)",
     "delta_v": "video-level QuadLinear-AP: margin delta of the negatives' linear penalty (paper eq. 9)",
     "rho_v": "video-level QuadLinear-AP: weight rho of the quadratic term (paper eq. 9)",
@@ -202,7 +206,7 @@ RANGES = {
     "ema": ("in", 0.0, 1.0, False, True), "seed": ("int", 0), "threads": ("int", 0), "log_every": ("int", 1),
     "eval_every": ("int", 0), "checkpoint_every": ("int", 0), "stop_after": ("int", 0), "heatmaps": ("int", 0),
 }
-CHOICES = {"pipeline": ("auto", "cached", "streaming"), "video_loss": VIDEO_LOSSES, "amp": ("bf16", "off"), "backbone": ("efficientnet_lite0", "resnet50"),
+CHOICES = {"benchmark_set": ("builtin", "test", "validation"), "pipeline": ("auto", "cached", "streaming"), "video_loss": VIDEO_LOSSES, "amp": ("bf16", "off"), "backbone": ("efficientnet_lite0", "resnet50"),
            "teacher": ("dinov2_onnx", "dino_vits16", "cnn")}
 
 
