@@ -4,8 +4,8 @@ with 95 % paired bootstrap intervals over its queries, and the queries where eac
     python benchmarks/compare_runs.py runs/hapvr runs/am --json benchmarks/results/compare_runs.json
 
 For each run folder (a checkpoint of python -m hapvr.train over the default cached features) it
-scores the benchmark with the run's model and with the features-only baseline over the run's
-PCA, prints mAP / uAP per level with intervals, the interval of run - baseline and of every
+scores the benchmark with the run's model and with the features-only baseline over that run's
+PCA (a run trained on another pool whitens differently), prints mAP / uAP per level with intervals, the interval of run - baseline and of every
 later run - the first run, and lists per query the levels where the run's AP is below the
 baseline's. Needs the benchmark cache that python -m hapvr.train builds (--cache-dir).
 """
@@ -57,15 +57,15 @@ def main(argv=None) -> int:
         database = sorted(feats)
         with torch.no_grad():
             sims[run] = all_similarities(model, feats, bench.queries, database)
-            if "baseline" not in sims:
-                sims["baseline"] = all_similarities(baseline, feats, bench.queries, database)
+            # the baseline over this run's PCA (runs trained on other pools whiten differently)
+            sims[f"baseline {run}"] = all_similarities(baseline, feats, bench.queries, database)
         res = evaluate_levels(sims[run], bench.labels, database)
-        base = evaluate_levels(sims["baseline"], bench.labels, database)
+        base = evaluate_levels(sims[f"baseline {run}"], bench.labels, database)
         losses[run] = {}
         for task in LEVEL_LABELS:
             for q in sorted(bench.queries):
                 ap_run, ap_base = _query_ap(sims[run], bench.labels, database, q, task), \
-                    _query_ap(sims["baseline"], bench.labels, database, q, task)
+                    _query_ap(sims[f"baseline {run}"], bench.labels, database, q, task)
                 if ap_run is not None and ap_run < ap_base - 1e-9:
                     losses[run].setdefault(q, {})[task] = round(100 * (ap_run - ap_base), 2)
         print(f"{run} (step {step}): mAP " + " / ".join(f"{100 * res[t].map:.2f}" for t in LEVEL_LABELS)
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     database = sorted(bench.desc)
     out = {}
     for run in args.runs:
-        iv = bootstrap_levels({"baseline": sims["baseline"], run: sims[run]}, bench.labels, database,
+        iv = bootstrap_levels({"baseline": sims[f"baseline {run}"], run: sims[run]}, bench.labels, database,
                               difference=(run, "baseline"), n=args.resamples)
         print("\n" + intervals_table(iv, len(bench.queries), args.resamples))
         out[run] = iv

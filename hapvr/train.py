@@ -58,6 +58,8 @@ def load_or_build_pool(cfg, info, extractor):
         source = dict(data=os.path.abspath(cfg.data), listing=listing, fps=cfg.fps)
     else:
         source = dict(data="builtin", corpus=dataclasses.asdict(corpus.CorpusConfig()))
+        if cfg.train_renders:  # the photos-only corpus keeps the key it always had
+            source["renders"] = cfg.train_renders
     key = cache_key(source=source, backbone=cfg.backbone, weights=cfg.backbone_weights, teacher=cfg.teacher,
                     teacher_weights=cfg.teacher_weights, raw=cfg.teacher_raw_pixels, views=cfg.views_per_video,
                     teacher_all=cfg.teacher_all_views,
@@ -83,7 +85,7 @@ def load_or_build_pool(cfg, info, extractor):
             group_of = None
         else:
             _log(info, "building the built-in training corpus (pans and zooms over real photos) ...")
-            videos = corpus.build_train_videos(corpus.CorpusConfig())
+            videos = corpus.build_train_videos(corpus.CorpusConfig(), renders=cfg.train_renders)
             group_of = _group_of_default
         teacher = Teacher(cfg.teacher, cfg.teacher_weights, cache_dir=cfg.cache_dir, backbone=extractor.backbone,
                           raw_pixels=cfg.teacher_raw_pixels)

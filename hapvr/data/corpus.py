@@ -128,8 +128,10 @@ def beside_box(rng: random.Random, box: tuple, shift=(0.45, 0.65)) -> tuple:
 # --- training videos ----------------------------------------------------------------------------
 
 
-def build_train_videos(cfg: CorpusConfig) -> dict[str, torch.Tensor]:
-    """Pans and zooms over every photo not held out for the benchmark."""
+def build_train_videos(cfg: CorpusConfig, renders: int = 0) -> dict[str, torch.Tensor]:
+    """Pans and zooms over every photo not held out for the benchmark, and ``renders`` videos of
+    rendered worlds (training seeds, disjoint from the benchmarks'), each one camera path over a
+    span of the world's time."""
     rng = random.Random(cfg.seed)
     videos = {}
     for name, photo in sorted(load_photos().items()):
@@ -137,6 +139,15 @@ def build_train_videos(cfg: CorpusConfig) -> dict[str, torch.Tensor]:
             continue
         for k in range(cfg.train_videos_per_photo):
             videos[f"{name}-{k}"] = camera_path(photo, random_box(rng), random_box(rng), cfg.train_frames)
+    if renders:
+        from hapvr.data.renders import make_world, render
+
+        for i in range(renders):
+            world = make_world(RENDER_SEEDS["train"] + i)
+            t0 = rng.uniform(0, 40)
+            a0 = random_box(rng, (0.45, 0.7))
+            videos[f"render{RENDER_SEEDS['train'] + i}-0"] = render(
+                world, [t0 + k for k in range(cfg.train_frames)], a0, random_box(rng, (0.45, 0.7), near=a0, spread=0.2))
     return videos
 
 
@@ -193,7 +204,7 @@ def build_benchmark(cfg: CorpusConfig, split: str = "builtin") -> Benchmark:
 
 
 SPLITS = ("builtin", "test", "validation")
-RENDER_SEEDS = {"test": 10_000, "validation": 20_000}  # disjoint world seeds per split
+RENDER_SEEDS = {"train": 0, "test": 10_000, "validation": 20_000}  # disjoint world seeds per use
 RENDER_QUERIES = 50  # test: 11 built-in + 50 rendered queries
 VALIDATION_QUERIES = 60
 RENDER_FRAMES = 8

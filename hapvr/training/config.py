@@ -9,7 +9,6 @@ overridden from the command line (``--lr 1e-4``, ``--batch-videos 8``, ...).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, fields
@@ -45,6 +44,7 @@ class TrainConfig:
     cache_budget_gb: float = 8.0  # auto: stream when the cached pool of --data would exceed this
     workers: int = 1  # streaming: DataLoader processes decoding and augmenting (0 = in the training process)
     pca_videos: int = 300  # streaming: videos whose weak clips fit the PCA whitening (ResNet-50: ~1.2 GB of descriptors)
+    train_renders: int = 0  # built-in corpus: add this many videos of rendered moving worlds
     views_per_video: int = 4  # cached augmented views per video (1 weak + the rest strong)
     pool_frames: int = 32  # frames cached per view (a window of longer videos)
     clip_frames: int = 16  # frames per training clip (paper: 28)
@@ -125,6 +125,8 @@ HELP = {
     "workers": "streaming: DataLoader worker processes that decode and augment (0 = in the training process)",
     "pca_videos": "streaming: videos whose weak clips fit the PCA whitening (without --pca or --resume)",
     "views_per_video": "augmented views cached per video (backbone+teacher run once on each)",
+    "train_renders": "built-in corpus only: add this many videos of rendered moving worlds (sprites, scrolling "
+                     "screens; seeds disjoint from the benchmarks') to the 23 photo pans",
     "pool_frames": "frames cached per view",
     "clip_frames": "frames per training clip",
     "clip_shift": "the two clips of a video start up to this fraction of the clip length apart "
@@ -194,7 +196,7 @@ HELP = {
 
 # The range of every numeric option, checked when the command line is parsed (one error line).
 RANGES = {
-    "fps": ("positive",), "cache_budget_gb": ("positive",), "workers": ("int", 0), "pca_videos": ("int", 1), "views_per_video": ("int", 1), "pool_frames": ("int", 1), "clip_frames": ("int", 1),
+    "fps": ("positive",), "cache_budget_gb": ("positive",), "workers": ("int", 0), "pca_videos": ("int", 1), "train_renders": ("int", 0), "views_per_video": ("int", 1), "pool_frames": ("int", 1), "clip_frames": ("int", 1),
     "clip_shift": ("nonnegative",), "pca_dim": ("int", 1), "k_s": ("in", 0.0, 1.0, True), "k_t": ("in", 0.0, 1.0, True),
     "delta_v": ("positive",), "rho_v": ("nonnegative",), "lambda_v": ("nonnegative",), "delta_f": ("positive",),
     "rho_f": ("nonnegative",), "lambda_f": ("nonnegative",), "r_t": ("in", 0.0, 1.0, True), "r_b": ("in", 0.0, 1.0, True),

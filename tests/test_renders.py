@@ -1,0 +1,54 @@
+"""Rendered worlds (hapvr.data.renders) and the rendered benchmark queries (hapvr.data.corpus)."""
+
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+import torch
+
+from hapvr.data import corpus
+from hapvr.data.renders import KINDS, make_world, render, world_frame
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_worlds_are_a_function_of_their_seed_and_move(kind):
+    a, b, other = make_world(7, kind), make_world(7, kind), make_world(8, kind)
+    va = render(a, [0, 1, 2, 3], (0.5, 0.5, 0.6), (0.55, 0.5, 0.6))
+    assert va.shape == (4, 3, 256, 256) and va.dtype == torch.uint8
+    assert torch.equal(va, render(b, [0, 1, 2, 3], (0.5, 0.5, 0.6), (0.55, 0.5, 0.6)))
+    assert not torch.equal(va, render(other, [0, 1, 2, 3], (0.5, 0.5, 0.6), (0.55, 0.5, 0.6)))
+    # a still camera on a moving world: frames differ over time, and a frame is the world at its time
+    still = render(a, [0.0, 5.0], (0.5, 0.5, 1.0), (0.5, 0.5, 1.0))
+    assert (still[0].float() - still[1].float()).abs().mean() > 1.0
+    def whole(t):  # the world at time t, resized like the render (which crops with a box first)
+        return torch.from_numpy(np.asarray(world_frame(a, t).resize((256, 256), Image.BILINEAR))).permute(2, 0, 1)
+
+    same, before = (still[1].float() - whole(5.0).float()).abs().mean(), (still[1].float() - whole(0.0).float()).abs().mean()
+    assert same < 0.5 * before, (same, before)
+    with pytest.raises(ValueError, match="kind"):
+        make_world(1, "cartoon")
+
+
+def test_rendered_queries_and_their_levels():
+    bench = corpus.Benchmark()
+    corpus.add_render_queries(bench, 4, 500, random.Random(0))
+    assert bench.queries == ["render500", "render501", "render502", "render503"]
+    assert len(bench.videos) == 4 * 5
+    for i, q in enumerate(bench.queries):
+        lab = bench.labels[q]
+        assert lab["DS"][:2] == [f"{q}-ds1", f"{q}-ds2"] and lab["CS"] == [f"{q}-cs0"] and lab["IS"] == [f"{q}-is0"]
+        n = bench.videos[f"{q}-ds2"].shape[0]
+        assert n == (2 * corpus.RENDER_FRAMES if i % 2 == 0 else corpus.RENDER_FRAMES)  # 0.5x / 2x re-render
+        assert bench.videos[q].shape[0] == corpus.RENDER_FRAMES
+    # the third query's first copy is shown inside the second query's footage: a copy of both
+    assert "render502-ds1" in bench.labels["render501"]["DS"]
+    # splits use disjoint worlds
+    seeds = corpus.RENDER_SEEDS
+    assert len(set(seeds.values())) == 3 and seeds["validation"] - seeds["test"] >= corpus.RENDER_QUERIES
+    assert seeds["test"] - seeds["train"] >= 1000
+
+
+def test_split_names_are_checked():
+    with pytest.raises(ValueError, match="split must be one of"):
+        corpus.build_benchmark(corpus.CorpusConfig(), "holdout")
