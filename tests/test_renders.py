@@ -22,7 +22,7 @@ def test_worlds_are_a_function_of_their_seed_and_move(kind):
     still = render(a, [0.0, 5.0], (0.5, 0.5, 1.0), (0.5, 0.5, 1.0))
     assert (still[0].float() - still[1].float()).abs().mean() > 1.0
     def whole(t):  # the world at time t, resized like the render (which crops with a box first)
-        return torch.from_numpy(np.asarray(world_frame(a, t).resize((256, 256), Image.BILINEAR))).permute(2, 0, 1)
+        return torch.from_numpy(np.array(world_frame(a, t).resize((256, 256), Image.BILINEAR))).permute(2, 0, 1)
 
     same, before = (still[1].float() - whole(5.0).float()).abs().mean(), (still[1].float() - whole(0.0).float()).abs().mean()
     assert same < 0.5 * before, (same, before)
