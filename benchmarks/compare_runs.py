@@ -50,6 +50,9 @@ def main(argv=None) -> int:
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--json", help="write the intervals and per-query losses here")
     args = ap.parse_args(argv)
+    for run in args.runs:
+        if not os.path.isfile(os.path.join(run, "checkpoint.pt")):
+            ap.error(f"{run}: no checkpoint.pt there (a run folder of python -m hapvr.train)")
     bench = _benchmark(args)
     sims, losses = {}, {}
     for run in args.runs:
@@ -62,12 +65,11 @@ def main(argv=None) -> int:
         res = evaluate_levels(sims[run], bench.labels, database)
         base = evaluate_levels(sims[f"baseline {run}"], bench.labels, database)
         losses[run] = {}
+        ours, theirs = (_per_query_ap(sims[k], bench.labels, database) for k in (run, f"baseline {run}"))
         for task in LEVEL_LABELS:
-            for q in sorted(bench.queries):
-                ap_run, ap_base = _query_ap(sims[run], bench.labels, database, q, task), \
-                    _query_ap(sims[f"baseline {run}"], bench.labels, database, q, task)
-                if ap_run is not None and ap_run < ap_base - 1e-9:
-                    losses[run].setdefault(q, {})[task] = round(100 * (ap_run - ap_base), 2)
+            for q, ap_run in ours[task].items():
+                if ap_run is not None and ap_run < theirs[task][q] - 1e-9:
+                    losses[run].setdefault(q, {})[task] = round(100 * (ap_run - theirs[task][q]), 2)
         print(f"{run} (step {step}): mAP " + " / ".join(f"{100 * res[t].map:.2f}" for t in LEVEL_LABELS)
               + "; baseline " + " / ".join(f"{100 * base[t].map:.2f}" for t in LEVEL_LABELS))
     database = sorted(bench.desc)
@@ -111,15 +113,15 @@ def _benchmark(args):
     return load_or_build_benchmark(cfg, DistInfo(), extractor)
 
 
-def _query_ap(sims, labels, database, q, task):
+def _per_query_ap(sims, labels, database) -> dict[str, dict[str, float | None]]:
+    """``{level: {query: AP}}`` (None for a query without ground truth), the protocol's rankings."""
     from hapvr import metrics
-    from hapvr.training.heldout import LEVEL_LABELS
+    from hapvr.training.heldout import level_rankings
 
-    cands = [v for v in database if v != q]
-    gt = {v for k in LEVEL_LABELS[task] for v in labels.get(q, {}).get(k, []) if v in cands}
-    if not gt:
-        return None
-    return metrics.average_precision([sims[q][v] for v in cands], [v in gt for v in cands], len(gt))
+    queries = sorted(sims)
+    return {task: {q: metrics.average_precision(r.scores, r.relevant, r.n_relevant) if r.n_relevant else None
+                   for q, r in zip(queries, rows)}
+            for task, rows in level_rankings(sims, labels, database).items()}
 
 
 if __name__ == "__main__":

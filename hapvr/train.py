@@ -202,6 +202,9 @@ def check_config(cfg) -> None:
     for name, allowed in CHOICES.items():  # a TrainConfig built in Python skips the parser's choices too
         if getattr(cfg, name) not in allowed:
             raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+    if cfg.train_renders and cfg.data:
+        raise UserError("--train-renders adds rendered videos to the built-in corpus; it does nothing with --data "
+                        "(drop one of them)")
     if cfg.video_loss == "adaptive_margin" and cfg.gather_negatives:
         raise UserError("--video-loss adaptive_margin does not support --gather-negatives (its margins need the "
                         "teacher vectors of every rank's clips); drop one of them")
@@ -274,7 +277,9 @@ class StreamBatches:
         from hapvr.training.stream import StreamingBatches
 
         self.videos = len(paths)
+        self.data = cfg.data
         self.workers = workers
+        self.pca_skipped: dict[str, str] = {}
         self.stream = StreamingBatches(paths, extractor, teacher, batch_videos=cfg.batch_videos,
                                        clip_frames=cfg.clip_frames, clip_shift=cfg.clip_shift, fps=cfg.fps,
                                        seed=cfg.seed, rank=info.rank, world=info.world, start_step=start_step,
@@ -284,13 +289,16 @@ class StreamBatches:
         self._it = iter(self.stream)
 
     def next(self):
-        return next(self._it)
+        from hapvr.training.stream import NoDecodableVideo
+
+        try:
+            return next(self._it)
+        except NoDecodableVideo as exc:
+            raise UserError(f"--data {self.data}: {exc.reason}") from None
 
     def describe(self) -> str:
         return (f"{self.videos} videos streamed ({self.workers} decoding worker{'s' if self.workers != 1 else ''}, "
                 f"fresh views every step)")
-
-    pca_skipped: dict[str, str] = {}
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
@@ -337,7 +345,7 @@ def _streaming_data(cfg, info, extractor, ckpt, pca_state):
     --resume nor --pca gives it."""
     from hapvr.data.video import list_videos
     from hapvr.features import Teacher
-    from hapvr.training.stream import pca_sample
+    from hapvr.training.stream import NoDecodableVideo, pca_sample
 
     paths = list_videos(cfg.data)
     if not paths:
@@ -357,9 +365,13 @@ def _streaming_data(cfg, info, extractor, ckpt, pca_state):
         if info.main:
             n = min(cfg.pca_videos, len(paths))
             _log(info, f"fitting the PCA whitening on the weak clips of {n} of {len(paths)} videos ...")
-            extractor.fit_pca(pca_sample(paths, extractor, n, clip_frames=cfg.clip_frames, fps=cfg.fps,
-                                         seed=cfg.seed, workers=workers, device=info.device, amp=cfg.amp,
-                                         log=lambda m: print(m, file=sys.stderr, flush=True), skipped=skipped))
+            try:
+                sample = pca_sample(paths, extractor, n, clip_frames=cfg.clip_frames, fps=cfg.fps, seed=cfg.seed,
+                                    workers=workers, device=info.device, amp=cfg.amp,
+                                    log=lambda m: print(m, file=sys.stderr, flush=True), skipped=skipped)
+            except NoDecodableVideo as exc:
+                raise UserError(f"--data {cfg.data}: {exc.reason}") from None
+            extractor.fit_pca(sample)
             state = {k: v.cpu() for k, v in extractor.pca.state_dict().items()}
         extractor.pca.load_state_dict(broadcast_object(info, state))
     batches = StreamBatches(paths, cfg, info, extractor, teacher, ckpt["step"] if ckpt is not None else 0, workers)

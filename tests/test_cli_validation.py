@@ -202,6 +202,8 @@ def train_cases(d):
         ("workers -1", [*run, "--workers", "-1"], "--workers"),
         ("cache budget 0", [*run, "--cache-budget-gb", "0"], "--cache-budget-gb"),
         ("lr floor above 1", [*run, "--lr-floor", "1.5"], "--lr-floor"),
+        ("train-renders with data", [*run, "--train-renders", "2", "--data", d / "videos"], "--train-renders"),
+        ("unknown benchmark set", [*run, "--benchmark-set", "holdout"], "--benchmark-set"),
     ]
 
 

@@ -153,6 +153,20 @@ def test_paper_preset_streams_and_resumes_exactly(data, tmp_path):
     assert _params(split)[0] == 5
 
 
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_streaming_a_folder_of_broken_videos_is_one_error_line(tmp_path, workers):
+    root = tmp_path / "bad"
+    root.mkdir()
+    for name in ("a.mp4", "b.mkv"):
+        (root / name).write_bytes(os.urandom(3000))
+    p = _train("--data", str(root), "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o"),
+               "--iterations", "1", *STREAM, "--workers", workers)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: --data {root}: ") and "no decodable video" in last
+    assert not os.path.exists(tmp_path / "o" / "checkpoint.pt")
+
+
 def test_auto_pipeline_streams_above_the_cache_budget(data, tmp_path):
     root, cache = data
     p = _train("--data", root, "--cache-dir", cache, "--out", str(tmp_path / "o"), "--iterations", "1",

@@ -58,6 +58,16 @@ def step_rng(*parts) -> random.Random:
 # --- which videos a step draws ------------------------------------------------------------------
 
 
+class NoDecodableVideo(RuntimeError):
+    """No video could be decoded for a batch slot (every candidate failed): the data folder is
+    (nearly) all broken. The trainer turns it into one error line (:attr:`reason`)."""
+
+    @property
+    def reason(self) -> str:
+        """The message alone: raised in a DataLoader worker, the text also holds its traceback."""
+        return str(self).strip().splitlines()[-1].split("NoDecodableVideo: ", 1)[-1]
+
+
 class ClipKey(NamedTuple):
     """What a worker needs to build one video's clips: the step, the video's slot in the batch,
     the video drawn and every video of the batch (a replacement comes from outside it)."""
@@ -211,9 +221,9 @@ class ClipDataset(torch.utils.data.Dataset):
                 self._bad[video] = str(exc)
                 skipped.append((self.paths[video], str(exc)))
         if frames is None:
-            raise RuntimeError(f"step {key.step}: no decodable video for slot {key.slot} after {len(skipped)} "
-                               f"failures in a row ({', '.join(p for p, _ in skipped[:5])} ...) and "
-                               f"{len(self._bad)} known broken files; check the data folder")
+            raise NoDecodableVideo(f"step {key.step}: no decodable video for slot {key.slot} after {len(skipped)} "
+                                   f"failures in a row ({', '.join(p for p, _ in skipped[:5])} ...) and "
+                                   f"{len(self._bad)} known broken files; check the data folder")
         t1 = time.perf_counter()
         clips = self._views(key, video, frames, weak_src, strong_src)
         clips.skipped = skipped
