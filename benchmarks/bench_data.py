@@ -168,7 +168,7 @@ def run(args) -> dict:
                                         seed=args.seed, log=lambda m: None))
     nets = stream.FrozenNetworks(extractor, teacher)
     torch.manual_seed(0)
-    model = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t)
+    model = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t, head=cfg.head)
     objective = build_objective(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = []

@@ -71,7 +71,7 @@ def main() -> None:
     pca.load_state_dict(pca_state)
     feats = {v: pca(d.float()) for v, d in bench.desc.items()}
     cfg = state["config"]
-    trained = VideoSimilarityModel(cfg.get("pca_dim", 512), cfg.get("k_s", 0.1), cfg.get("k_t", 0.03)).eval()
+    trained = VideoSimilarityModel.from_config(cfg).eval()
     trained.load_state_dict(state["model"])
     models = {"baseline (features-only Chamfer)": VideoSimilarityModel(cfg.get("pca_dim", 512), attention=False,
                                                                       comparator=False).eval(),

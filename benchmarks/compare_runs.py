@@ -31,7 +31,7 @@ def _load(run: str, bench):
     pca = PCAWhitening(state["pca"]["mean"].shape[0], cfg["pca_dim"])
     pca.load_state_dict(state["pca"])
     feats = {k: pca(v.float()) for k, v in bench.desc.items()}
-    model = VideoSimilarityModel(cfg["pca_dim"], cfg["k_s"], cfg["k_t"])
+    model = VideoSimilarityModel.from_config(cfg)
     model.load_state_dict(state["model"])
     baseline = VideoSimilarityModel(cfg["pca_dim"], cfg["k_s"], cfg["k_t"], attention=False, comparator=False)
     return feats, model.eval(), baseline, state.get("step")

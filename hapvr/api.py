@@ -165,9 +165,11 @@ def load_model(checkpoint: str | Path | None = None, *, baseline: bool = False, 
         content = default_model.load()
         ext = _build_extractor(content["backbone"], None, content["pca"], content["pca_dim"])
         baseline = baseline or content["kind"] == "baseline"
-        sim = VideoSimilarityModel(content["pca_dim"], content["k_s"], content["k_t"],
-                                   attention=not baseline, comparator=not baseline)
-        if not baseline:
+        if baseline:
+            sim = VideoSimilarityModel(content["pca_dim"], content["k_s"], content["k_t"],
+                                       attention=False, comparator=False)
+        else:
+            sim = VideoSimilarityModel.from_config(content)
             sim.load_state_dict(content["model"])
         return VideoModel(ext, sim, "default" + (" (Chamfer baseline)" if baseline else ""), fps, device=dev)
     from hapvr.evaluation.model_scorer import load_model as load_similarity

@@ -71,6 +71,7 @@ def export(checkpoint: str | Path, output: str | Path, kind: str = KIND) -> str:
     model = load_model(checkpoint)
     content = dict(format=FORMAT, kind=kind, backbone=cfg.get("backbone", "efficientnet_lite0"),
                    pca_dim=int(cfg.get("pca_dim", 512)), k_s=float(cfg.get("k_s", 0.1)), k_t=float(cfg.get("k_t", 0.03)),
+                   head=model.head,
                    pca={k: v.clone() for k, v in state["pca"].items()},
                    model={k: v.clone() for k, v in model.state_dict().items()},
                    source=dict(step=int(state.get("step", 0)), command="python -m hapvr.train (default settings)"))

@@ -107,12 +107,13 @@ def load_or_build_pool(cfg, info, extractor):
     return ViewPool(**state["pool"]), state["skipped"]
 
 
-def load_or_build_benchmark(cfg, info, extractor):
+def load_or_build_benchmark(cfg, info, extractor, split: str | None = None):
+    """The held-out benchmark ``split`` (default ``--benchmark-set``), built and cached once."""
     from hapvr.data import corpus
     from hapvr.data.media import MediaError
     from hapvr.training.pool import BenchmarkFeatures, atomic_save, build_benchmark_features, cache_key
 
-    split = cfg.benchmark_set
+    split = split or cfg.benchmark_set
     parts = dict(bench=dataclasses.asdict(corpus.CorpusConfig()), backbone=cfg.backbone, weights=cfg.backbone_weights)
     if split != "builtin":  # the built-in set keeps the key it always had
         parts.update(split=split, renders=corpus.RENDER_FRAMES)
@@ -247,6 +248,12 @@ class Session:
     skipped: list
     t_start: float
     t_data: float
+    selection: object = None  # hapvr.training.selection.Selection with --select-on validation
+
+    @property
+    def report_model(self) -> torch.nn.Module:
+        """What the run reports and saves: the selected weights, or the evaluated ones."""
+        return self.eval_model if self.selection is None else self.selection.selected(self.eval_model)
 
 
 class PoolBatches:
@@ -432,6 +439,7 @@ def setup(cfg) -> Session:
     pipeline = choose_pipeline(cfg, info, extractor, ckpt["extra"].get("pipeline") if ckpt is not None else None)
     pool, skipped = load_or_build_pool(cfg, info, extractor) if pipeline == "cached" else (None, [])
     bench = load_or_build_benchmark(cfg, info, extractor) if cfg.benchmark else None
+    val = load_or_build_benchmark(cfg, info, extractor, "validation") if cfg.select_on == "validation" else None
     if ckpt is not None:
         extractor.pca.load_state_dict(ckpt["pca"])
     elif pca_state is not None:
@@ -449,7 +457,7 @@ def setup(cfg) -> Session:
         print(f"note: --batch-videos {cfg.batch_videos} > {batches.videos} videos in the pool; using {batches.videos}")
 
     torch.manual_seed(cfg.seed)
-    model = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t).to(info.device)
+    model = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t, head=cfg.head).to(info.device)
     train_model = model
     gather = cfg.gather_negatives and info.enabled  # one process: every clip is already a target
     if info.enabled:
@@ -461,11 +469,18 @@ def setup(cfg) -> Session:
     start_step = 0
     # exponential moving average of the weights (--ema): what is evaluated and saved as "model"
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
+    selection = None
+    if val is not None and info.main:
+        from hapvr.training.selection import Selection
+
+        selection = Selection(val.queries, val.labels, {k: whiten_cpu(extractor, v) for k, v in val.desc.items()})
     if ckpt is not None:
         live = ckpt["extra"].get("train_weights")
         model.load_state_dict(ckpt["model"] if live is None else live)
         if ema is not None:
-            ema.load_state_dict(ckpt["model"])
+            ema.load_state_dict(ckpt["extra"].get("ema_weights", ckpt["model"]))
+        if selection is not None and "selection" in ckpt["extra"]:
+            selection.restore(ckpt["extra"]["selection"], ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"], sampler)
@@ -481,7 +496,7 @@ def setup(cfg) -> Session:
         _log(info, "note: --gather-negatives has no effect in a single process (every clip is already a target)")
     return Session(cfg, info, extractor, model, train_model, model if ema is None else ema, ema, baseline, optimizer,
                    scheduler, sampler, batches, build_objective(cfg), gather, start_step, ckpt_path, pipeline, bench,
-                   bench_feats, skipped, t_start, t_data)
+                   bench_feats, skipped, t_start, t_data, selection)
 
 
 def train_step(s: Session, batch) -> dict[str, float]:
@@ -526,9 +541,15 @@ def save(s: Session, step: int) -> None:
         extra["rank_samplers"] = states
     if not s.info.main:
         return
-    if s.ema is not None:
+    model = s.eval_model
+    if s.ema is not None or s.selection is not None:
         extra["train_weights"] = s.model.state_dict()
-    save_checkpoint(s.ckpt_path, step=step, model=s.eval_model, pca=s.extractor.pca, optimizer=s.optimizer,
+    if s.selection is not None:
+        extra["selection"] = s.selection.state()
+        if s.ema is not None:
+            extra["ema_weights"] = s.ema.state_dict()
+        model = s.report_model
+    save_checkpoint(s.ckpt_path, step=step, model=model, pca=s.extractor.pca, optimizer=s.optimizer,
                     scheduler=s.scheduler, sampler=s.sampler, config=dataclasses.asdict(s.cfg), extra=extra)
 
 
@@ -569,11 +590,11 @@ class TrainLog:
             for k, v in parts.items():
                 self.writer.add_scalar(f"loss/{k}", v, done)
 
-    def benchmark(self, done: int, res: dict) -> None:
+    def benchmark(self, done: int, res: dict, name: str = "benchmark") -> None:
         if self.writer is not None:
             for t, r in res.items():
-                self.writer.add_scalar(f"benchmark/mAP_{t}", r.map, done)
-                self.writer.add_scalar(f"benchmark/uAP_{t}", r.uap, done)
+                self.writer.add_scalar(f"{name}/mAP_{t}", r.map, done)
+                self.writer.add_scalar(f"{name}/uAP_{t}", r.uap, done)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -598,6 +619,8 @@ def train_loop(s: Session, log: TrainLog) -> tuple[int, float]:
                    unit="step", disable=not info.main)
     s.model.train()
     done = s.start_step
+    if s.selection is not None and not s.selection.history:
+        select(s, done)
     for step in bar:
         parts = train_step(s, s.batches.next())
         done = step + 1
@@ -607,6 +630,8 @@ def train_loop(s: Session, log: TrainLog) -> tuple[int, float]:
                 log.step(done, s.optimizer.param_groups[0]["lr"], parts, time.time() - t0)
             if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.iterations and s.bench_feats is not None:
                 log.benchmark(done, evaluate_model(s.eval_model, s.bench_feats, s.bench.queries, s.bench.labels))
+            if s.selection is not None and (done % cfg.select_every == 0 or done == cfg.iterations):
+                select(s, done, log)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
             save(s, done)
         if cfg.stop_after and done - s.start_step >= cfg.stop_after and done < cfg.iterations:
@@ -614,6 +639,33 @@ def train_loop(s: Session, log: TrainLog) -> tuple[int, float]:
     bar.close()
     save(s, done if cfg.iterations > s.start_step else s.start_step)
     return done, time.time() - t0
+
+
+def select(s: Session, step: int, log: "TrainLog | None" = None) -> None:
+    """Scores the evaluated model on the validation benchmark at ``step`` (--select-on validation)."""
+    t0 = time.time()
+    score, res, improved = s.selection.evaluate(s.eval_model, step)
+    if log is not None:
+        log.benchmark(step, res, "validation")
+    _log(s.info, f"validation at step {step}: score {100 * score:.2f} (mean of mAP/uAP over the levels), "
+                 f"best {100 * s.selection.best_score:.2f} at step {s.selection.best_step}"
+                 f"{' (new best)' if improved else ''}; {time.time() - t0:.0f} s")
+
+
+def _selection_report(s: Session) -> str:
+    """Prints and returns the validation history with the baseline's row and the selected step."""
+    from hapvr.training.heldout import LEVEL_LABELS, evaluate_model
+    from hapvr.training.selection import history_table, selection_score
+
+    sel = s.selection
+    res = evaluate_model(s.baseline, sel.features, sel.queries, sel.labels)
+    base = {"score": 100 * selection_score(res), **{f"{m} {t}": 100 * getattr(res[t], m.lower())
+                                                    for m in ("mAP", "uAP") for t in LEVEL_LABELS}}
+    text = (f"model selection on the validation benchmark ({len(sel.queries)} rendered queries, never reported; "
+            f"score = mean of mAP and uAP over the levels): step {sel.best_step} selected\n"
+            + history_table(sel.history, sel.best_step, base) + "\n\n")
+    print("\n" + text, end="")
+    return text
 
 
 def report(s: Session) -> tuple[dict, dict]:
@@ -625,9 +677,14 @@ def report(s: Session) -> tuple[dict, dict]:
                                         intervals_table, localization_rows, localization_table, results_table)
 
     bench, feats = s.bench, s.bench_feats
+    model = s.report_model
     database = sorted(feats)
+    pre, extra = "", {}
+    if s.selection is not None:
+        pre = _selection_report(s)
+        extra["selection"] = s.selection.state()
     sims = {"baseline": all_similarities(s.baseline, feats, bench.queries, database),
-            "trained": all_similarities(s.eval_model, feats, bench.queries, database)}
+            "trained": all_similarities(model, feats, bench.queries, database)}
     rows = {"baseline (features-only Chamfer)": evaluate_levels(sims["baseline"], bench.labels, database),
             "HAP-VR (trained)": evaluate_levels(sims["trained"], bench.labels, database)}
     table = results_table(rows)
@@ -638,12 +695,13 @@ def report(s: Session) -> tuple[dict, dict]:
     iv_table = intervals_table(intervals, len(bench.queries))
     print("\n" + iv_table)
     table += "\n\n" + iv_table
+    table = pre + table
     results = {name: {t: dataclasses.asdict(r) for t, r in res.items()} for name, res in rows.items()}
-    extra = {"intervals": {t: {name: {m: dataclasses.asdict(iv) for m, iv in per.items()} for name, per in x.items()}
+    extra = {**extra, "intervals": {t: {name: {m: dataclasses.asdict(iv) for m, iv in per.items()} for name, per in x.items()}
                            for t, x in intervals.items()}}
     if bench.partial:
         partial_feats = {k: whiten_cpu(s.extractor, v) for k, v in bench.partial_desc.items()}
-        loc = localization_rows(s.baseline, s.eval_model, feats, partial_feats, bench.partial, bench.labels)
+        loc = localization_rows(s.baseline, model, feats, partial_feats, bench.partial, bench.labels)
         loc_table = localization_table(loc)
         print(f"\ncopy localisation on {len(bench.partial)} partial copies (segments at 1x, 2x and 0.5x inside "
               f"unrelated footage; VCSL segment P/R/F1 over them, VSC micro-AP with one copy-free pair per query):")
@@ -664,7 +722,7 @@ def report(s: Session) -> tuple[dict, dict]:
                and t != q0 and not t.startswith(q0))
     pairs.append((q0, neg, "negative"))
     png = os.path.join(s.cfg.out, "heatmaps.png")
-    draw_heatmaps(png, s.baseline, s.eval_model, feats, bench.thumbs, pairs)
+    draw_heatmaps(png, s.baseline, model, feats, bench.thumbs, pairs)
     print(f"heatmaps: {png}")
     return results, extra
 

@@ -18,7 +18,7 @@ def brute_attention(att, x):
     """``w = sigmoid(u . tanh(W x + b))``, ``x <- x w`` with the module's weights."""
     W, b = att.proj.weight.double(), att.proj.bias.double()
     u = att.context.weight.double()[0]
-    return x * torch.sigmoid(torch.tanh(x @ W.T + b) @ u)[..., None]
+    return x * att.scale * torch.sigmoid(torch.tanh(x @ W.T + b) @ u)[..., None]
 
 
 def brute_frame_map(q, t, k):
@@ -63,7 +63,14 @@ def brute_similarity(model, q, t):
     m = brute_frame_map(q, t, max(round(model.k_s * q.shape[1]), 1))
     if model.comparator is None:
         return brute_temporal(m, model.k_t), m
-    return brute_temporal(F.hardtanh(brute_comparator(model.comparator, m)), model.k_t), m
+    psi = brute_comparator(model.comparator, m)
+    if model.head == "residual":  # each psi cell corrects the 4 x 4 frames it pooled
+        r = m.clone()
+        for x in range(psi.shape[0]):
+            for y in range(psi.shape[1]):
+                r[4 * x:4 * x + 4, 4 * y:4 * y + 4] += psi[x, y]
+        return brute_temporal(F.hardtanh(r), model.k_t), m
+    return brute_temporal(F.hardtanh(psi), model.k_t), m
 
 
 def _feats(B, T, seed=0, D=32):
@@ -155,10 +162,10 @@ def test_repeat_to_min_length():
     assert out[1, :5].tolist() == x[1].tolist() and out[1, 5] == 0
 
 
-@pytest.mark.parametrize("comparator", [True, False])
-def test_padded_batch_equals_single_pairs(comparator):
+@pytest.mark.parametrize("comparator,head", [(True, "visil"), (False, "visil"), (True, "residual")])
+def test_padded_batch_equals_single_pairs(comparator, head):
     torch.manual_seed(0)
-    m = VideoSimilarityModel(dim=32, comparator=comparator)
+    m = VideoSimilarityModel(dim=32, comparator=comparator, head=head)
     g = torch.Generator().manual_seed(3)
     for p in m.parameters():  # non-zero biases, scores of order 0.1 rather than the init's 1e-3
         p.data.copy_(torch.randn(p.shape, generator=g) * 0.1)
@@ -189,16 +196,17 @@ def test_baseline_is_chamfer_of_chamfer():
     assert m.similarity(q[0], t[0]) == pytest.approx(float(chamfer.max(1).values.mean()), abs=1e-6)
 
 
-def test_forward_backward_equals_the_brute_force_gradients():
+@pytest.mark.parametrize("head", ["visil", "residual"])
+def test_forward_backward_equals_the_brute_force_gradients(head):
     torch.manual_seed(0)
-    m = VideoSimilarityModel(dim=32)
+    m = VideoSimilarityModel(dim=32, head=head)
     g = torch.Generator().manual_seed(1)
     for p in m.parameters():  # non-zero biases: every parameter gets a gradient
         p.data.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    x, L = _feats(3, 8), torch.tensor([8, 6, 4])
+    x, L = _feats(3, 9), torch.tensor([9, 6, 4])
     out = m(x, query_lengths=L)
-    assert out.raw.shape == (3, 3, 2, 2)
-    wv, wf = torch.randn(3, 3, generator=g), torch.randn(3, 3, 8, 8, generator=g)
+    assert out.raw.shape == ((3, 3, 2, 2) if head == "visil" else (3, 3, 9, 9))
+    wv, wf = torch.randn(3, 3, generator=g), torch.randn(3, 3, 9, 9, generator=g)
     ((out.video * wv).sum() + (out.frame_maps * wf).sum()).backward()
     names = [n for n, _ in m.named_parameters()]
     params = [p for _, p in m.named_parameters()]
@@ -213,6 +221,28 @@ def test_forward_backward_equals_the_brute_force_gradients():
     for name, p, w in zip(names, params, want):
         assert p.grad is not None and w.abs().max() > 0, name
         torch.testing.assert_close(p.grad, w, rtol=1e-3, atol=1e-4 * float(w.abs().max()), msg=name)
+
+
+def test_untrained_residual_head_is_the_chamfer_baseline():
+    # psi's last layer and the attention's context start at 0: the same scores as the baseline
+    # on fresh random clips of every length (padding and the minimum-length rule included), and
+    # a gradient reaches both, so training can move away from the baseline
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    Bq, Bt = 3, 4
+    q, t = _feats(Bq, 13, int(torch.randint(0, 99, ()))), _feats(Bt, 10, 100 + int(torch.randint(0, 99, ())))
+    ql = torch.randint(1, 14, (Bq,), generator=g)
+    tl = torch.randint(1, 11, (Bt,), generator=g)
+    m = VideoSimilarityModel(dim=32, head="residual")
+    base = VideoSimilarityModel(dim=32, attention=False, comparator=False)
+    out = m(q, t, ql, tl)
+    torch.testing.assert_close(out.video, base(q, t, ql, tl).video, atol=1e-6, rtol=0)
+    assert m.raw_frames_per_cell == 1 and out.raw.shape == out.frame_maps.shape
+    out.video.sum().backward()
+    assert m.comparator.fconv.weight.grad.abs().sum() > 0 and m.attention.context.weight.grad.abs().sum() > 0
+    # the paper's head starts elsewhere: its scores are not the baseline's
+    assert VideoSimilarityModel(dim=32).raw_frames_per_cell == 4
+    with pytest.raises(ValueError, match="head must be one of visil, residual"):
+        VideoSimilarityModel(dim=32, head="resnet")
 
 
 def test_similarity_chunks_long_targets(monkeypatch):

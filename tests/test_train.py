@@ -397,3 +397,45 @@ def test_learning_rate_schedule_is_the_releases():
     assert all(a >= b for a, b in zip(steps, steps[1:]))  # decays monotonically
     g = lr_lambda(TrainConfig(iterations=10, warmup=0, lr_floor=0.0))
     assert g(0) == 1.0 and g(10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_selection_on_validation_keeps_the_best_weights_and_resumes(data, tmp_path, monkeypatch):
+    """--select-on validation scores the model at step 0, every --select-every steps and at the
+    end on a (here 4-query) validation benchmark; the checkpoint's model is the best-scored
+    weights, the live weights continue, and a resumed run selects exactly as an unbroken one."""
+    from hapvr import train
+    from hapvr.data import corpus
+    from hapvr.training.config import parse_config
+    from hapvr.training.selection import selection_score
+
+    monkeypatch.setattr(corpus, "VALIDATION_QUERIES", 4)
+    root, _ = data
+    cache = str(tmp_path / "cache")  # its own cache: the 4-query validation set is keyed like the full one
+    common = ["--data", root, "--cache-dir", cache, "--iterations", "5", "--head", "residual", "--select-on",
+              "validation", "--select-every", "2", *TINY]
+    full, split = str(tmp_path / "full"), str(tmp_path / "split")
+    train.run(parse_config([*common, "--out", full]))
+    ckpt = torch.load(os.path.join(full, "checkpoint.pt"), weights_only=True)
+    sel = ckpt["extra"]["selection"]
+    assert [row["step"] for row in sel["history"]] == [0, 2, 4, 5]
+    best = max(sel["history"], key=lambda r: r["score"])
+    assert sel["best_step"] == best["step"] and abs(100 * sel["best_score"] - best["score"]) < 1e-3
+    # step 0 of the residual head is the Chamfer baseline: its row is the baseline's score
+    s = train.setup(parse_config([*common, "--out", str(tmp_path / "probe"), "--iterations", "1"]))
+    from hapvr.training.heldout import evaluate_model
+
+    base = selection_score(evaluate_model(s.baseline, s.selection.features, s.selection.queries, s.selection.labels))
+    assert abs(100 * base - sel["history"][0]["score"]) < 1e-3
+    # the saved model is the selected weights, the live ones are kept for --resume
+    live = ckpt["extra"]["train_weights"]
+    if sel["best_step"] != 5:
+        assert any(not torch.equal(ckpt["model"][k], live[k]) for k in live)
+    p = _train(*common, "--out", split, "--stop-after", "3")
+    assert p.returncode == 0 and "stopped at step 3" in p.stdout, p.stderr[-2000:]
+    p = _train(*common, "--out", split, "--resume")
+    assert p.returncode == 0, p.stderr[-2000:]
+    again = torch.load(os.path.join(split, "checkpoint.pt"), weights_only=True)
+    assert again["extra"]["selection"] == sel
+    for k in ckpt["model"]:
+        torch.testing.assert_close(again["model"][k], ckpt["model"][k], rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(again["extra"]["train_weights"][k], live[k], rtol=0, atol=0, msg=k)

@@ -106,7 +106,7 @@ def load_model(path: str | Path, backend: str = "auto"):
     if isinstance(state, dict) and str(state.get("format", "")).startswith("hapvr-checkpoint"):
         check_content_digest(state, path, "--checkpoint")
         cfg = state.get("config", {})
-        model = VideoSimilarityModel(cfg.get("pca_dim", 512), cfg.get("k_s", 0.1), cfg.get("k_t", 0.03), backend=backend)
+        model = VideoSimilarityModel.from_config(cfg, backend=backend)
         model.load_state_dict(state["model"])
         return model
     if isinstance(state, dict):

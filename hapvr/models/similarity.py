@@ -4,6 +4,18 @@ features ``[T, 9, 512]`` -> region attention -> spatial TopK-Chamfer (eq. 3) -> 
 ``m_s [T, T']`` -> comparator psi -> Hardtanh -> temporal TopK-Chamfer (eq. 5) -> similarity.
 Only the attention and psi are trainable. Turning both off gives the features-only Chamfer
 baseline.
+
+Two heads:
+
+- ``visil`` (the paper's): ``video = TopK-Chamfer_t(Hardtanh(psi(m_s)))`` over psi's
+  ``[T/4, T'/4]`` output.
+- ``residual`` (hapvr's, the CPU preset's): psi corrects the map instead of replacing it,
+  ``r = m_s + up4(psi(m_s))`` with ``up4`` the nearest-neighbour upsampling back to ``[T, T']``
+  (the ``T mod 4`` last rows and columns get no correction), then ``video =
+  TopK-Chamfer_t(Hardtanh(r))`` over the full map. psi's last layer and the attention's context
+  vector start at 0 (and the attention weights are ``2 sigmoid``), so the untrained model *is*
+  the features-only Chamfer baseline: training starts from the baseline and weight decay pulls
+  back toward it.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ from hapvr.models.attention import RegionAttention
 from hapvr.models.comparator import MIN_FRAMES, FrameComparator
 from hapvr.ops import spatial_topk_chamfer, temporal_topk_chamfer, topk_count
 
+HEADS = ("visil", "residual")
 MAX_TARGET_CHUNK = CHUNK_FRAMES  # frames per target chunk in similarity() (hapvr.batching)
 
 
@@ -60,21 +73,41 @@ class VideoSimilarityModel(nn.Module):
         backend: backend of ``spatial_topk_chamfer``.
         precision: dtype of the spatial similarity GEMMs at inference, ``fp32`` / ``bf16`` /
             ``fp16`` (:mod:`hapvr.precision`); the maps and everything after are fp32.
+        head: ``visil`` (the paper's comparator) or ``residual`` (psi corrects the Chamfer map;
+            the untrained model equals the baseline). See the module's docstring.
     """
 
     def __init__(self, dim: int = 512, k_s: float = 0.1, k_t: float = 0.03, attention: bool = True,
-                 comparator: bool = True, backend: str = "auto", precision: str = "fp32"):
+                 comparator: bool = True, backend: str = "auto", precision: str = "fp32", head: str = "visil"):
         super().__init__()
         from hapvr.precision import precision_dtype
 
         precision_dtype(precision)  # one clear error for a bad name
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
         self.dim = dim
         self.k_s = k_s
         self.k_t = k_t
         self.backend = backend
         self.precision = precision
-        self.attention = RegionAttention(dim) if attention else None
+        self.head = head
+        residual = head == "residual"
+        self.attention = RegionAttention(dim, identity_init=residual) if attention else None
         self.comparator = FrameComparator() if comparator else None
+        if residual and self.comparator is not None:
+            torch.nn.init.zeros_(self.comparator.fconv.weight)
+
+    @classmethod
+    def from_config(cls, cfg: dict, **kwargs) -> "VideoSimilarityModel":
+        """The trained model a checkpoint's ``config`` (or the default model's content) describes;
+        a config without ``head`` is the paper's (checkpoints written before the residual head)."""
+        return cls(cfg.get("pca_dim", 512), cfg.get("k_s", 0.1), cfg.get("k_t", 0.03),
+                   head=cfg.get("head", "visil"), **kwargs)
+
+    @property
+    def raw_frames_per_cell(self) -> int:
+        """Frames per cell of :attr:`SimilarityOutput.raw` on each axis (4 for the paper's head)."""
+        return 1 if self.head == "residual" else 4
 
     @property
     def min_frames(self) -> int:
@@ -129,11 +162,24 @@ class VideoSimilarityModel(nn.Module):
         mask = (torch.arange(T, device=dev)[None, :, None] < ql[:, None, None])[:, None] & \
                (torch.arange(T2, device=dev)[None, None, :] < tl[:, None, None])[None]
         raw, raw_mask = self.comparator(maps.reshape(Bq * Bt, T, T2), mask.reshape(Bq * Bt, T, T2))
+        if self.head == "residual":
+            return self._residual(maps, mask, raw.view(Bq, Bt, *raw.shape[1:]), ql, tl)
         raw = raw.view(Bq, Bt, *raw.shape[1:])
         raw_mask = raw_mask.view(Bq, Bt, *raw_mask.shape[1:])
         video = temporal_topk_chamfer(F.hardtanh(raw), rate=self.k_t,
                                       query_lengths=(ql // 4)[:, None], target_lengths=(tl // 4)[None, :])
         return SimilarityOutput(video, maps, raw, raw_mask, ql, tl)
+
+    def _residual(self, maps, mask, correction, ql, tl) -> SimilarityOutput:
+        # nearest-neighbour upsampling of psi's [T/4, T'/4] output back onto the frames it pooled;
+        # the T mod 4 trailing frames (not covered by a pooled cell) get no correction
+        Bq, Bt, T, T2 = maps.shape
+        up = correction.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
+        up = F.pad(up, (0, T2 - up.shape[3], 0, T - up.shape[2]))
+        raw = (maps + up) * mask
+        video = temporal_topk_chamfer(F.hardtanh(raw), rate=self.k_t, query_lengths=ql[:, None],
+                                      target_lengths=tl[None, :])
+        return SimilarityOutput(video, maps, raw, mask.to(maps.dtype), ql, tl)
 
     @torch.no_grad()
     def similarity(self, query: torch.Tensor, target: torch.Tensor, indexed: bool = False) -> float:

@@ -63,6 +63,7 @@ class TrainConfig:
     # model (paper section 3.2)
     k_s: float = 0.10
     k_t: float = 0.03
+    head: str = "visil"  # visil: the paper's comparator; residual: psi corrects the Chamfer map (starts at the baseline)
     # losses (paper eqs. 6-16, Table 6): the fields of hapvr.losses.HAPVRObjectiveConfig, same names,
     # its (paper) defaults; the CPU preset changes lambda_f only (CPU_OBJECTIVE above)
     lambda_f: float = CPU_OBJECTIVE.lambda_f
@@ -105,6 +106,8 @@ class TrainConfig:
     heatmaps: int = 4  # query/target pairs drawn in the PNG
     benchmark: bool = True  # evaluate on the built-in held-out benchmark
     benchmark_set: str = "builtin"  # builtin (11 queries), test (61, with rendered worlds), validation (60 rendered)
+    select_on: str = "none"  # none: the last weights; validation: the best weights on the validation benchmark
+    select_every: int = 250  # with --select-on validation: score the model every N steps (and at 0 and the end)
 
 
 PRESETS = {
@@ -158,6 +161,10 @@ HELP = {
     "benchmark_set": "builtin: 11 queries from packaged clips and photos (fast); test: those and 50 queries from "
                      "rendered moving worlds (61; report on it); validation: 60 queries from other rendered worlds "
                      "(choose settings on it, never report it)",
+    "select_on": "none: report and save the last weights; validation: score the model on the validation "
+                 "benchmark (60 rendered queries, never reported) at step 0, every --select-every steps and at the "
+                 "end, and report and save the best (mean of mAP and uAP over the three levels)",
+    "select_every": "with --select-on validation: steps between two validation scores",
     "eval_every": "evaluate on the held-out benchmark every N steps (0 = at the end only)",
     "delta_v": "video-level QuadLinear-AP: margin delta of the negatives' linear penalty (paper eq. 9)",
     "rho_v": "video-level QuadLinear-AP: weight rho of the quadratic term (paper eq. 9)",
@@ -178,6 +185,8 @@ HELP = {
     "am_scale": "adaptive margin: how much the teacher's positive-negative gap widens the margin",
     "am_max_margin": "adaptive margin: the largest margin",
     "k_s": "spatial TopK-Chamfer rate: each query region averages the top max(round(k_s R), 1) target regions",
+    "head": "similarity head: visil (the paper's: psi's pooled output replaces the frame map) or residual "
+            "(psi's output is added to the frame map; the untrained model equals the Chamfer baseline)",
     "k_t": "temporal TopK-Chamfer rate: each query frame averages the top max(round(k_t T'), 1) target frames",
     "pca_dim": "dimensions kept by the PCA whitening (the model's feature size)",
     "iterations": "training steps",
@@ -206,9 +215,9 @@ RANGES = {
     "batch_videos": ("int", 2), "lr": ("positive",), "weight_decay": ("nonnegative",), "warmup": ("int", 0),
     "warmup_from": ("in", 0.0, 1.0), "lr_floor": ("in", 0.0, 1.0),
     "ema": ("in", 0.0, 1.0, False, True), "seed": ("int", 0), "threads": ("int", 0), "log_every": ("int", 1),
-    "eval_every": ("int", 0), "checkpoint_every": ("int", 0), "stop_after": ("int", 0), "heatmaps": ("int", 0),
+    "eval_every": ("int", 0), "select_every": ("int", 1), "checkpoint_every": ("int", 0), "stop_after": ("int", 0), "heatmaps": ("int", 0),
 }
-CHOICES = {"benchmark_set": ("builtin", "test", "validation"), "pipeline": ("auto", "cached", "streaming"), "video_loss": VIDEO_LOSSES, "amp": ("bf16", "off"), "backbone": ("efficientnet_lite0", "resnet50"),
+CHOICES = {"head": ("visil", "residual"), "select_on": ("none", "validation"), "benchmark_set": ("builtin", "test", "validation"), "pipeline": ("auto", "cached", "streaming"), "video_loss": VIDEO_LOSSES, "amp": ("bf16", "off"), "backbone": ("efficientnet_lite0", "resnet50"),
            "teacher": ("dinov2_onnx", "dino_vits16", "cnn")}
 
 

@@ -207,7 +207,7 @@ def localization_rows(baseline, model, feats: dict[str, torch.Tensor], partial_f
         model.eval()
         out = model(feats[q][None].float().to(dev), partial_feats[t][None].float().to(dev))
         model.train(was)
-        return torch.nn.functional.hardtanh(out.raw[0, 0]).float().cpu(), 0.25
+        return torch.nn.functional.hardtanh(out.raw[0, 0]).float().cpu(), 1.0 / model.raw_frames_per_cell
 
     neg = negative_pairs(partial, labels) if labels is not None else []
     return {"Chamfer map (compare's, both models)": evaluate_localization(chamfer, partial, negatives=neg),
