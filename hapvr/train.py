@@ -87,7 +87,7 @@ def load_or_build_pool(cfg, info, extractor):
             _log(info, "building the built-in training corpus (pans and zooms over real photos) ...")
             videos = corpus.build_train_videos(corpus.CorpusConfig(), renders=cfg.train_renders)
             group_of = _group_of_default
-        teacher = Teacher(cfg.teacher, cfg.teacher_weights, cache_dir=cfg.cache_dir, backbone=extractor.backbone,
+        teacher = Teacher(cfg.teacher, cfg.teacher_weights, cache_dir=cfg.cache_dir, backbone=extractor,
                           raw_pixels=cfg.teacher_raw_pixels)
         frames = sum(min(v.shape[0], cfg.pool_frames) for v in videos.values()) * cfg.views_per_video
         _log(info, f"caching backbone + teacher features of {len(videos)} videos x {cfg.views_per_video} views "
@@ -357,7 +357,7 @@ def _streaming_data(cfg, info, extractor, ckpt, pca_state):
     paths = list_videos(cfg.data)
     if not paths:
         raise UserError(f"--data {cfg.data}: no videos found (extensions .mp4 .mkv .avi ..., or folders of frames)")
-    teacher = Teacher(cfg.teacher, cfg.teacher_weights, cache_dir=cfg.cache_dir, backbone=extractor.backbone,
+    teacher = Teacher(cfg.teacher, cfg.teacher_weights, cache_dir=cfg.cache_dir, backbone=extractor,
                       raw_pixels=cfg.teacher_raw_pixels)
     from hapvr.cli import cpu_cores
     from hapvr.training.distributed import broadcast_object

@@ -82,6 +82,27 @@ def test_cnn_teacher(extractor):
     v = t(_photo_frames(2))
     assert v.shape == (2, 1280)
     torch.testing.assert_close(v.norm(dim=-1), torch.ones(2))
+    # given the extractor, the teacher runs the backbone its fast way: the same vectors
+    torch.testing.assert_close(Teacher("cnn", backbone=extractor)(_photo_frames(2)), v, atol=1e-5, rtol=0)
+
+
+def test_onnx_runtime_backbone_gives_the_pytorch_features(tmp_path, monkeypatch):
+    """The packaged backbone runs in ONNX Runtime on the CPU (exported once into the cache): the
+    same stage maps and descriptors as PyTorch, on fresh random frames of two sizes."""
+    monkeypatch.setenv("HAPVR_CACHE", str(tmp_path))
+    fast, slow = RegionFeatureExtractor("efficientnet_lite0"), RegionFeatureExtractor("efficientnet_lite0")
+    slow.runtime = "torch"
+    assert fast._onnx_session() is not None and slow._onnx_session() is None
+    assert len(list(tmp_path.glob("efficientnet_lite0-*.onnx"))) == 1
+    for shape in ((5, 3, 224, 224), (2, 3, 256, 320)):
+        x = torch.rand(shape) * 255
+        for a, b in zip(fast.stages(x), slow.stages(x)):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, atol=2e-4 * float(b.abs().max()), rtol=0)
+        torch.testing.assert_close(fast.descriptors(x), slow.descriptors(x), atol=1e-5, rtol=0)
+    # a second extractor reuses the exported file
+    assert RegionFeatureExtractor("efficientnet_lite0")._onnx_session() is not None
+    assert len(list(tmp_path.glob("efficientnet_lite0-*.onnx"))) == 1
 
 
 def test_dinov2_onnx_teacher(tmp_path_factory):

@@ -256,7 +256,7 @@ def networks():
     from hapvr.features import RegionFeatureExtractor, Teacher
 
     extractor = RegionFeatureExtractor("efficientnet_lite0", None, out_dim=32)
-    return extractor, Teacher("cnn", backbone=extractor.backbone)
+    return extractor, Teacher("cnn", backbone=extractor)
 
 
 @pytest.mark.parametrize("teacher_all_views", [False, True])

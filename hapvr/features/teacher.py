@@ -91,8 +91,9 @@ class Teacher:
         elif kind == "cnn":
             if backbone is None:
                 raise ValueError("teacher cnn needs the frozen backbone")
-            self.net = backbone
-            self.dim = backbone.channels[-1]
+            # a RegionFeatureExtractor (its stages() runs the backbone the fast way) or a bare backbone
+            self.net = backbone.stages if hasattr(backbone, "stages") else backbone
+            self.dim = getattr(backbone, "backbone", backbone).channels[-1]
         else:
             raise BackboneError(f"unknown teacher {kind!r}; choose one of {', '.join(TEACHERS)}")
 
