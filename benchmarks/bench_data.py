@@ -162,7 +162,7 @@ def run(args) -> dict:
 
     print("2. where the time goes (backbone, teacher, step on the 0-worker batches)", flush=True)
     extractor = RegionFeatureExtractor(cfg.backbone, None, cfg.pca_dim)
-    teacher = Teacher(args.teacher, cache_dir=default_cache_dir(), backbone=extractor.backbone, threads=args.threads)
+    teacher = Teacher(args.teacher, cache_dir=default_cache_dir(), backbone=extractor, threads=args.threads)
     # the PCA's quality does not change any timing: fit on a small sample
     extractor.fit_pca(stream.pca_sample(paths, extractor, 2, clip_frames=args.clip_frames, fps=args.fps,
                                         seed=args.seed, log=lambda m: None))

@@ -40,7 +40,7 @@ def _load(run: str, bench):
 def main(argv=None) -> int:
     from hapvr.training.config import default_cache_dir
     from hapvr.training.heldout import (LEVEL_LABELS, all_similarities, bootstrap_levels, evaluate_levels,
-                                        intervals_table)
+                                        intervals_table, losses_line, per_query_losses)
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="run folders (each with checkpoint.pt)")
@@ -64,12 +64,7 @@ def main(argv=None) -> int:
             sims[f"baseline {run}"] = all_similarities(baseline, feats, bench.queries, database)
         res = evaluate_levels(sims[run], bench.labels, database)
         base = evaluate_levels(sims[f"baseline {run}"], bench.labels, database)
-        losses[run] = {}
-        ours, theirs = (_per_query_ap(sims[k], bench.labels, database) for k in (run, f"baseline {run}"))
-        for task in LEVEL_LABELS:
-            for q, ap_run in ours[task].items():
-                if ap_run is not None and ap_run < theirs[task][q] - 1e-9:
-                    losses[run].setdefault(q, {})[task] = round(100 * (ap_run - theirs[task][q]), 2)
+        losses[run] = per_query_losses(sims[run], sims[f"baseline {run}"], bench.labels, database)
         print(f"{run} (step {step}): mAP " + " / ".join(f"{100 * res[t].map:.2f}" for t in LEVEL_LABELS)
               + "; baseline " + " / ".join(f"{100 * base[t].map:.2f}" for t in LEVEL_LABELS))
     database = sorted(bench.desc)
@@ -79,9 +74,7 @@ def main(argv=None) -> int:
                               difference=(run, "baseline"), n=args.resamples)
         print("\n" + intervals_table(iv, len(bench.queries), args.resamples))
         out[run] = iv
-        print("queries where it loses to the baseline (AP points): "
-              + ("; ".join(f"{q}: " + ", ".join(f"{t} {d:+.2f}" for t, d in v.items()) for q, v in losses[run].items())
-                 or "none"))
+        print(losses_line(losses[run]))
     for run in args.runs[1:]:
         iv = bootstrap_levels({run: sims[run], args.runs[0]: sims[args.runs[0]]}, bench.labels, database,
                               difference=(run, args.runs[0]), n=args.resamples)
@@ -111,17 +104,6 @@ def _benchmark(args):
     cfg = parse_config(["--benchmark-set", args.benchmark_set, "--cache-dir", args.cache_dir])
     extractor = RegionFeatureExtractor(cfg.backbone, cfg.backbone_weights, cfg.pca_dim)
     return load_or_build_benchmark(cfg, DistInfo(), extractor)
-
-
-def _per_query_ap(sims, labels, database) -> dict[str, dict[str, float | None]]:
-    """``{level: {query: AP}}`` (None for a query without ground truth), the protocol's rankings."""
-    from hapvr import metrics
-    from hapvr.training.heldout import level_rankings
-
-    queries = sorted(sims)
-    return {task: {q: metrics.average_precision(r.scores, r.relevant, r.n_relevant) if r.n_relevant else None
-                   for q, r in zip(queries, rows)}
-            for task, rows in level_rankings(sims, labels, database).items()}
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import torch
 
 
 from hapvr.cli import UserError  # noqa: E402  (re-exported: a problem the user can fix, one error line)
+from hapvr.training.config import train_renders  # noqa: E402
 
 
 def _log(info, *msg):
@@ -58,8 +59,8 @@ def load_or_build_pool(cfg, info, extractor):
         source = dict(data=os.path.abspath(cfg.data), listing=listing, fps=cfg.fps)
     else:
         source = dict(data="builtin", corpus=dataclasses.asdict(corpus.CorpusConfig()))
-        if cfg.train_renders:  # the photos-only corpus keeps the key it always had
-            source["renders"] = cfg.train_renders
+        if train_renders(cfg):  # the photos-only corpus keeps the key it always had
+            source["renders"] = train_renders(cfg)
     key = cache_key(source=source, backbone=cfg.backbone, weights=cfg.backbone_weights, teacher=cfg.teacher,
                     teacher_weights=cfg.teacher_weights, raw=cfg.teacher_raw_pixels, views=cfg.views_per_video,
                     teacher_all=cfg.teacher_all_views,
@@ -85,7 +86,7 @@ def load_or_build_pool(cfg, info, extractor):
             group_of = None
         else:
             _log(info, "building the built-in training corpus (pans and zooms over real photos) ...")
-            videos = corpus.build_train_videos(corpus.CorpusConfig(), renders=cfg.train_renders)
+            videos = corpus.build_train_videos(corpus.CorpusConfig(), renders=train_renders(cfg))
             group_of = _group_of_default
         teacher = Teacher(cfg.teacher, cfg.teacher_weights, cache_dir=cfg.cache_dir, backbone=extractor,
                           raw_pixels=cfg.teacher_raw_pixels)
@@ -194,6 +195,8 @@ def check_config(cfg) -> None:
 
     for name in RANGES:  # a TrainConfig built in Python skips the parser's checks
         value = getattr(cfg, name)
+        if value is None:  # an option whose default is decided at run time (--train-renders)
+            continue
         try:
             _type_of(name, type(value).__name__)(str(value))
         except argparse.ArgumentTypeError as exc:
@@ -620,6 +623,7 @@ def train_loop(s: Session, log: TrainLog) -> tuple[int, float]:
     s.model.train()
     done = s.start_step
     if s.selection is not None and not s.selection.history:
+        s.selection.score_baseline(s.baseline)
         select(s, done)
     for step in bar:
         parts = train_step(s, s.batches.next())
@@ -647,23 +651,26 @@ def select(s: Session, step: int, log: "TrainLog | None" = None) -> None:
     score, res, improved = s.selection.evaluate(s.eval_model, step)
     if log is not None:
         log.benchmark(step, res, "validation")
-    _log(s.info, f"validation at step {step}: score {100 * score:.2f} (mean of mAP/uAP over the levels), "
-                 f"best {100 * s.selection.best_score:.2f} at step {s.selection.best_step}"
-                 f"{' (new best)' if improved else ''}; {time.time() - t0:.0f} s")
+    sel = s.selection
+    best = (f"best {100 * sel.best_score:.2f} at step {sel.best_step}" if sel.best_step >= 0
+            else "no step at or above the baseline yet")
+    below = "" if sel.history[-1]["qualifies"] else " (below the baseline on some figure)"
+    _log(s.info, f"validation at step {step}: score {100 * score:.2f} (mean of mAP/uAP over the levels){below}, "
+                 f"{best}{' (new best)' if improved else ''}; {time.time() - t0:.0f} s")
 
 
 def _selection_report(s: Session) -> str:
     """Prints and returns the validation history with the baseline's row and the selected step."""
-    from hapvr.training.heldout import LEVEL_LABELS, evaluate_model
-    from hapvr.training.selection import history_table, selection_score
+    from hapvr.training.selection import history_table
 
     sel = s.selection
-    res = evaluate_model(s.baseline, sel.features, sel.queries, sel.labels)
-    base = {"score": 100 * selection_score(res), **{f"{m} {t}": 100 * getattr(res[t], m.lower())
-                                                    for m in ("mAP", "uAP") for t in LEVEL_LABELS}}
+    fig = sel.score_baseline(s.baseline)
+    base = {"score": 100 * sum(fig.values()) / len(fig), **{k: 100 * v for k, v in fig.items()}}
+    verdict = (f"step {sel.best_step} selected" if sel.best_step >= 0 else
+               "no scored step was at or above the baseline on every figure: the last weights are reported")
     text = (f"model selection on the validation benchmark ({len(sel.queries)} rendered queries, never reported; "
-            f"score = mean of mAP and uAP over the levels): step {sel.best_step} selected\n"
-            + history_table(sel.history, sel.best_step, base) + "\n\n")
+            f"score = mean of mAP and uAP over the levels, among the steps at or above the baseline on all "
+            f"six): {verdict}\n" + history_table(sel.history, sel.best_step, base) + "\n\n")
     print("\n" + text, end="")
     return text
 
@@ -674,7 +681,8 @@ def report(s: Session) -> tuple[dict, dict]:
     OUT/results.txt and heatmaps.png. Returns ({model: {level: mAP/uAP}}, {"intervals": ...,
     "localization": ...})."""
     from hapvr.training.heldout import (all_similarities, bootstrap_levels, draw_heatmaps, evaluate_levels,
-                                        intervals_table, localization_rows, localization_table, results_table)
+                                        intervals_table, localization_rows, localization_table, losses_line,
+                                        per_query_losses, results_table)
 
     bench, feats = s.bench, s.bench_feats
     model = s.report_model
@@ -693,11 +701,13 @@ def report(s: Session) -> tuple[dict, dict]:
     print(table)
     intervals = bootstrap_levels(sims, bench.labels, database, difference=("trained", "baseline"))
     iv_table = intervals_table(intervals, len(bench.queries))
+    losses = per_query_losses(sims["trained"], sims["baseline"], bench.labels, database)
+    iv_table += "\n" + losses_line(losses)
     print("\n" + iv_table)
     table += "\n\n" + iv_table
     table = pre + table
     results = {name: {t: dataclasses.asdict(r) for t, r in res.items()} for name, res in rows.items()}
-    extra = {**extra, "intervals": {t: {name: {m: dataclasses.asdict(iv) for m, iv in per.items()} for name, per in x.items()}
+    extra = {**extra, "losses": losses, "intervals": {t: {name: {m: dataclasses.asdict(iv) for m, iv in per.items()} for name, per in x.items()}
                            for t, x in intervals.items()}}
     if bench.partial:
         partial_feats = {k: whiten_cpu(s.extractor, v) for k, v in bench.partial_desc.items()}

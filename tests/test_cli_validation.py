@@ -204,6 +204,9 @@ def train_cases(d):
         ("lr floor above 1", [*run, "--lr-floor", "1.5"], "--lr-floor"),
         ("train-renders with data", [*run, "--train-renders", "2", "--data", d / "videos"], "--train-renders"),
         ("unknown benchmark set", [*run, "--benchmark-set", "holdout"], "--benchmark-set"),
+        ("unknown head", [*run, "--head", "resnet"], "--head"),
+        ("unknown selection set", [*run, "--select-on", "test"], "--select-on"),
+        ("select every 0 steps", [*run, "--select-every", "0"], "--select-every"),
     ]
 
 

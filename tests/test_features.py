@@ -84,6 +84,10 @@ def test_cnn_teacher(extractor):
     torch.testing.assert_close(v.norm(dim=-1), torch.ones(2))
     # given the extractor, the teacher runs the backbone its fast way: the same vectors
     torch.testing.assert_close(Teacher("cnn", backbone=extractor)(_photo_frames(2)), v, atol=1e-5, rtol=0)
+    # and a view pool takes descriptors and teacher vectors from one backbone pass: the same values
+    d, t = extractor.descriptors_and_frame_vectors(_photo_frames(2))
+    torch.testing.assert_close(d, extractor.descriptors(_photo_frames(2)), atol=0, rtol=0)
+    torch.testing.assert_close(t, v, atol=1e-5, rtol=0)
 
 
 def test_onnx_runtime_backbone_gives_the_pytorch_features(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--teacher", "cnn", "--benchmark", "false", "--views-per-video", "2", "--batch-videos", "3", "--clip-frames", "6", "--pool-frames", "8",
+TINY = ["--teacher", "cnn", "--benchmark", "false", "--select-on", "none", "--views-per-video", "2", "--batch-videos", "3", "--clip-frames", "6", "--pool-frames", "8",
         "--log-every", "1", "--warmup", "2", "--lr", "1e-3", "--threads", "1"]
 
 
@@ -203,7 +203,7 @@ def replay_ranks(args, world, gather=False, steps=2):
     pca.load_state_dict(pca_state)
     fpool = FeaturePool(pool, pca)
     torch.manual_seed(cfg.seed)
-    model = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t)
+    model = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t, head=cfg.head)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     objective = build_objective(cfg)
@@ -356,8 +356,16 @@ def test_presets_paper_table_6_and_cpu_overrides():
     release = dict(frame_self_pairs=True, warmup_from=0.01, lr_floor=0.1, lambda_nce=1.0, lambda_reg=1.0,
                    video_loss="quadlinear_ap", clip_frames=28)
     assert {k: getattr(paper, k) for k in release} == release
+    assert (paper.head, paper.select_on, paper.benchmark_set) == ("visil", "none", "builtin")
     cpu = parse_config([])
     assert cpu.lambda_f == 10.0 and cpu.iterations == 1000 and cpu.batch_videos == 8
+    # the CPU preset's model and data (docs/train.md, judged on the validation benchmark)
+    assert (cpu.head, cpu.select_on, cpu.benchmark_set, cpu.teacher, cpu.lr) == ("residual", "validation", "test", "cnn", 6e-3)
+    from hapvr.training.config import train_renders
+
+    assert train_renders(cpu) == 24 and train_renders(paper) == 0
+    assert train_renders(parse_config(["--data", "videos"])) == 0  # rendered worlds only join the built-in corpus
+    assert train_renders(parse_config(["--train-renders", "5"])) == 5
     assert parse_config(["--preset", "paper", "--lambda-f", "2"]).lambda_f == 2.0  # flags beat presets
 
 
@@ -411,8 +419,8 @@ def test_selection_on_validation_keeps_the_best_weights_and_resumes(data, tmp_pa
     monkeypatch.setattr(corpus, "VALIDATION_QUERIES", 4)
     root, _ = data
     cache = str(tmp_path / "cache")  # its own cache: the 4-query validation set is keyed like the full one
-    common = ["--data", root, "--cache-dir", cache, "--iterations", "5", "--head", "residual", "--select-on",
-              "validation", "--select-every", "2", *TINY]
+    common = ["--data", root, "--cache-dir", cache, "--iterations", "5", *TINY, "--head", "residual", "--select-on",
+              "validation", "--select-every", "2"]
     full, split = str(tmp_path / "full"), str(tmp_path / "split")
     train.run(parse_config([*common, "--out", full]))
     ckpt = torch.load(os.path.join(full, "checkpoint.pt"), weights_only=True)

@@ -39,9 +39,23 @@ class RegionFeatureExtractor(nn.Module):
         return torch.cat(out) if out else frames.new_zeros((0, 9, self.in_dim))
 
     @torch.inference_mode()
+    def descriptors_and_frame_vectors(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`descriptors` and, from the same backbone pass, the ``cnn`` teacher's frame vectors
+        (:func:`hapvr.features.teacher.cnn_frame_vectors` of the last stage)."""
+        from hapvr.features.teacher import cnn_frame_vectors
+
+        descs, vecs = [], []
+        for start in range(0, frames.shape[0], self.batch_size):
+            maps = self.stages(frames[start:start + self.batch_size])
+            descs.append(region_descriptors(maps))
+            vecs.append(cnn_frame_vectors(maps[-1]))
+        return torch.cat(descs), torch.cat(vecs)
+
+    @torch.inference_mode()
     def stages(self, frames: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's stage maps of one batch of frames (ONNX Runtime or PyTorch, see :attr:`runtime`)."""
-        session = self._onnx_session() if not frames.is_cuda else None
+        # ONNX Runtime runs fp32 only: under autocast (extract --precision bf16) PyTorch runs it
+        session = None if frames.is_cuda or torch.is_autocast_enabled("cpu") else self._onnx_session()
         if session is not None:
             return [torch.from_numpy(x) for x in session.run(None, {"frames": frames.float().contiguous().numpy()})]
         return self.backbone(frames.float().contiguous(memory_format=torch.channels_last))

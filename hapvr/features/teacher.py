@@ -57,6 +57,11 @@ def cut_dinov2_backbone(cache_dir: str) -> str:
     return dst
 
 
+def cnn_frame_vectors(last_stage: torch.Tensor) -> torch.Tensor:
+    """The ``cnn`` teacher's frame vectors: the backbone's last stage, averaged over space, L2."""
+    return F.normalize(last_stage.mean((2, 3)), dim=-1)
+
+
 class Teacher:
     """Callable ``frames [B, 3, 224, 224] (0..255) -> [B, D']`` L2-normalised frame vectors."""
 
@@ -93,6 +98,8 @@ class Teacher:
                 raise ValueError("teacher cnn needs the frozen backbone")
             # a RegionFeatureExtractor (its stages() runs the backbone the fast way) or a bare backbone
             self.net = backbone.stages if hasattr(backbone, "stages") else backbone
+            # with the extractor itself, a view pool gets both from one backbone pass
+            self.extractor = backbone if hasattr(backbone, "descriptors_and_frame_vectors") else None
             self.dim = getattr(backbone, "backbone", backbone).channels[-1]
         else:
             raise BackboneError(f"unknown teacher {kind!r}; choose one of {', '.join(TEACHERS)}")
@@ -100,7 +107,7 @@ class Teacher:
     @torch.no_grad()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         if self.kind == "cnn":
-            return F.normalize(self.net(frames)[-1].mean((2, 3)), dim=-1)
+            return cnn_frame_vectors(self.net(frames)[-1])
         x = frames if self.raw_pixels else _imagenet_normalise(frames)
         if self.kind == "dinov2_onnx":
             tokens = self.session.run(None, {"input_image": x.float().contiguous().numpy()})[0]

@@ -29,6 +29,17 @@ def objective_config(cfg) -> HAPVRObjectiveConfig:
                                    if f.name not in NOT_TRAINING_OPTIONS})
 
 
+DEFAULT_RENDERS = 24  # rendered training worlds the built-in corpus gets unless --train-renders says otherwise
+
+
+def train_renders(cfg) -> int:
+    """Rendered training videos of a run: ``--train-renders`` if given, else 24 with the built-in
+    corpus and none with ``--data``."""
+    if cfg.train_renders is not None:
+        return cfg.train_renders
+    return 0 if cfg.data else DEFAULT_RENDERS
+
+
 def default_cache_dir() -> str:
     return os.environ.get("HAPVR_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hapvr"))
 
@@ -44,7 +55,7 @@ class TrainConfig:
     cache_budget_gb: float = 8.0  # auto: stream when the cached pool of --data would exceed this
     workers: int = 1  # streaming: DataLoader processes decoding and augmenting (0 = in the training process)
     pca_videos: int = 300  # streaming: videos whose weak clips fit the PCA whitening (ResNet-50: ~1.2 GB of descriptors)
-    train_renders: int = 0  # built-in corpus: add this many videos of rendered moving worlds
+    train_renders: int | None = None  # None: DEFAULT_RENDERS with the built-in corpus, 0 with --data; built-in corpus: add this many videos of rendered moving worlds
     views_per_video: int = 4  # cached augmented views per video (1 weak + the rest strong)
     pool_frames: int = 32  # frames cached per view (a window of longer videos)
     clip_frames: int = 16  # frames per training clip (paper: 28)
@@ -54,7 +65,7 @@ class TrainConfig:
     # features
     backbone: str = "efficientnet_lite0"
     backbone_weights: str | None = None
-    teacher: str = "dinov2_onnx"
+    teacher: str = "cnn"  # CPU preset: the backbone's own frame vectors (data preparation within 3 min; docs/train.md)
     teacher_weights: str | None = None
     teacher_raw_pixels: bool = False  # feed 0..255 pixels to the teacher (the predecessor's bug)
     teacher_all_views: bool = False  # run the teacher on every view (True) or on the weak view only
@@ -63,7 +74,7 @@ class TrainConfig:
     # model (paper section 3.2)
     k_s: float = 0.10
     k_t: float = 0.03
-    head: str = "visil"  # visil: the paper's comparator; residual: psi corrects the Chamfer map (starts at the baseline)
+    head: str = "residual"  # visil: the paper's comparator; residual: psi corrects the Chamfer map (starts at the baseline)
     # losses (paper eqs. 6-16, Table 6): the fields of hapvr.losses.HAPVRObjectiveConfig, same names,
     # its (paper) defaults; the CPU preset changes lambda_f only (CPU_OBJECTIVE above)
     lambda_f: float = CPU_OBJECTIVE.lambda_f
@@ -86,7 +97,7 @@ class TrainConfig:
     # optimisation
     iterations: int = 1000
     batch_videos: int = 8  # videos per step; two clips each (paper: 64)
-    lr: float = 2e-4
+    lr: float = 6e-3  # the residual head (psi's last layer starts at 0) needs a larger step than the paper's head
     weight_decay: float = 1e-2
     warmup: int = 20
     warmup_from: float = 0.01  # warm-up starts at this fraction of lr (the release's timm scheduler)
@@ -105,14 +116,14 @@ class TrainConfig:
     stop_after: int = 0  # end this run after N steps (checkpointed; --resume continues); 0 = run to the end
     heatmaps: int = 4  # query/target pairs drawn in the PNG
     benchmark: bool = True  # evaluate on the built-in held-out benchmark
-    benchmark_set: str = "builtin"  # builtin (11 queries), test (61, with rendered worlds), validation (60 rendered)
-    select_on: str = "none"  # none: the last weights; validation: the best weights on the validation benchmark
-    select_every: int = 250  # with --select-on validation: score the model every N steps (and at 0 and the end)
+    benchmark_set: str = "test"  # builtin (11 queries), test (61, with rendered worlds), validation (60 rendered)
+    select_on: str = "validation"  # none: the last weights; validation: the best weights on the validation benchmark
+    select_every: int = 200  # with --select-on validation: score the model every N steps (and at 0 and the end)
 
 
 PRESETS = {
     "cpu": {},
-    "paper": dict(pipeline="streaming", workers=8, clip_frames=28, pool_frames=64, lambda_f=HAPVRObjectiveConfig().lambda_f, backbone="resnet50", teacher="dino_vits16", teacher_all_views=True,
+    "paper": dict(head="visil", select_on="none", train_renders=0, benchmark_set="builtin", pipeline="streaming", workers=8, clip_frames=28, pool_frames=64, lambda_f=HAPVRObjectiveConfig().lambda_f, backbone="resnet50", teacher="dino_vits16", teacher_all_views=True,
                   iterations=30000, batch_videos=64, lr=4e-5, weight_decay=1e-2, warmup=1000, amp="bf16", checkpoint_every=1000,
                   eval_every=5000, log_every=50),
 }
@@ -129,7 +140,8 @@ HELP = {
     "pca_videos": "streaming: videos whose weak clips fit the PCA whitening (without --pca or --resume)",
     "views_per_video": "augmented views cached per video (backbone+teacher run once on each)",
     "train_renders": "built-in corpus only: add this many videos of rendered moving worlds (sprites, scrolling "
-                     "screens; seeds disjoint from the benchmarks') to the 23 photo pans",
+                     "screens; seeds disjoint from the benchmarks') to the 23 photo pans (default: 24 with the "
+                     "built-in corpus; none with --data)",
     "pool_frames": "frames cached per view",
     "clip_frames": "frames per training clip",
     "clip_shift": "the two clips of a video start up to this fraction of the clip length apart "

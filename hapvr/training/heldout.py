@@ -118,6 +118,33 @@ def all_similarities(model, features: dict[str, torch.Tensor], queries: list[str
     return sims
 
 
+def per_query_ap(sims, labels, database) -> dict[str, dict[str, float | None]]:
+    """``{level: {query: AP}}`` (None for a query without ground truth), the protocol's rankings."""
+    from hapvr import metrics
+
+    queries = sorted(sims)
+    return {task: {q: metrics.average_precision(r.scores, r.relevant, r.n_relevant) if r.n_relevant else None
+                   for q, r in zip(queries, rows)}
+            for task, rows in level_rankings(sims, labels, database).items()}
+
+
+def per_query_losses(sims, base_sims, labels, database) -> dict[str, dict[str, float]]:
+    """``{query: {level: AP points lost}}``: the levels where ``sims`` ranks a query's relevant
+    videos worse than ``base_sims`` (the baseline) does."""
+    ours, theirs = per_query_ap(sims, labels, database), per_query_ap(base_sims, labels, database)
+    out = {}
+    for task in LEVEL_LABELS:
+        for q, ap in ours[task].items():
+            if ap is not None and ap < theirs[task][q] - 1e-9:
+                out.setdefault(q, {})[task] = round(100 * (ap - theirs[task][q]), 2)
+    return out
+
+
+def losses_line(losses: dict[str, dict[str, float]]) -> str:
+    return "queries where it loses to the baseline (AP points): " + (
+        "; ".join(f"{q}: " + ", ".join(f"{t} {d:+.2f}" for t, d in v.items()) for q, v in losses.items()) or "none")
+
+
 def evaluate_model(model, features, queries, labels) -> dict[str, LevelResult]:
     database = sorted(features)
     return evaluate_levels(all_similarities(model, features, queries, database), labels, database)

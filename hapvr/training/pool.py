@@ -120,11 +120,13 @@ def build_view_pool(videos: dict[str, torch.Tensor], extractor, teacher, views_p
                 if sv.mixed_with is not None:
                     mixed[i, k] = sv.mixed_with
             n = x.shape[0]
-            desc[i, k, :n] = extractor.descriptors(x).half()
-            if k == 0 or teacher_on_all_views:
-                tfeat[i, k, :n] = teacher(x.float()).half()
+            needs_teacher = k == 0 or teacher_on_all_views
+            if needs_teacher and getattr(teacher, "extractor", None) is extractor:
+                d, t = extractor.descriptors_and_frame_vectors(x)  # the cnn teacher: one backbone pass
+                desc[i, k, :n], tfeat[i, k, :n] = d.half(), t.half()
             else:
-                tfeat[i, k, :n] = tfeat[i, 0, :n]
+                desc[i, k, :n] = extractor.descriptors(x).half()
+                tfeat[i, k, :n] = teacher(x.float()).half() if needs_teacher else tfeat[i, 0, :n]
             if progress is not None:
                 progress(n)
     return ViewPool(ids, desc, tfeat, lengths, mixed)

@@ -345,7 +345,7 @@ class FrozenNetworks:
         self.extractor = extractor.to(self.device).eval()
         self.teacher = teacher
         self.teacher_device = torch.device("cpu") if getattr(teacher, "session", None) is not None else self.device
-        if getattr(teacher, "net", None) is not None:
+        if isinstance(getattr(teacher, "net", None), torch.nn.Module):  # the cnn teacher may be the extractor's
             teacher.net.to(self.teacher_device)
         self.autocast = self.device.type == "cuda" and amp == "bf16"
         self.seconds = {"backbone": 0.0, "teacher": 0.0}
