@@ -119,6 +119,8 @@ def load_or_build_benchmark(cfg, info, extractor, split: str | None = None):
     if split != "builtin":  # the built-in set keeps the key it always had
         parts.update(split=split, renders=corpus.RENDER_FRAMES)
     path = os.path.join(cfg.cache_dir, f"benchmark-{cache_key(**parts)}.pt")
+    from hapvr.training.distributed import barrier
+
     if info.main and not os.path.isfile(path):
         t0 = time.time()
         _log(info, f"building the held-out benchmark ({split}: "
@@ -127,18 +129,17 @@ def load_or_build_benchmark(cfg, info, extractor, split: str | None = None):
         try:
             bench = corpus.build_benchmark(corpus.CorpusConfig(), split)
         except MediaError as exc:
-            if cfg.data:
-                _log(info, f"no benchmark: {exc}")
-                return None
-            raise
-        frames = sum(v.shape[0] for v in [*bench.videos.values(), *bench.partial_videos.values()])
-        with _progress(info, frames, "benchmark") as bar:
-            feats = build_benchmark_features(bench, extractor, progress=bar.update)
-        atomic_save(feats.state(), path)
-        _log(info, f"cached {path} ({time.time() - t0:.0f} s)")
-    from hapvr.training.distributed import barrier
-
-    barrier(info)
+            if not cfg.data:
+                raise
+            _log(info, f"no benchmark: {exc}")
+            bench = None
+        if bench is not None:
+            frames = sum(v.shape[0] for v in [*bench.videos.values(), *bench.partial_videos.values()])
+            with _progress(info, frames, "benchmark") as bar:
+                feats = build_benchmark_features(bench, extractor, progress=bar.update)
+            atomic_save(feats.state(), path)
+            _log(info, f"cached {path} ({time.time() - t0:.0f} s)")
+    barrier(info)  # every rank, on every path: the next collective must pair with the same one
     if not os.path.isfile(path):
         return None
     return BenchmarkFeatures(**_load_cache(path))
@@ -209,6 +210,9 @@ def check_config(cfg) -> None:
     if cfg.train_renders and cfg.data:
         raise UserError("--train-renders adds rendered videos to the built-in corpus; it does nothing with --data "
                         "(drop one of them)")
+    if cfg.select_on == "validation" and cfg.benchmark and cfg.benchmark_set == "validation":
+        print("note: --select-on validation with --benchmark-set validation reports figures selected on the same "
+              "set (optimistic); report on --benchmark-set test", file=sys.stderr)
     if cfg.video_loss == "adaptive_margin" and cfg.gather_negatives:
         raise UserError("--video-loss adaptive_margin does not support --gather-negatives (its margins need the "
                         "teacher vectors of every rank's clips); drop one of them")
@@ -408,6 +412,17 @@ def _load_pca(cfg, extractor):
         raise UserError(f"--pca {exc}") from None
 
 
+def _check_resumed_model(cfg, saved: dict, path: str) -> None:
+    """--resume continues the model the checkpoint holds: its head and sizes must be the run's
+    (both heads have the same parameter names, so a mismatch would load without an error)."""
+    defaults = {"head": "visil", "pca_dim": 512, "k_s": 0.1, "k_t": 0.03}  # checkpoints before an option existed
+    for name, default in defaults.items():
+        if saved.get(name, default) != getattr(cfg, name):
+            raise UserError(f"--resume: {path} was trained with --{name.replace('_', '-')} {saved.get(name, default)}, "
+                            f"this run asks for {getattr(cfg, name)}; pass --{name.replace('_', '-')} "
+                            f"{saved.get(name, default)} to continue it, or start a new run in another --out")
+
+
 def setup(cfg) -> Session:
     """Device and process group, backbone, data (cached pool and benchmark), PCA, model, optimiser,
     schedule and sampler, resumed from OUT/checkpoint.pt with --resume."""
@@ -439,6 +454,8 @@ def setup(cfg) -> Session:
         ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
+    if ckpt is not None:
+        _check_resumed_model(cfg, ckpt.get("config") or {}, ckpt_path)
     pipeline = choose_pipeline(cfg, info, extractor, ckpt["extra"].get("pipeline") if ckpt is not None else None)
     pool, skipped = load_or_build_pool(cfg, info, extractor) if pipeline == "cached" else (None, [])
     bench = load_or_build_benchmark(cfg, info, extractor) if cfg.benchmark else None
@@ -480,8 +497,8 @@ def setup(cfg) -> Session:
     if ckpt is not None:
         live = ckpt["extra"].get("train_weights")
         model.load_state_dict(ckpt["model"] if live is None else live)
-        if ema is not None:
-            ema.load_state_dict(ckpt["extra"].get("ema_weights", ckpt["model"]))
+        if ema is not None:  # the average; a selecting run without one restarts it from the live weights
+            ema.load_state_dict(ckpt["extra"].get("ema_weights", live if "selection" in ckpt["extra"] else ckpt["model"]))
         if selection is not None and "selection" in ckpt["extra"]:
             selection.restore(ckpt["extra"]["selection"], ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])

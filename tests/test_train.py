@@ -447,3 +447,18 @@ def test_selection_on_validation_keeps_the_best_weights_and_resumes(data, tmp_pa
     for k in ckpt["model"]:
         torch.testing.assert_close(again["model"][k], ckpt["model"][k], rtol=0, atol=0, msg=k)
         torch.testing.assert_close(again["extra"]["train_weights"][k], live[k], rtol=0, atol=0, msg=k)
+
+
+def test_resume_refuses_another_head(data, tmp_path):
+    """Both heads have the same parameter names, so a checkpoint of one would load into the other
+    without an error: --resume names the mismatch instead."""
+    root, cache = data
+    out = str(tmp_path / "run")
+    common = ["--data", root, "--cache-dir", cache, "--out", out, "--iterations", "2", *TINY]
+    p = _train(*common, "--head", "visil", "--stop-after", "1")
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = _train(*common, "--resume")  # the CPU preset's head is residual
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "--resume" in p.stderr and "--head visil" in p.stderr
+    p = _train(*common, "--head", "visil", "--resume")
+    assert p.returncode == 0, p.stderr[-2000:]

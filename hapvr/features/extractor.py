@@ -51,18 +51,20 @@ class RegionFeatureExtractor(nn.Module):
             maps = self.stages(frames[start:start + step])
             descs.append(region_descriptors(maps))
             vecs.append(cnn_frame_vectors(maps[-1]))
+        if not descs:
+            return frames.new_zeros((0, 9, self.in_dim)), frames.new_zeros((0, self.backbone.channels[-1]))
         return torch.cat(descs), torch.cat(vecs)
 
     def _step(self, frames: torch.Tensor) -> int:
         # ONNX Runtime: twice the batch (a 24-frame view in one call: 11 % more frames a second here)
-        on_ort = not frames.is_cuda and not torch.is_autocast_enabled("cpu") and self._onnx_session() is not None
+        on_ort = frames.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and self._onnx_session() is not None
         return 2 * self.batch_size if on_ort else self.batch_size
 
     @torch.inference_mode()
     def stages(self, frames: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's stage maps of one batch of frames (ONNX Runtime or PyTorch, see :attr:`runtime`)."""
         # ONNX Runtime runs fp32 only: under autocast (extract --precision bf16) PyTorch runs it
-        session = None if frames.is_cuda or torch.is_autocast_enabled("cpu") else self._onnx_session()
+        session = None if frames.device.type != "cpu" or torch.is_autocast_enabled("cpu") else self._onnx_session()
         if session is not None:
             return [torch.from_numpy(x) for x in session.run(None, {"frames": frames.float().contiguous().numpy()})]
         return self.backbone(frames.float().contiguous(memory_format=torch.channels_last))
@@ -89,14 +91,16 @@ class RegionFeatureExtractor(nn.Module):
             return None
         try:
             path = export_backbone_onnx(self.backbone, self.backbone_name)
-        except Exception as exc:  # export trouble is never fatal: PyTorch gives the same features
-            warnings.warn(f"ONNX export of the backbone failed ({exc}); running it in PyTorch")
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            # no busy-waiting between calls: PyTorch shares these cores (streaming training)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # export or load trouble is never fatal: PyTorch gives the same features
+            warnings.warn(f"ONNX Runtime cannot run the backbone ({exc}); running it in PyTorch")
             return None
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self._session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         return self._session
 
     def fit_pca(self, descriptors: torch.Tensor) -> None:

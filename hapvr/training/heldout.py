@@ -237,9 +237,10 @@ def localization_rows(baseline, model, feats: dict[str, torch.Tensor], partial_f
         return torch.nn.functional.hardtanh(out.raw[0, 0]).float().cpu(), 1.0 / model.raw_frames_per_cell
 
     neg = negative_pairs(partial, labels) if labels is not None else []
+    # the residual head's output is the Chamfer map corrected: the Chamfer map's parameters
+    preset = PRESETS["chamfer" if getattr(model, "head", "visil") == "residual" else "trained"]
     return {"Chamfer map (compare's, both models)": evaluate_localization(chamfer, partial, negatives=neg),
-            "HAP-VR comparator output": evaluate_localization(comparator, partial, negatives=neg,
-                                                              **PRESETS["trained"])}
+            "HAP-VR comparator output": evaluate_localization(comparator, partial, negatives=neg, **preset)}
 
 
 def localization_table(rows: dict[str, LocalizationResult]) -> str:
@@ -291,8 +292,9 @@ def draw_heatmaps(path: str, baseline, model, features, thumbs, pairs: list[tupl
             else:
                 im = ax.imshow(img, cmap="viridis", vmin=-1 if c == 4 else None, vmax=1 if c == 4 else None)
                 fig.colorbar(im, ax=ax, fraction=0.046)
-                ax.set_xlabel("target frame" if c < 4 else "target step")
-                ax.set_ylabel("query frame" if c < 4 else "query step")
+                step = c < 4 or getattr(model, "raw_frames_per_cell", 4) == 1
+                ax.set_xlabel("target frame" if step else "target step")
+                ax.set_ylabel("query frame" if step else "query step")
             ax.set_title(title[:40], fontsize=8)
             if c < 2:
                 ax.axis("off")

@@ -77,12 +77,13 @@ class Selection:
 
     def state(self) -> dict:
         """What a checkpoint keeps (the weights themselves are the checkpoint's model)."""
-        return {"best_step": self.best_step, "best_score": self.best_score, "history": list(self.history),
+        return {"best_step": self.best_step, "best_score": self.best_score if self.best_step >= 0 else None,
+                "history": list(self.history),
                 "baseline": self.baseline}
 
     def restore(self, state: dict, weights: dict) -> None:
         self.best_step = int(state["best_step"])
-        self.best_score = float(state["best_score"])
+        self.best_score = float("-inf") if state["best_score"] is None else float(state["best_score"])
         self.history = list(state["history"])
         self.baseline = state.get("baseline")
         self.best_state = {k: v.clone() for k, v in weights.items()} if self.best_step >= 0 else None
