@@ -11,7 +11,6 @@ and their ratio are printed and appended with the date, machine, load and comman
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -24,18 +23,29 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     import torch
 
+    from hapvr import cli
     from hapvr.features import RegionFeatureExtractor
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--frames", type=int, default=64)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--json", default=os.path.join(HERE, "results", "backbone.json"))
+    ap = cli.ArgumentParser(prog="python benchmarks/bench_backbone.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=cli.int_at_least(1), default=64, help="random frames per measurement")
+    ap.add_argument("--size", type=cli.int_at_least(32), default=224, help="frame side in pixels")
+    ap.add_argument("--threads", type=cli.int_at_least(0), default=0, help="torch and ONNX Runtime threads (0 = all cores)")
+    ap.add_argument("--repeats", type=cli.int_at_least(1), default=5, help="timed runs of each runtime")
+    ap.add_argument("--json", default=os.path.join(HERE, "results", "backbone.json"),
+                    help="results history (a JSON list) the record is appended to")
     args = ap.parse_args(argv)
+    cli.output_file(args.json, "--json")
+    history = []
+    if os.path.isfile(args.json):
+        try:
+            history = json.load(open(args.json))
+        except (OSError, ValueError) as exc:
+            raise cli.UserError(f"--json {args.json}: not a readable JSON file ({exc})") from None
+        if not isinstance(history, list):
+            raise cli.UserError(f"--json {args.json}: expected a JSON list of earlier records")
     if args.threads:
         torch.set_num_threads(args.threads)
     frames = torch.rand(args.frames, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)) * 255
@@ -65,11 +75,16 @@ def main(argv=None) -> int:
                   command="python benchmarks/bench_backbone.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   frames=args.frames, size=args.size, fps={k: round(v, 1) for k, v in fps.items()},
                   ratio=round(fps["onnxruntime"] / fps["torch"], 2), max_difference=diff)
-    history = json.load(open(args.json)) if os.path.isfile(args.json) else []
     history.append(record)
     with open(args.json, "w") as f:
         json.dump(history, f, indent=1)
     return 0
+
+
+def main(argv=None) -> int:
+    from hapvr.cli import run_main
+
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

@@ -443,11 +443,11 @@ def setup(cfg) -> Session:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_start = time.time()
-    os.makedirs(cfg.out, exist_ok=True)
     try:
         extractor = RegionFeatureExtractor(cfg.backbone, cfg.backbone_weights, cfg.pca_dim)
     except BackboneError as exc:
         raise UserError(str(exc)) from None
+    os.makedirs(cfg.out, exist_ok=True)  # once the backbone is known to load: no empty run folder
     pca_state = _load_pca(cfg, extractor)
     ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
     try:  # read (as data) and checked before the long data preparation

@@ -104,6 +104,15 @@ def test_onnx_runtime_backbone_gives_the_pytorch_features(tmp_path, monkeypatch)
             assert a.shape == b.shape
             torch.testing.assert_close(a, b, atol=2e-4 * float(b.abs().max()), rtol=0)
         torch.testing.assert_close(fast.descriptors(x), slow.descriptors(x), atol=1e-5, rtol=0)
+    # the environment variable chooses, and a wrong value is one clear error
+    monkeypatch.setenv("HAPVR_BACKBONE_RUNTIME", "torch")
+    assert RegionFeatureExtractor("efficientnet_lite0")._onnx_session() is None
+    monkeypatch.setenv("HAPVR_BACKBONE_RUNTIME", "onnx")
+    from hapvr.cli import UserError
+
+    with pytest.raises(UserError, match="HAPVR_BACKBONE_RUNTIME must be one of auto, torch, got 'onnx'"):
+        RegionFeatureExtractor("efficientnet_lite0")
+    monkeypatch.delenv("HAPVR_BACKBONE_RUNTIME")
     # a second extractor reuses the exported file
     assert RegionFeatureExtractor("efficientnet_lite0")._onnx_session() is not None
     assert len(list(tmp_path.glob("efficientnet_lite0-*.onnx"))) == 1

@@ -27,6 +27,7 @@ class RegionFeatureExtractor(nn.Module):
         super().__init__()
         self.backbone_name = backbone
         self.weights = weights
+        self.runtime = backbone_runtime()
         self.backbone = build_backbone(backbone, weights).to(memory_format=torch.channels_last)
         self.in_dim = sum(self.backbone.channels)
         self.pca = PCAWhitening(self.in_dim, out_dim)
@@ -71,8 +72,9 @@ class RegionFeatureExtractor(nn.Module):
 
     #: ``auto``: the packaged EfficientNet-Lite0 runs in ONNX Runtime on the CPU (3.9x the frames a
     #: second of eager PyTorch on a 2-core machine, same features to 1e-5, benchmarks/bench_backbone.py),
-    #: everything else in PyTorch; ``torch``: always PyTorch. Environment: ``HAPVR_BACKBONE_RUNTIME``.
-    runtime = os.environ.get("HAPVR_BACKBONE_RUNTIME", "auto")
+    #: everything else in PyTorch; ``torch``: always PyTorch. Set per extractor from the environment
+    #: variable ``HAPVR_BACKBONE_RUNTIME`` (default ``auto``).
+    runtime = "auto"
     _session = None
 
     def _onnx_session(self):
@@ -111,6 +113,19 @@ class RegionFeatureExtractor(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.whiten(self.descriptors(frames))
+
+
+RUNTIMES = ("auto", "torch")
+
+
+def backbone_runtime() -> str:
+    """``HAPVR_BACKBONE_RUNTIME`` (``auto`` when unset); another value is one clear error."""
+    from hapvr.cli import UserError
+
+    value = os.environ.get("HAPVR_BACKBONE_RUNTIME", "") or "auto"
+    if value not in RUNTIMES:
+        raise UserError(f"HAPVR_BACKBONE_RUNTIME must be one of {', '.join(RUNTIMES)}, got {value!r}")
+    return value
 
 
 def export_backbone_onnx(backbone: nn.Module, name: str) -> str:

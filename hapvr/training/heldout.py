@@ -292,9 +292,9 @@ def draw_heatmaps(path: str, baseline, model, features, thumbs, pairs: list[tupl
             else:
                 im = ax.imshow(img, cmap="viridis", vmin=-1 if c == 4 else None, vmax=1 if c == 4 else None)
                 fig.colorbar(im, ax=ax, fraction=0.046)
-                step = c < 4 or getattr(model, "raw_frames_per_cell", 4) == 1
-                ax.set_xlabel("target frame" if step else "target step")
-                ax.set_ylabel("query frame" if step else "query step")
+                per_frame = c < 4 or getattr(model, "raw_frames_per_cell", 4) == 1
+                ax.set_xlabel("target frame" if per_frame else "target step")
+                ax.set_ylabel("query frame" if per_frame else "query step")
             ax.set_title(title[:40], fontsize=8)
             if c < 2:
                 ax.axis("off")

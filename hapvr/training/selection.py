@@ -22,7 +22,8 @@ from hapvr.training.heldout import LEVEL_LABELS
 
 def selection_score(results: dict) -> float:
     """Mean of mAP and uAP over the three levels (``{level: LevelResult}``), in [0, 1]."""
-    return sum(results[t].map + results[t].uap for t in LEVEL_LABELS) / (2 * len(LEVEL_LABELS))
+    six = figures(results)
+    return sum(six.values()) / len(six)
 
 
 @dataclass
