@@ -22,7 +22,7 @@ import torch
 
 
 from hapvr.cli import UserError  # noqa: E402  (re-exported: a problem the user can fix, one error line)
-from hapvr.training.config import train_renders  # noqa: E402
+from hapvr.training.config import sibling_videos, train_renders  # noqa: E402
 
 
 def _log(info, *msg):
@@ -61,6 +61,8 @@ def load_or_build_pool(cfg, info, extractor):
         source = dict(data="builtin", corpus=dataclasses.asdict(corpus.CorpusConfig()))
         if train_renders(cfg):  # the photos-only corpus keeps the key it always had
             source["renders"] = train_renders(cfg)
+        if sibling_videos(cfg):  # so does a corpus without siblings
+            source["siblings"] = True
     key = cache_key(source=source, backbone=cfg.backbone, weights=cfg.backbone_weights, teacher=cfg.teacher,
                     teacher_weights=cfg.teacher_weights, raw=cfg.teacher_raw_pixels, views=cfg.views_per_video,
                     teacher_all=cfg.teacher_all_views,
@@ -83,19 +85,22 @@ def load_or_build_pool(cfg, info, extractor):
                            + ", ".join(short[:10]) + (" ..." if len(short) > 10 else ""))
             if not videos:
                 raise UserError(f"--data {cfg.data}: none of the videos could be decoded")
-            group_of = None
+            group_of, siblings = None, {}
         else:
             _log(info, "building the built-in training corpus (pans and zooms over real photos) ...")
-            videos = corpus.build_train_videos(corpus.CorpusConfig(), renders=train_renders(cfg))
+            videos, siblings = corpus.build_train_corpus(corpus.CorpusConfig(), renders=train_renders(cfg),
+                                                         siblings=bool(sibling_videos(cfg)))
             group_of = _group_of_default
         teacher = Teacher(cfg.teacher, cfg.teacher_weights, cache_dir=cfg.cache_dir, backbone=extractor,
                           raw_pixels=cfg.teacher_raw_pixels)
-        frames = sum(min(v.shape[0], cfg.pool_frames) for v in videos.values()) * cfg.views_per_video
-        _log(info, f"caching backbone + teacher features of {len(videos)} videos x {cfg.views_per_video} views "
-                   f"({frames} frames, once) ...")
+        views = cfg.views_per_video + bool(siblings)
+        frames = sum(min(v.shape[0], cfg.pool_frames) for v in videos.values()) * views
+        _log(info, f"caching backbone + teacher features of {len(videos)} videos x {cfg.views_per_video} views"
+                   + (" + a sibling" if siblings else "") + f" ({frames} frames, once) ...")
         with _progress(info, frames, "features") as bar:
             pool = build_view_pool(videos, extractor, teacher, cfg.views_per_video, cfg.pool_frames, cfg.seed,
-                                   progress=bar.update, group_of=group_of, teacher_on_all_views=cfg.teacher_all_views)
+                                   progress=bar.update, group_of=group_of, teacher_on_all_views=cfg.teacher_all_views,
+                                   siblings=siblings or None)
         atomic_save(dict(pool=pool.state(), skipped=skipped), path)
         _log(info, f"cached {path} ({time.time() - t0:.0f} s)")
     from hapvr.training.distributed import barrier
@@ -166,10 +171,11 @@ def _truncate_log(path: str, step: int) -> None:
 
 
 def fit_pca(extractor, pool) -> None:
-    """PCA whitening learned from every cached frame of the training pool (all views)."""
+    """PCA whitening learned from every cached frame of the training pool (all views; not the
+    siblings, so a run with them whitens, and its baseline scores, exactly as one without)."""
     V, K, T = pool.desc.shape[:3]
     valid = torch.arange(T)[None, :] < pool.lengths[:, None]  # [V, T]
-    vecs = pool.desc.permute(0, 2, 1, 3, 4)[valid]  # [frames, K, 9, Din]
+    vecs = pool.desc[:, :K - getattr(pool, "siblings", False)].permute(0, 2, 1, 3, 4)[valid]  # [frames, K, 9, Din]
     extractor.fit_pca(vecs.reshape(-1, extractor.in_dim).float())
 
 
@@ -207,6 +213,11 @@ def check_config(cfg) -> None:
     for name, allowed in CHOICES.items():  # a TrainConfig built in Python skips the parser's choices too
         if getattr(cfg, name) not in allowed:
             raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+    if cfg.sibling_videos and cfg.data:
+        raise UserError("--sibling-videos needs the built-in corpus (it films each scene with a second camera); "
+                        "it does nothing with --data (drop one of them)")
+    if sibling_videos(cfg) and cfg.gather_negatives:
+        raise UserError("--sibling-videos does not support --gather-negatives; drop one of them")
     if cfg.train_renders and cfg.data:
         raise UserError("--train-renders adds rendered videos to the built-in corpus; it does nothing with --data "
                         "(drop one of them)")
@@ -275,10 +286,12 @@ class PoolBatches:
         from hapvr.training.batches import draw_batch
 
         return draw_batch(self.pool, self.sampler, self.cfg.batch_videos, self.cfg.clip_frames,
-                          max_shift=self.cfg.clip_shift)
+                          max_shift=self.cfg.clip_shift, siblings=min(sibling_videos(self.cfg), self.cfg.batch_videos))
 
     def describe(self) -> str:
-        return f"{self.videos} videos x {self.views} cached views"
+        sib = sibling_videos(self.cfg)
+        return (f"{self.videos} videos x {self.views - self.pool.siblings} cached views"
+                + (f" (+ {min(sib, self.cfg.batch_videos)} sibling clips per step)" if sib else ""))
 
 
 class StreamBatches:

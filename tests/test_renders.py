@@ -52,3 +52,22 @@ def test_rendered_queries_and_their_levels():
 def test_split_names_are_checked():
     with pytest.raises(ValueError, match="split must be one of"):
         corpus.build_benchmark(corpus.CorpusConfig(), "holdout")
+
+
+def test_training_siblings_film_the_same_scene_beside_each_video_without_changing_the_videos(monkeypatch):
+    """Each video gets a sibling (another camera on its scene at the same times), reproducibly,
+    and asking for siblings leaves the training videos themselves unchanged."""
+    photos = corpus.load_photos()
+    keep = {k: photos[k] for k in [k for k in sorted(photos) if k not in corpus.BENCHMARK_PHOTOS][:3]}
+    monkeypatch.setattr(corpus, "load_photos", lambda: keep)
+    cfg = corpus.CorpusConfig(train_frames=6)
+    plain = corpus.build_train_videos(cfg, renders=2)
+    videos, siblings = corpus.build_train_corpus(cfg, renders=2, siblings=True)
+    assert sorted(videos) == sorted(plain) == sorted(siblings) and len(videos) == 5
+    for k in videos:
+        assert torch.equal(videos[k], plain[k]) and siblings[k].shape == videos[k].shape
+        assert not torch.equal(siblings[k], videos[k])
+
+    again = corpus.build_train_corpus(cfg, renders=2, siblings=True)[1]
+    assert all(torch.equal(again[k], siblings[k]) for k in siblings)  # a function of the corpus seed
+    assert corpus.build_train_corpus(cfg, renders=2)[1] == {}

@@ -366,6 +366,11 @@ def test_presets_paper_table_6_and_cpu_overrides():
     assert train_renders(cpu) == 24 and train_renders(paper) == 0
     assert train_renders(parse_config(["--data", "videos"])) == 0  # rendered worlds only join the built-in corpus
     assert train_renders(parse_config(["--train-renders", "5"])) == 5
+    from hapvr.training.config import DEFAULT_SIBLINGS, sibling_videos
+
+    assert sibling_videos(cpu) == DEFAULT_SIBLINGS and sibling_videos(paper) == 0
+    assert sibling_videos(parse_config(["--data", "videos"])) == 0  # siblings are filmed in the built-in corpus only
+    assert sibling_videos(parse_config(["--sibling-videos", "3"])) == 3
     assert parse_config(["--preset", "paper", "--lambda-f", "2"]).lambda_f == 2.0  # flags beat presets
 
 

@@ -50,19 +50,25 @@ def pseudo_labels(values, r_t, r_b):
     return [1 if v >= top else (0 if v <= bottom else -1) for v in values]
 
 
-def brute_objective(cfg, video, frame_maps, raw, raw_mask, lengths, positives, teacher):
-    """(total, parts) of eq. 15 on an ``[N, N]`` batch; tensors float64 (leaves for gradients)."""
+def brute_objective(cfg, video, frame_maps, raw, raw_mask, lengths, positives, teacher, related=None):
+    """(total, parts) of eq. 15 on an ``[N, N]`` batch; tensors float64 (leaves for gradients).
+    ``related [N, N]``: pairs relevant at the coarser level only (video level: the mean of the
+    losses with them as negatives and as positives; InfoNCE and SSHN leave them out)."""
     N = video.shape[0]
     s = video / 2 + 0.5  # training scores in [0, 1]
-    video_ap, nce, sshn = [], [], []
+    video_ap, coarse_ap, nce, sshn = [], [], [], []
+    rel = (lambda k, i: False) if related is None else (lambda k, i: bool(related[k, i]) and not positives[k, i])
     for k in range(N):
         row = [s[k, i] for i in range(N)]
         # QuadLinear-AP, video level: the query counts as its own positive (the release's rule)
         r = qlap_list(row, [1 if positives[k, i] else 0 for i in range(N)], cfg.delta_v, cfg.rho_v)
         if r is not None:
             video_ap.append(r)
+        r = qlap_list(row, [1 if positives[k, i] or rel(k, i) else 0 for i in range(N)], cfg.delta_v, cfg.rho_v)
+        if r is not None:
+            coarse_ap.append(r)
         P = [row[i] for i in range(N) if positives[k, i] and i != k]
-        Ng = [row[i] for i in range(N) if not positives[k, i]]
+        Ng = [row[i] for i in range(N) if not positives[k, i] and not rel(k, i)]
         if P:  # InfoNCE (appendix A.3): each positive against the negatives only
             nce.append(mean([-torch.log(torch.exp(p / cfg.tau) / (torch.exp(p / cfg.tau)
                                                                    + sum(torch.exp(n / cfg.tau) for n in Ng)))
@@ -90,7 +96,8 @@ def brute_objective(cfg, video, frame_maps, raw, raw_mask, lengths, positives, t
     x = raw * raw_mask
     # sum |min(x + 1, 0)| + sum |max(x - 1, 0)|
     regularizer = sum(torch.clamp(v + 1, max=0).abs() + torch.clamp(v - 1, min=0).abs() for v in x.flatten())
-    parts = dict(frame_ap=mean(frame), video_ap=mean(video_ap), infonce=mean(nce), sshn=mean(sshn),
+    v_ap = mean(video_ap) if related is None else (mean(video_ap) + mean(coarse_ap)) / 2
+    parts = dict(frame_ap=mean(frame), video_ap=v_ap, infonce=mean(nce), sshn=mean(sshn),
                  regularizer=regularizer)
     weights = dict(frame_ap=cfg.lambda_f, video_ap=cfg.lambda_v, infonce=1.0, sshn=cfg.lambda_s,
                    regularizer=cfg.lambda_reg)
@@ -120,11 +127,11 @@ def _with_grad(x):
                            x.raw.clone().requires_grad_(True), x.raw_mask, x.lengths, x.positives, x.teacher)
 
 
-def brute_from(cfg, x):
+def brute_from(cfg, x, related=None):
     """The brute-force objective of ``ObjectiveInputs`` x, with float64 leaves for the gradients."""
     leaves = {name: getattr(x, name).detach().double().requires_grad_(True) for name in ("video", "frame_maps", "raw")}
     total, parts = brute_objective(cfg, leaves["video"], leaves["frame_maps"], leaves["raw"], x.raw_mask, x.lengths,
-                                   x.positives.bool(), x.teacher.double())
+                                   x.positives.bool(), x.teacher.double(), related)
     return total, parts, leaves
 
 
@@ -314,6 +321,46 @@ def test_frame_labels_choose_the_frame_level_pairs_only():
     with pytest.raises(ValueError, match="frame_labels must be the local"):
         obj(sim, labels, frame_labels=frame_pairs[:, :N - 1], **kw)
 
+
+
+def test_related_pairs_rank_between_copies_and_other_videos_like_the_brute_force():
+    """Sibling clips (another camera on a video's scene): the video level averages the loss with
+    them as negatives and as positives; InfoNCE and SSHN ignore them; the frame level never uses
+    them. Values and float64 gradients against the brute force, through the trainer's loss."""
+    cfg = TrainConfig()
+    N = 10
+    x = padded_batch(N=N, seed=7)
+    ids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 5])  # clips 8 and 9: siblings of videos 0 and 2
+    positives = ids[:, None] == ids[None, :]
+    related = torch.zeros(N, N, dtype=torch.bool)
+    for sib, video in ((8, 0), (9, 2)):
+        related[sib, ids == video] = related[ids == video, sib] = True
+    x = ObjectiveInputs(x.video.double(), x.frame_maps.double(), x.raw.double(), x.raw_mask, x.lengths, positives,
+                        x.teacher.double(), related=related)
+    leaves = {name: getattr(x, name).detach().clone().requires_grad_(True) for name in ("video", "frame_maps", "raw")}
+    got = ObjectiveInputs(leaves["video"], leaves["frame_maps"], leaves["raw"], x.raw_mask, x.lengths, positives,
+                          x.teacher, related=related)
+    total, parts = build_objective(cfg)(got)
+    want_total, want_parts, want_leaves = brute_from(cfg, x, related)
+    for name, v in want_parts.items():
+        torch.testing.assert_close(torch.tensor(parts[name], dtype=torch.float64), v.detach(), rtol=1e-6, atol=1e-8)
+    total.backward()
+    want_total.backward()
+    for name in leaves:
+        torch.testing.assert_close(leaves[name].grad, want_leaves[name].grad, rtol=1e-6, atol=1e-9)
+    # the related pairs change the video level, InfoNCE and SSHN, not the frame level
+    _, plain = build_objective(cfg)(ObjectiveInputs(x.video, x.frame_maps, x.raw, x.raw_mask, x.lengths, positives,
+                                                    x.teacher))
+    assert plain["frame_ap"] == parts["frame_ap"]
+    assert plain["video_ap"] != parts["video_ap"] and plain["infonce"] != parts["infonce"]
+    obj = HAPVRObjective()
+    kw = dict(raw=x.raw, frame_sims=x.frame_maps, teacher=x.teacher, lengths=x.lengths)
+    with pytest.raises(ValueError, match="related must be a bool tensor of the labels' shape"):
+        obj(x.video / 2 + 0.5, positives.long(), related=related[:, :-1], **kw)
+    with pytest.raises(ValueError, match="related must be a bool tensor"):
+        obj(x.video / 2 + 0.5, positives.long(), related=related.long(), **kw)
+    with pytest.raises(ValueError, match="related pairs need video_loss='quadlinear_ap'"):
+        HAPVRObjective(video_loss="adaptive_margin")(x.video / 2 + 0.5, positives.long(), related=related, **kw)
 
 
 # --- optimisation: the trainer's model, objective, optimiser and schedule on one fixed batch ---

@@ -132,13 +132,27 @@ def build_train_videos(cfg: CorpusConfig, renders: int = 0) -> dict[str, torch.T
     """Pans and zooms over every photo not held out for the benchmark, and ``renders`` videos of
     rendered worlds (training seeds, disjoint from the benchmarks'), each one camera path over a
     span of the world's time."""
+    return build_train_corpus(cfg, renders)[0]
+
+
+def build_train_corpus(cfg: CorpusConfig, renders: int = 0, siblings: bool = False
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(videos, siblings)``: the training videos of :func:`build_train_videos` and, with
+    ``siblings``, for each one the same scene filmed by another camera beside it (a path whose
+    boxes are moved by about half their side, with another camera look: the benchmarks' CS
+    level). Siblings draw from their own random stream, so the videos are the same either way."""
     rng = random.Random(cfg.seed)
-    videos = {}
+    srng = random.Random(cfg.seed + 7)
+    videos, sib = {}, {}
     for name, photo in sorted(load_photos().items()):
         if name in BENCHMARK_PHOTOS:
             continue
         for k in range(cfg.train_videos_per_photo):
-            videos[f"{name}-{k}"] = camera_path(photo, random_box(rng), random_box(rng), cfg.train_frames)
+            a0, a1 = random_box(rng), random_box(rng)
+            videos[f"{name}-{k}"] = camera_path(photo, a0, a1, cfg.train_frames)
+            if siblings:
+                sib[f"{name}-{k}"] = _other_camera(camera_path(photo, beside_box(srng, a0), beside_box(srng, a1),
+                                                               cfg.train_frames), srng)
     if renders:
         from hapvr.data.renders import make_world, render
 
@@ -146,9 +160,13 @@ def build_train_videos(cfg: CorpusConfig, renders: int = 0) -> dict[str, torch.T
             world = make_world(RENDER_SEEDS["train"] + i)
             t0 = rng.uniform(0, 40)
             a0 = random_box(rng, (0.45, 0.7))
-            videos[f"render{RENDER_SEEDS['train'] + i}-0"] = render(
-                world, [t0 + k for k in range(cfg.train_frames)], a0, random_box(rng, (0.45, 0.7), near=a0, spread=0.2))
-    return videos
+            a1 = random_box(rng, (0.45, 0.7), near=a0, spread=0.2)
+            times = [t0 + k for k in range(cfg.train_frames)]
+            vid = f"render{RENDER_SEEDS['train'] + i}-0"
+            videos[vid] = render(world, times, a0, a1)
+            if siblings:
+                sib[vid] = _other_camera(render(world, times, beside_box(srng, a0), beside_box(srng, a1)), srng)
+    return videos, sib
 
 
 # --- benchmark ----------------------------------------------------------------------------------

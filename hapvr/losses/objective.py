@@ -91,6 +91,13 @@ class HAPVRObjective(nn.Module):
         frame_labels: optional local ``[N, N]`` labels for the frame level only (default: the
         local block of ``labels``), e.g. to leave out positive pairs whose teacher vectors do not
         show what makes them positive.
+        related: optional bool ``[N, N]`` (the shape of ``labels``): pairs that are relevant at a
+        coarser level only, e.g. the same scene seen by another camera (FIVR's CS against its DS).
+        The video-level term is then the mean of its loss at the two levels: ``labels`` as given
+        (a related pair is a negative) and ``labels`` with the related pairs made positives, so
+        it ranks copies above related videos above the rest, as the mean AP over DSVR and CSVR
+        asks. InfoNCE and SSHN ignore the related pairs; the frame level never sees them as
+        positives. Not with ``video_loss="adaptive_margin"``.
     Returns ``(total, parts)``; ``parts`` maps ``frame_ap``, ``video_ap``, ``infonce``, ``sshn``,
     ``regularizer`` to the unweighted (detached) values of the terms that were computed.
     """
@@ -115,11 +122,22 @@ class HAPVRObjective(nn.Module):
         self.regularizer = SimilarityRegularizer()
 
     def forward(self, sim, labels, raw=None, frame_sims=None, teacher=None, lengths=None, self_offset=None,
-                frame_labels=None):
+                frame_labels=None, related=None):
         c = self.config
         check_sim("sim", sim)
         offset = self_column_offset(sim, self_offset)
         N, M = sim.shape
+        coarse = base_labels = labels
+        if related is not None:
+            if not isinstance(related, torch.Tensor) or related.dtype != torch.bool or related.shape != labels.shape:
+                raise ValueError(f"related must be a bool tensor of the labels' shape {tuple(labels.shape)}, got "
+                                 f"{getattr(related, 'dtype', type(related).__name__)} "
+                                 f"{tuple(getattr(related, 'shape', ()))}")
+            if c.video_loss == "adaptive_margin":
+                raise ValueError("related pairs need video_loss='quadlinear_ap'")
+            related = related & (labels == 0)
+            coarse = labels.masked_fill(related, 1)
+            base_labels = labels.masked_fill(related, -1)
         terms: dict[str, tuple[float, torch.Tensor]] = {}
         if c.lambda_f:
             if frame_sims is None or teacher is None:
@@ -141,12 +159,15 @@ class HAPVRObjective(nn.Module):
             terms["frame_ap"] = (c.lambda_f, self.frame_ap(frame_sims, teacher, local_labels, lengths))
         if c.lambda_v and c.video_loss == "adaptive_margin":
             terms["video_ap"] = (c.lambda_v, self.video_ap(sim, labels, video_teacher_similarity(teacher, lengths, M, N)))
+        elif c.lambda_v and related is not None:
+            terms["video_ap"] = (c.lambda_v, (self.video_ap(sim, labels, self_offset)
+                                              + self.video_ap(sim, coarse, self_offset)) / 2)
         elif c.lambda_v:
             terms["video_ap"] = (c.lambda_v, self.video_ap(sim, labels, self_offset))
         if c.lambda_nce:
-            terms["infonce"] = (c.lambda_nce, self.infonce(sim, labels, self_offset))
+            terms["infonce"] = (c.lambda_nce, self.infonce(sim, base_labels, self_offset))
         if c.lambda_s:
-            terms["sshn"] = (c.lambda_s, self.sshn(sim, labels, self_offset))
+            terms["sshn"] = (c.lambda_s, self.sshn(sim, base_labels, self_offset))
         if c.lambda_reg:
             if raw is None:
                 raise ValueError("raw (the comparator's raw output) is required while lambda_reg != 0")

@@ -26,6 +26,7 @@ class Batch:
     positives: torch.Tensor  # [2B, 2B] bool
     video_index: torch.Tensor  # [2B] pool index of each clip's video
     guests: torch.Tensor | None = None  # [2B] pool index of a video pasted into the clip, -1 if none
+    related: torch.Tensor | None = None  # [N, N] bool: sibling pairs, relevant at the coarser level only
 
 
 class FeaturePool:
@@ -43,6 +44,7 @@ class FeaturePool:
         self.lengths = pool.lengths
         self.mixed_with = pool.mixed_with
         self.video_ids = pool.video_ids
+        self.siblings = bool(getattr(pool, "siblings", False))  # the last view is each video's sibling
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -50,10 +52,20 @@ class FeaturePool:
 
 def draw_batch(pool: FeaturePool, rng: random.Random, batch_videos: int, clip_frames: int,
                edits: dict[str, float] | None = None, exclude: set[int] | None = None,
-               max_shift: float = 0.25) -> Batch:
+               max_shift: float = 0.25, siblings: int = 0) -> Batch:
     """``max_shift``: the strong clip starts up to ``max_shift x clip length`` frames before or
-    after the weak one (0 = the same window; 1 = windows may be disjoint)."""
+    after the weak one (0 = the same window; 1 = windows may be disjoint).
+
+    ``siblings``: the first ``siblings`` videos of the batch also bring a clip of their sibling
+    (another camera on the same scene, the pool's last view; needs a pool built with siblings),
+    a window anywhere in it. It is a positive of itself only; ``Batch.related``
+    marks it against its video's clips (and the clips that show that video pasted in), so the
+    objective can rank it below the copies and above the other videos.
+    """
     V, K = pool.features.shape[:2]
+    if siblings and not getattr(pool, "siblings", False):
+        raise ValueError("siblings > 0 needs a view pool built with siblings")
+    K -= bool(getattr(pool, "siblings", False))  # the sibling view is never drawn as a copy
     choices = [v for v in range(V) if not exclude or v not in exclude]
     videos = rng.sample(choices, min(batch_videos, len(choices)))
     clips, teach, ids, mixed = [], [], [], []
@@ -73,6 +85,14 @@ def draw_batch(pool: FeaturePool, rng: random.Random, batch_videos: int, clip_fr
         guest = int(pool.mixed_with[v, kb])
         ids += [v, v]
         mixed += [None, guest if guest >= 0 else None]
+    n_copies = len(clips)
+    for v in videos[:siblings]:
+        n = int(pool.lengths[v])
+        L = min(clip_frames, n)
+        s0 = rng.randint(0, n - L)
+        ia = torch.arange(s0, s0 + L)
+        clips.append(pool.features[v, -1, ia])
+        teach.append(pool.teacher[v, -1, ia])
     lengths = torch.tensor([c.shape[0] for c in clips])
     T = int(lengths.max())
     feats = torch.zeros((len(clips), T) + clips[0].shape[1:])
@@ -80,5 +100,17 @@ def draw_batch(pool: FeaturePool, rng: random.Random, batch_videos: int, clip_fr
     for i, (c, t) in enumerate(zip(clips, teach)):
         feats[i, : c.shape[0]] = c
         tvec[i, : t.shape[0]] = t
-    guests = torch.tensor([-1 if m is None else m for m in mixed])
-    return Batch(feats, tvec, lengths, positive_matrix(ids, mixed), torch.tensor(ids), guests)
+    sib_ids = list(videos[:siblings])
+    n_sib = len(sib_ids)
+    copy_pos = positive_matrix(ids, mixed)
+    positives = torch.eye(n_copies + n_sib, dtype=torch.bool)
+    positives[:n_copies, :n_copies] = copy_pos
+    related = None
+    if n_sib:
+        related = torch.zeros_like(positives)
+        for k, v in enumerate(sib_ids):
+            rows = copy_pos[2 * videos.index(v)]  # the clips that are positives of the video's weak clip
+            related[n_copies + k, :n_copies] = rows
+            related[:n_copies, n_copies + k] = rows
+    guests = torch.tensor([-1 if m is None else m for m in mixed] + [-1] * n_sib)
+    return Batch(feats, tvec, lengths, positives, torch.tensor(ids + sib_ids), guests, related)

@@ -40,6 +40,17 @@ def train_renders(cfg) -> int:
     return 0 if cfg.data else DEFAULT_RENDERS
 
 
+DEFAULT_SIBLINGS = 0  # sibling clips per step with the built-in corpus unless --sibling-videos says otherwise
+
+
+def sibling_videos(cfg) -> int:
+    """Videos per step that also bring a clip of another camera on their scene: ``--sibling-videos``
+    if given, else :data:`DEFAULT_SIBLINGS` with the built-in corpus and none with ``--data``."""
+    if cfg.sibling_videos is not None:
+        return cfg.sibling_videos
+    return 0 if cfg.data else DEFAULT_SIBLINGS
+
+
 def default_cache_dir() -> str:
     return os.environ.get("HAPVR_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hapvr"))
 
@@ -56,6 +67,7 @@ class TrainConfig:
     workers: int = 1  # streaming: DataLoader processes decoding and augmenting (0 = in the training process)
     pca_videos: int = 300  # streaming: videos whose weak clips fit the PCA whitening (ResNet-50: ~1.2 GB of descriptors)
     train_renders: int | None = None  # None: DEFAULT_RENDERS with the built-in corpus, 0 with --data; built-in corpus: add this many videos of rendered moving worlds
+    sibling_videos: int | None = None  # None: DEFAULT_SIBLINGS with the built-in corpus, 0 with --data; per step, videos that also bring a clip of another camera on their scene
     views_per_video: int = 4  # cached augmented views per video (1 weak + the rest strong)
     pool_frames: int = 32  # frames cached per view (a window of longer videos)
     clip_frames: int = 16  # frames per training clip (paper: 28)
@@ -123,7 +135,7 @@ class TrainConfig:
 
 PRESETS = {
     "cpu": {},
-    "paper": dict(head="visil", select_on="none", train_renders=0, benchmark_set="builtin", pipeline="streaming", workers=8, clip_frames=28, pool_frames=64, lambda_f=HAPVRObjectiveConfig().lambda_f, backbone="resnet50", teacher="dino_vits16", teacher_all_views=True,
+    "paper": dict(head="visil", select_on="none", train_renders=0, sibling_videos=0, benchmark_set="builtin", pipeline="streaming", workers=8, clip_frames=28, pool_frames=64, lambda_f=HAPVRObjectiveConfig().lambda_f, backbone="resnet50", teacher="dino_vits16", teacher_all_views=True,
                   iterations=30000, batch_videos=64, lr=4e-5, weight_decay=1e-2, warmup=1000, amp="bf16", checkpoint_every=1000,
                   eval_every=5000, log_every=50),
 }
@@ -142,6 +154,10 @@ HELP = {
     "train_renders": "built-in corpus only: add this many videos of rendered moving worlds (sprites, scrolling "
                      "screens; seeds disjoint from the benchmarks') to the 23 photo pans (default: 24 with the "
                      "built-in corpus; none with --data)",
+    "sibling_videos": "built-in corpus only: per step, this many of the batch's videos also bring a clip of "
+                      "another camera beside theirs on the same scene (the benchmarks' CS level); the video-level "
+                      "loss averages its AP over two levels, ranking copies above such clips above other videos "
+                      f"(default: {DEFAULT_SIBLINGS} with the built-in corpus; none with --data)",
     "pool_frames": "frames cached per view",
     "clip_frames": "frames per training clip",
     "clip_shift": "the two clips of a video start up to this fraction of the clip length apart "
@@ -217,7 +233,7 @@ HELP = {
 
 # The range of every numeric option, checked when the command line is parsed (one error line).
 RANGES = {
-    "fps": ("positive",), "cache_budget_gb": ("positive",), "workers": ("int", 0), "pca_videos": ("int", 1), "train_renders": ("int", 0), "views_per_video": ("int", 1), "pool_frames": ("int", 1), "clip_frames": ("int", 1),
+    "fps": ("positive",), "cache_budget_gb": ("positive",), "workers": ("int", 0), "pca_videos": ("int", 1), "train_renders": ("int", 0), "sibling_videos": ("int", 0), "views_per_video": ("int", 1), "pool_frames": ("int", 1), "clip_frames": ("int", 1),
     "clip_shift": ("nonnegative",), "pca_dim": ("int", 1), "k_s": ("in", 0.0, 1.0, True), "k_t": ("in", 0.0, 1.0, True),
     "delta_v": ("positive",), "rho_v": ("nonnegative",), "lambda_v": ("nonnegative",), "delta_f": ("positive",),
     "rho_f": ("nonnegative",), "lambda_f": ("nonnegative",), "r_t": ("in", 0.0, 1.0, True), "r_b": ("in", 0.0, 1.0, True),

@@ -34,6 +34,7 @@ class ObjectiveInputs:
     positives: torch.Tensor
     teacher: torch.Tensor
     offset: int = 0
+    related: torch.Tensor | None = None  # [N, N] bool: sibling pairs (relevant at the coarser level only)
 
 
 def objective_inputs(out, batch, min_frames: int, device: torch.device, labels: torch.Tensor | None = None,
@@ -53,8 +54,10 @@ def objective_inputs(out, batch, min_frames: int, device: torch.device, labels: 
     if teacher.shape[1] < T:
         teacher = torch.nn.functional.pad(teacher, (0, 0, 0, T - teacher.shape[1]))
     positives = batch.positives.to(device) if labels is None else labels.to(device)
+    related = getattr(batch, "related", None)
     return ObjectiveInputs(out.video.float(), out.frame_maps.float(), out.raw.float(), out.raw_mask,
-                           out.query_lengths, positives, teacher, offset)
+                           out.query_lengths, positives, teacher, offset,
+                           None if related is None or labels is not None else related.to(device))
 
 
 class HAPVRLoss:
@@ -72,7 +75,7 @@ class HAPVRLoss:
         labels = x.positives.to(torch.int64)
         raw = x.raw * x.raw_mask  # padded cells are 0, inside [-1, 1]: no regulariser penalty
         total, parts = self.objective(sim01, labels, raw=raw, frame_sims=x.frame_maps, teacher=x.teacher,
-                                      lengths=x.lengths, self_offset=x.offset)
+                                      lengths=x.lengths, self_offset=x.offset, related=x.related)
         out = {k: float(v) for k, v in parts.items()}
         out["loss"] = float(total.detach())
         return total, out
