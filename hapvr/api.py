@@ -66,9 +66,9 @@ class VideoModel:
         self.name = name
         self.fps = fps
         self.is_baseline = similarity.comparator is None and similarity.attention is None
-        # the residual head starts as the baseline and its scores keep the Chamfer scale; TRAINED_SCALE
+        # the residual and attention heads start as the baseline and their scores keep the Chamfer scale; TRAINED_SCALE
         # was calibrated on the paper's head (benchmarks/calibrate_scores.py recalibrates either)
-        chamfer_like = self.is_baseline or getattr(similarity, "head", "visil") == "residual"
+        chamfer_like = self.is_baseline or getattr(similarity, "head", "visil") != "visil"
         self.scale = scale or (BASELINE_SCALE if chamfer_like else TRAINED_SCALE)
         self.identity = identity or {}
 

@@ -58,7 +58,8 @@ def load_or_build_pool(cfg, info, extractor):
             raise UserError(f"--data {cfg.data}: no videos found (extensions .mp4 .mkv .avi ..., or folders of frames)")
         source = dict(data=os.path.abspath(cfg.data), listing=listing, fps=cfg.fps)
     else:
-        source = dict(data="builtin", corpus=dataclasses.asdict(corpus.CorpusConfig()))
+        source = dict(data="builtin", corpus=dataclasses.asdict(corpus.CorpusConfig()),
+                      held_out=corpus.VALIDATION_PHOTOS)  # photos of the validation benchmark
         if train_renders(cfg):  # the photos-only corpus keeps the key it always had
             source["renders"] = train_renders(cfg)
         if sibling_videos(cfg):  # so does a corpus without siblings
@@ -123,13 +124,15 @@ def load_or_build_benchmark(cfg, info, extractor, split: str | None = None):
     parts = dict(bench=dataclasses.asdict(corpus.CorpusConfig()), backbone=cfg.backbone, weights=cfg.backbone_weights)
     if split != "builtin":  # the built-in set keeps the key it always had
         parts.update(split=split, renders=corpus.RENDER_FRAMES)
+    if split == "validation":
+        parts.update(photos=corpus.VALIDATION_PHOTOS)
     path = os.path.join(cfg.cache_dir, f"benchmark-{cache_key(**parts)}.pt")
     from hapvr.training.distributed import barrier
 
     if info.main and not os.path.isfile(path):
         t0 = time.time()
         _log(info, f"building the held-out benchmark ({split}: "
-                   + ("rendered worlds" if split == "validation" else "real clips + other photos")
+                   + ("rendered worlds + other photos" if split == "validation" else "real clips + other photos")
                    + (" + rendered worlds" if split == "test" else "") + ", DS/CS/IS levels) ...")
         try:
             bench = corpus.build_benchmark(corpus.CorpusConfig(), split)
@@ -698,7 +701,7 @@ def _selection_report(s: Session) -> str:
     base = {"score": 100 * sum(fig.values()) / len(fig), **{k: 100 * v for k, v in fig.items()}}
     verdict = (f"step {sel.best_step} selected" if sel.best_step >= 0 else
                "no scored step was at or above the baseline on every figure: the last weights are reported")
-    text = (f"model selection on the validation benchmark ({len(sel.queries)} rendered queries, never reported; "
+    text = (f"model selection on the validation benchmark ({len(sel.queries)} queries, never reported; "
             f"score = mean of mAP and uAP over the levels, among the steps at or above the baseline on all "
             f"six): {verdict}\n" + history_table(sel.history, sel.best_step, base) + "\n\n")
     print("\n" + text, end="")

@@ -162,7 +162,8 @@ def test_repeat_to_min_length():
     assert out[1, :5].tolist() == x[1].tolist() and out[1, 5] == 0
 
 
-@pytest.mark.parametrize("comparator,head", [(True, "visil"), (False, "visil"), (True, "residual")])
+@pytest.mark.parametrize("comparator,head", [(True, "visil"), (False, "visil"), (True, "residual"),
+                                             (True, "attention")])
 def test_padded_batch_equals_single_pairs(comparator, head):
     torch.manual_seed(0)
     m = VideoSimilarityModel(dim=32, comparator=comparator, head=head)
@@ -196,7 +197,7 @@ def test_baseline_is_chamfer_of_chamfer():
     assert m.similarity(q[0], t[0]) == pytest.approx(float(chamfer.max(1).values.mean()), abs=1e-6)
 
 
-@pytest.mark.parametrize("head", ["visil", "residual"])
+@pytest.mark.parametrize("head", ["visil", "residual", "attention"])
 def test_forward_backward_equals_the_brute_force_gradients(head):
     torch.manual_seed(0)
     m = VideoSimilarityModel(dim=32, head=head)
@@ -205,7 +206,7 @@ def test_forward_backward_equals_the_brute_force_gradients(head):
         p.data.copy_(torch.randn(p.shape, generator=g) * 0.2)
     x, L = _feats(3, 9), torch.tensor([9, 6, 4])
     out = m(x, query_lengths=L)
-    assert out.raw.shape == ((3, 3, 2, 2) if head == "visil" else (3, 3, 9, 9))
+    assert (out.raw is None) if head == "attention" else out.raw.shape == ((3, 3, 2, 2) if head == "visil" else (3, 3, 9, 9))
     wv, wf = torch.randn(3, 3, generator=g), torch.randn(3, 3, 9, 9, generator=g)
     ((out.video * wv).sum() + (out.frame_maps * wf).sum()).backward()
     names = [n for n, _ in m.named_parameters()]
@@ -241,7 +242,15 @@ def test_untrained_residual_head_is_the_chamfer_baseline():
     assert m.comparator.fconv.weight.grad.abs().sum() > 0 and m.attention.context.weight.grad.abs().sum() > 0
     # the paper's head starts elsewhere: its scores are not the baseline's
     assert VideoSimilarityModel(dim=32).raw_frames_per_cell == 4
-    with pytest.raises(ValueError, match="head must be one of visil, residual"):
+    # the attention head is the residual one without psi: the baseline too, and the attention learns
+    a = VideoSimilarityModel(dim=32, head="attention")
+    assert a.comparator is None and a.min_frames == 1 and a.raw_frames_per_cell == 1
+    out = a(q, t, ql, tl)
+    torch.testing.assert_close(out.video, base(q, t, ql, tl).video, atol=1e-6, rtol=0)
+    assert out.raw is None
+    out.video.sum().backward()
+    assert a.attention.context.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="head must be one of visil, residual, attention"):
         VideoSimilarityModel(dim=32, head="resnet")
 
 

@@ -49,6 +49,28 @@ def test_rendered_queries_and_their_levels():
     assert seeds["test"] - seeds["train"] >= 1000
 
 
+def test_photo_queries_and_the_photo_splits(monkeypatch):
+    """Training, test and validation photos are disjoint; the validation photos' queries are built
+    like the test's (DS copy and picture-in-picture copy, two CS cameras, one IS far side)."""
+    photos = corpus.load_photos()
+    test, val = set(corpus.BENCHMARK_PHOTOS), set(corpus.VALIDATION_PHOTOS)
+    assert not test & val and test | val <= set(photos) and len(val) == 6
+    monkeypatch.setattr(corpus, "load_photos", lambda: {k: photos[k] for k in sorted(photos)[:8] + sorted(val)})
+    train = corpus.build_train_videos(corpus.CorpusConfig(train_frames=4))
+    assert train and not {k.rsplit("-", 1)[0] for k in train} & (test | val)
+    bench = corpus.Benchmark()
+    names = corpus.VALIDATION_PHOTOS[:3]
+    corpus.add_photo_queries(bench, photos, names, random.Random(0), 6)
+    assert bench.queries == list(names)
+    for i, q in enumerate(names):
+        lab = bench.labels[q]
+        prev = names[(i - 1) % 3]
+        # its copies, and the previous photo's picture-in-picture copy, shown inside its footage
+        assert sorted(lab["DS"]) == sorted([f"{q}-ds1", f"{q}-ds2", f"{prev}-ds2"])
+        assert lab["CS"] == [f"{q}-cs0", f"{q}-cs1"] and lab["IS"] == [f"{q}-is0"]
+        assert bench.videos[q].shape == (6, 3, 256, 256)
+
+
 def test_split_names_are_checked():
     with pytest.raises(ValueError, match="split must be one of"):
         corpus.build_benchmark(corpus.CorpusConfig(), "holdout")
@@ -58,7 +80,8 @@ def test_training_siblings_film_the_same_scene_beside_each_video_without_changin
     """Each video gets a sibling (another camera on its scene at the same times), reproducibly,
     and asking for siblings leaves the training videos themselves unchanged."""
     photos = corpus.load_photos()
-    keep = {k: photos[k] for k in [k for k in sorted(photos) if k not in corpus.BENCHMARK_PHOTOS][:3]}
+    held_out = set(corpus.BENCHMARK_PHOTOS) | set(corpus.VALIDATION_PHOTOS)
+    keep = {k: photos[k] for k in [k for k in sorted(photos) if k not in held_out][:3]}
     monkeypatch.setattr(corpus, "load_photos", lambda: keep)
     cfg = corpus.CorpusConfig(train_frames=6)
     plain = corpus.build_train_videos(cfg, renders=2)

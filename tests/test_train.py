@@ -422,6 +422,7 @@ def test_selection_on_validation_keeps_the_best_weights_and_resumes(data, tmp_pa
     from hapvr.training.selection import selection_score
 
     monkeypatch.setattr(corpus, "VALIDATION_QUERIES", 4)
+    monkeypatch.setattr(corpus, "VALIDATION_PHOTOS", corpus.VALIDATION_PHOTOS[:2])
     root, _ = data
     cache = str(tmp_path / "cache")  # its own cache: the 4-query validation set is keyed like the full one
     common = ["--data", root, "--cache-dir", cache, "--iterations", "5", *TINY, "--head", "residual", "--select-on",

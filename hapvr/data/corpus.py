@@ -38,6 +38,10 @@ from hapvr.data.video import SHORT_SIDE, decode_video
 # held out from training: used only by the benchmark
 BENCHMARK_PHOTOS = ("sklearn-china", "sklearn-flower", "skimage-astronaut", "skimage-rocket", "skimage-coffee",
                     "skimage-chelsea")
+# held out from training and test: photo queries of the validation benchmark (natural photos, like
+# the test's; Wikimedia Commons, shipped by perception)
+VALIDATION_PHOTOS = ("perception-image2", "perception-image3", "perception-image5", "perception-image7",
+                     "perception-image9", "perception-image4")
 LEVELS = ("DS", "CS", "IS")
 
 
@@ -129,7 +133,7 @@ def beside_box(rng: random.Random, box: tuple, shift=(0.45, 0.65)) -> tuple:
 
 
 def build_train_videos(cfg: CorpusConfig, renders: int = 0) -> dict[str, torch.Tensor]:
-    """Pans and zooms over every photo not held out for the benchmark, and ``renders`` videos of
+    """Pans and zooms over every photo not held out for the benchmarks, and ``renders`` videos of
     rendered worlds (training seeds, disjoint from the benchmarks'), each one camera path over a
     span of the world's time."""
     return build_train_corpus(cfg, renders)[0]
@@ -145,7 +149,7 @@ def build_train_corpus(cfg: CorpusConfig, renders: int = 0, siblings: bool = Fal
     srng = random.Random(cfg.seed + 7)
     videos, sib = {}, {}
     for name, photo in sorted(load_photos().items()):
-        if name in BENCHMARK_PHOTOS:
+        if name in BENCHMARK_PHOTOS or name in VALIDATION_PHOTOS:
             continue
         for k in range(cfg.train_videos_per_photo):
             a0, a1 = random_box(rng), random_box(rng)
@@ -207,13 +211,16 @@ def build_benchmark(cfg: CorpusConfig, split: str = "builtin") -> Benchmark:
     - ``builtin`` (the default run's): 11 queries from the packaged clips and held-out photos,
       with their partial copies;
     - ``test``: those and :data:`RENDER_QUERIES` more from rendered worlds (test seeds);
-    - ``validation``: rendered worlds only, other seeds (for choosing settings; never report it).
+    - ``validation``: :data:`VALIDATION_QUERIES` queries from rendered worlds (other seeds) and
+      one per :data:`VALIDATION_PHOTOS` photo, built like the test's photo queries (for choosing
+      settings; never report it).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if split == "validation":
         bench = Benchmark()
         add_render_queries(bench, VALIDATION_QUERIES, RENDER_SEEDS["validation"], random.Random(cfg.seed + 3))
+        add_photo_queries(bench, load_photos(), VALIDATION_PHOTOS, random.Random(cfg.seed + 5), cfg.benchmark_frames)
         return bench
     bench = _builtin_benchmark(cfg)
     if split == "test":
@@ -275,6 +282,41 @@ def add_render_queries(bench: Benchmark, n: int, seed0: int, rng: random.Random)
         previous, previous_id = q, qid
 
 
+def add_photo_queries(bench: Benchmark, photos: dict[str, np.ndarray], names, rng: random.Random, n: int) -> None:
+    """One query per photo of ``names``, a camera path over it, with its levels:
+
+    - DS: the query re-edited (:func:`_copy_edit`), and a picture-in-picture copy of it inside the
+      next photo's query (a DS copy of both);
+    - CS: two other cameras beside the query's, with another camera look;
+    - IS: a camera path over the far side of the photo.
+    """
+    def add(qid, level, vid, frames):
+        bench.videos[vid] = frames
+        bench.labels[qid][level].append(vid)
+
+    hosts = []
+    for name in names:
+        photo = photos[name]
+        a0 = random_box(rng, (0.4, 0.55))
+        a1 = random_box(rng, (0.4, 0.55), near=a0, spread=0.15)
+        q = camera_path(photo, a0, a1, n)
+        bench.videos[name] = q
+        bench.queries.append(name)
+        bench.labels[name] = {lv: [] for lv in LEVELS}
+        hosts.append(q)
+        add(name, "DS", f"{name}-ds1", _copy_edit(q, rng))
+        for k in range(2):  # another camera pointed at the same scene from beside the query's
+            path = camera_path(photo, beside_box(rng, a0), beside_box(rng, a1), n + rng.randint(-2, 4))
+            add(name, "CS", f"{name}-cs{k}", _other_camera(path, rng))
+        # the far side of the photo: same source, different scene
+        far = (1 - a0[0], 1 - a0[1], 0.4)
+        add(name, "IS", f"{name}-is0", camera_path(photo, far, random_box(rng, (0.35, 0.45), near=far, spread=0.05), n))
+    for i, name in enumerate(names):  # picture-in-picture copies, hosted by another query
+        host = names[(i + 1) % len(names)]
+        add(name, "DS", f"{name}-ds2", _copy_edit(bench.videos[name], rng, host=hosts[(i + 1) % len(hosts)]))
+        bench.labels[host]["DS"].append(f"{name}-ds2")  # it shows the host's footage too
+
+
 def _builtin_benchmark(cfg: CorpusConfig) -> Benchmark:
     rng = random.Random(cfg.seed + 1)
     n = cfg.benchmark_frames
@@ -294,25 +336,7 @@ def _builtin_benchmark(cfg: CorpusConfig) -> Benchmark:
         bench.queries.append(qid)
         bench.labels[qid] = {lv: [] for lv in LEVELS}
 
-    hosts = []
-    for name in BENCHMARK_PHOTOS:
-        photo = photos[name]
-        a0 = random_box(rng, (0.4, 0.55))
-        a1 = random_box(rng, (0.4, 0.55), near=a0, spread=0.15)
-        q = camera_path(photo, a0, a1, n)
-        new_query(name, q)
-        hosts.append(q)
-        add(name, "DS", f"{name}-ds1", _copy_edit(q, rng))
-        for k in range(2):  # another camera pointed at the same scene from beside the query's
-            path = camera_path(photo, beside_box(rng, a0), beside_box(rng, a1), n + rng.randint(-2, 4))
-            add(name, "CS", f"{name}-cs{k}", _other_camera(path, rng))
-        # the far side of the photo: same source, different scene
-        far = (1 - a0[0], 1 - a0[1], 0.4)
-        add(name, "IS", f"{name}-is0", camera_path(photo, far, random_box(rng, (0.35, 0.45), near=far, spread=0.05), n))
-    for i, name in enumerate(BENCHMARK_PHOTOS):  # picture-in-picture copies, hosted by another query
-        host = BENCHMARK_PHOTOS[(i + 1) % len(BENCHMARK_PHOTOS)]
-        add(name, "DS", f"{name}-ds2", _copy_edit(bench.videos[name], rng, host=hosts[(i + 1) % len(hosts)]))
-        bench.labels[host]["DS"].append(f"{name}-ds2")  # it shows the host's footage too
+    add_photo_queries(bench, photos, BENCHMARK_PHOTOS, rng, n)
 
     bikes = clips["bikes"]  # 10 s with scene cuts: the first shots are the query, the last ones IS
     h = min(n, bikes.shape[0] // 2)

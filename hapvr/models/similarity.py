@@ -16,6 +16,10 @@ Two heads:
   vector start at 0 (and the attention weights are ``2 sigmoid``), so the untrained model *is*
   the features-only Chamfer baseline: training starts from the baseline and weight decay pulls
   back toward it.
+- ``attention`` (hapvr's, the CPU preset's): the residual head without psi, ``video =
+  TopK-Chamfer_t(m_s)``: only the region attention is learnt (it starts as the identity, so the
+  untrained model is the baseline too). The frame map is the features' Chamfer map of the
+  attended regions, so localisation and scores keep the Chamfer scale.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from hapvr.models.attention import RegionAttention
 from hapvr.models.comparator import MIN_FRAMES, FrameComparator
 from hapvr.ops import spatial_topk_chamfer, temporal_topk_chamfer, topk_count
 
-HEADS = ("visil", "residual")
+HEADS = ("visil", "residual", "attention")
 MAX_TARGET_CHUNK = CHUNK_FRAMES  # frames per target chunk in similarity() (hapvr.batching)
 
 
@@ -91,9 +95,9 @@ class VideoSimilarityModel(nn.Module):
         self.backend = backend
         self.precision = precision
         self.head = head
-        residual = head == "residual"
+        residual = head in ("residual", "attention")
         self.attention = RegionAttention(dim, identity_init=residual) if attention else None
-        self.comparator = FrameComparator() if comparator else None
+        self.comparator = FrameComparator() if comparator and head != "attention" else None
         if residual and self.comparator is not None:
             torch.nn.init.zeros_(self.comparator.fconv.weight)
 
@@ -107,7 +111,7 @@ class VideoSimilarityModel(nn.Module):
     @property
     def raw_frames_per_cell(self) -> int:
         """Frames per cell of :attr:`SimilarityOutput.raw` on each axis (4 for the paper's head)."""
-        return 1 if self.head == "residual" else 4
+        return 4 if self.head == "visil" else 1
 
     @property
     def min_frames(self) -> int:

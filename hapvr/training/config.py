@@ -128,7 +128,7 @@ class TrainConfig:
     stop_after: int = 0  # end this run after N steps (checkpointed; --resume continues); 0 = run to the end
     heatmaps: int = 4  # query/target pairs drawn in the PNG
     benchmark: bool = True  # evaluate on the built-in held-out benchmark
-    benchmark_set: str = "test"  # builtin (11 queries), test (61, with rendered worlds), validation (60 rendered)
+    benchmark_set: str = "test"  # builtin (11 queries), test (61, with rendered worlds), validation (60 rendered + 6 photo queries)
     select_on: str = "validation"  # none: the last weights; validation: the best weights on the validation benchmark
     select_every: int = 200  # with --select-on validation: score the model every N steps (and at 0 and the end)
 
@@ -190,7 +190,7 @@ HELP = {
                      "rendered moving worlds (61; report on it); validation: 60 queries from other rendered worlds "
                      "(choose settings on it, never report it)",
     "select_on": "none: report and save the last weights; validation: score the model on the validation "
-                 "benchmark (60 rendered queries, never reported) at step 0, every --select-every steps and at the "
+                 "benchmark (60 rendered and 6 photo queries, never reported) at step 0, every --select-every steps and at the "
                  "end, and report and save the best (mean of mAP and uAP over the three levels)",
     "select_every": "with --select-on validation: steps between two validation scores",
     "eval_every": "evaluate on the held-out benchmark every N steps (0 = at the end only)",
@@ -214,7 +214,8 @@ HELP = {
     "am_max_margin": "adaptive margin: the largest margin",
     "k_s": "spatial TopK-Chamfer rate: each query region averages the top max(round(k_s R), 1) target regions",
     "head": "similarity head: visil (the paper's: psi's pooled output replaces the frame map) or residual "
-            "(psi's output is added to the frame map; the untrained model equals the Chamfer baseline)",
+            "(psi's output is added to the frame map; the untrained model equals the Chamfer baseline) or attention "
+            "(the residual head without psi: only the region attention is learnt; also starts at the baseline)",
     "k_t": "temporal TopK-Chamfer rate: each query frame averages the top max(round(k_t T'), 1) target frames",
     "pca_dim": "dimensions kept by the PCA whitening (the model's feature size)",
     "iterations": "training steps",
@@ -245,7 +246,7 @@ RANGES = {
     "ema": ("in", 0.0, 1.0, False, True), "seed": ("int", 0), "threads": ("int", 0), "log_every": ("int", 1),
     "eval_every": ("int", 0), "select_every": ("int", 1), "checkpoint_every": ("int", 0), "stop_after": ("int", 0), "heatmaps": ("int", 0),
 }
-CHOICES = {"head": ("visil", "residual"), "select_on": ("none", "validation"), "benchmark_set": ("builtin", "test", "validation"), "pipeline": ("auto", "cached", "streaming"), "video_loss": VIDEO_LOSSES, "amp": ("bf16", "off"), "backbone": ("efficientnet_lite0", "resnet50"),
+CHOICES = {"head": ("visil", "residual", "attention"), "select_on": ("none", "validation"), "benchmark_set": ("builtin", "test", "validation"), "pipeline": ("auto", "cached", "streaming"), "video_loss": VIDEO_LOSSES, "amp": ("bf16", "off"), "backbone": ("efficientnet_lite0", "resnet50"),
            "teacher": ("dinov2_onnx", "dino_vits16", "cnn")}
 
 

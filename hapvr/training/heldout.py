@@ -234,11 +234,12 @@ def localization_rows(baseline, model, feats: dict[str, torch.Tensor], partial_f
         model.eval()
         out = model(feats[q][None].float().to(dev), partial_feats[t][None].float().to(dev))
         model.train(was)
-        return torch.nn.functional.hardtanh(out.raw[0, 0]).float().cpu(), 1.0 / model.raw_frames_per_cell
+        own = out.frame_maps if out.raw is None else torch.nn.functional.hardtanh(out.raw)  # attention head: m_s
+        return own[0, 0].float().cpu(), 1.0 / model.raw_frames_per_cell
 
     neg = negative_pairs(partial, labels) if labels is not None else []
-    # the residual head's output is the Chamfer map corrected: the Chamfer map's parameters
-    preset = PRESETS["chamfer" if getattr(model, "head", "visil") == "residual" else "trained"]
+    # the residual and attention heads' output is a (corrected) Chamfer map: the Chamfer map's parameters
+    preset = PRESETS["trained" if getattr(model, "head", "visil") == "visil" else "chamfer"]
     return {"Chamfer map (compare's, both models)": evaluate_localization(chamfer, partial, negatives=neg),
             "HAP-VR comparator output": evaluate_localization(comparator, partial, negatives=neg, **preset)}
 
@@ -284,7 +285,8 @@ def draw_heatmaps(path: str, baseline, model, features, thumbs, pairs: list[tupl
         panels = [(thumbs[q].permute(1, 2, 0).numpy(), f"query {q}"), (thumbs[t].permute(1, 2, 0).numpy(), f"{rel}: {t}"),
                   (base.frame_maps[0, 0].numpy(), f"baseline Chamfer  s={float(base.video[0, 0]):.2f}"),
                   (out.frame_maps[0, 0].numpy(), "trained m_s (attention)"),
-                  (torch.nn.functional.hardtanh(out.raw[0, 0]).numpy(), f"trained psi  s={float(out.video[0, 0]):.2f}")]
+                  (out.frame_maps[0, 0].numpy() if out.raw is None else torch.nn.functional.hardtanh(out.raw[0, 0]).numpy(),
+                   f"trained {'m_s' if out.raw is None else 'psi'}  s={float(out.video[0, 0]):.2f}")]
         for c, (img, title) in enumerate(panels):
             ax = axes[r, c]
             if c < 2:

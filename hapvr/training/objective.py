@@ -55,7 +55,10 @@ def objective_inputs(out, batch, min_frames: int, device: torch.device, labels: 
         teacher = torch.nn.functional.pad(teacher, (0, 0, 0, T - teacher.shape[1]))
     positives = batch.positives.to(device) if labels is None else labels.to(device)
     related = getattr(batch, "related", None)
-    return ObjectiveInputs(out.video.float(), out.frame_maps.float(), out.raw.float(), out.raw_mask,
+    raw, raw_mask = out.raw, out.raw_mask
+    if raw is None:  # a head without psi (attention): nothing for the regulariser to bound
+        raw = raw_mask = torch.zeros(1, device=out.video.device)
+    return ObjectiveInputs(out.video.float(), out.frame_maps.float(), raw.float(), raw_mask,
                            out.query_lengths, positives, teacher, offset,
                            None if related is None or labels is not None else related.to(device))
 
