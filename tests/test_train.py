@@ -468,3 +468,25 @@ def test_resume_refuses_another_head(data, tmp_path):
     assert "--resume" in p.stderr and "--head visil" in p.stderr
     p = _train(*common, "--head", "visil", "--resume")
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_all_similarities_in_length_chunks_equal_one_pair_at_a_time():
+    """The benchmark scorer takes queries and database by length, in chunks padded to their own
+    longest video: every score equals the model's single-pair similarity."""
+    from hapvr.models import VideoSimilarityModel
+    from hapvr.training.heldout import all_similarities
+
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    lengths = torch.randint(1, 30, (11,), generator=g).tolist()
+    feats = {f"v{i}": torch.nn.functional.normalize(torch.randn(n, 9, 16, generator=g), dim=-1)
+             for i, n in enumerate(lengths)}
+    for head in ("residual", "visil"):
+        m = VideoSimilarityModel(16, head=head)
+        for p in m.parameters():
+            p.data.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        queries, database = ["v3", "v0", "v7"], sorted(feats)
+        sims = all_similarities(m, feats, queries, database, query_chunk=2, db_chunk=3)
+        assert list(sims) == queries and all(list(sims[q]) == database for q in queries)
+        for q in queries:
+            for t in database:
+                assert sims[q][t] == pytest.approx(m.similarity(feats[q], feats[t]), abs=1e-5), (head, q, t)

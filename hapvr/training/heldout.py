@@ -100,22 +100,33 @@ def device_of(model) -> torch.device:
 
 @torch.no_grad()
 def all_similarities(model, features: dict[str, torch.Tensor], queries: list[str], database: list[str],
-                     query_chunk: int = 4) -> dict[str, dict[str, float]]:
-    """``sims[q][t]`` for every query and database video (model in eval mode, [-1, 1] scores)."""
+                     query_chunk: int = 4, db_chunk: int = 64) -> dict[str, dict[str, float]]:
+    """``sims[q][t]`` for every query and database video (model in eval mode, [-1, 1] scores).
+
+    Queries and database are taken in order of length and in chunks (``query_chunk`` x
+    ``db_chunk`` videos), each padded to its own longest video only: a few long videos do not
+    make every pair pay for their length."""
     was_training = model.training
     model.eval()
     dev = device_of(model)
-    db, db_len = pad([features[t] for t in database])
-    db = model.index_video(db.to(dev))
-    sims = {}
-    for s in range(0, len(queries), query_chunk):
-        qs = queries[s:s + query_chunk]
+    by_len = sorted(database, key=lambda t: features[t].shape[0])
+    db_parts = []
+    for s in range(0, len(by_len), db_chunk):
+        ids = by_len[s:s + db_chunk]
+        db, db_len = pad([features[t] for t in ids])
+        db_parts.append((ids, model.index_video(db.to(dev)), db_len.to(dev)))
+    sims = {q: {} for q in queries}
+    ordered = sorted(queries, key=lambda q: features[q].shape[0])
+    for s in range(0, len(ordered), query_chunk):
+        qs = ordered[s:s + query_chunk]
         q, q_len = pad([features[x] for x in qs])
-        out = model(model.index_video(q.to(dev)), db, q_len.to(dev), db_len.to(dev), indexed=True).video.float().cpu()
-        for i, qid in enumerate(qs):
-            sims[qid] = {t: float(out[i, j]) for j, t in enumerate(database)}
+        q = model.index_video(q.to(dev))
+        for ids, db, db_len in db_parts:
+            out = model(q, db, q_len.to(dev), db_len, indexed=True).video.float().cpu()
+            for i, qid in enumerate(qs):
+                sims[qid].update({t: float(out[i, j]) for j, t in enumerate(ids)})
     model.train(was_training)
-    return sims
+    return {q: {t: sims[q][t] for t in database} for q in queries}
 
 
 def per_query_ap(sims, labels, database) -> dict[str, dict[str, float | None]]:
