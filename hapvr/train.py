@@ -589,7 +589,7 @@ def save(s: Session, step: int) -> None:
                     scheduler=s.scheduler, sampler=s.sampler, config=dataclasses.asdict(s.cfg), extra=extra)
 
 
-LOG_COLUMNS = ("loss", "frame_ap", "video_ap", "infonce", "sshn", "regularizer")
+LOG_COLUMNS = ("loss", "frame_ap", "video_ap", "infonce", "sshn", "regularizer", "pooled_ap")
 
 
 class TrainLog:

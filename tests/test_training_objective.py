@@ -100,7 +100,11 @@ def brute_objective(cfg, video, frame_maps, raw, raw_mask, lengths, positives, t
     parts = dict(frame_ap=mean(frame), video_ap=v_ap, infonce=mean(nce), sshn=mean(sshn),
                  regularizer=regularizer)
     weights = dict(frame_ap=cfg.lambda_f, video_ap=cfg.lambda_v, infonce=1.0, sshn=cfg.lambda_s,
-                   regularizer=cfg.lambda_reg)
+                   regularizer=cfg.lambda_reg, pooled_ap=cfg.lambda_u)
+    if cfg.lambda_u:  # every pair of two different clips in one list; related pairs left out
+        pairs = [(k, i) for k in range(N) for i in range(N) if k != i and not rel(k, i)]
+        parts["pooled_ap"] = qlap_list([s[k, i] for k, i in pairs], [1 if positives[k, i] else 0 for k, i in pairs],
+                                       cfg.delta_v, cfg.rho_v)
     return sum(weights[k] * v for k, v in parts.items()), parts
 
 
@@ -323,11 +327,13 @@ def test_frame_labels_choose_the_frame_level_pairs_only():
 
 
 
-def test_related_pairs_rank_between_copies_and_other_videos_like_the_brute_force():
+@pytest.mark.parametrize("lambda_u", [0.0, 2.5])
+def test_related_pairs_rank_between_copies_and_other_videos_like_the_brute_force(lambda_u):
     """Sibling clips (another camera on a video's scene): the video level averages the loss with
     them as negatives and as positives; InfoNCE and SSHN ignore them; the frame level never uses
-    them. Values and float64 gradients against the brute force, through the trainer's loss."""
-    cfg = TrainConfig()
+    them. With ``lambda_u`` the pooled term ranks all pairs of the batch as one list. Values and
+    float64 gradients against the brute force, through the trainer's loss."""
+    cfg = TrainConfig(lambda_u=lambda_u)
     N = 10
     x = padded_batch(N=N, seed=7)
     ids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 5])  # clips 8 and 9: siblings of videos 0 and 2
@@ -349,6 +355,7 @@ def test_related_pairs_rank_between_copies_and_other_videos_like_the_brute_force
     for name in leaves:
         torch.testing.assert_close(leaves[name].grad, want_leaves[name].grad, rtol=1e-6, atol=1e-9)
     # the related pairs change the video level, InfoNCE and SSHN, not the frame level
+    assert ("pooled_ap" in parts) == bool(lambda_u)
     _, plain = build_objective(cfg)(ObjectiveInputs(x.video, x.frame_maps, x.raw, x.raw_mask, x.lengths, positives,
                                                     x.teacher))
     assert plain["frame_ap"] == parts["frame_ap"]

@@ -8,13 +8,14 @@ import torch
 from torch import nn
 
 from hapvr.losses.adaptive_margin import AdaptiveMarginLoss
-from hapvr.losses.base import check_sim, self_column_offset
+from hapvr.losses.base import check_sim, mean_over, self_column_offset
 from hapvr.losses.frame_quadlinear_ap import FrameQuadLinearAPLoss
 from hapvr.losses.infonce import InfoNCELoss
 from hapvr.losses.quadlinear_ap import QuadLinearAPLoss
 from hapvr.losses.registry import register_loss
 from hapvr.losses.similarity_regularizer import SimilarityRegularizer
 from hapvr.losses.sshn import SSHNLoss
+from hapvr.ops.quadlinear_ap import quadlinear_ap
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class HAPVRObjectiveConfig:
     lambda_nce: float = 1.0   # InfoNCE (in L_base with weight 1)
     lambda_s: float = 3.0     # SSHN (eq. 16)
     lambda_reg: float = 1.0   # similarity regulariser on the raw comparator output
+    lambda_u: float = 0.0     # pooled video-level QuadLinear-AP (hapvr's, not the paper's): the batch as one list
     delta_v: float = 0.05
     rho_v: float = 0.10
     delta_f: float = 0.05
@@ -69,7 +71,13 @@ def video_teacher_similarity(teacher, lengths, M: int, N: int) -> torch.Tensor:
 
 @register_loss("hapvr")
 class HAPVRObjective(nn.Module):
-    """``L = lambda_f L^F_QLAP + lambda_v L^V_QLAP + lambda_nce L_NCE + lambda_s L_SSHN + lambda_reg L_reg``.
+    """``L = lambda_f L^F_QLAP + lambda_v L^V_QLAP + lambda_nce L_NCE + lambda_s L_SSHN + lambda_reg L_reg
+    + lambda_u L^U_QLAP``.
+
+    ``L^U_QLAP`` (hapvr's, off in the paper's settings) is the QuadLinear-AP risk of the whole
+    batch matrix ranked as *one* list (a clip against itself left out): every positive pair must
+    outrank every negative pair of *any* query, which is what uAP (pooled over queries) asks and
+    what the per-query terms leave free (the scale of each query's scores).
 
     Build with ``HAPVRObjective()`` (paper defaults), ``HAPVRObjective(config)`` or keyword
     overrides, e.g. ``HAPVRObjective(lambda_f=0)`` for the video level only.
@@ -99,7 +107,7 @@ class HAPVRObjective(nn.Module):
         asks. InfoNCE and SSHN ignore the related pairs; the frame level never sees them as
         positives. Not with ``video_loss="adaptive_margin"``.
     Returns ``(total, parts)``; ``parts`` maps ``frame_ap``, ``video_ap``, ``infonce``, ``sshn``,
-    ``regularizer`` to the unweighted (detached) values of the terms that were computed.
+    ``regularizer``, ``pooled_ap`` to the unweighted (detached) values of the terms that were computed.
     """
 
     def __init__(self, config: HAPVRObjectiveConfig | None = None, **overrides):
@@ -168,6 +176,13 @@ class HAPVRObjective(nn.Module):
             terms["infonce"] = (c.lambda_nce, self.infonce(sim, base_labels, self_offset))
         if c.lambda_s:
             terms["sshn"] = (c.lambda_s, self.sshn(sim, base_labels, self_offset))
+        if c.lambda_u:
+            pooled = base_labels.to(torch.int8).clone()
+            if offset is not None:  # a clip against itself is no pair
+                k = torch.arange(N, device=pooled.device)
+                pooled[k, offset + k] = -1
+            risk, valid = quadlinear_ap(sim.reshape(1, -1), pooled.reshape(1, -1), c.delta_v, c.rho_v, backend=c.backend)
+            terms["pooled_ap"] = (c.lambda_u, mean_over(risk, valid))
         if c.lambda_reg:
             if raw is None:
                 raise ValueError("raw (the comparator's raw output) is required while lambda_reg != 0")

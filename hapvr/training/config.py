@@ -94,6 +94,7 @@ class TrainConfig:
     lambda_nce: float = CPU_OBJECTIVE.lambda_nce
     lambda_s: float = CPU_OBJECTIVE.lambda_s
     lambda_reg: float = CPU_OBJECTIVE.lambda_reg
+    lambda_u: float = CPU_OBJECTIVE.lambda_u
     delta_v: float = CPU_OBJECTIVE.delta_v
     rho_v: float = CPU_OBJECTIVE.rho_v
     delta_f: float = CPU_OBJECTIVE.delta_f
@@ -204,6 +205,8 @@ HELP = {
     "tau": "temperature of the InfoNCE term",
     "lambda_s": "weight of the hard-negative (SSHN) term",
     "lambda_reg": "weight of the similarity regulariser (keeps similarities in [-1, 1])",
+    "lambda_u": "weight of the pooled video-level QuadLinear-AP (hapvr's; 0 in the paper): the whole batch matrix "
+                "ranked as one list, so positives of every query outrank negatives of every query (uAP)",
     "lambda_nce": "weight of the InfoNCE term (paper 1)",
     "frame_self_pairs": "the frame-level term also ranks each clip against itself, as the HAP-VR release does "
                         "(its pair mask includes the diagonal); false: pairs of distinct clips only",
@@ -236,7 +239,7 @@ HELP = {
 RANGES = {
     "fps": ("positive",), "cache_budget_gb": ("positive",), "workers": ("int", 0), "pca_videos": ("int", 1), "train_renders": ("int", 0), "sibling_videos": ("int", 0), "views_per_video": ("int", 1), "pool_frames": ("int", 1), "clip_frames": ("int", 1),
     "clip_shift": ("nonnegative",), "pca_dim": ("int", 1), "k_s": ("in", 0.0, 1.0, True), "k_t": ("in", 0.0, 1.0, True),
-    "delta_v": ("positive",), "rho_v": ("nonnegative",), "lambda_v": ("nonnegative",), "delta_f": ("positive",),
+    "delta_v": ("positive",), "rho_v": ("nonnegative",), "lambda_v": ("nonnegative",), "lambda_u": ("nonnegative",), "delta_f": ("positive",),
     "rho_f": ("nonnegative",), "lambda_f": ("nonnegative",), "r_t": ("in", 0.0, 1.0, True), "r_b": ("in", 0.0, 1.0, True),
     "tau": ("positive",), "lambda_s": ("nonnegative",), "lambda_reg": ("nonnegative",),
     "lambda_nce": ("nonnegative",), "am_base_margin": ("nonnegative",), "am_scale": ("nonnegative",),
