@@ -101,10 +101,12 @@ def brute_objective(cfg, video, frame_maps, raw, raw_mask, lengths, positives, t
                  regularizer=regularizer)
     weights = dict(frame_ap=cfg.lambda_f, video_ap=cfg.lambda_v, infonce=1.0, sshn=cfg.lambda_s,
                    regularizer=cfg.lambda_reg, pooled_ap=cfg.lambda_u)
-    if cfg.lambda_u:  # every pair of two different clips in one list; related pairs left out
-        pairs = [(k, i) for k in range(N) for i in range(N) if k != i and not rel(k, i)]
-        parts["pooled_ap"] = qlap_list([s[k, i] for k, i in pairs], [1 if positives[k, i] else 0 for k, i in pairs],
-                                       cfg.delta_v, cfg.rho_v)
+    if cfg.lambda_u:  # every pair of two different clips in one list; related pairs: the mean over the two levels
+        pairs = [(k, i) for k in range(N) for i in range(N) if k != i]
+        scores = [s[k, i] for k, i in pairs]
+        fine = qlap_list(scores, [1 if positives[k, i] else 0 for k, i in pairs], cfg.delta_v, cfg.rho_v)
+        coarse = qlap_list(scores, [1 if positives[k, i] or rel(k, i) else 0 for k, i in pairs], cfg.delta_v, cfg.rho_v)
+        parts["pooled_ap"] = fine if related is None else (fine + coarse) / 2
     return sum(weights[k] * v for k, v in parts.items()), parts
 
 
@@ -331,7 +333,7 @@ def test_frame_labels_choose_the_frame_level_pairs_only():
 def test_related_pairs_rank_between_copies_and_other_videos_like_the_brute_force(lambda_u):
     """Sibling clips (another camera on a video's scene): the video level averages the loss with
     them as negatives and as positives; InfoNCE and SSHN ignore them; the frame level never uses
-    them. With ``lambda_u`` the pooled term ranks all pairs of the batch as one list. Values and
+    them. With ``lambda_u`` the pooled term ranks all pairs of the batch as one list, at both levels. Values and
     float64 gradients against the brute force, through the trainer's loss."""
     cfg = TrainConfig(lambda_u=lambda_u)
     N = 10

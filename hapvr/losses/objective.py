@@ -101,10 +101,10 @@ class HAPVRObjective(nn.Module):
         show what makes them positive.
         related: optional bool ``[N, N]`` (the shape of ``labels``): pairs that are relevant at a
         coarser level only, e.g. the same scene seen by another camera (FIVR's CS against its DS).
-        The video-level term is then the mean of its loss at the two levels: ``labels`` as given
-        (a related pair is a negative) and ``labels`` with the related pairs made positives, so
-        it ranks copies above related videos above the rest, as the mean AP over DSVR and CSVR
-        asks. InfoNCE and SSHN ignore the related pairs; the frame level never sees them as
+        The video-level term (and the pooled one) is then the mean of its loss at the two levels:
+        ``labels`` as given (a related pair is a negative) and ``labels`` with the related pairs
+        made positives, so it ranks copies above related videos above the rest, as the mean AP
+        over DSVR and CSVR asks. InfoNCE and SSHN ignore the related pairs; the frame level never sees them as
         positives. Not with ``video_loss="adaptive_margin"``.
     Returns ``(total, parts)``; ``parts`` maps ``frame_ap``, ``video_ap``, ``infonce``, ``sshn``,
     ``regularizer``, ``pooled_ap`` to the unweighted (detached) values of the terms that were computed.
@@ -177,12 +177,18 @@ class HAPVRObjective(nn.Module):
         if c.lambda_s:
             terms["sshn"] = (c.lambda_s, self.sshn(sim, base_labels, self_offset))
         if c.lambda_u:
-            pooled = base_labels.to(torch.int8).clone()
-            if offset is not None:  # a clip against itself is no pair
-                k = torch.arange(N, device=pooled.device)
-                pooled[k, offset + k] = -1
-            risk, valid = quadlinear_ap(sim.reshape(1, -1), pooled.reshape(1, -1), c.delta_v, c.rho_v, backend=c.backend)
-            terms["pooled_ap"] = (c.lambda_u, mean_over(risk, valid))
+            def pooled(lab):
+                lab = lab.to(torch.int8).clone()
+                if offset is not None:  # a clip against itself is no pair
+                    k = torch.arange(N, device=lab.device)
+                    lab[k, offset + k] = -1
+                risk, valid = quadlinear_ap(sim.reshape(1, -1), lab.reshape(1, -1), c.delta_v, c.rho_v,
+                                            backend=c.backend)
+                return mean_over(risk, valid)
+
+            # with related pairs, the mean over the two levels, as the video level (uAP DSVR and CSVR)
+            value = pooled(labels) if related is None else (pooled(labels) + pooled(coarse)) / 2
+            terms["pooled_ap"] = (c.lambda_u, value)
         if c.lambda_reg:
             if raw is None:
                 raise ValueError("raw (the comparator's raw output) is required while lambda_reg != 0")
