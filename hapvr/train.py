@@ -804,6 +804,10 @@ def _finish(s: Session, t_train: float) -> dict:
     """The report (main process) and OUT/results.json."""
     cfg = s.cfg
     results, extra = report(s) if s.info.main and s.bench_feats is not None else ({}, {})
+    if s.info.main and s.bench_feats is None and s.selection is not None:  # --benchmark false: the history alone
+        with open(os.path.join(cfg.out, "results.txt"), "w") as f:
+            f.write(_selection_report(s))
+        extra["selection"] = s.selection.state()
     if s.info.main:
         summary = dict(results=results, **extra, skipped_videos=[p for p, _ in s.skipped], steps=cfg.iterations,
                        seconds=dict(data=round(s.t_data, 1), train=round(t_train, 1),

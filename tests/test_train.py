@@ -414,7 +414,7 @@ def test_learning_rate_schedule_is_the_releases():
 
 def test_selection_on_validation_keeps_the_best_weights_and_resumes(data, tmp_path, monkeypatch):
     """--select-on validation scores the model at step 0, every --select-every steps and at the
-    end on a (here 4-query) validation benchmark; the checkpoint's model is the best-scored
+    end on a (here 4 + 6 photo query) validation benchmark; the checkpoint's model is the best-scored
     weights, the live weights continue, and a resumed run selects exactly as an unbroken one."""
     from hapvr import train
     from hapvr.data import corpus
@@ -422,7 +422,6 @@ def test_selection_on_validation_keeps_the_best_weights_and_resumes(data, tmp_pa
     from hapvr.training.selection import selection_score
 
     monkeypatch.setattr(corpus, "VALIDATION_QUERIES", 4)
-    monkeypatch.setattr(corpus, "VALIDATION_PHOTOS", corpus.VALIDATION_PHOTOS[:2])
     root, _ = data
     cache = str(tmp_path / "cache")  # its own cache: the 4-query validation set is keyed like the full one
     common = ["--data", root, "--cache-dir", cache, "--iterations", "5", *TINY, "--head", "residual", "--select-on",
@@ -448,6 +447,12 @@ def test_selection_on_validation_keeps_the_best_weights_and_resumes(data, tmp_pa
     assert p.returncode == 0 and "stopped at step 3" in p.stdout, p.stderr[-2000:]
     p = _train(*common, "--out", split, "--resume")
     assert p.returncode == 0, p.stderr[-2000:]
+    # without a test benchmark (--benchmark false) the run still prints and keeps its validation history
+    assert "model selection on the validation benchmark" in p.stdout and "<- selected" in p.stdout
+    with open(os.path.join(split, "results.txt")) as f:
+        assert "<- selected" in f.read()
+    with open(os.path.join(split, "results.json")) as f:
+        assert json.load(f)["selection"]["best_step"] == sel["best_step"]
     again = torch.load(os.path.join(split, "checkpoint.pt"), weights_only=True)
     assert again["extra"]["selection"] == sel
     for k in ckpt["model"]:
