@@ -361,6 +361,7 @@ def test_presets_paper_table_6_and_cpu_overrides():
     assert cpu.lambda_f == 10.0 and cpu.iterations == 1000 and cpu.batch_videos == 8
     # the CPU preset's model and data (docs/train.md, judged on the validation benchmark)
     assert (cpu.head, cpu.select_on, cpu.benchmark_set, cpu.teacher, cpu.lr) == ("residual", "validation", "test", "cnn", 6e-3)
+    assert (cpu.lambda_u, cpu.select_every, paper.lambda_u) == (10.0, 100, 0.0)  # the pooled AP term: hapvr's
     from hapvr.training.config import train_renders
 
     assert train_renders(cpu) == 24 and train_renders(paper) == 0

@@ -18,7 +18,7 @@ from hapvr.losses.objective import VIDEO_LOSSES, HAPVRObjectiveConfig
 
 # The objective's one source of settings: the paper's defaults live in HAPVRObjectiveConfig; the CPU
 # preset weighs the frame-level term more (docs/train.md).
-CPU_OBJECTIVE = dataclasses.replace(HAPVRObjectiveConfig(), lambda_f=10.0)
+CPU_OBJECTIVE = dataclasses.replace(HAPVRObjectiveConfig(), lambda_f=10.0, lambda_u=10.0)
 # HAPVRObjectiveConfig fields that are not training options (fixed by the package)
 NOT_TRAINING_OPTIONS = ("video_self_label", "backend")
 
@@ -88,7 +88,7 @@ class TrainConfig:
     k_t: float = 0.03
     head: str = "residual"  # visil: the paper's comparator; residual: psi corrects the Chamfer map (starts at the baseline)
     # losses (paper eqs. 6-16, Table 6): the fields of hapvr.losses.HAPVRObjectiveConfig, same names,
-    # its (paper) defaults; the CPU preset changes lambda_f only (CPU_OBJECTIVE above)
+    # its (paper) defaults; the CPU preset changes lambda_f and lambda_u (CPU_OBJECTIVE above; docs/train.md)
     lambda_f: float = CPU_OBJECTIVE.lambda_f
     lambda_v: float = CPU_OBJECTIVE.lambda_v
     lambda_nce: float = CPU_OBJECTIVE.lambda_nce
@@ -131,12 +131,12 @@ class TrainConfig:
     benchmark: bool = True  # evaluate on the built-in held-out benchmark
     benchmark_set: str = "test"  # builtin (11 queries), test (61, with rendered worlds), validation (60 rendered + 6 photo queries)
     select_on: str = "validation"  # none: the last weights; validation: the best weights on the validation benchmark
-    select_every: int = 200  # with --select-on validation: score the model every N steps (and at 0 and the end)
+    select_every: int = 100  # with --select-on validation: score the model every N steps (and at 0 and the end)
 
 
 PRESETS = {
     "cpu": {},
-    "paper": dict(head="visil", select_on="none", train_renders=0, sibling_videos=0, benchmark_set="builtin", pipeline="streaming", workers=8, clip_frames=28, pool_frames=64, lambda_f=HAPVRObjectiveConfig().lambda_f, backbone="resnet50", teacher="dino_vits16", teacher_all_views=True,
+    "paper": dict(head="visil", select_on="none", train_renders=0, sibling_videos=0, benchmark_set="builtin", pipeline="streaming", workers=8, clip_frames=28, pool_frames=64, lambda_f=HAPVRObjectiveConfig().lambda_f, lambda_u=HAPVRObjectiveConfig().lambda_u, backbone="resnet50", teacher="dino_vits16", teacher_all_views=True,
                   iterations=30000, batch_videos=64, lr=4e-5, weight_decay=1e-2, warmup=1000, amp="bf16", checkpoint_every=1000,
                   eval_every=5000, log_every=50),
 }
