@@ -153,7 +153,7 @@ HELP = {
     "pca_videos": "streaming: videos whose weak clips fit the PCA whitening (without --pca or --resume)",
     "views_per_video": "augmented views cached per video (backbone+teacher run once on each)",
     "train_renders": "built-in corpus only: add this many videos of rendered moving worlds (sprites, scrolling "
-                     "screens; seeds disjoint from the benchmarks') to the 23 photo pans (default: 24 with the "
+                     "screens; seeds disjoint from the benchmarks') to the 17 photo pans (default: 24 with the "
                      "built-in corpus; none with --data)",
     "sibling_videos": "built-in corpus only: per step, this many of the batch's videos also bring a clip of "
                       "another camera beside theirs on the same scene (the benchmarks' CS level); the video-level "
