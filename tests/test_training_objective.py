@@ -106,6 +106,8 @@ def brute_objective(cfg, video, frame_maps, raw, raw_mask, lengths, positives, t
         scores = [s[k, i] for k, i in pairs]
         fine = qlap_list(scores, [1 if positives[k, i] else 0 for k, i in pairs], cfg.delta_v, cfg.rho_v)
         coarse = qlap_list(scores, [1 if positives[k, i] or rel(k, i) else 0 for k, i in pairs], cfg.delta_v, cfg.rho_v)
+        zero = torch.zeros((), dtype=torch.float64)  # a list without a positive pair (or a negative) adds 0
+        fine, coarse = (zero if r is None else r for r in (fine, coarse))
         parts["pooled_ap"] = fine if related is None else (fine + coarse) / 2
     return sum(weights[k] * v for k, v in parts.items()), parts
 
@@ -188,7 +190,7 @@ def test_full_length_batch_needs_no_lengths():
     full = ObjectiveInputs(x.video, torch.rand_like(x.frame_maps), x.raw, x.raw_mask, torch.full_like(x.lengths, T),
                            x.positives, torch.nn.functional.normalize(torch.randn_like(x.teacher), dim=-1))
     total, parts = build_objective(cfg)(full)
-    ref_total, _ = HAPVRObjective(lambda_f=cfg.lambda_f)(full.video / 2 + 0.5, full.positives.long(), raw=full.raw * full.raw_mask,
+    ref_total, _ = HAPVRObjective(lambda_f=cfg.lambda_f, lambda_u=cfg.lambda_u)(full.video / 2 + 0.5, full.positives.long(), raw=full.raw * full.raw_mask,
                              frame_sims=full.frame_maps, teacher=full.teacher)
     assert parts["loss"] == pytest.approx(float(ref_total), rel=1e-6)
 
