@@ -189,7 +189,7 @@ HELP = {
     "benchmark": "evaluate on the built-in held-out benchmark (built once from packaged media)",
     "benchmark_set": "builtin: 11 queries from packaged clips and photos (fast); test: those and 50 queries from "
                      "rendered moving worlds (61; report on it); validation: 60 queries from other rendered worlds "
-                     "(choose settings on it, never report it)",
+                     "and 6 from photos held out of training (choose settings on it, never report it)",
     "select_on": "none: report and save the last weights; validation: score the model on the validation "
                  "benchmark (60 rendered and 6 photo queries, never reported) at step 0, every --select-every steps and at the "
                  "end, and report and save the best (mean of mAP and uAP over the three levels)",
