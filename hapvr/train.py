@@ -182,14 +182,23 @@ def fit_pca(extractor, pool) -> None:
     extractor.fit_pca(vecs.reshape(-1, extractor.in_dim).float())
 
 
+def round_length(cfg) -> int:
+    """Steps per round of ``--restarts`` (the last round may be shorter); --iterations without restarts."""
+    return -(-cfg.iterations // cfg.restarts)
+
+
 def lr_lambda(cfg):
     """Learning-rate factor of step ``step``, as the HAP-VR release's scheduler (timm cosine):
     linear warm-up from ``warmup_from`` x lr to lr over ``warmup`` steps, then a cosine from lr
-    down to ``lr_floor`` x lr at the last step."""
+    down to ``lr_floor`` x lr at the last step. With ``--restarts`` every round has its own."""
+    rounds = round_length(cfg)
+
     def f(step: int) -> float:
+        start = min(step, cfg.iterations - 1) // rounds * rounds  # past the end: the last round's floor
+        step, length = step - start, min(rounds, cfg.iterations - start)
         if step < cfg.warmup:
             return cfg.warmup_from + (1 - cfg.warmup_from) * step / cfg.warmup
-        progress = (step - cfg.warmup) / max(cfg.iterations - cfg.warmup, 1)
+        progress = (step - cfg.warmup) / max(length - cfg.warmup, 1)
         return cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return f
@@ -224,6 +233,12 @@ def check_config(cfg) -> None:
     if cfg.train_renders and cfg.data:
         raise UserError("--train-renders adds rendered videos to the built-in corpus; it does nothing with --data "
                         "(drop one of them)")
+    if cfg.restarts > 1 and cfg.select_on != "validation":
+        raise UserError(f"--restarts {cfg.restarts} needs --select-on validation (each round starts from fresh "
+                        "weights: without selection only the last round would be kept)")
+    if cfg.restarts > cfg.iterations:
+        raise UserError(f"--restarts {cfg.restarts} is more than --iterations {cfg.iterations} (every round needs a "
+                        "step); lower --restarts or raise --iterations")
     if cfg.select_on == "validation" and cfg.benchmark and cfg.benchmark_set == "validation":
         print("note: --select-on validation with --benchmark-set validation reports figures selected on the same "
               "set (optimistic); report on --benchmark-set test", file=sys.stderr)
@@ -428,10 +443,37 @@ def _load_pca(cfg, extractor):
         raise UserError(f"--pca {exc}") from None
 
 
+def new_model(cfg, round_index: int = 0):
+    """The model at the start of training: round 0 draws from the global generator (seeded by
+    setup), each later round of ``--restarts`` from its own seed, the global generator untouched."""
+    from hapvr.models import VideoSimilarityModel
+
+    if round_index == 0:
+        return VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t, head=cfg.head)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1_000_003 * round_index)
+        return VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t, head=cfg.head)
+
+
+def restart(s: "Session", step: int) -> None:
+    """Starts round ``step // round_length`` of ``--restarts``: fresh weights (and average), a fresh
+    optimiser state; the schedule restarts by itself (:func:`lr_lambda`), the batches go on."""
+    index = step // round_length(s.cfg)
+    fresh = new_model(s.cfg, index).state_dict()
+    s.model.load_state_dict(fresh)
+    if s.ema is not None:
+        s.ema.load_state_dict(fresh)
+    s.optimizer.state.clear()
+    _log(s.info, f"round {index + 1} of {s.cfg.restarts} at step {step}: fresh weights and optimiser state, "
+                 f"a new warm-up and cosine")
+
+
 def _check_resumed_model(cfg, saved: dict, path: str) -> None:
     """--resume continues the model the checkpoint holds: its head and sizes must be the run's
     (both heads have the same parameter names, so a mismatch would load without an error)."""
-    defaults = {"head": "visil", "pca_dim": 512, "k_s": 0.1, "k_t": 0.03}  # checkpoints before an option existed
+    defaults = {"head": "visil", "pca_dim": 512, "k_s": 0.1, "k_t": 0.03, "restarts": 1}  # before an option existed
+    if cfg.restarts > 1 or saved.get("restarts", 1) > 1:  # the rounds' boundaries depend on --iterations
+        defaults["iterations"] = cfg.iterations
     for name, default in defaults.items():
         if saved.get(name, default) != getattr(cfg, name):
             raise UserError(f"--resume: {path} was trained with --{name.replace('_', '-')} {saved.get(name, default)}, "
@@ -493,7 +535,7 @@ def setup(cfg) -> Session:
         print(f"note: --batch-videos {cfg.batch_videos} > {batches.videos} videos in the pool; using {batches.videos}")
 
     torch.manual_seed(cfg.seed)
-    model = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t, head=cfg.head).to(info.device)
+    model = new_model(cfg).to(info.device)
     train_model = model
     gather = cfg.gather_negatives and info.enabled  # one process: every clip is already a target
     if info.enabled:
@@ -658,7 +700,10 @@ def train_loop(s: Session, log: TrainLog) -> tuple[int, float]:
     if s.selection is not None and not s.selection.history:
         s.selection.score_baseline(s.baseline)
         select(s, done)
+    rounds = round_length(cfg)
     for step in bar:
+        if cfg.restarts > 1 and step and step % rounds == 0:
+            restart(s, step)
         parts = train_step(s, s.batches.next())
         done = step + 1
         if info.main:
@@ -667,7 +712,8 @@ def train_loop(s: Session, log: TrainLog) -> tuple[int, float]:
                 log.step(done, s.optimizer.param_groups[0]["lr"], parts, time.time() - t0)
             if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.iterations and s.bench_feats is not None:
                 log.benchmark(done, evaluate_model(s.eval_model, s.bench_feats, s.bench.queries, s.bench.labels))
-            if s.selection is not None and (done % cfg.select_every == 0 or done == cfg.iterations):
+            if s.selection is not None and (done % cfg.select_every == 0 or done % rounds == 0
+                                            or done == cfg.iterations):
                 select(s, done, log)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
             save(s, done)
@@ -699,7 +745,9 @@ def _selection_report(s: Session) -> str:
     sel = s.selection
     fig = sel.score_baseline(s.baseline)
     base = {"score": 100 * sum(fig.values()) / len(fig), **{k: 100 * v for k, v in fig.items()}}
-    verdict = (f"step {sel.best_step} selected" if sel.best_step >= 0 else
+    rounds = (f" (round {max(sel.best_step - 1, 0) // round_length(s.cfg) + 1} of {s.cfg.restarts})"
+              if s.cfg.restarts > 1 else "")
+    verdict = (f"step {sel.best_step} selected{rounds}" if sel.best_step >= 0 else
                "no scored step was at or above the baseline on every figure: the last weights are reported")
     text = (f"model selection on the validation benchmark ({len(sel.queries)} queries, never reported; "
             f"score = mean of mAP and uAP over the levels, among the steps at or above the baseline on all "

@@ -211,6 +211,9 @@ def train_cases(d):
         ("unknown head", [*run, "--head", "resnet"], "--head"),
         ("unknown selection set", [*run, "--select-on", "test"], "--select-on"),
         ("select every 0 steps", [*run, "--select-every", "0"], "--select-every"),
+        ("restarts 0", [*run, "--restarts", "0"], "--restarts"),
+        ("restarts without selection", [*run, "--restarts", "2", "--select-on", "none"], "--restarts"),
+        ("more restarts than steps", [*run, "--restarts", "5", "--iterations", "3"], "--restarts"),
     ]
 
 

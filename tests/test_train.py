@@ -413,6 +413,48 @@ def test_learning_rate_schedule_is_the_releases():
     assert g(0) == 1.0 and g(10) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_restarts_give_every_round_its_own_schedule():
+    """--restarts 3 over 30 steps: three rounds of 10 steps, each with the warm-up and cosine of a
+    10-step run; past the end the last round's floor."""
+    from hapvr.train import lr_lambda, round_length
+    from hapvr.training.config import TrainConfig
+
+    one = lr_lambda(TrainConfig(iterations=10, warmup=3))
+    three = lr_lambda(TrainConfig(iterations=30, warmup=3, restarts=3))
+    assert round_length(TrainConfig(iterations=30, restarts=3)) == 10
+    for r in range(3):
+        assert [three(10 * r + i) for i in range(10)] == pytest.approx([one(i) for i in range(10)])
+    assert three(30) == three(45) == pytest.approx(0.1)
+    # uneven: 7 steps in 2 rounds of 4 and 3, the second its own (shorter) cosine
+    uneven, short = lr_lambda(TrainConfig(iterations=7, warmup=1, restarts=2)), lr_lambda(TrainConfig(iterations=3, warmup=1))
+    assert [uneven(4 + i) for i in range(3)] == pytest.approx([short(i) for i in range(3)])
+    assert uneven(7) == uneven(9) == pytest.approx(0.1)
+
+
+def test_restart_starts_from_fresh_weights_and_optimiser(data, tmp_path):
+    """A new round loads a fresh initialisation of its own seed (the residual head's, so the
+    Chamfer baseline again) and empties AdamW's moments; the global generator is left alone."""
+    from hapvr import train
+    from hapvr.training.config import parse_config
+
+    root, cache = data
+    cfg = parse_config(["--data", root, "--cache-dir", cache, "--out", str(tmp_path / "run"), "--iterations", "4",
+                        *TINY, "--head", "residual"])
+    cfg.restarts = 2  # two rounds of 2 steps (without the validation set --select-on would need here)
+    s = train.setup(cfg)
+    first = {k: v.clone() for k, v in s.model.state_dict().items()}
+    train.train_step(s, s.batches.next())
+    assert s.optimizer.state and any(not torch.equal(first[k], v) for k, v in s.model.state_dict().items())
+    rng = torch.get_rng_state()
+    train.restart(s, 2)
+    assert torch.equal(torch.get_rng_state(), rng) and not s.optimizer.state
+    again = train.new_model(cfg, 1).state_dict()
+    for k, v in s.model.state_dict().items():
+        torch.testing.assert_close(v, again[k], rtol=0, atol=0, msg=k)
+    assert torch.count_nonzero(again["comparator.fconv.weight"]) == 0  # psi's last layer: the baseline again
+    assert any(not torch.equal(first[k], again[k]) for k in first)  # another initialisation than round 1's
+
+
 def test_selection_on_validation_keeps_the_best_weights_and_resumes(data, tmp_path, monkeypatch):
     """--select-on validation scores the model at step 0, every --select-every steps and at the
     end on a (here 4 + 6 photo query) validation benchmark; the checkpoint's model is the best-scored
@@ -459,6 +501,42 @@ def test_selection_on_validation_keeps_the_best_weights_and_resumes(data, tmp_pa
     for k in ckpt["model"]:
         torch.testing.assert_close(again["model"][k], ckpt["model"][k], rtol=0, atol=0, msg=k)
         torch.testing.assert_close(again["extra"]["train_weights"][k], live[k], rtol=0, atol=0, msg=k)
+
+
+def test_restarts_select_over_rounds_and_resume_across_a_boundary(data, tmp_path, monkeypatch, capsys):
+    """--restarts 2 over 5 steps (rounds of 3 and 2): the validation benchmark scores the end of
+    each round too; a run stopped at the boundary and resumed selects and ends exactly as an
+    unbroken one (the new round starts after the resume)."""
+    from hapvr import train
+    from hapvr.data import corpus
+    from hapvr.training.config import parse_config
+
+    monkeypatch.setattr(corpus, "VALIDATION_QUERIES", 4)
+    root, _ = data
+    cache = str(tmp_path / "cache")
+    common = ["--data", root, "--cache-dir", cache, "--iterations", "5", *TINY, "--head", "residual", "--select-on",
+              "validation", "--select-every", "2", "--restarts", "2"]
+    full, split = str(tmp_path / "full"), str(tmp_path / "split")
+    train.run(parse_config([*common, "--out", full]))
+    assert "round 2 of 2 at step 3" in capsys.readouterr().out
+    ckpt = torch.load(os.path.join(full, "checkpoint.pt"), weights_only=True)
+    assert [row["step"] for row in ckpt["extra"]["selection"]["history"]] == [0, 2, 3, 4, 5]
+    train.run(parse_config([*common, "--out", split, "--stop-after", "3"]))
+    assert "round 2" not in capsys.readouterr().out
+    train.run(parse_config([*common, "--out", split, "--resume"]))
+    out = capsys.readouterr().out
+    assert "round 2 of 2 at step 3" in out and "model selection on the validation benchmark" in out
+    again = torch.load(os.path.join(split, "checkpoint.pt"), weights_only=True)
+    assert again["extra"]["selection"] == ckpt["extra"]["selection"]
+    for k in ckpt["model"]:
+        torch.testing.assert_close(again["model"][k], ckpt["model"][k], rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(again["extra"]["train_weights"][k], ckpt["extra"]["train_weights"][k], rtol=0,
+                                   atol=0, msg=k)
+    # another --iterations would move the rounds' boundaries: --resume refuses it
+    from hapvr.train import UserError
+
+    with pytest.raises(UserError, match="--iterations"):
+        train.run(parse_config([*common, "--out", split, "--resume", "--iterations", "8"]))
 
 
 def test_resume_refuses_another_head(data, tmp_path):

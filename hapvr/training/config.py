@@ -132,6 +132,7 @@ class TrainConfig:
     benchmark_set: str = "test"  # builtin (11 queries), test (61, with rendered worlds), validation (60 rendered + 6 photo queries)
     select_on: str = "validation"  # none: the last weights; validation: the best weights on the validation benchmark
     select_every: int = 100  # with --select-on validation: score the model every N steps (and at 0 and the end)
+    restarts: int = 1  # with --select-on validation: split --iterations into N rounds, each from fresh weights
 
 
 PRESETS = {
@@ -194,6 +195,9 @@ HELP = {
                  "benchmark (60 rendered and 6 photo queries, never reported) at step 0, every --select-every steps and at the "
                  "end, and report and save the best (mean of mAP and uAP over the three levels)",
     "select_every": "with --select-on validation: steps between two validation scores",
+    "restarts": "with --select-on validation: split --iterations into N rounds; each starts from fresh weights "
+                "(another initialisation), a fresh optimiser state and its own warm-up and cosine, and is "
+                "scored at its end too; the selection keeps the best qualifying step of any round",
     "eval_every": "evaluate on the held-out benchmark every N steps (0 = at the end only)",
     "delta_v": "video-level QuadLinear-AP: margin delta of the negatives' linear penalty (paper eq. 9)",
     "rho_v": "video-level QuadLinear-AP: weight rho of the quadratic term (paper eq. 9)",
@@ -247,7 +251,7 @@ RANGES = {
     "batch_videos": ("int", 2), "lr": ("positive",), "weight_decay": ("nonnegative",), "warmup": ("int", 0),
     "warmup_from": ("in", 0.0, 1.0), "lr_floor": ("in", 0.0, 1.0),
     "ema": ("in", 0.0, 1.0, False, True), "seed": ("int", 0), "threads": ("int", 0), "log_every": ("int", 1),
-    "eval_every": ("int", 0), "select_every": ("int", 1), "checkpoint_every": ("int", 0), "stop_after": ("int", 0), "heatmaps": ("int", 0),
+    "eval_every": ("int", 0), "select_every": ("int", 1), "restarts": ("int", 1), "checkpoint_every": ("int", 0), "stop_after": ("int", 0), "heatmaps": ("int", 0),
 }
 CHOICES = {"head": ("visil", "residual", "attention"), "select_on": ("none", "validation"), "benchmark_set": ("builtin", "test", "validation"), "pipeline": ("auto", "cached", "streaming"), "video_loss": VIDEO_LOSSES, "amp": ("bf16", "off"), "backbone": ("efficientnet_lite0", "resnet50"),
            "teacher": ("dinov2_onnx", "dino_vits16", "cnn")}
