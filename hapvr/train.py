@@ -184,7 +184,9 @@ def fit_pca(extractor, pool) -> None:
 
 def round_length(cfg) -> int:
     """Steps per round of ``--restarts`` (the last round may be shorter); --iterations without restarts."""
-    return -(-cfg.iterations // cfg.restarts)
+    from hapvr.training.config import restarts
+
+    return -(-cfg.iterations // restarts(cfg))
 
 
 def lr_lambda(cfg):
@@ -220,7 +222,7 @@ def check_config(cfg) -> None:
             _type_of(name, type(value).__name__)(str(value))
         except argparse.ArgumentTypeError as exc:
             raise UserError(f"--{name.replace('_', '-')}: {exc}") from None
-    from hapvr.training.config import CHOICES
+    from hapvr.training.config import CHOICES, restarts
 
     for name, allowed in CHOICES.items():  # a TrainConfig built in Python skips the parser's choices too
         if getattr(cfg, name) not in allowed:
@@ -233,12 +235,12 @@ def check_config(cfg) -> None:
     if cfg.train_renders and cfg.data:
         raise UserError("--train-renders adds rendered videos to the built-in corpus; it does nothing with --data "
                         "(drop one of them)")
-    if cfg.restarts > 1 and cfg.select_on != "validation":
-        raise UserError(f"--restarts {cfg.restarts} needs --select-on validation (each round starts from fresh "
+    if restarts(cfg) > 1 and cfg.select_on != "validation":
+        raise UserError(f"--restarts {restarts(cfg)} needs --select-on validation (each round starts from fresh "
                         "weights: without selection only the last round would be kept)")
-    if cfg.restarts > cfg.iterations:
-        raise UserError(f"--restarts {cfg.restarts} is more than --iterations {cfg.iterations} (every round needs a "
-                        "step); lower --restarts or raise --iterations")
+    if restarts(cfg) > cfg.iterations:
+        raise UserError(f"--restarts {restarts(cfg)} is more than --iterations {cfg.iterations} (every round needs "
+                        "a step); lower --restarts or raise --iterations")
     if cfg.select_on == "validation" and cfg.benchmark and cfg.benchmark_set == "validation":
         print("note: --select-on validation with --benchmark-set validation reports figures selected on the same "
               "set (optimistic); report on --benchmark-set test", file=sys.stderr)
@@ -458,26 +460,33 @@ def new_model(cfg, round_index: int = 0):
 def restart(s: "Session", step: int) -> None:
     """Starts round ``step // round_length`` of ``--restarts``: fresh weights (and average), a fresh
     optimiser state; the schedule restarts by itself (:func:`lr_lambda`), the batches go on."""
+    from hapvr.training.config import restarts
+
     index = step // round_length(s.cfg)
     fresh = new_model(s.cfg, index).state_dict()
     s.model.load_state_dict(fresh)
     if s.ema is not None:
         s.ema.load_state_dict(fresh)
     s.optimizer.state.clear()
-    _log(s.info, f"round {index + 1} of {s.cfg.restarts} at step {step}: fresh weights and optimiser state, "
+    _log(s.info, f"round {index + 1} of {restarts(s.cfg)} at step {step}: fresh weights and optimiser state, "
                  f"a new warm-up and cosine")
 
 
 def _check_resumed_model(cfg, saved: dict, path: str) -> None:
     """--resume continues the model the checkpoint holds: its head and sizes must be the run's
     (both heads have the same parameter names, so a mismatch would load without an error)."""
+    from hapvr.training.config import TrainConfig, restarts
+
     defaults = {"head": "visil", "pca_dim": 512, "k_s": 0.1, "k_t": 0.03, "restarts": 1}  # before an option existed
-    if cfg.restarts > 1 or saved.get("restarts", 1) > 1:  # the rounds' boundaries depend on --iterations
+    fields = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
+    saved = {**saved, "restarts": restarts(TrainConfig(**fields)) if "restarts" in saved else 1}
+    if restarts(cfg) > 1 or saved["restarts"] > 1:  # the rounds' boundaries depend on --iterations
         defaults["iterations"] = cfg.iterations
     for name, default in defaults.items():
-        if saved.get(name, default) != getattr(cfg, name):
+        mine = restarts(cfg) if name == "restarts" else getattr(cfg, name)
+        if saved.get(name, default) != mine:
             raise UserError(f"--resume: {path} was trained with --{name.replace('_', '-')} {saved.get(name, default)}, "
-                            f"this run asks for {getattr(cfg, name)}; pass --{name.replace('_', '-')} "
+                            f"this run asks for {mine}; pass --{name.replace('_', '-')} "
                             f"{saved.get(name, default)} to continue it, or start a new run in another --out")
 
 
@@ -702,7 +711,7 @@ def train_loop(s: Session, log: TrainLog) -> tuple[int, float]:
         select(s, done)
     rounds = round_length(cfg)
     for step in bar:
-        if cfg.restarts > 1 and step and step % rounds == 0:
+        if step and step % rounds == 0 and step < cfg.iterations:
             restart(s, step)
         parts = train_step(s, s.batches.next())
         done = step + 1
@@ -745,8 +754,10 @@ def _selection_report(s: Session) -> str:
     sel = s.selection
     fig = sel.score_baseline(s.baseline)
     base = {"score": 100 * sum(fig.values()) / len(fig), **{k: 100 * v for k, v in fig.items()}}
-    rounds = (f" (round {max(sel.best_step - 1, 0) // round_length(s.cfg) + 1} of {s.cfg.restarts})"
-              if s.cfg.restarts > 1 else "")
+    from hapvr.training.config import restarts
+
+    rounds = (f" (round {max(sel.best_step - 1, 0) // round_length(s.cfg) + 1} of {restarts(s.cfg)})"
+              if restarts(s.cfg) > 1 else "")
     verdict = (f"step {sel.best_step} selected{rounds}" if sel.best_step >= 0 else
                "no scored step was at or above the baseline on every figure: the last weights are reported")
     text = (f"model selection on the validation benchmark ({len(sel.queries)} queries, never reported; "

@@ -358,10 +358,15 @@ def test_presets_paper_table_6_and_cpu_overrides():
     assert {k: getattr(paper, k) for k in release} == release
     assert (paper.head, paper.select_on, paper.benchmark_set) == ("visil", "none", "builtin")
     cpu = parse_config([])
-    assert cpu.lambda_f == 10.0 and cpu.iterations == 1000 and cpu.batch_videos == 8
+    assert cpu.lambda_f == 10.0 and cpu.iterations == 600 and cpu.batch_videos == 8
     # the CPU preset's model and data (docs/train.md, judged on the validation benchmark)
     assert (cpu.head, cpu.select_on, cpu.benchmark_set, cpu.teacher, cpu.lr) == ("residual", "validation", "test", "cnn", 6e-3)
-    assert (cpu.lambda_u, cpu.select_every, paper.lambda_u) == (10.0, 100, 0.0)  # the pooled AP term: hapvr's
+    assert (cpu.lambda_u, cpu.select_every, paper.lambda_u) == (10.0, 50, 0.0)  # the pooled AP term: hapvr's
+    from hapvr.training.config import restarts
+
+    assert (restarts(cpu), restarts(paper)) == (3, 1)  # three rounds of 200 steps on the CPU
+    assert restarts(parse_config(["--select-on", "none"])) == restarts(parse_config(["--data", "videos"])) == 1
+    assert restarts(parse_config(["--data", "videos", "--restarts", "2"])) == 2
     from hapvr.training.config import train_renders
 
     assert train_renders(cpu) == 24 and train_renders(paper) == 0
@@ -403,13 +408,13 @@ def test_learning_rate_schedule_is_the_releases():
     from hapvr.train import lr_lambda
     from hapvr.training.config import TrainConfig
 
-    f = lr_lambda(TrainConfig(iterations=110, warmup=10))
+    f = lr_lambda(TrainConfig(iterations=110, warmup=10, restarts=1))
     assert f(0) == pytest.approx(0.01) and f(5) == pytest.approx(0.01 + 0.99 * 0.5)
     assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.1 + 0.9 * 0.5)
     assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
     steps = [f(s) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(steps, steps[1:]))  # decays monotonically
-    g = lr_lambda(TrainConfig(iterations=10, warmup=0, lr_floor=0.0))
+    g = lr_lambda(TrainConfig(iterations=10, warmup=0, lr_floor=0.0, restarts=1))
     assert g(0) == 1.0 and g(10) == pytest.approx(0.0, abs=1e-12)
 
 
@@ -419,14 +424,14 @@ def test_restarts_give_every_round_its_own_schedule():
     from hapvr.train import lr_lambda, round_length
     from hapvr.training.config import TrainConfig
 
-    one = lr_lambda(TrainConfig(iterations=10, warmup=3))
+    one = lr_lambda(TrainConfig(iterations=10, warmup=3, restarts=1))
     three = lr_lambda(TrainConfig(iterations=30, warmup=3, restarts=3))
     assert round_length(TrainConfig(iterations=30, restarts=3)) == 10
     for r in range(3):
         assert [three(10 * r + i) for i in range(10)] == pytest.approx([one(i) for i in range(10)])
     assert three(30) == three(45) == pytest.approx(0.1)
     # uneven: 7 steps in 2 rounds of 4 and 3, the second its own (shorter) cosine
-    uneven, short = lr_lambda(TrainConfig(iterations=7, warmup=1, restarts=2)), lr_lambda(TrainConfig(iterations=3, warmup=1))
+    uneven, short = lr_lambda(TrainConfig(iterations=7, warmup=1, restarts=2)), lr_lambda(TrainConfig(iterations=3, warmup=1, restarts=1))
     assert [uneven(4 + i) for i in range(3)] == pytest.approx([short(i) for i in range(3)])
     assert uneven(7) == uneven(9) == pytest.approx(0.1)
 

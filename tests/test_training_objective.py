@@ -399,7 +399,7 @@ def test_short_training_run_lowers_the_objective_on_a_fixed_batch():
     ids = torch.arange(2 * B) // 2
     batch = Batch(torch.stack(feats), torch.stack(teach), torch.full((2 * B,), T), ids[:, None] == ids[None, :], ids,
                   torch.full((2 * B,), -1))
-    cfg = TrainConfig(lr=1e-3, warmup=3)  # the first 30 steps of a 1000-step schedule
+    cfg = TrainConfig(lr=1e-3, warmup=3, iterations=1000, restarts=1)  # the first 30 steps of a 1000-step schedule
     torch.manual_seed(0)
     model = VideoSimilarityModel(D, cfg.k_s, cfg.k_t)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -51,6 +51,17 @@ def sibling_videos(cfg) -> int:
     return 0 if cfg.data else DEFAULT_SIBLINGS
 
 
+DEFAULT_RESTARTS = 3  # rounds of a selecting run on the built-in corpus unless --restarts says otherwise
+
+
+def restarts(cfg) -> int:
+    """Rounds of a run: ``--restarts`` if given, else :data:`DEFAULT_RESTARTS` for a run on the
+    built-in corpus that selects on validation, and 1 (no restart) otherwise."""
+    if cfg.restarts is not None:
+        return cfg.restarts
+    return DEFAULT_RESTARTS if cfg.select_on == "validation" and not cfg.data else 1
+
+
 def default_cache_dir() -> str:
     return os.environ.get("HAPVR_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hapvr"))
 
@@ -108,7 +119,7 @@ class TrainConfig:
     am_scale: float = CPU_OBJECTIVE.am_scale
     am_max_margin: float = CPU_OBJECTIVE.am_max_margin
     # optimisation
-    iterations: int = 1000
+    iterations: int = 600  # CPU preset: 3 rounds (--restarts) of 200 steps
     batch_videos: int = 8  # videos per step; two clips each (paper: 64)
     lr: float = 6e-3  # the residual head (psi's last layer starts at 0) needs a larger step than the paper's head
     weight_decay: float = 1e-2
@@ -131,13 +142,13 @@ class TrainConfig:
     benchmark: bool = True  # evaluate on the built-in held-out benchmark
     benchmark_set: str = "test"  # builtin (11 queries), test (61, with rendered worlds), validation (60 rendered + 6 photo queries)
     select_on: str = "validation"  # none: the last weights; validation: the best weights on the validation benchmark
-    select_every: int = 100  # with --select-on validation: score the model every N steps (and at 0 and the end)
-    restarts: int = 1  # with --select-on validation: split --iterations into N rounds, each from fresh weights
+    select_every: int = 50  # with --select-on validation: score the model every N steps (and at 0 and the end)
+    restarts: int | None = None  # None: DEFAULT_RESTARTS on the built-in corpus with --select-on validation, else 1; N rounds, each from fresh weights
 
 
 PRESETS = {
     "cpu": {},
-    "paper": dict(head="visil", select_on="none", train_renders=0, sibling_videos=0, benchmark_set="builtin", pipeline="streaming", workers=8, clip_frames=28, pool_frames=64, lambda_f=HAPVRObjectiveConfig().lambda_f, lambda_u=HAPVRObjectiveConfig().lambda_u, backbone="resnet50", teacher="dino_vits16", teacher_all_views=True,
+    "paper": dict(head="visil", select_on="none", restarts=1, train_renders=0, sibling_videos=0, benchmark_set="builtin", pipeline="streaming", workers=8, clip_frames=28, pool_frames=64, lambda_f=HAPVRObjectiveConfig().lambda_f, lambda_u=HAPVRObjectiveConfig().lambda_u, backbone="resnet50", teacher="dino_vits16", teacher_all_views=True,
                   iterations=30000, batch_videos=64, lr=4e-5, weight_decay=1e-2, warmup=1000, amp="bf16", checkpoint_every=1000,
                   eval_every=5000, log_every=50),
 }
@@ -197,7 +208,8 @@ HELP = {
     "select_every": "with --select-on validation: steps between two validation scores",
     "restarts": "with --select-on validation: split --iterations into N rounds; each starts from fresh weights "
                 "(another initialisation), a fresh optimiser state and its own warm-up and cosine, and is "
-                "scored at its end too; the selection keeps the best qualifying step of any round",
+                "scored at its end too; the selection keeps the best qualifying step of any round "
+                "(default: 3 on the built-in corpus with --select-on validation, else 1)",
     "eval_every": "evaluate on the held-out benchmark every N steps (0 = at the end only)",
     "delta_v": "video-level QuadLinear-AP: margin delta of the negatives' linear penalty (paper eq. 9)",
     "rho_v": "video-level QuadLinear-AP: weight rho of the quadratic term (paper eq. 9)",
