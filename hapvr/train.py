@@ -306,7 +306,8 @@ class PoolBatches:
         from hapvr.training.batches import draw_batch
 
         return draw_batch(self.pool, self.sampler, self.cfg.batch_videos, self.cfg.clip_frames,
-                          max_shift=self.cfg.clip_shift, siblings=min(sibling_videos(self.cfg), self.cfg.batch_videos))
+                          max_shift=self.cfg.clip_shift, siblings=min(sibling_videos(self.cfg), self.cfg.batch_videos),
+                          guests=self.cfg.pip_guests)
 
     def describe(self) -> str:
         sib = sibling_videos(self.cfg)

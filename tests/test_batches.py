@@ -126,3 +126,37 @@ def test_view_pool_with_siblings_keeps_the_other_views_and_stores_the_sibling_la
     assert bool((sib.mixed_with[:, 3] == -1).all()) and sib.desc[:, 3].abs().sum() > 0
     with pytest.raises(ValueError, match="no sibling as long as its video"):
         build_view_pool(videos, *args, siblings={k: v[:2] for k, v in siblings.items()})
+
+
+def test_pip_guests_join_the_step_and_are_positives_of_the_mixed_clip():
+    V, K, B = 40, 3, 4
+    pool = _pool(V, K)
+    pool.mixed_with[:, 1:] = (torch.arange(V).view(V, 1) + 5) % V  # every strong view shows video v + 5
+    seen_plain = seen_guests = 0
+    for seed in range(40):
+        plain = draw_batch(pool, random.Random(seed), B, 8)
+        b = draw_batch(pool, random.Random(seed), B, 8, guests=True)
+        vids, guests = b.video_index.tolist()[::2], b.guests.tolist()
+        # the same draws: the first video, every clip's window and edit; only later slots change
+        assert vids[0] == plain.video_index.tolist()[0] and len(set(vids)) == B
+        torch.testing.assert_close(b.features[:2], plain.features[:2])
+        in_step = [guests[2 * i + 1] in vids for i in range(B)]
+        seen_plain += sum(plain.guests.tolist()[2 * i + 1] in plain.video_index.tolist()[::2] for i in range(B))
+        seen_guests += sum(in_step)
+        # a slot taken by a guest is never given away again: the first video's guest stays
+        assert in_step[0]
+        for i, v in enumerate(vids):
+            g = guests[2 * i + 1]
+            if g in vids:
+                j = vids.index(g)
+                assert b.positives[2 * i + 1, 2 * j] and b.positives[2 * j + 1, 2 * i + 1]
+        expected = torch.tensor([[a == c or guests[x] == c or guests[y] == a for y, c in enumerate(b.video_index.tolist())]
+                                 for x, a in enumerate(b.video_index.tolist())])
+        assert torch.equal(b.positives, expected)
+    # every strong clip shows a guest here, so each brought guest takes a later clip's slot: at
+    # least the first two clips of a step bring theirs; by chance about 3 in 39 are there
+    assert seen_guests >= 2 * 40 and seen_plain < 0.25 * 4 * 40
+    # excluded videos are never brought in as guests
+    for seed in range(20):
+        b = draw_batch(pool, random.Random(seed), B, 8, exclude={5, 6, 7}, guests=True)
+        assert not {5, 6, 7} & set(b.video_index.tolist())

@@ -210,8 +210,8 @@ def replay_ranks(args, world, gather=False, steps=2):
     samplers = [random.Random(cfg.seed * 1_000_003 + r) for r in range(world)]
     history = []
     for _ in range(steps):
-        batches = [draw_batch(fpool, samplers[r], cfg.batch_videos, cfg.clip_frames, max_shift=cfg.clip_shift)
-                   for r in range(world)]
+        batches = [draw_batch(fpool, samplers[r], cfg.batch_videos, cfg.clip_frames, max_shift=cfg.clip_shift,
+                              guests=cfg.pip_guests) for r in range(world)]
         losses, parts = [], []
         if gather:
             T = max(b.features.shape[1] for b in batches)

@@ -52,7 +52,7 @@ class FeaturePool:
 
 def draw_batch(pool: FeaturePool, rng: random.Random, batch_videos: int, clip_frames: int,
                edits: dict[str, float] | None = None, exclude: set[int] | None = None,
-               max_shift: float = 0.25, siblings: int = 0) -> Batch:
+               max_shift: float = 0.25, siblings: int = 0, guests: bool = False) -> Batch:
     """``max_shift``: the strong clip starts up to ``max_shift x clip length`` frames before or
     after the weak one (0 = the same window; 1 = windows may be disjoint).
 
@@ -68,8 +68,10 @@ def draw_batch(pool: FeaturePool, rng: random.Random, batch_videos: int, clip_fr
     K -= bool(getattr(pool, "siblings", False))  # the sibling view is never drawn as a copy
     choices = [v for v in range(V) if not exclude or v not in exclude]
     videos = rng.sample(choices, min(batch_videos, len(choices)))
+    allowed, placed = set(choices), set()
     clips, teach, ids, mixed = [], [], [], []
-    for v in videos:
+    for i in range(len(videos)):
+        v = videos[i]
         n = int(pool.lengths[v])
         L = min(clip_frames, n)
         a0 = rng.randint(0, n - L)
@@ -83,6 +85,15 @@ def draw_batch(pool: FeaturePool, rng: random.Random, batch_videos: int, clip_fr
         clips += [pool.features[v, 0, ia], pool.features[v, kb, idx]]
         teach += [pool.teacher[v, 0, ia], pool.teacher[v, kb, idx]]
         guest = int(pool.mixed_with[v, kb])
+        if guests and guest in videos:
+            placed.add(videos.index(guest))  # already in the step: it keeps its slot
+        elif guests and guest in allowed:
+            # the pasted video joins the step (in the last slot not yet drawn nor kept), so the
+            # mixed clip is a positive of two videos of the step, not of its host alone
+            free = [j for j in range(len(videos) - 1, i, -1) if j not in placed]
+            if free:
+                videos[free[0]] = guest
+                placed.add(free[0])
         ids += [v, v]
         mixed += [None, guest if guest >= 0 else None]
     n_copies = len(clips)

@@ -79,6 +79,7 @@ class TrainConfig:
     pca_videos: int = 300  # streaming: videos whose weak clips fit the PCA whitening (ResNet-50: ~1.2 GB of descriptors)
     train_renders: int | None = None  # None: DEFAULT_RENDERS with the built-in corpus, 0 with --data; built-in corpus: add this many videos of rendered moving worlds
     sibling_videos: int | None = None  # None: DEFAULT_SIBLINGS with the built-in corpus, 0 with --data; per step, videos that also bring a clip of another camera on their scene
+    pip_guests: bool = True  # cached pool: a clip with another video pasted in brings that video into its step (the streaming path always does)
     views_per_video: int = 4  # cached augmented views per video (1 weak + the rest strong)
     pool_frames: int = 32  # frames cached per view (a window of longer videos)
     clip_frames: int = 16  # frames per training clip (paper: 28)
@@ -171,6 +172,10 @@ HELP = {
                       "another camera beside theirs on the same scene (the benchmarks' CS level); the video-level "
                       "loss averages its AP over two levels, ranking copies above such clips above other videos "
                       f"(default: {DEFAULT_SIBLINGS} with the built-in corpus; none with --data)",
+    "pip_guests": "cached pool: when a step draws a strong clip with another video pasted in "
+                  "(picture-in-picture), that video joins the step, so the clip is a positive of two of its videos "
+                  "(as on the streaming path, whose guests are always videos of the step); false: guests are "
+                  "in the step only by chance (about 1 in 6 on the built-in corpus)",
     "pool_frames": "frames cached per view",
     "clip_frames": "frames per training clip",
     "clip_shift": "the two clips of a video start up to this fraction of the clip length apart "
