@@ -19,12 +19,8 @@ the thresholds.
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
 import sys
-
-import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _harness as H  # noqa: E402
@@ -50,19 +46,17 @@ def main() -> None:
     from hapvr.models import VideoSimilarityModel
     from hapvr.serialization import load_torch_file
     from hapvr.training.config import default_cache_dir
-    from hapvr.training.pool import BenchmarkFeatures
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--cache-dir", default=default_cache_dir())
     ap.add_argument("--precision-target", type=float, default=0.95)
+    ap.add_argument("--benchmark-set", default="builtin", choices=("builtin", "test", "validation"),
+                    help="which held-out benchmark (built and cached on first use, as python -m hapvr.train does)")
     ap.add_argument("--json")
     args = ap.parse_args()
     input_file(args.checkpoint, "--checkpoint")
-    found = sorted(glob.glob(os.path.join(args.cache_dir, "benchmark-*.pt")), key=os.path.getmtime)
-    if not found:
-        raise SystemExit(f"error: no benchmark cache in {args.cache_dir}: run python -m hapvr.train first")
-    bench = BenchmarkFeatures(**load_torch_file(found[-1], "benchmark cache"))
+    bench = H.heldout_benchmark(args.benchmark_set, args.cache_dir)
     state = load_torch_file(args.checkpoint, "--checkpoint", allow_numpy=True)
     from hapvr.features.pca import PCAWhitening
 
@@ -108,13 +102,13 @@ def main() -> None:
                          f"{min(neg):.3f} .. {max(neg):.3f}", f"{min(related):.3f} .. {max(related):.3f}",
                          "-" if cal is None else f"{cal[0]:.3f}", "-" if cal is None else f"{cal[1]:.3f}",
                          "-" if cal is None else f"{cal[2]:.3f}"])
-    print(f"built-in benchmark: {len(bench.queries)} queries x {len(feats) - 1} videos; copies = DS level, "
+    print(f"{args.benchmark_set} benchmark: {len(bench.queries)} queries x {len(feats) - 1} videos; copies = DS level, "
           f"non-copies = unrelated videos, related = CS/IS levels (left out); threshold = lowest score with "
           f"pooled precision >= {args.precision_target} (copies vs unrelated)")
     H.print_table(["model", "direction", "all scores", "copies", "unrelated", "related (CS/IS)", "threshold",
                    "precision", "recall"], rows)
     if args.json:
-        H.write_json(args.json, dict(precision_target=args.precision_target, benchmark=os.path.basename(found[-1]),
+        H.write_json(args.json, dict(precision_target=args.precision_target, benchmark=args.benchmark_set,
                                      checkpoint=args.checkpoint, results=out))
 
 

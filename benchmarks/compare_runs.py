@@ -17,8 +17,12 @@ import datetime
 import json
 import os
 import platform
+import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _harness as H  # noqa: E402
 
 
 def _load(run: str, bench):
@@ -53,7 +57,7 @@ def main(argv=None) -> int:
     for run in args.runs:
         if not os.path.isfile(os.path.join(run, "checkpoint.pt")):
             ap.error(f"{run}: no checkpoint.pt there (a run folder of python -m hapvr.train)")
-    bench = _benchmark(args)
+    bench = H.heldout_benchmark(args.benchmark_set, args.cache_dir)
     sims, losses = {}, {}
     for run in args.runs:
         feats, model, baseline, step = _load(run, bench)
@@ -92,18 +96,6 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=1)
     return 0
-
-
-def _benchmark(args):
-    """The benchmark's cached features (built on first use with the default backbone)."""
-    from hapvr.features import RegionFeatureExtractor
-    from hapvr.train import load_or_build_benchmark
-    from hapvr.training.config import parse_config
-    from hapvr.training.distributed import DistInfo
-
-    cfg = parse_config(["--benchmark-set", args.benchmark_set, "--cache-dir", args.cache_dir])
-    extractor = RegionFeatureExtractor(cfg.backbone, cfg.backbone_weights, cfg.pca_dim)
-    return load_or_build_benchmark(cfg, DistInfo(), extractor)
 
 
 if __name__ == "__main__":

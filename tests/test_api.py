@@ -43,7 +43,8 @@ def _write(path, frames, fps=2):
 @pytest.fixture(scope="module")
 def default(tmp_path_factory):
     """A default-model file built by export() from a checkpoint whose PCA is learned on the
-    clips' own descriptors (the real file needs the default training run)."""
+    clips' own descriptors (the real file needs the default training run); its model has the
+    default run's residual head, untrained, so it scores exactly as the Chamfer baseline."""
     from hapvr.features.extractor import RegionFeatureExtractor
     from hapvr.models import VideoSimilarityModel
 
@@ -58,8 +59,9 @@ def default(tmp_path_factory):
     descs = torch.cat([ext.descriptors(load_frames(str(d / n), 1.0, None)) for n in ("source.mp4", "other.mp4")])
     ext.pca.fit(descs.reshape(-1, ext.in_dim))
     ckpt = d / "checkpoint.pt"
-    model = VideoSimilarityModel(64)
-    torch.save({"format": "hapvr-checkpoint-1", "config": {"backbone": "efficientnet_lite0", "pca_dim": 64},
+    model = VideoSimilarityModel(64, head="residual")
+    torch.save({"format": "hapvr-checkpoint-1", "config": {"backbone": "efficientnet_lite0", "pca_dim": 64,
+                                                           "head": "residual"},
                 "pca": ext.pca.state_dict(), "model": model.state_dict(), "step": 0}, ckpt)
     path = d / "default_model.pt"
     digest = default_model.export(ckpt, path)
@@ -78,7 +80,8 @@ def use_default(default, monkeypatch):
 def test_compare_finds_the_copied_part_in_seconds(use_default):
     d = use_default
     model = hapvr.load_model()
-    assert model.is_baseline and model.name.startswith("default")
+    assert not model.is_baseline and model.model.head == "residual" and model.name == "default"
+    assert model.scale is hapvr.api.RESIDUAL_SCALE
     same = hapvr.compare(d / "source.mp4", d / "source.mp4", model)
     assert same.similarity == pytest.approx(1.0, abs=1e-4)
     assert same.frame_map.shape == (12, 12)
@@ -147,13 +150,28 @@ def test_compare_bad_input_is_one_line(use_default, tmp_path, capsys, case):
 
 def test_default_model_file_is_checked(default, tmp_path):
     d, path, digest = default
-    assert default_model.load(path, digest)["kind"] == "baseline"
+    assert default_model.load(path, digest)["kind"] == default_model.KIND == "trained"
     bad = tmp_path / "m.pt"
     bad.write_bytes(path.read_bytes()[:-10] + b"0123456789")
     from hapvr.serialization import CorruptFileError
 
     with pytest.raises(CorruptFileError, match="SHA-256"):
         default_model.load(bad, digest)
+
+
+def test_default_model_of_kind_baseline_is_the_chamfer_baseline(default, tmp_path, monkeypatch):
+    """A default-model file of kind "baseline" gives the features-only baseline over its PCA,
+    on the baseline's score scale, whatever weights it carries."""
+    d, _, _ = default
+    path = tmp_path / "baseline_model.pt"
+    digest = default_model.export(d / "checkpoint.pt", path, kind="baseline")
+    monkeypatch.setattr(default_model.load, "__defaults__", (path, digest))
+    model = hapvr.load_model()
+    assert model.is_baseline and model.name == "default (Chamfer baseline)" and model.scale is hapvr.api.BASELINE_SCALE
+    trained = hapvr.load_model(d / "checkpoint.pt")
+    assert trained.scale is hapvr.api.RESIDUAL_SCALE
+    a, b = d / "copy_inside.mp4", d / "source.mp4"
+    assert model.similarity(a, b) == pytest.approx(trained.similarity(a, b), abs=1e-5)  # untrained residual = baseline
 
 
 def test_shipped_default_model_matches_its_hash():

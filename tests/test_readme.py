@@ -46,5 +46,6 @@ def test_readme_your_own_videos_snippets_run(tmp_path, monkeypatch):
     out = subprocess.run([sys.executable, "-c", snippet], check=True, env=env, cwd=tmp_path, timeout=600,
                          capture_output=True, text=True).stdout.splitlines()
     forward, symmetric = float(out[0]), float(out[1])
-    assert 0.9 < forward <= 1.0001 and symmetric < forward  # v2s is all v2; v2 is not all v2s
+    # v2s is all v2 (far above the default model's copy threshold, 0.37); v2 is not all v2s
+    assert 0.7 < forward <= 1.0001 and symmetric < forward
     assert out[2].startswith("{'query': 'clips/v2s.mov', 'target': 'clips/v2.m4v', 'similarity'")
