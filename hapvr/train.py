@@ -478,7 +478,8 @@ def _check_resumed_model(cfg, saved: dict, path: str) -> None:
     (both heads have the same parameter names, so a mismatch would load without an error)."""
     from hapvr.training.config import TrainConfig, restarts
 
-    defaults = {"head": "visil", "pca_dim": 512, "k_s": 0.1, "k_t": 0.03, "restarts": 1}  # before an option existed
+    # each setting's value before its option existed; pip_guests changes the batches a step draws
+    defaults = {"head": "visil", "pca_dim": 512, "k_s": 0.1, "k_t": 0.03, "restarts": 1, "pip_guests": False}
     fields = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
     saved = {**saved, "restarts": restarts(TrainConfig(**fields)) if "restarts" in saved else 1}
     if restarts(cfg) > 1 or saved["restarts"] > 1:  # the rounds' boundaries depend on --iterations
@@ -486,9 +487,12 @@ def _check_resumed_model(cfg, saved: dict, path: str) -> None:
     for name, default in defaults.items():
         mine = restarts(cfg) if name == "restarts" else getattr(cfg, name)
         if saved.get(name, default) != mine:
-            raise UserError(f"--resume: {path} was trained with --{name.replace('_', '-')} {saved.get(name, default)}, "
+            was = saved.get(name, default)
+            was = str(was).lower() if isinstance(was, bool) else was
+            mine = str(mine).lower() if isinstance(mine, bool) else mine
+            raise UserError(f"--resume: {path} was trained with --{name.replace('_', '-')} {was}, "
                             f"this run asks for {mine}; pass --{name.replace('_', '-')} "
-                            f"{saved.get(name, default)} to continue it, or start a new run in another --out")
+                            f"{was} to continue it, or start a new run in another --out")
 
 
 def setup(cfg) -> Session:

@@ -559,6 +559,24 @@ def test_resume_refuses_another_head(data, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
 
 
+def test_resume_refuses_another_pip_guests_setting():
+    """--pip-guests changes the batches a step draws: --resume of a run with the other setting (or
+    of one written before the option existed, which drew guests by chance) names it instead of
+    continuing on other batches."""
+    from hapvr.train import UserError, _check_resumed_model
+    from hapvr.training.config import parse_config
+
+    saved = {"head": "residual", "pca_dim": 512, "k_s": 0.1, "k_t": 0.03, "restarts": 1, "iterations": 600}
+    cfg = parse_config(["--restarts", "1"])
+    assert cfg.pip_guests
+    for old in (saved, {**saved, "pip_guests": False}):
+        with pytest.raises(UserError, match="trained with --pip-guests false, this run asks for true; pass "
+                                            "--pip-guests false"):
+            _check_resumed_model(cfg, old, "run/checkpoint.pt")
+        _check_resumed_model(parse_config(["--restarts", "1", "--pip-guests", "false"]), old, "run/checkpoint.pt")
+    _check_resumed_model(cfg, {**saved, "pip_guests": True}, "run/checkpoint.pt")
+
+
 def test_all_similarities_in_length_chunks_equal_one_pair_at_a_time():
     """The benchmark scorer takes queries and database by length, in chunks padded to their own
     longest video: every score equals the model's single-pair similarity."""
