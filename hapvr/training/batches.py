@@ -61,6 +61,12 @@ def draw_batch(pool: FeaturePool, rng: random.Random, batch_videos: int, clip_fr
     a window anywhere in it. It is a positive of itself only; ``Batch.related``
     marks it against its video's clips (and the clips that show that video pasted in), so the
     objective can rank it below the copies and above the other videos.
+
+    ``guests``: a strong clip whose view has another video pasted in (``pool.mixed_with``) brings
+    that video into the step, in the last slot not yet drawn (a slot kept for an earlier clip's
+    guest is never given away), so the clip is a positive of two videos of the step; without it
+    the guest is in the step only by chance. The draws are the same either way; only later slots'
+    videos change (``--pip-guests``).
     """
     V, K = pool.features.shape[:2]
     if siblings and not getattr(pool, "siblings", False):
