@@ -41,7 +41,7 @@ def threshold_at_precision(scores: list[float], copy: list[bool], target: float)
     return best
 
 
-def main() -> None:
+def main(argv=None) -> None:
     from hapvr.cli import input_file
     from hapvr.models import VideoSimilarityModel
     from hapvr.serialization import load_torch_file
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--benchmark-set", default="builtin", choices=("builtin", "test", "validation"),
                     help="which held-out benchmark (built and cached on first use, as python -m hapvr.train does)")
     ap.add_argument("--json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     input_file(args.checkpoint, "--checkpoint")
     bench = H.heldout_benchmark(args.benchmark_set, args.cache_dir)
     state = load_torch_file(args.checkpoint, "--checkpoint", allow_numpy=True)
@@ -113,4 +113,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from hapvr.cli import run_main
+
+    raise SystemExit(run_main(main))
