@@ -105,8 +105,8 @@ def heldout_benchmark(benchmark_set: str, cache_dir: str):
     and cached on first use with the default backbone, as python -m hapvr.train does."""
     from hapvr.features import RegionFeatureExtractor
     from hapvr.train import load_or_build_benchmark
-    from hapvr.training.config import parse_config
-    from hapvr.training.distributed import DistInfo
+    from hapvr.train import parse_config
+    from hapvr.runtime import DistInfo
 
     cfg = parse_config(["--benchmark-set", benchmark_set, "--cache-dir", cache_dir])
     return load_or_build_benchmark(cfg, DistInfo(), RegionFeatureExtractor(cfg.backbone, cfg.backbone_weights, cfg.pca_dim))

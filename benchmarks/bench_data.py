@@ -119,7 +119,7 @@ def loader_alone(paths, args, workers: int):
 
 
 def train_step(model, objective, optimizer, batch) -> float:
-    from hapvr.training.objective import objective_inputs
+    from hapvr.training.batch_loss import objective_inputs
 
     t0 = time.perf_counter()
     out = model(batch.features, query_lengths=batch.lengths)
@@ -134,8 +134,9 @@ def run(args) -> dict:
     from hapvr.features import RegionFeatureExtractor, Teacher
     from hapvr.models import VideoSimilarityModel
     from hapvr.training import stream
-    from hapvr.training.config import TrainConfig, default_cache_dir
-    from hapvr.training.objective import build_objective
+    from hapvr.runtime import default_cache_dir
+    from hapvr.training.config import TrainConfig
+    from hapvr.training.batch_loss import BatchLoss
 
     torch.set_num_threads(args.threads)
     result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(args.threads),
@@ -169,7 +170,7 @@ def run(args) -> dict:
     nets = stream.FrozenNetworks(extractor, teacher)
     torch.manual_seed(0)
     model = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t, head=cfg.head)
-    objective = build_objective(cfg)
+    objective = BatchLoss(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = []
     for clips in kept:

@@ -56,7 +56,7 @@ def make_scorer(kind: str, dim: int, backend: str = "auto"):
 
     if kind == "baseline":
         return ChamferBaseline(backend=backend)
-    from hapvr.evaluation.model_scorer import ModelScorer
+    from hapvr.evaluation.scorers import ModelScorer
     from hapvr.models import VideoSimilarityModel
 
     torch.manual_seed(0)

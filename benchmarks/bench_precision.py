@@ -25,12 +25,12 @@ import _harness as H  # noqa: E402
 
 def load(run: str, cache_dir: str):
     from hapvr.data.corpus import CorpusConfig
-    from hapvr.evaluation.model_scorer import load_model
+    from hapvr.models.loading import load_similarity_model
     from hapvr.features.pca import PCAWhitening
     from hapvr.models import VideoSimilarityModel
-    from hapvr.training.checkpoint import load_checkpoint
-    from hapvr.training.pool import BenchmarkFeatures, cache_key
-    from hapvr.serialization import load_torch_file
+    from hapvr.io.checkpoint import load_checkpoint
+    from hapvr.evaluation.builtin import BenchmarkFeatures, cache_key
+    from hapvr.io.serialization import load_torch_file
 
     ckpt_path = os.path.join(run, "checkpoint.pt")
     ckpt = load_checkpoint(ckpt_path, "--run")
@@ -43,7 +43,7 @@ def load(run: str, cache_dir: str):
     pca.load_state_dict(ckpt["pca"])
     with torch.no_grad():
         feats = {k: pca(v.float()) for k, v in bench.desc.items()}
-    trained = load_model(ckpt_path)
+    trained = load_similarity_model(ckpt_path)
     baseline = VideoSimilarityModel(cfg["pca_dim"], cfg["k_s"], cfg["k_t"], attention=False, comparator=False)
     return bench, feats, {"baseline (features-only Chamfer)": baseline, "HAP-VR (trained)": trained}
 
@@ -57,8 +57,8 @@ def main() -> None:
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
     from hapvr.precision import PRECISIONS
-    from hapvr.training.config import default_cache_dir
-    from hapvr.training.heldout import LEVEL_LABELS, all_similarities, evaluate_levels
+    from hapvr.runtime import default_cache_dir
+    from hapvr.evaluation.levels import LEVEL_LABELS, all_similarities, evaluate_levels
 
     precisions = ["fp32"] + [p.strip() for p in args.precision.split(",") if p.strip() and p.strip() != "fp32"]
     bad = [p for p in precisions if p not in PRECISIONS]

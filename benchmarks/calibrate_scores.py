@@ -42,10 +42,10 @@ def threshold_at_precision(scores: list[float], copy: list[bool], target: float)
 
 
 def main(argv=None) -> None:
-    from hapvr.cli import input_file
+    from hapvr.io.paths import input_file
     from hapvr.models import VideoSimilarityModel
-    from hapvr.serialization import load_torch_file
-    from hapvr.training.config import default_cache_dir
+    from hapvr.io.serialization import load_torch_file
+    from hapvr.runtime import default_cache_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)

@@ -28,7 +28,7 @@ import _harness as H  # noqa: E402
 def _load(run: str, bench):
     from hapvr.features.pca import PCAWhitening
     from hapvr.models import VideoSimilarityModel
-    from hapvr.serialization import load_torch_file
+    from hapvr.io.serialization import load_torch_file
 
     state = load_torch_file(os.path.join(run, "checkpoint.pt"), "checkpoint", allow_numpy=True)
     cfg = state["config"]
@@ -42,8 +42,8 @@ def _load(run: str, bench):
 
 
 def main(argv=None) -> int:
-    from hapvr.training.config import default_cache_dir
-    from hapvr.training.heldout import (LEVEL_LABELS, all_similarities, bootstrap_levels, evaluate_levels,
+    from hapvr.runtime import default_cache_dir
+    from hapvr.evaluation.levels import (LEVEL_LABELS, all_similarities, bootstrap_levels, evaluate_levels,
                                         intervals_table, losses_line, per_query_losses)
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -1,17 +1,17 @@
 """hapvr: HAP-VR fine-grained video retrieval (ACM MM'24) with fused similarity and loss operators.
 
-For your own videos: ``hapvr.load_model()`` and ``hapvr.compare(a, b)`` (:mod:`hapvr.api`).
+For your own videos: ``hapvr.load_model()`` and ``hapvr.compare_videos(a, b)`` (:mod:`hapvr.api`).
 """
 
 from hapvr import _ext  # noqa: F401  (loads the compiled kernels, warns once if missing)
 from hapvr import losses, metrics, ops
 
 __version__ = "0.1.0"
-__all__ = ["losses", "metrics", "ops", "load_model", "compare", "VideoModel", "__version__"]
+__all__ = ["losses", "metrics", "ops", "load_model", "compare_videos", "VideoModel", "__version__"]
 
 
 def __getattr__(name):  # the video-level API is imported on first use (it pulls in the feature extractor)
-    if name in ("load_model", "compare", "VideoModel"):
+    if name in ("load_model", "compare_videos", "VideoModel"):
         from hapvr import api
 
         return getattr(api, name)

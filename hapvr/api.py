@@ -1,15 +1,15 @@
 """The Python API for your own videos: load a model, extract features, compare two videos.
 
     import hapvr
-    model = hapvr.load_model()                       # the default model (see below)
-    result = hapvr.compare("a.mp4", "b.mp4", model)  # similarity, frame map, copied segments
+    model = hapvr.load_model()                              # the default model (see below)
+    result = hapvr.compare_videos("a.mp4", "b.mp4", model)  # similarity, frame map, copied segments
     print(result.similarity, result.segments)
     result.plot("a_vs_b.png")
 
 A :class:`VideoModel` is a frozen feature extractor (backbone + PCA whitening) and a similarity
 model over its features. ``load_model(checkpoint)`` takes a checkpoint of ``python -m hapvr.train``
 (its backbone, PCA and trained weights); ``load_model()`` takes the default model shipped with the
-package (:mod:`hapvr.default_model`). Videos are paths (decoded at ``model.fps`` frames per second,
+package (:func:`hapvr.io.checkpoint.load_default_model`). Videos are paths (decoded at ``model.fps`` frames per second,
 the shorter side resized to 256 and centre-cropped to 224) or already extracted features
 ``[T, 9, 512]``.
 
@@ -25,7 +25,13 @@ from pathlib import Path
 
 import torch
 
-from hapvr.localization import Segment, localize
+from hapvr.data.video import load_frames
+from hapvr.evaluation.scorers import ChamferBaseline, ModelScorer, state_dict_digest
+from hapvr.features.extractor import RegionFeatureExtractor
+from hapvr.io.checkpoint import load_default_model, read_model_file
+from hapvr.localization import Segment, chamfer_frame_map, localize
+from hapvr.models import VideoSimilarityModel
+from hapvr.runtime import resolve_device
 
 
 @dataclass
@@ -68,7 +74,7 @@ class VideoModel:
         self.model = similarity.eval().to(self.device)
         self.name = name
         self.fps = fps
-        self.is_baseline = similarity.comparator is None and similarity.attention is None
+        self.is_baseline = similarity.is_baseline
         # the attention head starts as the baseline and keeps its [0, 1] scale; the residual head's psi correction
         # and Hardtanh give [-1, 1] (benchmarks/calibrate_scores.py recalibrates any of them)
         head = getattr(similarity, "head", "visil")
@@ -92,8 +98,6 @@ class VideoModel:
             if video.shape[0] == 0:
                 raise ValueError("features of a video with no frames")
             return video.float()
-        from hapvr.extract import load_frames
-
         frames = load_frames(str(video), self.fps, None)
         return self.extractor(frames.to(self.device)).float().cpu()
 
@@ -116,36 +120,30 @@ class VideoModel:
         so that its values read the same for every model (about 1 for the same frame, docs/scores.md;
         a trained model's attention scales its own map down). It is what :func:`compare` localises
         copies on."""
-        from hapvr.localization import chamfer_frame_map
-
         fa, fb = self.features(a).to(self.device), self.features(b).to(self.device)
         return chamfer_frame_map(fa, fb, self.model.k_s).float().cpu()
+
+    def copied_segments(self, a, b, **localize_options) -> list[Segment]:
+        """The copied segments of ``a`` (query) in ``b`` (target), best first, with this model's
+        localisation threshold (:func:`hapvr.localization.localize`; options override)."""
+        options = {"threshold": self.scale.localize_threshold, **localize_options}
+        return localize(self.frame_map(a, b), fps=self.fps, **options)
+
+    def compare(self, a, b, **options) -> "Comparison":
+        """:func:`compare_videos` with this model."""
+        return compare_videos(a, b, self, **options)
 
     def scorer(self, precision: str = "fp32"):
         """The evaluation engine's scorer of this model (batched scoring, index and search)."""
         if self.is_baseline:
-            from hapvr.evaluation.scorers import ChamferBaseline
-
             return ChamferBaseline(precision=precision, device=self.device)
-        from hapvr.evaluation.model_scorer import ModelScorer
-
         return ModelScorer(self.model, name=self.name, precision=precision, device=self.device)
 
     def fingerprint(self) -> dict:
         """What the features and scores depend on: backbone, PCA and similarity weights, fps."""
-        from hapvr.evaluation.scorers import state_dict_digest
-
         return {"backbone": self.extractor.backbone_name, "pca": state_dict_digest(self.extractor.pca),
                 "model": "chamfer-baseline" if self.is_baseline else state_dict_digest(self.model),
                 "dim": int(self.model.dim), "fps": float(self.fps)}
-
-
-def _build_extractor(backbone: str, weights: str | None, pca_state: dict, dim: int):
-    from hapvr.features.extractor import RegionFeatureExtractor
-
-    ext = RegionFeatureExtractor(backbone, weights, dim)
-    ext.pca.load_state_dict(pca_state)
-    return ext
 
 
 def load_model(checkpoint: str | Path | None = None, *, baseline: bool = False, device: str = "auto",
@@ -154,48 +152,21 @@ def load_model(checkpoint: str | Path | None = None, *, baseline: bool = False, 
 
     Args:
         checkpoint: a training checkpoint of ``python -m hapvr.train`` (backbone, PCA, trained
-            weights); None: the default model (:mod:`hapvr.default_model`).
-        baseline: use the checkpoint's backbone and PCA with the features-only Chamfer baseline
+            weights); None: the default model shipped with the package.
+        baseline: use the model's backbone and PCA with the features-only Chamfer baseline
             instead of its trained weights.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         fps: frames per second decoded from video files.
         backbone_weights: weights file of the backbone when the checkpoint's backbone needs one
             (resnet50) and its recorded path is not valid here.
     """
-    from hapvr.models import VideoSimilarityModel
-    from hapvr.precision import resolve_device
-
     dev = resolve_device(device)
-    if checkpoint is None:
-        from hapvr import default_model
-
-        content = default_model.load()
-        ext = _build_extractor(content["backbone"], None, content["pca"], content["pca_dim"])
-        baseline = baseline or content["kind"] == "baseline"
-        if baseline:
-            sim = VideoSimilarityModel(content["pca_dim"], content["k_s"], content["k_t"],
-                                       attention=False, comparator=False)
-        else:
-            sim = VideoSimilarityModel.from_config(content)
-            sim.load_state_dict(content["model"])
-        return VideoModel(ext, sim, "default" + (" (Chamfer baseline)" if baseline else ""), fps, device=dev)
-    from hapvr.evaluation.model_scorer import load_model as load_similarity
-    from hapvr.serialization import load_torch_file
-
-    state = load_torch_file(checkpoint, "checkpoint", allow_numpy=True)
-    if not isinstance(state, dict) or "pca" not in state or "config" not in state:
-        raise ValueError(f"checkpoint {checkpoint}: not a hapvr training checkpoint (it must hold the PCA "
-                         f"whitening of its features; published state dicts need features extracted by "
-                         f"their own pipeline: use them with python -m hapvr.evaluate)")
-    cfg = state["config"]
-    ext = _build_extractor(cfg.get("backbone", "efficientnet_lite0"), backbone_weights or cfg.get("backbone_weights"),
-                           state["pca"], cfg.get("pca_dim", 512))
-    if baseline:
-        sim = VideoSimilarityModel(cfg.get("pca_dim", 512), cfg.get("k_s", 0.1), cfg.get("k_t", 0.03),
-                                   attention=False, comparator=False)
-    else:
-        sim = load_similarity(checkpoint)
-    return VideoModel(ext, sim, str(checkpoint) + (" (Chamfer baseline)" if baseline else ""), fps, device=dev)
+    spec = load_default_model() if checkpoint is None else read_model_file(checkpoint)
+    baseline = baseline or spec.kind == "baseline"
+    ext = RegionFeatureExtractor.from_spec(spec, backbone_weights)
+    sim = VideoSimilarityModel.baseline(spec.pca_dim, spec.k_s, spec.k_t) if baseline else VideoSimilarityModel.from_spec(spec)
+    name = "default" if checkpoint is None else str(checkpoint)
+    return VideoModel(ext, sim, name + (" (Chamfer baseline)" if baseline else ""), fps, device=dev)
 
 
 @dataclass
@@ -215,16 +186,15 @@ class Comparison:
 
     def plot(self, path: str | Path, title: str | None = None) -> None:
         """The frame map as a heatmap (query frames down, target frames across, in seconds) with
-        the copied segments drawn on it."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        the copied segments drawn on it (matplotlib's ``Figure`` alone: no pyplot state, no
+        backend switched)."""
+        from matplotlib.figure import Figure
         from matplotlib.patches import Rectangle
 
         m = self.frame_map.numpy()
         T, T2 = m.shape
-        fig, ax = plt.subplots(figsize=(6.4, max(3.0, min(9.0, 6.4 * T / max(T2, 1)))))
+        fig = Figure(figsize=(6.4, max(3.0, min(9.0, 6.4 * T / max(T2, 1)))))
+        ax = fig.subplots()
         im = ax.imshow(m, cmap="viridis", aspect="auto", interpolation="nearest",
                        extent=(0, T2 / self.fps, T / self.fps, 0))
         for s in self.segments:
@@ -237,17 +207,16 @@ class Comparison:
         fig.colorbar(im, ax=ax, label="frame similarity")
         fig.tight_layout()
         fig.savefig(path, dpi=120)
-        plt.close(fig)
 
 
-def compare(a, b, model: VideoModel | None = None, *, symmetric: bool = False, localize_threshold: float | None = None,
+def compare_videos(a, b, model: VideoModel | None = None, *, symmetric: bool = False, localize_threshold: float | None = None,
             names: tuple[str, str] | None = None, **localize_options) -> Comparison:
     """Compare video ``a`` (query) with video ``b`` (target): the video-level similarity, the
     ``[T, T']`` frame map and the copied segments (:func:`hapvr.localization.localize`, whose
     options can be passed here), times in seconds from each video's start.
 
     ``a`` and ``b`` are video paths or features ``[T, 9, D]``; ``model`` defaults to
-    :func:`load_model` ``()``."""
+    :func:`load_model` ``()``. (``model.compare(a, b)`` is the same call.)"""
     model = model or load_model()
     fa, fb = model.features(a), model.features(b)
     sim = model.similarity(fa, fb, symmetric=symmetric)

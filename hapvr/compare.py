@@ -9,13 +9,14 @@ the segments. Without --checkpoint the default model is used (python -m hapvr.de
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import types
 
-from hapvr.api import compare as _compare
+from hapvr.api import compare_videos, load_model
 from hapvr.cli import ArgumentParser, fail, finite_float, input_file, output_file, positive_float, run_main
+from hapvr.data.video import VideoDecodeError
+from hapvr.evaluation.feature_store import FeatureStore
+from hapvr.io.files import write_json
 
 EXAMPLES = """\
   python -m hapvr.compare original.mp4 suspect.mp4
@@ -44,15 +45,11 @@ def build_parser() -> ArgumentParser:
 
 def _inputs(args, model):
     if args.features:
-        from hapvr.evaluation.feature_store import FeatureStore
-
         store = FeatureStore(args.features)
         for arg, vid in (("QUERY", args.query), ("TARGET", args.target)):
             if vid not in store:
                 fail(f"{arg} {vid!r}: no such id in --features {args.features}")
         return store.load(args.query), store.load(args.target)
-    from hapvr.data.video import VideoDecodeError
-
     out = []
     for arg, path in (("QUERY", args.query), ("TARGET", args.target)):
         try:
@@ -75,15 +72,13 @@ def _main(argv=None) -> int:
         for arg, path in (("QUERY", args.query), ("TARGET", args.target)):
             if not os.path.isdir(path):
                 input_file(path, arg)
-    from hapvr.api import load_model
-
     try:
         model = load_model(args.checkpoint, baseline=args.baseline, device=args.device, fps=args.fps)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     fa, fb = _inputs(args, model)
     try:
-        result = _compare(fa, fb, model, symmetric=args.symmetric, names=(args.query, args.target))
+        result = compare_videos(fa, fb, model, symmetric=args.symmetric, names=(args.query, args.target))
     except ValueError as exc:
         fail(str(exc))
     threshold = model.scale.threshold if args.threshold is None else args.threshold
@@ -100,10 +95,7 @@ def _main(argv=None) -> int:
     else:
         print("no copied segment found")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result.to_dict(), f, indent=1)
-        os.replace(tmp, args.json)
+        write_json(args.json, result.to_dict())
         print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:
         result.plot(args.plot)
@@ -114,16 +106,6 @@ def _main(argv=None) -> int:
 def main(argv=None) -> int:
     return run_main(_main, argv)
 
-
-class _CallableModule(types.ModuleType):
-    """``hapvr.compare`` is both this command's module and the function ``hapvr.compare(a, b)``:
-    importing the module must not take the function away from ``import hapvr`` users."""
-
-    def __call__(self, *args, **kwargs):
-        return _compare(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     raise SystemExit(main())

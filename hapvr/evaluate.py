@@ -10,16 +10,20 @@ on the feature data and the model, so an interrupted run resumes and a changed i
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-from pathlib import Path
 
 from hapvr.cli import ArgumentParser, fail, input_file, int_at_least, output_file, output_folder, run_main
-from hapvr.evaluation.benchmarks import LOADERS, EvaluationResult, evaluate_scores, load_benchmark
-from hapvr.evaluation.engine import EngineConfig, collect_scores, compute_scores
+from hapvr.evaluation.benchmarks import LOADERS, evaluate_scores, load_benchmark
+from hapvr.evaluation.engine import EngineConfig, compute_scores_in_job
+from hapvr.evaluation.feature_store import FeatureStore
+from hapvr.evaluation.report import format_table, plot_pr, pooled_rankings, read_ids, results_payload
+from hapvr.evaluation.scorers import ChamferBaseline, load_scorer
+from hapvr.io.files import write_json
+from hapvr.ops import BACKEND_NAMES
+from hapvr.ops._spatial_tiled import default_workspace_bytes
+from hapvr.precision import PRECISIONS
+from hapvr.runtime import job, process_device
 
-BACKENDS = ("auto", "cpp", "tiled", "triton", "cuda", "reference")
 EXAMPLES = """\
   python -m hapvr.evaluate --dataset fivr-5k --features fivr.hdf5 --annotations fivr.pickle --features-only
   python -m hapvr.evaluate --dataset custom --features feats.hdf5 --annotations mine.json --checkpoint ckpt.pt --output r.json --plot pr.png
@@ -46,9 +50,9 @@ def build_parser() -> ArgumentParser:
                     help="split longer targets into chunks of this many frames and average their similarities")
     ap.add_argument("--max-map-elements", type=int_at_least(1), default=EngineConfig.max_map_elements,
                     help="bound on query frames x target frames scored per fused call (memory)")
-    ap.add_argument("--backend", default="auto", choices=BACKENDS,
+    ap.add_argument("--backend", default="auto", choices=("auto",) + BACKEND_NAMES,
                     help="similarity operator backend: auto is cpp on the CPU, tiled on CUDA")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    ap.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
                     help="dtype of the similarity GEMMs (fp32 accumulation); bf16/fp16 pay off on GPUs and on CPUs "
                          "with avx512_bf16/AMX")
     ap.add_argument("--device", default="auto",
@@ -70,28 +74,11 @@ def check_args(args) -> None:
         fail(f"--plot {args.plot}: expected a .png, .pdf, .svg or .jpg file name")
     if args.cache_dir:
         output_folder(args.cache_dir, "--cache-dir")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.cache_dir:
+    if job().world > 1 and not args.cache_dir:
         fail("a sharded run (WORLD_SIZE > 1) needs --cache-dir on storage every rank can reach")
 
 
-def _read_ids(path: str) -> set[str]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        fail(f"--easy-duplicates {path}: not a text file (expected one id per line or a JSON list)")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return {line.strip() for line in text.splitlines() if line.strip()}
-    if not isinstance(value, list):
-        fail(f"--easy-duplicates {path}: a JSON file must hold a list of ids")
-    return {str(v) for v in value}
-
-
 def make_scorer(args):
-    from hapvr.ops._spatial_tiled import default_workspace_bytes
-    from hapvr.precision import process_device
-
     try:
         device = process_device(args.device)
     except ValueError as exc:
@@ -101,79 +88,16 @@ def make_scorer(args):
     except ValueError as exc:
         fail(str(exc))
     if args.features_only:
-        from hapvr.evaluation.scorers import ChamferBaseline
-
         return ChamferBaseline(backend=args.backend, precision=args.precision, device=device)
-    from hapvr.evaluation.model_scorer import load_scorer
-
     try:
         return load_scorer(args.checkpoint, backend=args.backend, precision=args.precision, device=device)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         fail(str(exc))
 
 
-def format_table(results: dict[str, EvaluationResult]) -> str:
-    rows = []
-    for variant, res in results.items():
-        for task, value in res.retrieval.items():
-            rows.append((variant, task, "mAP", f"{100 * value:.2f}",
-                         f"{res.queries_used[task]} ({len(res.queries_skipped[task])} without GT skipped)"))
-        for name, value in res.detection.items():
-            rows.append((variant, name, "uAP", f"{100 * value:.2f}", ""))
-    headers = ("benchmark", "task", "metric", "%", "queries")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
-           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def plot_pr(bench_scores, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from hapvr import metrics
-
-    fig, ax = plt.subplots(figsize=(6, 5))
-    for label, (s, r, gt) in bench_scores.items():
-        if gt:
-            p, rc = metrics.precision_recall_curve(s, r, gt)
-            ax.plot(rc, p, label=f"{label} (uAP {100 * metrics.micro_average_precision(s, r, gt):.1f})")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
-    ax.set_title("precision-recall over all query-candidate pairs")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _pooled(bench, scores, present):
-    pooled = {}
-    for task, per in bench.positives.items():
-        s, r, gt = [], [], 0
-        for q in bench.queries:
-            if q not in present:
-                continue
-            g = {v for v in per.get(q, ()) if v in present and v != q}  # none: its candidates are negatives
-            for v in sorted({v for v in bench.candidates_of(q) if v in present and v != q}):
-                s.append(scores[q][v])
-                r.append(v in g)
-            gt += len(g)
-        pooled[f"{bench.name} {task}"] = (s, r, gt)
-    return pooled
-
-
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
-    from hapvr.evaluation.feature_store import FeatureStore
-
     try:
         bench = load_benchmark(args.dataset, args.annotations)
     except (FileNotFoundError, ValueError) as exc:
@@ -182,7 +106,7 @@ def _main(argv=None) -> int:
         store = FeatureStore(args.features)
     except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
         fail(f"--features {args.features}: {exc}" if args.features not in str(exc) else str(exc))
-    easy = _read_ids(args.easy_duplicates) if args.easy_duplicates else None
+    easy = read_ids(args.easy_duplicates) if args.easy_duplicates else None
     scorer = make_scorer(args)
     present = store.ids() & bench.all_videos()
     queries = sorted(q for q in bench.queries if q in present)
@@ -192,34 +116,22 @@ def _main(argv=None) -> int:
           f" ({absent} annotated videos are missing from {args.features})", file=sys.stderr)
     if not queries:
         fail(f"--features {args.features}: no query of the benchmark has features in it "
-              f"(ids as in --annotations {args.annotations}, e.g. {sorted(bench.queries)[:3]})")
+             f"(ids as in --annotations {args.annotations}, e.g. {sorted(bench.queries)[:3]})")
     try:
-        return _score_and_report(args, bench, store, scorer, queries, targets, present, easy)
+        scores = compute_scores_in_job(scorer, store, queries, targets,
+                                       EngineConfig(chunk_frames=args.chunk_frames,
+                                                    max_map_elements=args.max_map_elements),
+                                       args.cache_dir, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:  # feature data, a cache of other inputs (names the file)
         fail(str(exc))
     except KeyError as exc:
         fail(str(exc.args[0]))
+    if scores is not None:  # None: a rank other than 0 of a sharded run
+        _report(args, bench, scores, present, easy)
+    return 0
 
 
-def _score_and_report(args, bench, store, scorer, queries, targets, present, easy) -> int:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    cfg = EngineConfig(chunk_frames=args.chunk_frames, max_map_elements=args.max_map_elements)
-    if world_size > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo")
-        compute_scores(scorer, store, queries, targets, cfg, args.cache_dir, rank, world_size,
-                       progress=not args.no_progress)
-        dist.barrier()
-        if rank != 0:
-            dist.destroy_process_group()
-            return 0
-        scores = collect_scores(scorer, store, queries, targets, args.cache_dir, world_size, cfg)
-        dist.destroy_process_group()
-    else:
-        scores = compute_scores(scorer, store, queries, targets, cfg, args.cache_dir, progress=not args.no_progress)
-
+def _report(args, bench, scores, present, easy) -> None:
     variants = {bench.name: bench}
     if easy is not None:
         hard = bench.without(easy, "-hard")
@@ -227,18 +139,11 @@ def _score_and_report(args, bench, store, scorer, queries, targets, present, eas
     results = {name: evaluate_scores(b, scores, present) for name, b in variants.items()}
     print(format_table(results))
     if args.output:
-        payload = {name: {"retrieval_mAP": r.retrieval, "detection_uAP": r.detection,
-                          "queries_used": r.queries_used, "queries_skipped": r.queries_skipped,
-                          "per_query_AP": r.per_query_ap} for name, r in results.items()}
-        tmp = args.output + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, args.output)
+        write_json(args.output, results_payload(results), indent=2)
         print(f"wrote {args.output}", file=sys.stderr)
     if args.plot:
-        plot_pr(_pooled(bench, scores, present), args.plot)
+        plot_pr(pooled_rankings(bench, scores, present), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
-    return 0
 
 
 def main(argv=None) -> int:

@@ -8,8 +8,6 @@ CPUs with avx512_bf16/AMX (oneDNN); elsewhere they are emulated and slower (benc
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -20,30 +18,3 @@ def precision_dtype(precision: str) -> torch.dtype:
         return PRECISIONS[precision]
     except KeyError:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}") from None
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else the CPU. Refuses a device that is not there."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but no CUDA device is visible (use --device cpu)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices are visible")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    return dev
-
-
-def process_device(device: str | None) -> torch.device:
-    """:func:`resolve_device` for one process of a torchrun job: an unnumbered ``cuda`` (or
-    ``auto`` on a CUDA machine) becomes ``cuda:LOCAL_RANK``, so the ranks share the GPUs (more
-    ranks than GPUs: rank ``r`` on GPU ``r mod count``)."""
-    dev = resolve_device(device)
-    if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    return dev

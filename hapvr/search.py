@@ -23,14 +23,20 @@ descriptor row); auto picks flat up to 1M descriptor rows (~60k videos) and IVF 
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 import sys
 
+from hapvr.api import load_model
 from hapvr.cli import (ArgumentParser, add_threads, fail, finite_float, float_in, input_file, int_at_least,
-                       output_file, positive_float, run_main, set_threads)
+                       output_file, positive_float, run_main)
+from hapvr.data.video import VideoDecodeError
+from hapvr.io.files import write_json, write_text
+from hapvr.retrieval.building import open_index
 from hapvr.retrieval.coarse import CoarseConfig
-from hapvr.retrieval.search import DuplicatesConfig
+from hapvr.retrieval.index_store import is_index
+from hapvr.retrieval.search import DuplicatesConfig, Searcher, duplicates
+from hapvr.runtime import set_threads
 
 EXAMPLES = """\
   python -m hapvr.search --index my.index suspect.mp4
@@ -75,18 +81,11 @@ def build_parser() -> ArgumentParser:
 
 
 def _write_json(path: str, payload: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, payload)
     print(f"wrote {path}", file=sys.stderr)
 
 
 def _search(args, model, store) -> int:
-    from hapvr.api import localize
-    from hapvr.data.video import VideoDecodeError
-    from hapvr.retrieval.search import Searcher
-
     if len(store) == 0:
         fail(f"--index {args.index}: the index is empty (add videos with python -m hapvr.index add)")
     features = []
@@ -102,10 +101,7 @@ def _search(args, model, store) -> int:
         res = searcher.search(fq, k=args.top, candidates=args.candidates, exhaustive=args.exhaustive)
         results = []
         for hit in res.hits:
-            segments = []
-            if not args.no_segments:
-                fmap = model.frame_map(fq, store.load(hit.id).float())
-                segments = [s.to_dict() for s in localize(fmap, fps=model.fps, threshold=model.scale.localize_threshold)]
+            segments = [] if args.no_segments else [s.to_dict() for s in model.copied_segments(fq, store.load(hit.id))]
             results.append({"id": hit.id, "similarity": hit.score, "segments": segments})
         out.append({"query": q, "results": results})
         copy = model.scale.threshold if args.threshold is None else args.threshold
@@ -123,8 +119,6 @@ def _search(args, model, store) -> int:
 
 
 def _duplicates(args, model, store) -> int:
-    from hapvr.retrieval.search import duplicates
-
     threshold = model.scale.threshold if args.threshold is None else args.threshold
     cfg = DuplicatesConfig(neighbours=args.neighbours or DuplicatesConfig.neighbours, min_coarse=args.min_coarse,
                            nprobe=args.nprobe or DuplicatesConfig.nprobe,
@@ -144,14 +138,13 @@ def _duplicates(args, model, store) -> int:
                                 "pairs": [{"a": p.a, "b": p.b, "similarity": p.score} for p in found.pairs],
                                 "clusters": found.clusters})
     if args.csv:
-        tmp = args.csv + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["a", "b", "similarity", "cluster"])
-            cluster_of = {v: i for i, c in enumerate(found.clusters, 1) for v in c}
-            for p in found.pairs:
-                w.writerow([p.a, p.b, f"{p.score:.6f}", cluster_of.get(p.a, "")])
-        os.replace(tmp, args.csv)
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        w.writerow(["a", "b", "similarity", "cluster"])
+        cluster_of = {v: i for i, c in enumerate(found.clusters, 1) for v in c}
+        for p in found.pairs:
+            w.writerow([p.a, p.b, f"{p.score:.6f}", cluster_of.get(p.a, "")])
+        write_text(args.csv, text.getvalue())
         print(f"wrote {args.csv}", file=sys.stderr)
     return 0
 
@@ -175,13 +168,10 @@ def _main(argv=None) -> int:
             output_file(path, arg)
     if args.checkpoint:
         input_file(args.checkpoint, "--checkpoint")
-    if not os.path.isfile(os.path.join(args.index, "manifest.json")):
+    if not is_index(args.index):
         fail(f"--index {args.index}: no index there (make one with python -m hapvr.index build)")
     if args.threads:
         set_threads(args.threads)
-    from hapvr.api import load_model
-    from hapvr.index import open_index
-
     try:
         model = load_model(args.checkpoint, baseline=args.baseline, device=args.device, fps=args.fps)
     except (ValueError, FileNotFoundError) as exc:

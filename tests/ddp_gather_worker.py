@@ -16,7 +16,7 @@ from hapvr.models import VideoSimilarityModel
 from hapvr.training.batches import Batch
 from hapvr.training.config import TrainConfig
 from hapvr.training.gather import GatheredSimilarity, gathered_labels
-from hapvr.training.objective import build_objective, objective_inputs
+from hapvr.training.batch_loss import BatchLoss, objective_inputs
 
 N, D, DT = 4, 16, 6
 LENGTHS = [[6, 5, 4, 6], [5, 3, 5, 2]]  # rank 1 pads to 5 frames, rank 0 to 6
@@ -61,7 +61,7 @@ def main():
         for p in model.parameters():
             p.normal_(0, 0.1)
     reference = copy.deepcopy(model)
-    objective = build_objective(TrainConfig())
+    objective = BatchLoss(TrainConfig())
 
     ddp = torch.nn.parallel.DistributedDataParallel(GatheredSimilarity(model))
     mine = batches[rank]

@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 
 import hapvr  # noqa: E402
-from hapvr import default_model  # noqa: E402
+from hapvr.io import checkpoint as model_files  # noqa: E402
 
 
 def _frames(n, seed):
@@ -54,7 +54,7 @@ def default(tmp_path_factory):
     _write(d / "copy_inside.mp4", other[:3] + source[2:8] + other[3:6])  # seconds 2-8 of source at 3-9
     _write(d / "other.mp4", other)
     ext = RegionFeatureExtractor("efficientnet_lite0", None, 64)
-    from hapvr.extract import load_frames
+    from hapvr.data.video import load_frames
 
     descs = torch.cat([ext.descriptors(load_frames(str(d / n), 1.0, None)) for n in ("source.mp4", "other.mp4")])
     ext.pca.fit(descs.reshape(-1, ext.in_dim))
@@ -64,16 +64,15 @@ def default(tmp_path_factory):
                                                            "head": "residual"},
                 "pca": ext.pca.state_dict(), "model": model.state_dict(), "step": 0}, ckpt)
     path = d / "default_model.pt"
-    digest = default_model.export(ckpt, path)
+    digest = model_files.export_default_model(ckpt, path)
     return d, path, digest
 
 
 @pytest.fixture
 def use_default(default, monkeypatch):
     d, path, digest = default
-    monkeypatch.setattr(default_model, "PATH", path)
-    monkeypatch.setattr(default_model, "SHA256", digest)
-    monkeypatch.setattr(default_model.load, "__defaults__", (path, digest))
+    monkeypatch.setattr(model_files, "DEFAULT_MODEL_PATH", path)
+    monkeypatch.setattr(model_files, "DEFAULT_MODEL_SHA256", digest)
     return d
 
 
@@ -82,18 +81,18 @@ def test_compare_finds_the_copied_part_in_seconds(use_default):
     model = hapvr.load_model()
     assert not model.is_baseline and model.model.head == "residual" and model.name == "default"
     assert model.scale is hapvr.api.RESIDUAL_SCALE
-    same = hapvr.compare(d / "source.mp4", d / "source.mp4", model)
+    same = hapvr.compare_videos(d / "source.mp4", d / "source.mp4", model)
     assert same.similarity == pytest.approx(1.0, abs=1e-4)
     assert same.frame_map.shape == (12, 12)
     assert len(same.segments) >= 1
     best = same.segments[0]
     assert (best.query_start, best.query_end, best.target_start, best.target_end) == (0, 12, 0, 12)
 
-    part = hapvr.compare(d / "copy_inside.mp4", d / "source.mp4", model)
+    part = hapvr.compare_videos(d / "copy_inside.mp4", d / "source.mp4", model)
     assert part.frame_map.shape == (12, 12)
     spans = [(s.query_start, s.query_end, s.target_start, s.target_end) for s in part.segments]
     assert spans[0] == (3, 9, 2, 8), spans  # query seconds 3-9 are the source's seconds 2-8
-    other = hapvr.compare(d / "other.mp4", d / "source.mp4", model)
+    other = hapvr.compare_videos(d / "other.mp4", d / "source.mp4", model)
     assert other.segments == [] and other.similarity < part.similarity < same.similarity
 
     layout = part.to_dict()
@@ -150,13 +149,13 @@ def test_compare_bad_input_is_one_line(use_default, tmp_path, capsys, case):
 
 def test_default_model_file_is_checked(default, tmp_path):
     d, path, digest = default
-    assert default_model.load(path, digest)["kind"] == default_model.KIND == "trained"
+    assert model_files.load_default_model(path, digest).kind == model_files.DEFAULT_MODEL_KIND == "trained"
     bad = tmp_path / "m.pt"
     bad.write_bytes(path.read_bytes()[:-10] + b"0123456789")
-    from hapvr.serialization import CorruptFileError
+    from hapvr.io.serialization import CorruptFileError
 
     with pytest.raises(CorruptFileError, match="SHA-256"):
-        default_model.load(bad, digest)
+        model_files.load_default_model(bad, digest)
 
 
 def test_default_model_of_kind_baseline_is_the_chamfer_baseline(default, tmp_path, monkeypatch):
@@ -164,8 +163,9 @@ def test_default_model_of_kind_baseline_is_the_chamfer_baseline(default, tmp_pat
     on the baseline's score scale, whatever weights it carries."""
     d, _, _ = default
     path = tmp_path / "baseline_model.pt"
-    digest = default_model.export(d / "checkpoint.pt", path, kind="baseline")
-    monkeypatch.setattr(default_model.load, "__defaults__", (path, digest))
+    digest = model_files.export_default_model(d / "checkpoint.pt", path, kind="baseline")
+    monkeypatch.setattr(model_files, "DEFAULT_MODEL_PATH", path)
+    monkeypatch.setattr(model_files, "DEFAULT_MODEL_SHA256", digest)
     model = hapvr.load_model()
     assert model.is_baseline and model.name == "default (Chamfer baseline)" and model.scale is hapvr.api.BASELINE_SCALE
     trained = hapvr.load_model(d / "checkpoint.pt")
@@ -176,14 +176,20 @@ def test_default_model_of_kind_baseline_is_the_chamfer_baseline(default, tmp_pat
 
 def test_shipped_default_model_matches_its_hash():
     """The file in the package is the one whose SHA-256 the code records."""
-    assert default_model.file_sha256(default_model.PATH) == default_model.SHA256
-    content = default_model.load()
-    assert content["pca"]["projection"].shape == (1752, 512) and content["kind"] == default_model.KIND
+    assert model_files.file_sha256(model_files.DEFAULT_MODEL_PATH) == model_files.DEFAULT_MODEL_SHA256
+    spec = model_files.load_default_model()
+    assert spec.pca["projection"].shape == (1752, 512) and spec.kind == model_files.DEFAULT_MODEL_KIND
 
 
-def test_hapvr_compare_is_the_function_even_after_the_command_module_is_imported(use_default):
+def test_one_name_per_concept_after_the_command_module_is_imported(use_default):
+    """``hapvr.compare`` is the command's module and nothing else; the function is
+    ``hapvr.compare_videos`` (and ``VideoModel.compare``), whatever was imported before."""
     import importlib
+    import types
 
     importlib.import_module("hapvr.compare")
     d = use_default
-    assert hapvr.compare(d / "other.mp4", d / "other.mp4").similarity == pytest.approx(1.0, abs=1e-4)
+    assert isinstance(hapvr.compare, types.ModuleType) and not callable(hapvr.compare)
+    assert hapvr.compare_videos(d / "other.mp4", d / "other.mp4").similarity == pytest.approx(1.0, abs=1e-4)
+    model = hapvr.load_model()
+    assert model.compare(d / "other.mp4", d / "other.mp4").similarity == pytest.approx(1.0, abs=1e-4)

@@ -1,11 +1,11 @@
 """Bootstrap intervals over queries (hapvr.evaluation.bootstrap) and the trainer's use of them
-(hapvr.training.heldout): point values equal the protocol's, hand-computed cases, pairing."""
+(hapvr.evaluation.levels): point values equal the protocol's, hand-computed cases, pairing."""
 
 import numpy as np
 import pytest
 
 from hapvr.evaluation.bootstrap import Interval, Ranking, bootstrap, resamples
-from hapvr.training.heldout import LEVEL_LABELS, bootstrap_levels, evaluate_levels, intervals_table
+from hapvr.evaluation.levels import LEVEL_LABELS, bootstrap_levels, evaluate_levels, intervals_table
 
 
 def _ranking(scores, relevant, n=None):

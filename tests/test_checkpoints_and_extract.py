@@ -9,7 +9,8 @@ import torch
 
 from hapvr.evaluation.engine import compute_scores
 from hapvr.evaluation.feature_store import FeatureStore, write_features
-from hapvr.evaluation.model_scorer import ModelScorer, convert_published_state_dict, load_model
+from hapvr.evaluation.scorers import ModelScorer
+from hapvr.models.loading import convert_published_state_dict, load_similarity_model
 from hapvr.extract import main as extract_main
 from hapvr.models import VideoSimilarityModel
 
@@ -52,7 +53,7 @@ def test_published_state_dicts_load_into_the_model(tmp_path, style):
     model = _randomised(VideoSimilarityModel(64))
     path = tmp_path / "release.pth"
     torch.save(_published(model, style), path)
-    loaded = load_model(path)
+    loaded = load_similarity_model(path)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, msg=key)
 
@@ -85,7 +86,7 @@ def test_hapvr_checkpoint_round_trip_and_extract(tmp_path):
     torch.save({"format": "hapvr-checkpoint-1", "config": {"backbone": "efficientnet_lite0", "pca_dim": 512},
                 "pca": ext.pca.state_dict(), "model": model.state_dict()}, ckpt)
     for key, value in model.state_dict().items():
-        torch.testing.assert_close(load_model(ckpt).state_dict()[key], value)
+        torch.testing.assert_close(load_similarity_model(ckpt).state_dict()[key], value)
 
     videos = tmp_path / "videos"
     videos.mkdir()

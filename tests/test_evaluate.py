@@ -11,7 +11,8 @@ import torch
 
 from hapvr.evaluate import main as evaluate_main
 from hapvr.evaluation.benchmarks import evaluate_scores, load_benchmark
-from hapvr.evaluation.engine import EngineConfig, compute_scores, split_chunks
+from hapvr.evaluation.engine import EngineConfig, compute_scores
+from hapvr.models.padding import split_chunks
 from hapvr.evaluation.feature_store import FeatureStore, write_features
 from hapvr.evaluation.scorers import ChamferBaseline
 

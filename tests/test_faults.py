@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from hapvr.evaluation.feature_store import FeatureStore, write_features
-from hapvr.serialization import CorruptFileError
-from hapvr.training.checkpoint import load_checkpoint, save_checkpoint
+from hapvr.io.serialization import CorruptFileError
+from hapvr.io.checkpoint import load_checkpoint, save_checkpoint
 
 from test_data import _write_video
 from test_train import TINY

@@ -108,7 +108,7 @@ def test_onnx_runtime_backbone_gives_the_pytorch_features(tmp_path, monkeypatch)
     monkeypatch.setenv("HAPVR_BACKBONE_RUNTIME", "torch")
     assert RegionFeatureExtractor("efficientnet_lite0")._onnx_session() is None
     monkeypatch.setenv("HAPVR_BACKBONE_RUNTIME", "onnx")
-    from hapvr.cli import UserError
+    from hapvr.errors import InputError as UserError
 
     with pytest.raises(UserError, match="HAPVR_BACKBONE_RUNTIME must be one of auto, torch, got 'onnx'"):
         RegionFeatureExtractor("efficientnet_lite0")

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from hapvr.index import STAGING, main as index_main, staging_area
+from hapvr.index import main as index_main
+from hapvr.retrieval.building import STAGING, staging_area
 from hapvr.retrieval.index_store import IndexStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

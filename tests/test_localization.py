@@ -319,7 +319,7 @@ def test_partial_copies_hold_the_query_frames_at_their_spans(monkeypatch):
 
     monkeypatch.setattr(corpus, "_light_edit", lambda frames, rng: frames)
     g = torch.Generator().manual_seed(0)
-    bench = corpus.Benchmark()
+    bench = corpus.BenchmarkVideos()
     for q in corpus.PARTIAL_HOSTS:  # frame t of video q: its own random colour, so frames are traceable
         bench.queries.append(q)
         T = 24 if q.startswith(("sk", "sklearn")) else 15
@@ -354,7 +354,7 @@ def test_default_model_localises_the_builtin_partial_copies():
     from hapvr.data import corpus
     from hapvr.data.video import center_crop
     from hapvr.localization import chamfer_frame_map
-    from hapvr.training.heldout import evaluate_localization, negative_pairs
+    from hapvr.evaluation.copy_localization import evaluate_localization, negative_pairs
 
     bench = corpus.build_benchmark(corpus.CorpusConfig())
     model = load_model()

@@ -80,7 +80,7 @@ def test_bad_inputs():
 
 
 def test_builtin_levels_exclude_query_and_accumulate_labels():
-    from hapvr.training.heldout import evaluate_levels
+    from hapvr.evaluation.levels import evaluate_levels
 
     db = ["q", "a", "b", "c", "d"]
     sims = {"q": {"q": 1.0, "a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6}}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hapvr.features.pca import PCAWhitening
-from hapvr.pca import PCAFileError, load_pca
+from hapvr.features.pca import PCAFileError, read_pca_file as load_pca
 from hapvr.pca import main as pca_main
 
 D_IN, DIM = 24, 12
@@ -122,7 +122,7 @@ def test_load_pca_checks_sizes_and_backbone(tmp_path):
 
 
 def test_streamed_moments_equal_torch_cov_across_chunks():
-    from hapvr.pca import Moments
+    from hapvr.features.pca import Moments
 
     x = torch.randn(5000, 7, dtype=torch.float64) * torch.arange(1, 8) + 100  # far from 0: the shift matters
     moments = Moments(7, chunk=1000)

@@ -8,10 +8,11 @@ import torch
 
 from hapvr.evaluation.engine import compute_scores
 from hapvr.evaluation.feature_store import FeatureStore, write_features
-from hapvr.evaluation.model_scorer import ModelScorer
+from hapvr.evaluation.scorers import ModelScorer
 from hapvr.evaluation.scorers import ChamferBaseline
 from hapvr.models import VideoSimilarityModel
-from hapvr.precision import precision_dtype, resolve_device
+from hapvr.precision import precision_dtype
+from hapvr.runtime import resolve_device
 
 
 def _features(n=6, dim=32, seed=0):

@@ -31,7 +31,7 @@ def test_worlds_are_a_function_of_their_seed_and_move(kind):
 
 
 def test_rendered_queries_and_their_levels():
-    bench = corpus.Benchmark()
+    bench = corpus.BenchmarkVideos()
     corpus.add_render_queries(bench, 4, 500, random.Random(0))
     assert bench.queries == ["render500", "render501", "render502", "render503"]
     assert len(bench.videos) == 4 * 5
@@ -58,7 +58,7 @@ def test_photo_queries_and_the_photo_splits(monkeypatch):
     monkeypatch.setattr(corpus, "load_photos", lambda: {k: photos[k] for k in sorted(photos)[:8] + sorted(val)})
     train = corpus.build_train_videos(corpus.CorpusConfig(train_frames=4))
     assert train and not {k.rsplit("-", 1)[0] for k in train} & (test | val)
-    bench = corpus.Benchmark()
+    bench = corpus.BenchmarkVideos()
     names = corpus.VALIDATION_PHOTOS[:3]
     corpus.add_photo_queries(bench, photos, names, random.Random(0), 6)
     assert bench.queries == list(names)

@@ -17,14 +17,15 @@ import pytest
 import torch
 
 import hapvr
-from hapvr.evaluation.engine import compute_scores, repeat_to
+from hapvr.evaluation.engine import compute_scores
+from hapvr.models.padding import repeat_to
 from hapvr.evaluation.feature_store import FeatureStore, write_features
 from hapvr.evaluation.scorers import ChamferBaseline
 from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, coarse_index, video_descriptors
 from hapvr.retrieval.index_store import IndexStore, feature_space
 from hapvr.retrieval.planted import PlantedCollection, PlantedConfig, planted_descriptors
 from hapvr.retrieval.search import DuplicatesConfig, Searcher, duplicates
-from hapvr.serialization import CorruptFileError
+from hapvr.io.serialization import CorruptFileError
 
 R, D = 9, 128
 
@@ -371,7 +372,7 @@ def test_exhaustive_scores_equal_the_evaluation_engine(planted, planted_index, t
 def test_float16_storage_moves_scores_far_less_than_copies_stand_out(planted, planted_index):
     """The index stores float16; against the same videos in float32 the scores move by ~3e-5,
     while a copy and the best distractor are > 0.1 apart."""
-    from hapvr.evaluation.engine import pad_stack
+    from hapvr.models.padding import pad_stack
 
     scorer = ChamferBaseline()
     query = torch.from_numpy(planted.query(0)[0])

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from hapvr.evaluation.feature_store import write_features
-from hapvr.evaluation.model_scorer import load_model
+from hapvr.models.loading import load_similarity_model
 from hapvr.models import VideoSimilarityModel
-from hapvr.serialization import CorruptFileError, UnsafeFileError, load_plain_pickle, load_torch_file
-from hapvr.training.checkpoint import load_checkpoint
+from hapvr.io.serialization import CorruptFileError, UnsafeFileError, load_plain_pickle, load_torch_file
+from hapvr.io.checkpoint import load_checkpoint
 
 from test_checkpoints_and_extract import _published, _randomised
 
@@ -51,7 +51,7 @@ def test_crafted_torch_file_is_refused_and_never_runs(tmp_path, wrap):
     with pytest.raises(UnsafeFileError, match=r"--checkpoint .*evil\.pt: refused.*posix\.system|system"):
         load_torch_file(path, "--checkpoint")
     with pytest.raises(UnsafeFileError):
-        load_model(path)
+        load_similarity_model(path)
     with pytest.raises(UnsafeFileError):
         load_checkpoint(str(path))
     assert not marker.exists()
@@ -62,7 +62,7 @@ def test_crafted_legacy_pickle_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     path.write_bytes(pickle.dumps({"model": _Payload(marker)}))
     with pytest.raises(UnsafeFileError, match="refused"):
-        load_model(path)
+        load_similarity_model(path)
     assert not marker.exists()
 
 
@@ -170,7 +170,7 @@ def test_published_state_dicts_with_training_arguments_load_safely(tmp_path):
     path = tmp_path / "s2vs.pth"
     torch.save({"model": _published(model, "s2vs"), "args": argparse.Namespace(lr=4e-5, batch_sz=64), "epoch": 3},
                path)
-    loaded = load_model(path)
+    loaded = load_similarity_model(path)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, msg=key)
 
@@ -187,13 +187,13 @@ def test_format1_checkpoint_with_numpy_rng_state_still_loads(tmp_path):
     loaded = load_checkpoint(str(path))  # ...our loader allows exactly these numbers
     np.testing.assert_array_equal(loaded["rng"]["numpy"][1], np.random.get_state()[1])
     for key, value in model.state_dict().items():
-        torch.testing.assert_close(load_model(path).state_dict()[key], value, msg=key)
+        torch.testing.assert_close(load_similarity_model(path).state_dict()[key], value, msg=key)
 
 
 def test_new_checkpoints_restore_numpy_rng_exactly(tmp_path):
     import random
 
-    from hapvr.training.checkpoint import rng_state, set_rng_state
+    from hapvr.io.checkpoint import rng_state, set_rng_state
 
     sampler = random.Random(3)
     np.random.seed(7)

@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
-from hapvr.evaluation.engine import EngineConfig, ScoreCache, ScoreCacheError, compute_scores
+from hapvr.evaluation.engine import EngineConfig, compute_scores
+from hapvr.evaluation.score_cache import ScoreCache, ScoreCacheError
 from hapvr.evaluation.feature_store import FeatureStore, write_features
-from hapvr.evaluation.model_scorer import ModelScorer
+from hapvr.evaluation.scorers import ModelScorer
 from hapvr.evaluation.scorers import ChamferBaseline
 from hapvr.models import VideoSimilarityModel
-from hapvr.serialization import CorruptFileError
+from hapvr.io.serialization import CorruptFileError
 
 D = 16
 CFG = EngineConfig(max_map_elements=3000)  # many small batches

@@ -83,7 +83,7 @@ def test_search_bad_input(use_default, collection, tmp_path, capsys, case):
         assert index_main(["build", "--videos", str(tmp_path / "empty"), "--index", str(index)]) == 2
         capsys.readouterr()
         from hapvr.api import load_model
-        from hapvr.index import model_space
+        from hapvr.retrieval.building import model_space
         from hapvr.retrieval.index_store import IndexStore
 
         IndexStore.create(index, model_space(load_model()), (9, 64)).close()

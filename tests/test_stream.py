@@ -263,7 +263,7 @@ def networks():
 def test_streaming_batches_feed_the_training_step(folder, networks, teacher_all_views):
     from hapvr.models import VideoSimilarityModel
     from hapvr.training.config import TrainConfig
-    from hapvr.training.objective import build_objective, objective_inputs
+    from hapvr.training.batch_loss import BatchLoss, objective_inputs
 
     extractor, teacher = networks
     log = []
@@ -296,7 +296,7 @@ def test_streaming_batches_feed_the_training_step(folder, networks, teacher_all_
     cfg = TrainConfig()
     model = VideoSimilarityModel(32, cfg.k_s, cfg.k_t)
     out = model(batch.features, query_lengths=batch.lengths)
-    loss, parts = build_objective(cfg)(objective_inputs(out, batch, model.min_frames, torch.device("cpu")))
+    loss, parts = BatchLoss(cfg)(objective_inputs(out, batch, model.min_frames, torch.device("cpu")))
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
     assert set(batches.seconds) >= {"decode", "augment", "wait"} and batches.nets.seconds["backbone"] > 0

@@ -190,11 +190,12 @@ def replay_ranks(args, world, gather=False, steps=2):
 
     from hapvr.features.pca import PCAWhitening
     from hapvr.models import VideoSimilarityModel
-    from hapvr.train import load_or_build_pool, lr_lambda
+    from hapvr.training.data import load_or_build_pool
+    from hapvr.training.schedule import lr_lambda
     from hapvr.training.batches import FeaturePool, draw_batch
-    from hapvr.training.config import parse_config
-    from hapvr.training.distributed import DistInfo
-    from hapvr.training.objective import build_objective, objective_inputs
+    from hapvr.train import parse_config
+    from hapvr.runtime import DistInfo
+    from hapvr.training.batch_loss import BatchLoss, objective_inputs
 
     cfg = parse_config(args)
     pool, _ = load_or_build_pool(cfg, DistInfo(), None)  # the cache exists: only loaded
@@ -206,7 +207,7 @@ def replay_ranks(args, world, gather=False, steps=2):
     model = VideoSimilarityModel(cfg.pca_dim, cfg.k_s, cfg.k_t, head=cfg.head)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    objective = build_objective(cfg)
+    objective = BatchLoss(cfg)
     samplers = [random.Random(cfg.seed * 1_000_003 + r) for r in range(world)]
     history = []
     for _ in range(steps):
@@ -345,7 +346,7 @@ def test_cli_help_and_user_errors(tmp_path):
 
 
 def test_presets_paper_table_6_and_cpu_overrides():
-    from hapvr.training.config import parse_config
+    from hapvr.train import parse_config
 
     paper = parse_config(["--preset", "paper"])
     table6 = dict(lambda_f=6.0, lambda_v=4.0, lambda_s=3.0, delta_v=0.05, rho_v=0.10, delta_f=0.05, rho_f=5.0,
@@ -386,8 +387,9 @@ def test_objective_settings_have_one_source():
     import dataclasses
 
     from hapvr.losses import HAPVRObjectiveConfig
-    from hapvr.training.config import NOT_TRAINING_OPTIONS, TrainConfig, objective_config, parse_config
-    from hapvr.training.objective import build_objective
+    from hapvr.train import parse_config
+    from hapvr.training.config import NOT_TRAINING_OPTIONS, TrainConfig, objective_config
+    from hapvr.training.batch_loss import BatchLoss
 
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     paper = parse_config(["--preset", "paper"])
@@ -397,7 +399,7 @@ def test_objective_settings_have_one_source():
         assert f.name in train_fields, f.name
         assert getattr(paper, f.name) == f.default, f.name
     cfg = parse_config(["--lambda-reg", "0.5", "--rho-f", "4", "--video-loss", "adaptive_margin", "--am-scale", "2"])
-    built = build_objective(cfg).objective.config
+    built = BatchLoss(cfg).objective.config
     assert built == objective_config(cfg)
     assert (built.lambda_reg, built.rho_f, built.video_loss, built.am_scale, built.lambda_f) == \
         (0.5, 4.0, "adaptive_margin", 2.0, 10.0)
@@ -405,7 +407,7 @@ def test_objective_settings_have_one_source():
 
 def test_learning_rate_schedule_is_the_releases():
     """Warm-up from 0.01 lr to lr, then a cosine down to 0.1 lr at the last step."""
-    from hapvr.train import lr_lambda
+    from hapvr.training.schedule import lr_lambda
     from hapvr.training.config import TrainConfig
 
     f = lr_lambda(TrainConfig(iterations=110, warmup=10, restarts=1))
@@ -421,7 +423,7 @@ def test_learning_rate_schedule_is_the_releases():
 def test_restarts_give_every_round_its_own_schedule():
     """--restarts 3 over 30 steps: three rounds of 10 steps, each with the warm-up and cosine of a
     10-step run; past the end the last round's floor."""
-    from hapvr.train import lr_lambda, round_length
+    from hapvr.training.schedule import lr_lambda, round_length
     from hapvr.training.config import TrainConfig
 
     one = lr_lambda(TrainConfig(iterations=10, warmup=3, restarts=1))
@@ -439,8 +441,8 @@ def test_restarts_give_every_round_its_own_schedule():
 def test_restart_starts_from_fresh_weights_and_optimiser(data, tmp_path):
     """A new round loads a fresh initialisation of its own seed (the residual head's, so the
     Chamfer baseline again) and empties AdamW's moments; the global generator is left alone."""
-    from hapvr import train
-    from hapvr.training.config import parse_config
+    from hapvr.training import trainer as train
+    from hapvr.train import parse_config
 
     root, cache = data
     cfg = parse_config(["--data", root, "--cache-dir", cache, "--out", str(tmp_path / "run"), "--iterations", "4",
@@ -464,9 +466,9 @@ def test_selection_on_validation_keeps_the_best_weights_and_resumes(data, tmp_pa
     """--select-on validation scores the model at step 0, every --select-every steps and at the
     end on a (here 4 + 6 photo query) validation benchmark; the checkpoint's model is the best-scored
     weights, the live weights continue, and a resumed run selects exactly as an unbroken one."""
-    from hapvr import train
+    from hapvr.training import trainer as train
     from hapvr.data import corpus
-    from hapvr.training.config import parse_config
+    from hapvr.train import parse_config
     from hapvr.training.selection import selection_score
 
     monkeypatch.setattr(corpus, "VALIDATION_QUERIES", 4)
@@ -483,7 +485,7 @@ def test_selection_on_validation_keeps_the_best_weights_and_resumes(data, tmp_pa
     assert sel["best_step"] == best["step"] and abs(100 * sel["best_score"] - best["score"]) < 1e-3
     # step 0 of the residual head is the Chamfer baseline: its row is the baseline's score
     s = train.setup(parse_config([*common, "--out", str(tmp_path / "probe"), "--iterations", "1"]))
-    from hapvr.training.heldout import evaluate_model
+    from hapvr.evaluation.levels import evaluate_model
 
     base = selection_score(evaluate_model(s.baseline, s.selection.features, s.selection.queries, s.selection.labels))
     assert abs(100 * base - sel["history"][0]["score"]) < 1e-3
@@ -512,9 +514,9 @@ def test_restarts_select_over_rounds_and_resume_across_a_boundary(data, tmp_path
     """--restarts 2 over 5 steps (rounds of 3 and 2): the validation benchmark scores the end of
     each round too; a run stopped at the boundary and resumed selects and ends exactly as an
     unbroken one (the new round starts after the resume)."""
-    from hapvr import train
+    from hapvr.training import trainer as train
     from hapvr.data import corpus
-    from hapvr.training.config import parse_config
+    from hapvr.train import parse_config
 
     monkeypatch.setattr(corpus, "VALIDATION_QUERIES", 4)
     root, _ = data
@@ -538,7 +540,7 @@ def test_restarts_select_over_rounds_and_resume_across_a_boundary(data, tmp_path
         torch.testing.assert_close(again["extra"]["train_weights"][k], ckpt["extra"]["train_weights"][k], rtol=0,
                                    atol=0, msg=k)
     # another --iterations would move the rounds' boundaries: --resume refuses it
-    from hapvr.train import UserError
+    from hapvr.errors import InputError as UserError
 
     with pytest.raises(UserError, match="--iterations"):
         train.run(parse_config([*common, "--out", split, "--resume", "--iterations", "8"]))
@@ -563,8 +565,9 @@ def test_resume_refuses_another_pip_guests_setting():
     """--pip-guests changes the batches a step draws: --resume of a run with the other setting (or
     of one written before the option existed, which drew guests by chance) names it instead of
     continuing on other batches."""
-    from hapvr.train import UserError, _check_resumed_model
-    from hapvr.training.config import parse_config
+    from hapvr.errors import InputError as UserError
+    from hapvr.training.resume import check_resumed_model as _check_resumed_model
+    from hapvr.train import parse_config
 
     saved = {"head": "residual", "pca_dim": 512, "k_s": 0.1, "k_t": 0.03, "restarts": 1, "iterations": 600}
     cfg = parse_config(["--restarts", "1"])
@@ -581,7 +584,7 @@ def test_all_similarities_in_length_chunks_equal_one_pair_at_a_time():
     """The benchmark scorer takes queries and database by length, in chunks padded to their own
     longest video: every score equals the model's single-pair similarity."""
     from hapvr.models import VideoSimilarityModel
-    from hapvr.training.heldout import all_similarities
+    from hapvr.evaluation.levels import all_similarities
 
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
     lengths = torch.randint(1, 30, (11,), generator=g).tolist()

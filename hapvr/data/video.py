@@ -177,10 +177,17 @@ def load_frame_folder(path: str, short_side: int = SHORT_SIDE, indices: list[int
     return to_tensor([im if im.size == size else im.resize(size) for im in images])
 
 
+def load_frames(path: str, fps: float, max_frames: int | None = None, warnings: list[str] | None = None) -> torch.Tensor:
+    """The evaluation frames of a video file or a folder of frames: sampled at ``fps`` (a folder's
+    images are its frames), shorter side 256, centre crop 224 (SPEC section 1)."""
+    frames = load_frame_folder(path) if os.path.isdir(path) else decode_video(path, fps, max_frames, warnings=warnings)
+    return center_crop(frames)
+
+
 def list_videos(root: str) -> list[str]:
     """Video files and frame folders under ``root`` (recursive), sorted."""
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"--data {root}: not a directory")
+        raise FileNotFoundError(f"{root}: not a directory")
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()

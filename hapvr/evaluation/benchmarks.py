@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from hapvr import metrics
+from hapvr.io.serialization import load_plain_pickle
 
 APStyle = Literal["standard", "trapezoid", "sklearn"]
 
@@ -81,8 +82,6 @@ def _read(path: str | Path):
         raise FileNotFoundError(f"annotation file not found: {path}")
     if path.suffix == ".json":
         return json.loads(path.read_text())
-    from hapvr.serialization import load_plain_pickle
-
     return load_plain_pickle(path, "--annotations")
 
 

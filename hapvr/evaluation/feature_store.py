@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hapvr.serialization import CorruptFileError
+from hapvr.io.serialization import CorruptFileError
 
 
 def _first_line(exc: BaseException) -> str:
@@ -25,7 +25,7 @@ class FeatureStore:
 
     - On opening (metadata only, no frame is read, so it stays cheap for FIVR-200k's 200k
       videos): the file is a readable HDF5 file (a truncated or foreign file raises
-      :class:`~hapvr.serialization.CorruptFileError`); every top-level dataset is ``[T, R, D]``
+      :class:`~hapvr.io.serialization.CorruptFileError`); every top-level dataset is ``[T, R, D]``
       of a float dtype with ``T >= 1`` and one ``(R, D)`` shared by all, and holds stored data
       (a dataset created but never written reads as zeros). Layout errors raise ``ValueError``.
       Groups are skipped (the public files hold none).

@@ -9,11 +9,14 @@ predecessor's rule), so a tail chunk of a long video never crashes.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
+from hapvr.models.loading import load_similarity_model
 from hapvr.ops import spatial_topk_chamfer, temporal_topk_chamfer
+from hapvr.precision import precision_dtype
 
 
 class Scorer(Protocol):
@@ -40,8 +43,6 @@ class ChamferBaseline:
     min_frames = 1
 
     def __init__(self, backend: str = "auto", precision: str = "fp32", device: str | torch.device = "cpu"):
-        from hapvr.precision import precision_dtype
-
         self.backend = backend
         self.precision = precision
         self.dtype = precision_dtype(precision)
@@ -58,6 +59,39 @@ class ChamferBaseline:
 
     def fingerprint(self) -> dict:
         return {"scorer": "chamfer-baseline-v1", "weights": None, "settings": {"precision": self.precision}}
+
+
+class ModelScorer:
+    """A trained :class:`~hapvr.models.VideoSimilarityModel` as a scorer."""
+
+    def __init__(self, model, name: str = "model", precision: str = "fp32", device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.model.precision = precision
+        self.min_frames = int(model.min_frames)
+        self.name = name  # for messages; the cache keys on the weights themselves, not on where they came from
+        self.precision = precision
+
+    @torch.no_grad()
+    def index(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.index_video(features.to(self.device))
+
+    @torch.no_grad()
+    def pairwise(self, queries, query_lengths, targets, target_lengths):
+        return self.model(queries, targets, query_lengths, target_lengths, indexed=True).video
+
+    def fingerprint(self) -> dict:
+        """Digest of the current weights (computed on each call: cheap next to scoring, and never stale)."""
+        return {"scorer": "hapvr-similarity-model", "weights": state_dict_digest(self.model),
+                "settings": {"precision": self.precision, "k_s": float(self.model.k_s), "k_t": float(self.model.k_t)}}
+
+
+def load_scorer(path: str | Path, backend: str = "auto", precision: str = "fp32",
+                device: str | torch.device = "cpu") -> ModelScorer:
+    """The scorer of a hapvr checkpoint or a published S2VS / HAP-VR state dict."""
+    model = load_similarity_model(path, backend)
+    model.precision = precision
+    return ModelScorer(model, name=str(path), precision=precision, device=device)
 
 
 def state_dict_digest(module: torch.nn.Module) -> str:

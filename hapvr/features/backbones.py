@@ -18,13 +18,16 @@ import os
 import torch
 from torch import nn
 
+from hapvr.errors import InputError
+from hapvr.io.serialization import load_torch_file
+
 BACKBONES = ("efficientnet_lite0", "resnet50")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class BackboneError(RuntimeError):
+class BackboneError(InputError):
     """A backbone cannot be built (missing package or weights file); the message says what to do."""
 
 
@@ -51,7 +54,7 @@ class EfficientNetLite0Stages(nn.Module):
         if not os.path.isfile(weights):
             raise BackboneError(f"efficientnet_lite0 weights file not found: {weights}")
         net = EfficientNet.from_name("efficientnet-lite0")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = load_torch_file(weights, "--backbone-weights")
         missing, unexpected = net.load_state_dict(state, strict=False)
         if [k for k in missing if not k.startswith("_fc")]:
             raise BackboneError(f"{weights} is not an EfficientNet-Lite0 state_dict (missing {missing[:3]}...)")
@@ -87,7 +90,7 @@ class ResNet50Stages(nn.Module):
         from torchvision.models import resnet50
 
         net = resnet50(weights=None)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = load_torch_file(weights, "--backbone-weights")
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         try:

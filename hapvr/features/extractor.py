@@ -9,9 +9,14 @@ import warnings
 import torch
 from torch import nn
 
+from hapvr.errors import InputError
 from hapvr.features.backbones import build_backbone
 from hapvr.features.pca import PCAWhitening
 from hapvr.features.regions import region_descriptors
+from hapvr.features.teacher import cnn_frame_vectors
+from hapvr.io.checkpoint import ModelSpec
+from hapvr.io.files import atomic_path
+from hapvr.runtime import default_cache_dir
 
 
 class RegionFeatureExtractor(nn.Module):
@@ -33,6 +38,15 @@ class RegionFeatureExtractor(nn.Module):
         self.pca = PCAWhitening(self.in_dim, out_dim)
         self.batch_size = batch_size
 
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, backbone_weights: str | None = None) -> "RegionFeatureExtractor":
+        """The extractor of a model file (:func:`hapvr.io.checkpoint.read_model_file`): its backbone
+        and PCA whitening. ``backbone_weights`` replaces the recorded weights path (a resnet50
+        checkpoint moved to another machine)."""
+        ext = cls(spec.backbone, backbone_weights or spec.backbone_weights, spec.pca_dim)
+        ext.pca.load_state_dict(spec.pca)
+        return ext
+
     @torch.inference_mode()
     def descriptors(self, frames: torch.Tensor) -> torch.Tensor:
         step = self._step(frames)
@@ -44,8 +58,6 @@ class RegionFeatureExtractor(nn.Module):
     def descriptors_and_frame_vectors(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`descriptors` and, from the same backbone pass, the ``cnn`` teacher's frame vectors
         (:func:`hapvr.features.teacher.cnn_frame_vectors` of the last stage)."""
-        from hapvr.features.teacher import cnn_frame_vectors
-
         descs, vecs = [], []
         step = self._step(frames)
         for start in range(0, frames.shape[0], step):
@@ -120,11 +132,9 @@ RUNTIMES = ("auto", "torch")
 
 def backbone_runtime() -> str:
     """``HAPVR_BACKBONE_RUNTIME`` (``auto`` when unset); another value is one clear error."""
-    from hapvr.cli import UserError
-
     value = os.environ.get("HAPVR_BACKBONE_RUNTIME", "") or "auto"
     if value not in RUNTIMES:
-        raise UserError(f"HAPVR_BACKBONE_RUNTIME must be one of {', '.join(RUNTIMES)}, got {value!r}")
+        raise InputError(f"HAPVR_BACKBONE_RUNTIME must be one of {', '.join(RUNTIMES)}, got {value!r}")
     return value
 
 
@@ -132,8 +142,6 @@ def export_backbone_onnx(backbone: nn.Module, name: str) -> str:
     """Path of ``backbone`` exported to ONNX (frames ``[B, 3, H, W]`` 0..255 -> its stage maps),
     written once into the cache folder (``$HAPVR_CACHE`` or ``~/.cache/hapvr``) under a name keyed
     by the weights and the torch version, atomically."""
-    from hapvr.training.config import default_cache_dir
-
     digest = hashlib.sha256(torch.__version__.encode())
     for k, v in backbone.state_dict().items():
         digest.update(k.encode())
@@ -142,12 +150,9 @@ def export_backbone_onnx(backbone: nn.Module, name: str) -> str:
     path = os.path.join(folder, f"{name}-{digest.hexdigest()[:12]}.onnx")
     if os.path.isfile(path):
         return path
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
     example = torch.zeros(2, 3, 224, 224)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(backbone, (example,), tmp, dynamo=False, input_names=["frames"],
+        torch.onnx.export(backbone, (example,), str(tmp), dynamo=False, input_names=["frames"],
                           dynamic_axes={"frames": {0: "batch", 2: "height", 3: "width"}}, opset_version=17)
-    os.replace(tmp, path)
     return path

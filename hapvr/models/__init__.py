@@ -2,7 +2,8 @@
 
 from hapvr.models.attention import RegionAttention
 from hapvr.models.comparator import MIN_FRAMES, FrameComparator
-from hapvr.models.similarity import SimilarityOutput, VideoSimilarityModel, repeat_to_min_length
+from hapvr.models.padding import repeat_to_min_length
+from hapvr.models.similarity import HEADS, SimilarityOutput, VideoSimilarityModel
 
-__all__ = ["MIN_FRAMES", "FrameComparator", "RegionAttention", "SimilarityOutput", "VideoSimilarityModel",
+__all__ = ["HEADS", "MIN_FRAMES", "FrameComparator", "RegionAttention", "SimilarityOutput", "VideoSimilarityModel",
            "repeat_to_min_length"]

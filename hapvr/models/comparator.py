@@ -37,11 +37,6 @@ class FrameComparator(nn.Module):
             nn.init.xavier_uniform_(conv.weight)
             nn.init.zeros_(conv.bias)
 
-    @staticmethod
-    def output_length(n: torch.Tensor | int):
-        """Output steps for ``n`` input frames (``floor(n / 4)``)."""
-        return n // 4
-
     def forward(self, sim: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Args: ``sim [B, T, T']``; ``mask [B, T, T']`` (1 = valid) or None.
 

@@ -30,13 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hapvr.batching import CHUNK_FRAMES, repeat_to_min_length, split_chunks
+from hapvr.io.checkpoint import ModelSpec
 from hapvr.models.attention import RegionAttention
 from hapvr.models.comparator import MIN_FRAMES, FrameComparator
+from hapvr.models.padding import CHUNK_FRAMES, repeat_to_min_length, split_chunks
 from hapvr.ops import spatial_topk_chamfer, temporal_topk_chamfer, topk_count
+from hapvr.precision import precision_dtype
 
 HEADS = ("visil", "residual", "attention")
-MAX_TARGET_CHUNK = CHUNK_FRAMES  # frames per target chunk in similarity() (hapvr.batching)
+MAX_TARGET_CHUNK = CHUNK_FRAMES  # frames per target chunk in similarity() (hapvr.models.padding)
 
 
 @dataclass
@@ -84,8 +86,6 @@ class VideoSimilarityModel(nn.Module):
     def __init__(self, dim: int = 512, k_s: float = 0.1, k_t: float = 0.03, attention: bool = True,
                  comparator: bool = True, backend: str = "auto", precision: str = "fp32", head: str = "visil"):
         super().__init__()
-        from hapvr.precision import precision_dtype
-
         precision_dtype(precision)  # one clear error for a bad name
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
@@ -102,11 +102,24 @@ class VideoSimilarityModel(nn.Module):
             torch.nn.init.zeros_(self.comparator.fconv.weight)
 
     @classmethod
-    def from_config(cls, cfg: dict, **kwargs) -> "VideoSimilarityModel":
-        """The trained model a checkpoint's ``config`` (or the default model's content) describes;
-        a config without ``head`` is the paper's (checkpoints written before the residual head)."""
-        return cls(cfg.get("pca_dim", 512), cfg.get("k_s", 0.1), cfg.get("k_t", 0.03),
-                   head=cfg.get("head", "visil"), **kwargs)
+    def from_spec(cls, spec: ModelSpec, **kwargs) -> "VideoSimilarityModel":
+        """The trained model a model file describes (:class:`~hapvr.io.checkpoint.ModelSpec`),
+        with its weights; the features-only baseline over the same features when its ``kind`` is
+        ``baseline``."""
+        if spec.kind == "baseline" or spec.model is None:
+            return cls.baseline(spec.pca_dim, spec.k_s, spec.k_t, **kwargs)
+        model = cls(spec.pca_dim, spec.k_s, spec.k_t, head=spec.head, **kwargs)
+        model.load_state_dict(spec.model)
+        return model
+
+    @classmethod
+    def baseline(cls, dim: int = 512, k_s: float = 0.1, k_t: float = 0.03, **kwargs) -> "VideoSimilarityModel":
+        """The features-only Chamfer baseline: no region attention, no comparator."""
+        return cls(dim, k_s, k_t, attention=False, comparator=False, **kwargs)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.attention is None and self.comparator is None
 
     @property
     def raw_frames_per_cell(self) -> int:
@@ -151,8 +164,6 @@ class VideoSimilarityModel(nn.Module):
         t, tl = repeat_to_min_length(t, tl, self.min_frames)
         k = topk_count(self.k_s, q.shape[2])
         if self.precision != "fp32":
-            from hapvr.precision import precision_dtype
-
             low = precision_dtype(self.precision)
             maps = spatial_topk_chamfer(q.to(low).contiguous(), t.to(low).contiguous(), k, ql, tl,
                                         backend=self.backend).float()

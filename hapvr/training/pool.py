@@ -4,25 +4,17 @@ For every training video, ``views_per_video`` views are drawn in pixel space (vi
 others strong: crop, RandAugment, overlays, blur, video-in-video), and the backbone's region
 descriptors (before PCA) and the teacher's frame vectors are stored. Temporal edits and clip
 sampling happen later, on the cached features (they are frame-index operations). The built-in
-benchmark's descriptors are cached the same way.
+benchmark's descriptors are cached the same way (:mod:`hapvr.evaluation.builtin`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import dataclasses
 import random
 from dataclasses import dataclass
 
 import torch
 
 from hapvr.data import augment
-from hapvr.data.video import center_crop
-
-CACHE_VERSION = 3  # 3: the benchmark holds partial copies
-
 
 @dataclass
 class ViewPool:
@@ -41,44 +33,6 @@ class ViewPool:
     def state(self) -> dict:
         return dict(video_ids=self.video_ids, desc=self.desc, teacher=self.teacher, lengths=self.lengths,
                     mixed_with=self.mixed_with, siblings=self.siblings)
-
-
-@dataclass
-class BenchmarkFeatures:
-    """Descriptors (pre-PCA, fp16) per benchmark video, queries, labels and small thumbnails;
-    the partial-copy targets' descriptors and their spans (``partial``: dicts of
-    :class:`hapvr.data.corpus.PartialCopy`'s fields), apart from the retrieval database."""
-
-    desc: dict[str, torch.Tensor]
-    queries: list[str]
-    labels: dict[str, dict[str, list[str]]]
-    thumbs: dict[str, torch.Tensor]
-    partial_desc: dict[str, torch.Tensor]
-    partial: list[dict]
-
-    def state(self) -> dict:
-        return dict(desc=self.desc, queries=self.queries, labels=self.labels, thumbs=self.thumbs,
-                    partial_desc=self.partial_desc, partial=self.partial)
-
-
-def cache_key(**parts) -> str:
-    blob = json.dumps(dict(parts, version=CACHE_VERSION), sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
-
-
-def atomic_save(obj, path: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _frames_of(videos: dict[str, torch.Tensor]) -> int:
-    return sum(int(v.shape[0]) for v in videos.values())
 
 
 def build_view_pool(videos: dict[str, torch.Tensor], extractor, teacher, views_per_video: int, pool_frames: int,
@@ -151,22 +105,3 @@ def build_view_pool(videos: dict[str, torch.Tensor], extractor, teacher, views_p
             sib = siblings[vid][starts[vid]:starts[vid] + clips[vid].shape[0]]
             store(i, K, augment.weak_view(sib, srng, aug), True)
     return ViewPool(ids, desc, tfeat, lengths, mixed, siblings is not None)
-
-
-def build_benchmark_features(bench, extractor, progress=None) -> BenchmarkFeatures:
-    import torch.nn.functional as F
-
-    desc, thumbs, partial_desc = {}, {}, {}
-    for vid, frames in bench.videos.items():
-        x = center_crop(frames)
-        desc[vid] = extractor.descriptors(x).half()
-        mid = x[x.shape[0] // 2: x.shape[0] // 2 + 1].float()
-        thumbs[vid] = F.interpolate(mid, size=(64, 64), mode="bilinear", antialias=True)[0].round().to(torch.uint8)
-        if progress is not None:
-            progress(x.shape[0])
-    for vid, frames in bench.partial_videos.items():
-        partial_desc[vid] = extractor.descriptors(center_crop(frames)).half()
-        if progress is not None:
-            progress(frames.shape[0])
-    partial = [dataclasses.asdict(p) for p in bench.partial]
-    return BenchmarkFeatures(desc, bench.queries, bench.labels, thumbs, partial_desc, partial)

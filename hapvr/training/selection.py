@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hapvr.training.heldout import LEVEL_LABELS
+from hapvr.evaluation.levels import LEVEL_LABELS, evaluate_model
 
 
 def selection_score(results: dict) -> float:
@@ -41,8 +41,6 @@ class Selection:
 
     def score_baseline(self, baseline: torch.nn.Module) -> dict:
         """Scores the features-only baseline once: the bar every selected step must clear."""
-        from hapvr.training.heldout import evaluate_model
-
         if self.baseline is None:
             self.baseline = figures(evaluate_model(baseline, self.features, self.queries, self.labels))
         return self.baseline
@@ -51,8 +49,6 @@ class Selection:
         """Scores ``model`` at ``step``; keeps a copy of its weights when no figure is below the
         baseline's and the score is the best so far (ties keep the earlier, simpler model).
         Returns (score, per-level results, improved)."""
-        from hapvr.training.heldout import evaluate_model
-
         res = evaluate_model(model, self.features, self.queries, self.labels)
         score = selection_score(res)
         row = {"step": step, "score": round(100 * score, 3)}

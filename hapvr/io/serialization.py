@@ -13,18 +13,22 @@ import argparse
 import hashlib
 import io
 import pickle
+import re
+import struct
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
+from hapvr.errors import InputError
 
-class UnsafeFileError(ValueError):
+
+class UnsafeFileError(InputError):
     """The file asks to import or run code (or is not a torch/pickle file at all)."""
 
 
-class CorruptFileError(ValueError):
+class CorruptFileError(InputError):
     """The file is truncated or not in the expected serialisation format."""
 
 
@@ -66,7 +70,7 @@ def load_torch_file(path: str | Path, what: str, *, allow_numpy: bool = False):
                 f"{what} {path}: refused: the file asks to load code ({globals_ or 'a non-tensor object'}); "
                 f"hapvr only reads tensors and plain data from files (weights_only=True)") from None
         raise CorruptFileError(f"{what} {path}: not a readable torch file ({detail})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError, struct.error) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CorruptFileError(f"{what} {path}: truncated or not a torch file ({detail})") from None
 
@@ -121,8 +125,6 @@ def check_content_digest(state: dict, path: str | Path, what: str) -> None:
 
 
 def _unsupported_globals(message: str) -> str:
-    import re
-
     found = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL)\s+([\w.]+)", message)
     if found:
         return found.group(1)
@@ -170,20 +172,3 @@ def load_plain_pickle(path: str | Path, what: str):
     # random bytes can read as a huge length (OverflowError, MemoryError on the allocation)
     except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError, MemoryError) as exc:
         raise CorruptFileError(f"{what} {path}: truncated or not a pickle ({type(exc).__name__}: {exc})") from None
-
-
-def fsync_dir(path) -> None:
-    """Makes a rename or a new file in folder ``path`` durable (fsync of the folder); a no-op
-    where the file system does not allow it."""
-    import os
-
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

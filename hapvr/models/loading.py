@@ -1,5 +1,5 @@
-"""A trained :class:`hapvr.models.VideoSimilarityModel` as an evaluation scorer, and loading of
-checkpoints: hapvr's own and the published S2VS / HAP-VR state dicts."""
+"""Similarity models from files: hapvr's training checkpoints and the published S2VS / HAP-VR
+state dicts (``visil_head.*`` / ``comparator_module.*``), matched to hapvr's layers by shape."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from pathlib import Path
 
 import torch
 
-from hapvr.evaluation.scorers import state_dict_digest
+from hapvr.errors import InputError
+from hapvr.io.checkpoint import ModelSpec, is_checkpoint
+from hapvr.io.serialization import check_content_digest, load_torch_file
+from hapvr.models.similarity import VideoSimilarityModel
 
 # Target names of hapvr's model, keyed by the parameter shapes that identify them in a foreign
 # state dict (the comparator's layers have unique shapes; D is the feature size).
@@ -18,31 +21,6 @@ _COMPARATOR_SHAPES = {
     (1, 128, 1, 1): "comparator.fconv",
 }
 PUBLISHED_PREFIXES = ("module.", "model.", "visil_head.", "comparator_module.")
-
-
-class ModelScorer:
-    """Adapts a video similarity model to the engine's scorer protocol."""
-
-    def __init__(self, model, name: str = "model", precision: str = "fp32", device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
-        self.model.precision = precision
-        self.min_frames = int(model.min_frames)
-        self.name = name  # for messages; the cache keys on the weights themselves, not on where they came from
-        self.precision = precision
-
-    @torch.no_grad()
-    def index(self, features: torch.Tensor) -> torch.Tensor:
-        return self.model.index_video(features.to(self.device))
-
-    @torch.no_grad()
-    def pairwise(self, queries, query_lengths, targets, target_lengths):
-        return self.model(queries, targets, query_lengths, target_lengths, indexed=True).video
-
-    def fingerprint(self) -> dict:
-        """Digest of the current weights (computed on each call: cheap next to scoring, and never stale)."""
-        return {"scorer": "hapvr-similarity-model", "weights": state_dict_digest(self.model),
-                "settings": {"precision": self.precision, "k_s": float(self.model.k_s), "k_t": float(self.model.k_t)}}
 
 
 def convert_published_state_dict(state: dict[str, torch.Tensor], dim: int = 512) -> dict[str, torch.Tensor]:
@@ -95,37 +73,24 @@ def _strip(state: dict, prefixes=PUBLISHED_PREFIXES) -> dict:
     return state
 
 
-def load_model(path: str | Path, backend: str = "auto"):
+def load_similarity_model(path: str | Path, backend: str = "auto") -> VideoSimilarityModel:
     """A :class:`VideoSimilarityModel` from hapvr's training checkpoint or a published state dict."""
-    from hapvr.models import VideoSimilarityModel
-
-    from hapvr.serialization import check_content_digest, load_torch_file
-
     path = Path(path)
     state = load_torch_file(path, "--checkpoint", allow_numpy=True)  # numpy: RNG state of format-1 checkpoints
-    if isinstance(state, dict) and str(state.get("format", "")).startswith("hapvr-checkpoint"):
+    if is_checkpoint(state):
         check_content_digest(state, path, "--checkpoint")
-        cfg = state.get("config", {})
-        model = VideoSimilarityModel.from_config(cfg, backend=backend)
-        model.load_state_dict(state["model"])
-        return model
+        spec = ModelSpec.from_settings(state.get("config", {}), pca=state.get("pca"), model=state["model"])
+        return VideoSimilarityModel.from_spec(spec, backend=backend)
     if isinstance(state, dict):
         for key in ("model", "state_dict", "model_state_dict"):
             if isinstance(state.get(key), dict):
                 state = state[key]
                 break
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a state dict or hapvr checkpoint")
+        raise InputError(f"{path}: not a state dict or hapvr checkpoint", "checkpoint")
     state = _strip(state)
     dim = next((v.shape[0] for v in state.values() if isinstance(v, torch.Tensor) and v.dim() >= 2
                 and v.shape[0] == v.shape[1] and v.shape[0] >= 64), 512)
     model = VideoSimilarityModel(dim, backend=backend)
     model.load_state_dict(convert_published_state_dict(state, dim))
     return model
-
-
-def load_scorer(path: str | Path, backend: str = "auto", precision: str = "fp32",
-                device: str | torch.device = "cpu") -> ModelScorer:
-    model = load_model(path, backend)
-    model.precision = precision
-    return ModelScorer(model, name=str(path), precision=precision, device=device)

@@ -1,6 +1,6 @@
 """How videos of different lengths become batches: the one place for padding, chunking of long
-videos and repetition of short ones. The evaluation engine, the model's ``similarity``, the
-training-time benchmark and search all use these.
+videos and repetition of short ones. The model's ``similarity``, the evaluation engine, the
+built-in benchmark and search all use these.
 
 - :func:`pad_stack`: videos ``[T_i, ...]`` -> a zero-padded batch ``[B, max T, ...]`` and lengths.
 - :func:`split_chunks`: a long video's frame range cut into chunks of at most ``chunk_frames``

@@ -1,6 +1,7 @@
-"""The HAP-VR training objective on one batch (paper eq. 15): ``lambda_f L_F + lambda_v L_V + L_base``.
+"""The HAP-VR objective applied to one training batch (paper eq. 15): ``lambda_f L_F + lambda_v L_V + L_base``.
 
-The terms are :class:`hapvr.losses.HAPVRObjective`'s: video-level QuadLinear-AP over the batch
+The terms are :class:`hapvr.losses.HAPVRObjective`'s (the objective itself); this module turns a
+batch and the model's output into its inputs. Video-level QuadLinear-AP over the batch
 matrix, frame-level QuadLinear-AP with teacher pseudo-labels inside positive pairs, InfoNCE,
 SSHN and the similarity regulariser. Edited clips have different lengths, so the batch is padded
 and the clip lengths go to the frame-level term, which ranks only valid frames and sizes its
@@ -12,6 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from hapvr.losses import HAPVRObjective
+from hapvr.models import repeat_to_min_length
+from hapvr.training.config import TrainConfig, objective_config
 
 
 @dataclass
@@ -47,8 +52,6 @@ def objective_inputs(out, batch, min_frames: int, device: torch.device, labels: 
     negatives, ``labels [N, M]`` and ``offset`` come from :mod:`hapvr.training.gather`, and the
     teacher is padded to the maps' frame count (the longest clip over all ranks).
     """
-    from hapvr.models import repeat_to_min_length
-
     teacher, _ = repeat_to_min_length(batch.teacher.to(device), batch.lengths.to(device), min_frames)
     T = out.frame_maps.shape[-1]
     if teacher.shape[1] < T:
@@ -63,13 +66,10 @@ def objective_inputs(out, batch, min_frames: int, device: torch.device, labels: 
                            None if related is None or labels is not None else related.to(device))
 
 
-class HAPVRLoss:
+class BatchLoss:
     """Callable ``ObjectiveInputs -> (total, {name: value})`` with the weights of the config."""
 
-    def __init__(self, cfg):
-        from hapvr.losses import HAPVRObjective
-        from hapvr.training.config import objective_config
-
+    def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.objective = HAPVRObjective(objective_config(cfg))
 
@@ -82,8 +82,3 @@ class HAPVRLoss:
         out = {k: float(v) for k, v in parts.items()}
         out["loss"] = float(total.detach())
         return total, out
-
-
-def build_objective(cfg):
-    """The HAP-VR objective of eq. 15 for the trainer (see the module docstring)."""
-    return HAPVRLoss(cfg)

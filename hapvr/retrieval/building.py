@@ -1,0 +1,213 @@
+"""Building and extending an index from video files (``python -m hapvr.index build`` / ``add``).
+
+``model`` is a :class:`hapvr.api.VideoModel` (anything with ``features(path)``, ``scorer()``,
+``fingerprint()``, ``name`` and ``model.dim``). The index records the model's feature space
+(:func:`model_space`) and refuses another. A build is resumable: videos already in the index are
+skipped, so a killed build continues where it stopped.
+
+Sharded (:func:`build_sharded`, under torchrun): every rank extracts every ``world``-th of the
+videos still to add and keeps each finished one in ``INDEX/staging/`` (one file a video, written
+atomically); its failures go to ``INDEX/staging/failures.rankR.txt``. Rank 0 alone creates and
+writes the index (it holds the writer's lock throughout): once every rank is done it adds the
+staged videos in the order of the inputs, deletes them, and writes ``INDEX/failures.txt`` for
+all ranks. The index is the one a single process would build (bit for bit with the same
+threads). What is in the index or staged is never extracted again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import torch.distributed as dist
+
+from hapvr.data.video import VideoDecodeError
+from hapvr.errors import InputError
+from hapvr.io.files import write_text
+from hapvr.io.staging import StagedVideos
+from hapvr.progress import progress as progress_bar
+from hapvr.retrieval.index_store import IndexLockedError, IndexStore, feature_space
+from hapvr.runtime import join_group, leave_group
+
+STAGING = "staging"  # INDEX/staging/: videos extracted by the ranks of a sharded build, not yet in the index
+GROUP_TIMEOUT_DAYS = 30  # ranks wait for the slowest at the end; a large collection extracts for days
+
+
+def model_space(model) -> dict:
+    """What an index records of the model it was built with."""
+    return feature_space(model.scorer(), model=model.fingerprint())
+
+
+def open_index(path: str | Path, model=None, writable: bool = False) -> IndexStore:
+    """The index at ``path``; with ``model``, refused (one clear error) when built with another."""
+    try:
+        return IndexStore.open(path, model_space(model) if model is not None else None, writable=writable)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no index there (make one with python -m hapvr.index build)", "index") from None
+    except IndexLockedError as exc:
+        raise InputError(f"{path}: {exc}", "index") from None
+    except ValueError as exc:  # another model, or a damaged index (CorruptFileError is a ValueError too)
+        raise InputError(str(exc), None if str(path) in str(exc) else "index") from None
+
+
+def staging_area(index: str | Path) -> StagedVideos:
+    """The folder of videos extracted by a sharded build's ranks and not yet in the index."""
+    return StagedVideos(Path(index) / STAGING)
+
+
+@dataclass
+class BuildReport:
+    """What a build or add did; ``failures``: ``(id, why)`` of the videos that could not be added."""
+
+    inputs: int
+    present: int = 0  # of the inputs, already in the index
+    added: int = 0
+    resumed: int = 0  # of those added, staged by an interrupted sharded build
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    total: int = 0  # videos in the index at the end
+    failures_file: Path | None = None
+
+
+def open_for_writing(index: Path, model, exists: bool) -> IndexStore:
+    """The index open for writing (created when it does not exist)."""
+    if exists:
+        return open_index(index, model, writable=True)
+    return IndexStore.create(index, model_space(model), (9, int(model.model.dim)))
+
+
+def extract(model, todo, failures: list, quiet: bool, rank: int | None = None, log=print):
+    """``(id, features)`` of each video of ``todo`` that decodes; the others are logged and
+    appended to ``failures``. ``rank``: a sharded build's rank, named in its messages."""
+    who = "" if rank is None else f"rank {rank}: "
+    for vid, path in progress_bar(todo, desc=f"{who}indexing", unit="video", disable=quiet, position=rank or 0):
+        try:
+            feats = model.features(path)
+        except (VideoDecodeError, ValueError) as exc:
+            log(f"{who}warning: skipping {vid}: {exc}")
+            failures.append((vid, str(exc)))
+            continue
+        yield vid, feats
+
+
+def add_staged(store: IndexStore, staging: StagedVideos, inputs, failures: list) -> list[str]:
+    """Adds the staged videos that the index lacks, in the order of ``inputs`` (others after, by
+    id), then deletes the staged files; returns the ids added. A staged file is deleted only
+    after the index holds its video durably, so a kill in between loses nothing."""
+    staged = staging.done()
+    place = {vid: i for i, (vid, _) in enumerate(inputs)}
+    fresh = sorted((v for v in staged if v not in store), key=lambda v: (place.get(v, len(place)), v))
+    added = []
+
+    def read():
+        for vid in fresh:
+            try:
+                yield vid, staging.read(staged[vid])
+            except (OSError, KeyError) as exc:  # damaged on disk: extracted again by the next run
+                failures.append((vid, f"its staged features are unreadable ({exc}); a rerun extracts it again"))
+                continue
+            added.append(vid)
+
+    store.add_many(read())  # durable when it returns
+    staging.clear(staged)
+    return added
+
+
+def write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
+    """``ID<TAB>why`` lines (newlines in ``why`` become spaces), written atomically; no file when
+    there are none."""
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    write_text(path, "".join(f"{vid}\t{' '.join(why.splitlines())}\n" for vid, why in failures))
+
+
+def read_failures(path: Path) -> list[tuple[str, str]]:
+    if not path.exists():
+        return []
+    return [tuple(line.split("\t", 1)) for line in path.read_text().splitlines() if "\t" in line]
+
+
+def plan(store: IndexStore, staging: StagedVideos, inputs, index: Path, model_name: str, ranks: int = 1,
+         log=print) -> tuple[list, int, set[str]]:
+    """``(videos to extract, how many of the inputs are in the index, staged ids it lacks)``, announced."""
+    present = set(store.ids())
+    staged = set(staging.done()) - present
+    todo = [(vid, path) for vid, path in inputs if vid not in present and vid not in staged]
+    in_index = sum(vid in present for vid, _ in inputs)
+    log(f"{len(inputs)} videos, {in_index} already in {index}"
+        + (f", {len(staged)} staged by an interrupted run" if staged else "")
+        + f", {len(todo)} to add" + (f" on {ranks} ranks" if ranks > 1 else "") + f" (model: {model_name})")
+    return todo, in_index, staged
+
+
+def finish(report: BuildReport, index: Path, inputs) -> BuildReport:
+    """Sorts the failures in input order and writes ``INDEX/failures.txt``."""
+    place = {vid: i for i, (vid, _) in enumerate(inputs)}
+    report.failures = sorted(report.failures, key=lambda f: (place.get(f[0], len(place)), f[0]))
+    report.failures_file = index / "failures.txt"
+    write_failures(report.failures_file, report.failures)
+    return report
+
+
+def build(model, index: Path, inputs: list[tuple[str, str]], exists: bool, quiet: bool = False,
+          log=print) -> BuildReport:
+    """Adds every video of ``inputs`` the index lacks, in one process (the index is created when
+    ``exists`` is False); staged videos of an interrupted sharded build are added first."""
+    staging = staging_area(index)
+    report = BuildReport(len(inputs))
+    with open_for_writing(index, model, exists) as store:
+        todo, report.present, _ = plan(store, staging, inputs, index, model.name, log=log)
+        report.resumed = len(add_staged(store, staging, inputs, report.failures))
+        extracted = 0
+        for vid, feats in extract(model, todo, report.failures, quiet, log=log):
+            store.add(vid, feats)
+            extracted += 1
+        report.added = report.resumed + extracted
+        report.total = len(store)
+    return finish(report, index, inputs)
+
+
+def build_sharded(model, index: Path, inputs: list[tuple[str, str]], exists: bool, rank: int, world: int,
+                  quiet: bool = False, log=print) -> BuildReport | None:
+    """Rank ``rank`` of ``world`` (see the module docstring); returns the report on rank 0, None
+    on the others. A problem rank 0 finds before any extraction (another model, a locked index)
+    is raised there as :class:`InputError`; the other ranks then return None."""
+    join_group("gloo", timedelta(days=GROUP_TIMEOUT_DAYS))
+    staging = staging_area(index)
+    store, todo, present, leftovers = None, [None], 0, set()
+    try:
+        if rank == 0:
+            try:
+                store = open_for_writing(index, model, exists)
+                for old in staging.dir.glob("failures.rank*.txt"):  # an earlier run's: its videos are retried
+                    old.unlink()
+                todo = [plan(store, staging, inputs, index, model.name, world, log)]
+                present, leftovers = todo[0][1], todo[0][2]
+            except (ValueError, OSError) as exc:  # another model, a locked or foreign folder
+                todo = [exc if isinstance(exc, InputError) else InputError(str(exc), "index")]
+        dist.broadcast_object_list(todo, src=0)  # the videos to extract, or why there are none
+        if isinstance(todo[0], BaseException):
+            if rank == 0:
+                raise todo[0]
+            return None
+        failures: list[tuple[str, str]] = []
+        for vid, feats in extract(model, todo[0][0][rank::world], failures, quiet, rank, log):
+            staging.write(vid, feats.numpy())
+        if failures:
+            staging.dir.mkdir(parents=True, exist_ok=True)
+        write_failures(staging.dir / f"failures.rank{rank}.txt", failures)
+        dist.barrier()
+        if rank != 0:
+            return None
+        report = BuildReport(len(inputs), present)
+        report.failures = [f for r in range(world) for f in read_failures(staging.dir / f"failures.rank{r}.txt")]
+        for r in range(world):
+            (staging.dir / f"failures.rank{r}.txt").unlink(missing_ok=True)
+        added = add_staged(store, staging, inputs, report.failures)
+        report.added, report.resumed, report.total = len(added), len(leftovers.intersection(added)), len(store)
+        return finish(report, index, inputs)
+    finally:
+        if store is not None:
+            store.close()
+        leave_group(wait=False)
