@@ -10,7 +10,15 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable
+
+from hapvr.evaluation.builtin import load_or_build_benchmark
+from hapvr.features import RegionFeatureExtractor
+from hapvr.io.files import write_json as _write_json
+from hapvr.runtime import default_cache_dir
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: benchmarks run as ``python -m benchmarks.x`` from it
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -56,17 +64,19 @@ def peak_since_reset(baseline: int) -> int:
     return _status_kib("VmHWM:") * 1024 - baseline
 
 
-def peak_in_subprocess(script: str, case: dict, timeout: float = 1800) -> int | None:
-    """Runs ``python script --peak-child JSON`` and returns the peak bytes it prints last."""
+def peak_in_subprocess(module: str, case: dict, timeout: float = 1800) -> int | None:
+    """Runs ``python -m module --peak-child JSON`` from the repository root and returns the peak
+    bytes it prints last."""
     # A fixed mmap threshold stops glibc from keeping freed large blocks in its heap, so each
     # large tensor is really returned to the system when freed and the peak is not hidden by reuse.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     proc = subprocess.run(
-        [sys.executable, script, "--peak-child", json.dumps(case)],
+        [sys.executable, "-m", module, "--peak-child", json.dumps(case)],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=env,
+        cwd=ROOT,
     )
     if proc.returncode != 0:
         print(proc.stderr[-2000:], file=sys.stderr)
@@ -94,19 +104,10 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def write_json(path: str, payload: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
+    _write_json(path, payload, indent=2)
 
 
-def heldout_benchmark(benchmark_set: str, cache_dir: str):
+def heldout_benchmark(benchmark_set: str, cache_dir: str | None = None):
     """The held-out benchmark's cached features (``builtin``, ``test`` or ``validation``), built
     and cached on first use with the default backbone, as python -m hapvr.train does."""
-    from hapvr.features import RegionFeatureExtractor
-    from hapvr.train import load_or_build_benchmark
-    from hapvr.train import parse_config
-    from hapvr.runtime import DistInfo
-
-    cfg = parse_config(["--benchmark-set", benchmark_set, "--cache-dir", cache_dir])
-    return load_or_build_benchmark(cfg, DistInfo(), RegionFeatureExtractor(cfg.backbone, cfg.backbone_weights, cfg.pca_dim))
+    return load_or_build_benchmark(benchmark_set, RegionFeatureExtractor(), cache_dir or default_cache_dir())

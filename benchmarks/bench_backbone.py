@@ -1,7 +1,7 @@
 """Frames per second of the frozen backbone: PyTorch eager against ONNX Runtime, side by side.
 
-    python benchmarks/bench_backbone.py                      # 64 frames at 224 px, batches of 16, all cores
-    python benchmarks/bench_backbone.py --frames 128 --threads 1
+    python -m benchmarks.bench_backbone                      # 64 frames at 224 px, batches of 16, all cores
+    python -m benchmarks.bench_backbone --frames 128 --threads 1
 
 Both runtimes run :meth:`hapvr.features.RegionFeatureExtractor.descriptors` (backbone + 3x3
 region pooling) on the same random frames, alternately, ``--repeats`` times each; the medians
@@ -20,7 +20,6 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 
 
 def _main(argv=None) -> int:
@@ -29,7 +28,7 @@ def _main(argv=None) -> int:
     from hapvr import cli
     from hapvr.features import RegionFeatureExtractor
 
-    ap = cli.ArgumentParser(prog="python benchmarks/bench_backbone.py", description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser(prog="python -m benchmarks.bench_backbone", description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=cli.int_at_least(1), default=64, help="random frames per measurement")
     ap.add_argument("--size", type=cli.int_at_least(32), default=224, help="frame side in pixels")
     ap.add_argument("--threads", type=cli.int_at_least(0), default=0, help="torch and ONNX Runtime threads (0 = all cores)")
@@ -72,7 +71,7 @@ def _main(argv=None) -> int:
     print(f"ONNX Runtime / PyTorch: {fps['onnxruntime'] / fps['torch']:.2f}x; largest descriptor difference {diff:.1e}")
     record = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), machine=platform.processor() or platform.machine(),
                   cores=os.cpu_count(), threads=torch.get_num_threads(), load=os.getloadavg(),
-                  command="python benchmarks/bench_backbone.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  command="python -m benchmarks.bench_backbone " + " ".join(argv if argv is not None else sys.argv[1:]),
                   frames=args.frames, size=args.size, fps={k: round(v, 1) for k, v in fps.items()},
                   ratio=round(fps["onnxruntime"] / fps["torch"], 2), max_difference=diff)
     history.append(record)

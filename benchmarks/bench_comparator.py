@@ -1,7 +1,7 @@
 """Benchmark of the comparator psi: :class:`hapvr.models.FrameComparator` against the layer-wise
 reference :func:`hapvr.models.comparator.comparator_reference`, side by side in one process.
 
-    python benchmarks/bench_comparator.py [--quick] [--json PATH]
+    python -m benchmarks.bench_comparator [--quick] [--json PATH]
 
 Cases: evaluation (no gradient; 64 maps of 150 x 150, the engine's batch of one query bucket)
 and training (forward + backward; 256 maps of 16 x 16, all pairs of 16 clips), half of the maps
@@ -11,15 +11,12 @@ padded. Median wall time after warm-up, and the largest output difference.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
+import torch
 
-import _harness as H  # noqa: E402
-from hapvr.models.comparator import FrameComparator, comparator_reference  # noqa: E402
+from benchmarks import _harness as H
+from hapvr.models.comparator import FrameComparator, comparator_reference
 
 CASES = {"eval": dict(B=64, T=150, grad=False, repeats=5), "train": dict(B=256, T=16, grad=True, repeats=20)}
 QUICK = {"eval": dict(B=8, T=64, grad=False, repeats=3), "train": dict(B=64, T=16, grad=True, repeats=5)}

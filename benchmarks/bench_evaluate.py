@@ -1,6 +1,6 @@
 """Benchmark of the evaluation engine against a straightforward per-pair loop.
 
-    python benchmarks/bench_evaluate.py [--quick] [--json PATH] [--memory-run]
+    python -m benchmarks.bench_evaluate [--quick] [--json PATH] [--memory-run]
 
 Throughput (query-target pairs per second) and peak memory of
 ``hapvr.evaluation.engine.compute_scores`` (length-bucketed batches through the fused
@@ -22,12 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-import _harness as H  # noqa: E402
+from benchmarks import _harness as H
 
 
 def make_file(path: Path, n_queries: int, n_targets: int, dim: int, seed: int = 0,
@@ -135,8 +134,8 @@ def child(args) -> None:
 
 
 def in_subprocess(path: Path, n_queries: int, sample: int = 0, scorer: str = "baseline") -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child-file", str(path), "--child-queries", str(n_queries),
-                           "--child-sample", str(sample), "--scorer", scorer],
+    proc = subprocess.run([sys.executable, "-m", __spec__.name, "--child-file", str(path), "--child-queries",
+                           str(n_queries), "--child-sample", str(sample), "--scorer", scorer], cwd=H.ROOT,
                           stdout=subprocess.PIPE, text=True, env=dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072"))
     if proc.returncode != 0:
         raise SystemExit(f"child run failed with exit code {proc.returncode}")

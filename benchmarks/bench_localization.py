@@ -1,7 +1,7 @@
 """Benchmark of copy localisation, :func:`hapvr.localization.localize`, with its default
 parameters on synthetic float32 maps.
 
-    python benchmarks/bench_localization.py [--sizes 1000 3000] [--json PATH]
+    python -m benchmarks.bench_localization [--sizes 1000 3000] [--json PATH]
 
 Maps per size T (T x T): "negative" (noise in [0.1, 0.3], no node passes the threshold), "copy"
 (the same noise plus one copy of T/2 frames), "dense" (uniform in [0, 1]: every row has top-k
@@ -11,16 +11,13 @@ nodes above the threshold, the slowest case, ten segments found). Median wall ti
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-import _harness as H  # noqa: E402
-from hapvr.localization import localize  # noqa: E402
+from benchmarks import _harness as H
+from hapvr.localization import localize
 
 
 def maps(T: int) -> dict[str, torch.Tensor]:

@@ -13,9 +13,9 @@ already built), during one forward + backward. Time is the median of ``--repeats
 A cell whose estimated peak exceeds ``--max-gb`` (default: 3/4 of the available memory) is not
 run, and the table says so.
 
-    python benchmarks/bench_loss.py                 # full run (several minutes on 2 cores)
-    python benchmarks/bench_loss.py --quick         # small sizes only, one repeat
-    python benchmarks/bench_loss.py --json out.json # also write the results as JSON
+    python -m benchmarks.bench_loss                 # full run (several minutes on 2 cores)
+    python -m benchmarks.bench_loss --quick         # small sizes only, one repeat
+    python -m benchmarks.bench_loss --json out.json # also write the results as JSON
 """
 
 from __future__ import annotations
@@ -87,8 +87,6 @@ def _frame_inputs(N: int):
 def _worker(spec: dict) -> dict:
     import torch
 
-    sys.path.insert(0, ROOT)
-    sys.path.insert(0, HERE)
     if spec["kind"] == "op":
         from hapvr.ops import quadlinear_ap
 
@@ -132,7 +130,7 @@ def _worker(spec: dict) -> dict:
 
 
 def _run_cell(spec: dict, timeout: float) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    cmd = [sys.executable, "-m", __spec__.name, "--worker", json.dumps(spec)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -144,7 +142,6 @@ def _run_cell(spec: dict, timeout: float) -> dict:
 
 
 def _op_backends() -> tuple[list[str], dict[str, str]]:
-    sys.path.insert(0, ROOT)
     from hapvr.ops._dispatch import install_reasons
 
     why = install_reasons()

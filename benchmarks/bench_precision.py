@@ -2,7 +2,7 @@
 GEMMs, for the untrained Chamfer baseline and a trained checkpoint, side by side in one process.
 
     python -m hapvr.train                       # once: builds the benchmark cache and runs/hapvr
-    python benchmarks/bench_precision.py [--run runs/hapvr] [--precision bf16,fp16] [--json PATH]
+    python -m benchmarks.bench_precision [--run runs/hapvr] [--precision bf16,fp16] [--json PATH]
 
 For each model and precision: the time to score every query against the whole benchmark
 (median of ``--repeats`` runs after a warm-up), the throughput ratio against fp32, the largest
@@ -16,11 +16,10 @@ import dataclasses
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
+import torch
 
-import _harness as H  # noqa: E402
+from benchmarks import _harness as H
 
 
 def load(run: str, cache_dir: str):

@@ -3,14 +3,14 @@ against exhaustive search, duplicates(), and the coarse stage alone at a million
 
 The runs recorded in ``benchmarks/results/search.json`` (each part < ~10 min on 2 cores):
 
-    python benchmarks/bench_search.py --part index,latency,recall --size 1000
-    python benchmarks/bench_search.py --part latency,recall,duplicates --size 1000 --threads 1
-    python benchmarks/bench_search.py --part index --size 20000 --threads 1
-    python benchmarks/bench_search.py --part latency --size 20000            # and --threads 1
-    python benchmarks/bench_search.py --part recall --size 20000 --recall-queries 10
-    python benchmarks/bench_search.py --part duplicates --size 20000 --min-coarse 0.5 --threads 1
-    python benchmarks/bench_search.py --part coarse --rows 1000000 --threads 1
-    python benchmarks/bench_search.py --part report                          # table + PASS/FAIL
+    python -m benchmarks.bench_search --part index,latency,recall --size 1000
+    python -m benchmarks.bench_search --part latency,recall,duplicates --size 1000 --threads 1
+    python -m benchmarks.bench_search --part index --size 20000 --threads 1
+    python -m benchmarks.bench_search --part latency --size 20000            # and --threads 1
+    python -m benchmarks.bench_search --part recall --size 20000 --recall-queries 10
+    python -m benchmarks.bench_search --part duplicates --size 20000 --min-coarse 0.5 --threads 1
+    python -m benchmarks.bench_search --part coarse --rows 1000000 --threads 1
+    python -m benchmarks.bench_search --part report                          # table + PASS/FAIL
 
 Data: :class:`hapvr.retrieval.planted.PlantedCollection` (R = 9, D = 512, 10-60 frames a video;
 20 % of the videos in planted groups of a source and 3 copies made by frame drops, shuffles,
@@ -37,14 +37,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from benchmarks import _harness as H
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))  # this tree's hapvr, not an installed one
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import _harness as H  # noqa: E402
 
 QUERY_FRAMES = 30
 CANDIDATES = (25, 50, 100, 200, 400)
@@ -185,9 +183,9 @@ def latency_child(args, size: int) -> dict:
 
 
 def part_latency(args, size: int) -> dict:
-    cmd = [sys.executable, __file__, "--latency-child", str(size), "--workdir", args.workdir,
+    cmd = [sys.executable, "-m", __spec__.name, "--latency-child", str(size), "--workdir", args.workdir,
            "--latency-queries", str(args.latency_queries)] + (["--threads", str(args.threads)] if args.threads else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=H.ROOT)
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"latency child for {size} failed")
@@ -266,9 +264,9 @@ def part_duplicates(args, size: int) -> dict:
 def part_coarse(args) -> dict:
     """The coarse stage alone on ``--rows`` synthetic 512-d descriptor rows (no features): flat and
     IVF build time, latency of a 30-frame query's rows, IVF agreement with flat, peak memory."""
-    proc = subprocess.run([sys.executable, __file__, "--coarse-child", str(args.rows)]
+    proc = subprocess.run([sys.executable, "-m", __spec__.name, "--coarse-child", str(args.rows)]
                           + (["--threads", str(args.threads)] if args.threads else []),
-                          capture_output=True, text=True, timeout=3600)
+                          capture_output=True, text=True, timeout=3600, cwd=H.ROOT)
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)
         raise SystemExit("coarse child failed")
@@ -480,7 +478,7 @@ def main(argv=None):
     results = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
     runs = results.setdefault("runs", [])
     run = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-           "command": "python benchmarks/bench_search.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+           "command": "python -m benchmarks.bench_search " + " ".join(argv if argv is not None else sys.argv[1:])}
     results["scorer"] = "ChamferBaseline (hapvr.evaluation.scorers, fp32, backend auto): chamfer-baseline-v1"
     for size in args.size or [1000]:
         entry = results.setdefault(f"size-{size}", {})

@@ -1,6 +1,6 @@
 """Benchmark of spatial_topk_chamfer: every runnable backend and the reference, side by side.
 
-    python benchmarks/bench_similarity.py [--quick] [--precision fp32,bf16] [--json results.json]
+    python -m benchmarks.bench_similarity [--quick] [--precision fp32,bf16] [--json results.json]
 
 Shapes: training ``Bq = Bt = 64, T = T' = 28, R = 9, D = 512`` all pairs, forward and
 forward+backward; evaluation ``Bq = Bt = 1, T = T' = 1024`` forward. For each: the median wall
@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
+import torch
 
-import _harness as H  # noqa: E402
+from benchmarks import _harness as H
 
 SHAPES = {
     "train": dict(Bq=64, T=28, Bt=64, T2=28, R=9, D=512, k=1, modes=("fwd", "fwd+bwd")),
@@ -109,7 +107,7 @@ def memory_only(shapes: dict, json_path: str | None) -> None:
     for shape, mode, backend in cases:
         desc = {k: v for k, v in shapes[shape].items() if k != "modes"}
         print(f"  measuring peak {shape} {mode} {backend} ...", file=sys.stderr, flush=True)
-        peaks[(shape, mode, backend)] = H.peak_in_subprocess(__file__, dict(backend=backend, shape=desc, mode=mode))
+        peaks[(shape, mode, backend)] = H.peak_in_subprocess(__spec__.name, dict(backend=backend, shape=desc, mode=mode))
     rows = [[s, m, b, H.fmt_bytes(p)] for (s, m, b), p in peaks.items()]
     H.print_table(["shape", "mode", "backend", "peak extra memory"], rows)
     ref = peaks[("train", "fwd+bwd", "reference")]
@@ -173,7 +171,7 @@ def main() -> None:
                 seconds = H.median_seconds(call, repeats)
                 del call
                 peak = None if "@" in backend else H.peak_in_subprocess(
-                    __file__, dict(backend=backend, shape=desc, mode=mode, precision=precision))
+                    __spec__.name, dict(backend=backend, shape=desc, mode=mode, precision=precision))
                 results.append(dict(shape=shape_name, dims=desc, mode=mode, backend=backend, precision=precision,
                                     seconds=seconds, peak_bytes=peak))
 

@@ -2,7 +2,7 @@
 28 frames, R = 9, D = 512, k = 1) for several workspace bounds, side by side in one process:
 the measurement behind the CPU backward's 16 MiB default (hapvr/ops/_spatial_tiled.py).
 
-    python benchmarks/bench_tiled_backward.py --sizes 64,32,16,8 --repeats 3
+    python -m benchmarks.bench_tiled_backward --sizes 64,32,16,8 --repeats 3
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ re-encoded, cropped, captioned, picture-in-picture) are the copies, the videos u
 query the non-copies; the CS and IS levels (the same scene by another camera, another scene of
 the same source) are neither and are left out of the calibration (their range is reported).
 
-    python benchmarks/calibrate_scores.py --checkpoint runs/hapvr/checkpoint.pt --precision-target 0.95 \
+    python -m benchmarks.calibrate_scores --checkpoint runs/hapvr/checkpoint.pt --precision-target 0.95 \
         --json benchmarks/results/scores.json
 
 Needs the benchmark cache that python -m hapvr.train builds (--cache-dir, default ~/.cache/hapvr).
@@ -19,11 +19,8 @@ the thresholds.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-import _harness as H  # noqa: E402
+from benchmarks import _harness as H
 
 
 def threshold_at_precision(scores: list[float], copy: list[bool], target: float):

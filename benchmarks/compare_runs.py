@@ -1,7 +1,7 @@
 """Trained runs against the baseline and against each other on the built-in held-out benchmark,
 with 95 % paired bootstrap intervals over its queries, and the queries where each run loses.
 
-    python benchmarks/compare_runs.py runs/hapvr runs/am --json benchmarks/results/compare_runs.json
+    python -m benchmarks.compare_runs runs/hapvr runs/am --json benchmarks/results/compare_runs.json
 
 For each run folder (a checkpoint of python -m hapvr.train over the default cached features) it
 scores the benchmark with the run's model and with the features-only baseline over that run's
@@ -17,12 +17,10 @@ import datetime
 import json
 import os
 import platform
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-import _harness as H  # noqa: E402
+from benchmarks import _harness as H
 
 
 def _load(run: str, bench):
@@ -88,7 +86,7 @@ def main(argv=None) -> int:
         import dataclasses
 
         payload = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.node(),
-                   "command": "python benchmarks/compare_runs.py " + " ".join(args.runs)
+                   "command": "python -m benchmarks.compare_runs " + " ".join(args.runs)
                    + f" --benchmark-set {args.benchmark_set}", "benchmark_set": args.benchmark_set,
                    "intervals": {k: {t: {n: {m: dataclasses.asdict(i) for m, i in per.items()} for n, per in x.items()}
                                      for t, x in v.items()} for k, v in out.items()},

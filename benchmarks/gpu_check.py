@@ -1,21 +1,14 @@
 """GPU check, benchmark and paper roofline of hapvr's spatial TopK-Chamfer and QuadLinear-AP.
 
-    python benchmarks/gpu_check.py              # checks (+ benchmark table on a CUDA machine)
-    python benchmarks/gpu_check.py --quick      # smaller benchmark shapes
-    python benchmarks/gpu_check.py --roofline   # the paper roofline tables of docs/gpu.md
+    python -m benchmarks.gpu_check              # checks (+ benchmark table on a CUDA machine)
+    python -m benchmarks.gpu_check --quick      # smaller benchmark shapes
+    python -m benchmarks.gpu_check --roofline   # the paper roofline tables of docs/gpu.md
 
-Checks (flash-attention style): every backend runs forward and backward on a small padded
-batch in a given precision; its error against a float64 reference (same inputs, upcast) must be
-at most ``2 x`` the error PyTorch's own matmul path makes in that precision (the ``reference``
-backend run in that dtype) plus 2 units of the dtype's epsilon times the output's scale (16 for
-float64, where PyTorch's error is 0 by construction). Top-k selections are discontinuous, so the upstream gradient is zeroed on the map entries
-whose k-th / (k+1)-th region similarities lie closer than 8x the matmul error (a flip there
-would be legitimate in any precision).
-
-On a machine without CUDA every GPU row prints a ``SKIP`` line saying why, the CPU rows that are
-cheap still run (``cpp`` and ``tiled`` against the reference, ``cpp`` QuadLinear-AP), and the
-exit status is 0 unless a check that ran failed. ``--perturb X`` adds X to every checked backend
-output (not to the baseline): a self-test that the checks can fail.
+Checks: the numerical check of every backend against a float64 reference, forward and backward
+in every precision, is ``tests/test_backend_precision.py``; on a CUDA machine this script runs its
+CUDA cases and reports their verdict. On a machine without CUDA every GPU row prints a ``SKIP``
+line saying why (the CPU cases run in the test suite), and the exit status is 0 unless a check
+that ran failed.
 
 The roofline (``--roofline``) is computed from the formulas in ``spatial_roofline`` /
 ``quadlinear_roofline`` and the datasheet peaks in ``GPUS``; nothing in it is measured.
@@ -25,17 +18,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
-from hapvr.ops import (  # noqa: E402
+from hapvr.ops import (
     explain_quadlinear_ap_backends,
     explain_spatial_backends,
     quadlinear_ap,
@@ -43,13 +34,14 @@ from hapvr.ops import (  # noqa: E402
     spatial_topk_chamfer,
     spatial_topk_chamfer_reference,
 )
-from hapvr.ops._spatial_tiled import (  # noqa: E402
+from hapvr.ops._spatial_tiled import (
     DEFAULT_WORKSPACE_BYTES,
     DEFAULT_WORKSPACE_BYTES_CUDA,
     tile_frames,
 )
+from hapvr.precision import GEMM_VARIANTS, allow_tf32
 
-FLOOR_ULPS = {torch.float64: 16}  # units of eps x output scale; 2 for other dtypes
+ROOT = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------------------------------------
 # Paper roofline (no device needed)
@@ -331,153 +323,6 @@ class Tally:
         print(f"CHECK {what}: {detail} -> {'PASS' if ok else 'FAIL'}", flush=True)
 
 
-VARIANTS = {  # name -> (dtype, allow_tf32)
-    "fp64": (torch.float64, False),
-    "fp32-ieee": (torch.float32, False),
-    "tf32": (torch.float32, True),
-    "bf16": (torch.bfloat16, False),
-    "fp16": (torch.float16, False),
-}
-GPU_SPATIAL = {"tiled": ("fp32-ieee", "tf32", "bf16", "fp16"), "triton": ("fp32-ieee", "tf32", "bf16", "fp16"),
-               "cuda": ("fp32-ieee", "bf16", "fp16"), "reference": ("fp32-ieee", "tf32", "bf16", "fp16")}
-CPU_SPATIAL = {"cpp": ("fp64", "fp32-ieee"), "tiled": ("fp64", "fp32-ieee", "bf16")}
-
-
-def _eps(variant: str) -> float:
-    dtype, tf32 = VARIANTS[variant]
-    return 2.0 ** -10 if tf32 else torch.finfo(dtype).eps
-
-
-class _Precision:
-    """Sets torch's fp32 matmul precision (tf32 or not) for a block; restores it after."""
-
-    def __init__(self, tf32: bool):
-        self.tf32 = tf32
-
-    def __enter__(self):
-        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = self.tf32
-        torch.backends.cudnn.allow_tf32 = self.tf32
-
-    def __exit__(self, *exc):
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
-
-
-def spatial_case(dtype, k: int, seed: int, device: str):
-    """Small padded batch in ``dtype`` (values exactly representable, so the float64 copy is the
-    same input) and a random upstream gradient."""
-    g = torch.Generator().manual_seed(seed)
-    Bq, Bt, T, T2, R, D = 2, 3, 12, 10, 9, 64
-    q = torch.nn.functional.normalize(torch.randn(Bq, T, R, D, generator=g), dim=-1).to(dtype)
-    t = torch.nn.functional.normalize(torch.randn(Bt, T2, R, D, generator=g), dim=-1).to(dtype)
-    ql, tl = torch.tensor([T, 7]), torch.tensor([T2, 4, 9])
-    grad = torch.randn(Bq, Bt, T, T2, generator=g).to(dtype)
-    return [x.to(device) for x in (q, t, ql, tl, grad)]
-
-
-def _run_spatial(backend, q, t, k, ql, tl, grad):
-    qq, tt = q.detach().clone().requires_grad_(True), t.detach().clone().requires_grad_(True)
-    if backend == "reference":
-        out = spatial_topk_chamfer_reference(qq, tt, k, ql, tl)
-    else:
-        out = spatial_topk_chamfer(qq, tt, k, ql, tl, backend=backend)
-    out.backward(grad.to(out.dtype))
-    return out.detach(), qq.grad, tt.grad
-
-
-def _ambiguous(q64, t64, qlow, tlow, k: int) -> torch.Tensor:
-    """[Bq, Bt, T, T'] entries whose top-k could legitimately flip in the low precision."""
-    Bq, T, R, D = q64.shape
-    Bt, T2 = t64.shape[:2]
-    S64 = (q64.reshape(-1, D) @ t64.reshape(-1, D).T).view(Bq, T, R, Bt, T2, R)
-    Slow = (qlow.reshape(-1, D) @ tlow.reshape(-1, D).T).double().view_as(S64)
-    thr = 8 * float((Slow - S64).abs().max()) + 1e-12
-    if k >= R:
-        return torch.zeros(Bq, Bt, T, T2, dtype=torch.bool, device=q64.device)
-    top = S64.topk(k + 1, dim=-1).values
-    close = (top[..., k - 1] - top[..., k]) < thr           # [Bq, T, R, Bt, T']
-    return close.any(2).permute(0, 2, 1, 3)
-
-
-def check_spatial(tally: Tally, where: str, backend: str, variant: str, k: int, device: str, perturb: float):
-    what = f"{where} spatial {backend:9s} {variant:9s} k={k} fwd+bwd vs float64 reference"
-    dtype, tf32 = VARIANTS[variant]
-    q, t, ql, tl, grad = spatial_case(dtype, k, seed=10 * k + len(variant), device=device)
-    why = explain_spatial_backends(q, t, k, ql, tl)[backend] if backend != "reference" else []
-    if why:
-        tally.skip(what, "; ".join(why))
-        return
-    with _Precision(tf32):
-        q64, t64 = q.double(), t.double()
-        grad = grad.masked_fill(_ambiguous(q64, t64, q, t, k), 0)
-        want = _run_spatial("reference", q64, t64, k, ql, tl, grad.double())
-        base = _run_spatial("reference", q, t, k, ql, tl, grad)
-        got = _run_spatial(backend, q, t, k, ql, tl, grad)
-    if perturb and backend != "reference":
-        got = tuple(None if x is None else x + perturb for x in got)
-    eps = _eps(variant)
-    tally.result(what, *_compare(("out", "dq", "dt"), got, base, want, dtype, eps))
-
-
-def _compare(names, got, base, want, dtype, eps) -> tuple[bool, str]:
-    """Each output's error against the float64 answer ``want`` must be at most twice the error of
-    PyTorch's own path ``base`` in the same dtype, plus a floor of a few ulps (flash-attention style).
-    A missing gradient (None) fails: autograd did not reach the input."""
-    parts, ok = [], True
-    for name, g_, b_, w_ in zip(names, got, base, want):
-        if g_ is None:
-            ok = False
-            parts.append(f"{name} is None: no gradient reached the input")
-            continue
-        err = float((g_.double() - w_).abs().max())
-        base_err = float((b_.double() - w_).abs().max())
-        bound = 2 * base_err + FLOOR_ULPS.get(dtype, 2) * eps * max(float(w_.abs().max()), 1e-30)
-        ok &= err <= bound and math.isfinite(err)
-        parts.append(f"{name} err {err:.2e} (torch {base_err:.2e}, bound {bound:.2e})")
-    return ok, ", ".join(parts)
-
-
-def quadlinear_case(dtype, device: str, seed: int = 5):
-    g = torch.Generator().manual_seed(seed)
-    Q, M = 6, 300
-    scores = torch.rand(Q, M, generator=g).to(dtype)
-    u = torch.rand(Q, M, generator=g)
-    labels = torch.where(u < 0.2, -1, torch.where(u < 0.5, 1, 0)).to(torch.int8)
-    labels[0] = 1  # no negative: invalid row
-    labels[1, : M // 2] = -1
-    grad = torch.randn(Q, generator=g).to(dtype)
-    return scores.to(device), labels.to(device), grad.to(device)
-
-
-def _run_quadlinear(backend, scores, labels, grad, delta, rho):
-    s = scores.detach().clone().requires_grad_(True)
-    if backend == "reference":
-        risk = quadlinear_ap_reference(s, labels, delta, rho).risk
-    else:
-        risk = quadlinear_ap(s, labels, delta, rho, backend=backend).risk
-    risk.backward(grad.to(risk.dtype))
-    return risk.detach(), s.grad
-
-
-def check_quadlinear(tally: Tally, where: str, backend: str, variant: str, device: str, perturb: float):
-    what = f"{where} quadlinear_ap {backend:9s} {variant:9s} fwd+bwd vs float64 reference"
-    dtype, _ = VARIANTS[variant]
-    scores, labels, grad = quadlinear_case(dtype, device)
-    delta, rho = 0.05, 0.10
-    why = explain_quadlinear_ap_backends(scores, labels, delta, rho)[backend]
-    if why:
-        tally.skip(what, "; ".join(why))
-        return
-    want = _run_quadlinear("reference", scores.double(), labels, grad.double(), delta, rho)
-    base = _run_quadlinear("reference", scores, labels, grad, delta, rho)
-    got = _run_quadlinear(backend, scores, labels, grad, delta, rho)
-    if perturb:
-        got = tuple(None if x is None else x + perturb for x in got)
-    # The compiled kernels sum in another order (sorted prefixes): fp64 gets a 16e-10 floor.
-    eps = 1e-10 if dtype == torch.float64 else _eps(variant)
-    tally.result(what, *_compare(("risk", "grad"), got, base, want, dtype, eps))
-
-
 # ---------------------------------------------------------------------------------------------
 # Benchmarks (CUDA only)
 # ---------------------------------------------------------------------------------------------
@@ -534,9 +379,9 @@ def run_benchmarks(tally: Tally, quick: bool, repeats: int, available: bool, why
     print(f"{'op':14s} {'shape':24s} {'backend':9s} {'precision':9s} {'median ms':>10s} "
           f"{'full-size est.':>15s} {'paper ' + (model or 'H100 SXM'):>18s}")
     for op, key, shape, backend, precision in rows:
-        dtype, tf32 = VARIANTS[precision]
+        dtype, tf32 = GEMM_VARIANTS[precision]
         try:
-            with _Precision(tf32):
+            with allow_tf32(tf32):
                 if op == "spatial":
                     fn = _spatial_bench_fn(shape, backend, dtype)
                     label = f"{shape['label'][:4]} {shape['Bq']}x{shape['T']}/{shape['Bt']}x{shape['T2']}"
@@ -614,8 +459,6 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller benchmark shapes")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-bench", action="store_true", help="checks only")
-    parser.add_argument("--perturb", type=float, default=0.0,
-                        help="self-test: add this to every checked backend output (the checks must fail)")
     args = parser.parse_args(argv)
     if args.roofline:
         print_roofline()
@@ -626,33 +469,13 @@ def main(argv=None) -> int:
     no_gpu = "no CUDA device (torch.cuda.is_available() is False)"
     print(f"gpu_check: torch {torch.__version__}, CUDA {'available: ' + torch.cuda.get_device_name() if cuda else 'not available'}")
 
-    # CPU rows: cheap, always run
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    for backend, variants in CPU_SPATIAL.items():
-        for variant in variants:
-            for k in (1, 3):
-                check_spatial(tally, "cpu", backend, variant, k, "cpu", args.perturb)
-    for variant in ("fp64", "fp32-ieee"):
-        check_quadlinear(tally, "cpu", "cpp", variant, "cpu", args.perturb)
-    tally.skip("cpu spatial triton (TRITON_INTERPRET=1)", "the interpreter takes minutes per launch; "
-               "tests/test_topk_chamfer.py covers it on tiny shapes")
-
-    # GPU rows
-    for backend, variants in GPU_SPATIAL.items():
-        for variant in variants:
-            for k in (1, 3):
-                what = f"gpu spatial {backend:9s} {variant:9s} k={k} fwd+bwd vs float64 reference"
-                if cuda:
-                    check_spatial(tally, "gpu", backend, variant, k, "cuda", args.perturb)
-                else:
-                    tally.skip(what, no_gpu)
-    for backend, variants in (("cuda", ("fp64", "fp32-ieee")), ("triton", ("fp32-ieee",))):
-        for variant in variants:
-            what = f"gpu quadlinear_ap {backend:9s} {variant:9s} fwd+bwd vs float64 reference"
-            if cuda:
-                check_quadlinear(tally, "gpu", backend, variant, "cuda", args.perturb)
-            else:
-                tally.skip(what, no_gpu)
+    if cuda:  # the numerical checks of every backend live in the test suite
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda",
+                               "tests/test_backend_precision.py"], cwd=ROOT)
+        tally.result("gpu numerics (tests/test_backend_precision.py -k cuda)", proc.returncode == 0,
+                     f"pytest exit code {proc.returncode}")
+    else:
+        tally.skip("gpu numerics (tests/test_backend_precision.py -k cuda)", no_gpu)
     if not args.no_bench:
         run_benchmarks(tally, args.quick, args.repeats, cuda, no_gpu)
     print(f"gpu_check: {tally.passed} passed, {tally.failed} failed, {tally.skipped} skipped "

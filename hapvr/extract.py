@@ -22,9 +22,15 @@ skipped are named in warnings, in the summary and in OUTPUT.failures.txt.
 
 from __future__ import annotations
 
-import sys
-
-from hapvr.cli import ArgumentParser, fail, input_file, int_at_least, output_file, positive_float, run_main
+from hapvr.cli import (
+    ArgumentParser,
+    fail,
+    input_file,
+    int_at_least,
+    output_file,
+    positive_float,
+    run_main,
+)
 from hapvr.data.inputs import check_unique, list_inputs
 from hapvr.features.backbones import BACKBONES
 from hapvr.features.extraction import extract_to_hdf5
@@ -32,6 +38,7 @@ from hapvr.features.extractor import RegionFeatureExtractor
 from hapvr.features.pca import PCAFileError
 from hapvr.io.checkpoint import read_model_file
 from hapvr.precision import PRECISIONS
+from hapvr.progress import note
 from hapvr.runtime import resolve_device
 
 EXAMPLES = """\
@@ -62,10 +69,6 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     ap.add_argument("--no-progress", action="store_true", help="no progress display")
     return ap
-
-
-def note(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _main(argv=None) -> int:

@@ -25,14 +25,28 @@ one process adds the staged videos too). Each rank uses its share of the machine
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from hapvr.api import load_model
-from hapvr.cli import (ArgumentParser, UserError, add_threads, fail, input_file, output_folder, positive_float,
-                       run_main)
+from hapvr.cli import (
+    ArgumentParser,
+    UserError,
+    add_threads,
+    fail,
+    input_file,
+    output_folder,
+    positive_float,
+    run_main,
+)
 from hapvr.data.inputs import check_unique, list_inputs
-from hapvr.retrieval.building import BuildReport, build, build_sharded, open_index, staging_area
+from hapvr.progress import note
+from hapvr.retrieval.building import (
+    BuildReport,
+    build,
+    build_sharded,
+    open_index,
+    staging_area,
+)
 from hapvr.retrieval.index_store import is_index
 from hapvr.runtime import cores_per_rank, job, process_device, set_threads
 
@@ -67,10 +81,6 @@ def build_parser() -> ArgumentParser:
     p = sub.add_parser("info", help="what the index holds", description="what the index holds")
     p.add_argument("--index", required=True, help="index folder")
     return ap
-
-
-def note(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _check_build_args(args, create: bool) -> tuple[Path, list[tuple[str, str]], bool]:

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hapvr.ops import spatial_topk_chamfer, topk_count
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -146,8 +148,6 @@ def chamfer_frame_map(query: torch.Tensor, target: torch.Tensor, k_s: float) -> 
     """``[T, T']`` region TopK-Chamfer map (eq. 3) of the L2-normalised features ``[T, R, D]`` of
     two videos, before any learned attention: about 1 for the same frame whatever the model, so
     the default parameters apply to every model (what compare localises on)."""
-    from hapvr.ops import spatial_topk_chamfer, topk_count
-
     qa = torch.nn.functional.normalize(query.float(), dim=-1)
     ta = torch.nn.functional.normalize(target.float(), dim=-1)
     return spatial_topk_chamfer(qa[None].contiguous(), ta[None].contiguous(), topk_count(k_s, qa.shape[1]))[0, 0]
@@ -211,7 +211,7 @@ class _TemporalNetwork:
 
     def _relax(self, i: int) -> bool:
         """Recompute row ``i`` of the DP from rows ``i - G .. i - 1``; True if it changed."""
-        G, K = self.G, self.K
+        G = self.G
         cand = self.best[i:i + G][::-1].reshape(-1)  # rows i-1, i-2, ..., i-G
         reach = np.where(self.edges[i], cand, -np.inf)  # [K, G * K]
         arg = reach.argmax(axis=1)

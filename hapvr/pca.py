@@ -14,11 +14,10 @@ training pool.
 
 from __future__ import annotations
 
-import sys
-
 from hapvr.cli import ArgumentParser, input_file, int_at_least, output_file, run_main
 from hapvr.features.pca import learn_pca
 from hapvr.io.files import save_torch
+from hapvr.progress import note
 
 EXAMPLES = """\
   python -m hapvr.extract --videos DIR --output raw.hdf5 --raw
@@ -39,10 +38,6 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the random frame sample")
     ap.add_argument("--no-progress", action="store_true", help="no progress display")
     return ap
-
-
-def note(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _main(argv=None) -> int:

@@ -8,6 +8,8 @@ CPUs with avx512_bf16/AMX (oneDNN); elsewhere they are emulated and slower (benc
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -18,3 +20,25 @@ def precision_dtype(precision: str) -> torch.dtype:
         return PRECISIONS[precision]
     except KeyError:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}") from None
+
+
+# GEMM precisions by the names checks and benchmarks use: (input dtype, TF32 allowed for fp32 inputs)
+GEMM_VARIANTS: dict[str, tuple[torch.dtype, bool]] = {
+    "fp64": (torch.float64, False),
+    "fp32-ieee": (torch.float32, False),
+    "tf32": (torch.float32, True),
+    "bf16": (torch.bfloat16, False),
+    "fp16": (torch.float16, False),
+}
+
+
+@contextmanager
+def allow_tf32(enabled: bool):
+    """Within the block, CUDA fp32 matmuls and convolutions may (or may not) use TF32 tensor
+    cores; the previous setting is restored after it."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -96,6 +96,11 @@ class LineProgress:
             self._print()
 
 
+def note(msg: str) -> None:
+    """One line for the user on stderr, apart from a command's results on stdout."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 def progress(iterable=None, **kwargs):
     """tqdm on a terminal, :class:`LineProgress` otherwise (same arguments as tqdm)."""
     stream = kwargs.get("file") or sys.stderr

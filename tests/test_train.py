@@ -462,6 +462,29 @@ def test_restart_starts_from_fresh_weights_and_optimiser(data, tmp_path):
     assert any(not torch.equal(first[k], again[k]) for k in first)  # another initialisation than round 1's
 
 
+def test_seed_offset_moves_the_initialisation_and_the_sampler_only(data, tmp_path):
+    """--seed-offset k: the model starts from seed + k and the batch sampler from its seed + k;
+    the cached pool (keyed on --seed) is the same one."""
+    import random
+
+    from hapvr.training import trainer as train
+    from hapvr.training.config import init_seed, sampler_seed
+    from hapvr.train import parse_config
+
+    root, cache = data
+    args = ["--data", root, "--cache-dir", cache, "--iterations", "2", *TINY, "--head", "visil"]
+    plain = train.setup(parse_config([*args, "--out", str(tmp_path / "a")]))
+    moved = train.setup(parse_config([*args, "--out", str(tmp_path / "b"), "--seed-offset", "17"]))
+    assert (init_seed(moved.cfg), sampler_seed(moved.cfg)) == (init_seed(plain.cfg) + 17, sampler_seed(plain.cfg) + 17)
+    torch.manual_seed(17)
+    expected = train.new_model(moved.cfg).state_dict()
+    for k, v in moved.model.state_dict().items():
+        torch.testing.assert_close(v, expected[k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(v, plain.model.state_dict()[k]) for k, v in moved.model.state_dict().items())
+    assert moved.sampler.getstate() == random.Random(sampler_seed(moved.cfg)).getstate()
+    assert torch.equal(moved.batches.pool.features, plain.batches.pool.features)  # the same cached views
+
+
 def test_selection_on_validation_keeps_the_best_weights_and_resumes(data, tmp_path, monkeypatch):
     """--select-on validation scores the model at step 0, every --select-every steps and at the
     end on a (here 4 + 6 photo query) validation benchmark; the checkpoint's model is the best-scored

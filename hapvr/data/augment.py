@@ -132,7 +132,7 @@ def _find_font() -> str | None:
 _FONT_PATH = _find_font()
 
 
-def _font(size: int):
+def overlay_font(size: int):
     if _FONT_PATH:
         return ImageFont.truetype(_FONT_PATH, size)
     return ImageFont.load_default(size=size)  # Pillow's bundled font: no system font needed
@@ -151,7 +151,7 @@ def overlay_text(img: Image.Image, rng: random.Random) -> Image.Image:
     W, H = img.size
     text = "".join(rng.choice(string.ascii_letters + string.digits + " ") for _ in range(rng.randint(4, 14)))
     draw = ImageDraw.Draw(img)
-    font = _font(rng.randint(H // 14, H // 6))
+    font = overlay_font(rng.randint(H // 14, H // 6))
     x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
     xy = (rng.randint(-x0, max(-x0, W - x1)), rng.randint(-y0, max(-y0, H - y1)))
     colour = tuple(rng.randrange(256) for _ in range(3))

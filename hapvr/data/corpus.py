@@ -33,7 +33,8 @@ from PIL import Image
 
 from hapvr.data import augment
 from hapvr.data.media import clip_paths, load_photos
-from hapvr.data.video import SHORT_SIDE, decode_video
+from hapvr.data.renders import make_world, render
+from hapvr.data.video import SHORT_SIDE, center_crop, decode_video
 
 # held out from training: used only by the benchmark
 BENCHMARK_PHOTOS = ("sklearn-china", "sklearn-flower", "skimage-astronaut", "skimage-rocket", "skimage-coffee",
@@ -158,8 +159,6 @@ def build_train_corpus(cfg: CorpusConfig, renders: int = 0, siblings: bool = Fal
                 sib[f"{name}-{k}"] = _other_camera(camera_path(photo, beside_box(srng, a0), beside_box(srng, a1),
                                                                cfg.train_frames), srng)
     if renders:
-        from hapvr.data.renders import make_world, render
-
         for i in range(renders):
             world = make_world(RENDER_SEEDS["train"] + i)
             t0 = rng.uniform(0, 40)
@@ -245,8 +244,6 @@ def add_render_queries(bench: BenchmarkVideos, n: int, seed0: int, rng: random.R
     - CS: the same event through another camera beside the query's, with another camera look;
     - IS: the same world later on, elsewhere.
     """
-    from hapvr.data.renders import render, make_world
-
     n_frames = RENDER_FRAMES
     previous, previous_id = None, None
     for i in range(n):
@@ -390,8 +387,6 @@ def _light_edit(frames: torch.Tensor, rng: random.Random) -> torch.Tensor:
 
 
 def _square(frames: torch.Tensor) -> torch.Tensor:
-    from hapvr.data.video import center_crop
-
     return center_crop(frames, SHORT_SIDE)
 
 

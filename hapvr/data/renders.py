@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from hapvr.data.augment import overlay_font
+
 WORLD_SIDE = 512
 KINDS = ("objects", "screen")
 _WORDS = ("copy", "video", "frame", "search", "index", "query", "match", "scene", "camera", "clip", "record",
@@ -113,9 +115,7 @@ def world_frame(world: World, t: float) -> Image.Image:
     img = Image.fromarray(world.backdrop.copy())
     d = ImageDraw.Draw(img)
     if world.kind == "screen":
-        from hapvr.data.augment import _font
-
-        font = _font(S // 26)
+        font = overlay_font(S // 26)
         offset = (t * world.scroll) % (len(world.lines) * S / 20)
         for k, (text, colour) in enumerate(world.lines):
             y = S // 12 + k * S / 20 - offset

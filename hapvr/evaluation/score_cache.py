@@ -18,7 +18,7 @@ CACHE_FORMAT = "hapvr-score-cache-2"  # 2: keyed on feature data digests and sco
 
 class ScoreCacheError(ValueError, RuntimeError):
     """The cache cannot serve this run: it was computed with other features, queries, weights or
-    settings, or another run is writing it. (A RuntimeError too, as the first cache format raised.)"""
+    settings, or another run is writing it. Also a RuntimeError (docs/compatibility.md)."""
 
 
 class ScoreCache:
@@ -177,7 +177,7 @@ def _header_changes(old: dict, new: dict) -> list[str]:
 def _scorer_fingerprint(fp) -> dict:
     if isinstance(fp, dict):
         return {"scorer": str(fp.get("scorer")), "weights": fp.get("weights"), "settings": dict(fp.get("settings", {}))}
-    return {"scorer": str(fp), "weights": None, "settings": {}}  # a scorer of the older protocol (one string)
+    return {"scorer": str(fp), "weights": None, "settings": {}}  # a one-string fingerprint (docs/compatibility.md)
 
 
 def cache_header(query_ids, query_digests: list[str], fingerprint, chunk_frames: int) -> dict:

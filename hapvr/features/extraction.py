@@ -42,7 +42,7 @@ class ExtractionReport:
 
 def check_space(f, space: str, backbone: str, path) -> None:
     """An existing output must hold the same kind of features (raw or whitened) of the same backbone."""
-    have = f.attrs.get("hapvr_space", "whitened" if len(f) else None)  # files written before the attribute: whitened
+    have = f.attrs.get("hapvr_space", "whitened" if len(f) else None)  # no attribute: whitened (docs/compatibility.md)
     if have is not None and have != space:
         raise InputError(f"{path} holds {have} features; this run would add {space} ones "
                          f"({'drop --raw' if have == 'whitened' else 'add --raw'} or choose another --output)", "output")

@@ -19,6 +19,7 @@ import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hapvr.errors import InputError
@@ -37,8 +38,6 @@ def _numpy_rng_globals() -> list:
 
     They rebuild plain arrays of numbers; an object-dtype array's elements would still go
     through the same restricted unpickler."""
-    import numpy as np
-
     core = getattr(np, "_core", None) or np.core
     names = [core.multiarray._reconstruct, np.ndarray, np.dtype]
     names += [type(np.dtype(t)) for t in ("uint32", "int64", "float64")]

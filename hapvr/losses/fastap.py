@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from hapvr.losses.base import RankingLoss, mean_over
-from hapvr.losses.histogram_ap import soft_histogram_ap
+from hapvr.losses.histogram_ap import histogram_settings, soft_histogram_ap
 from hapvr.losses.registry import register_loss
 
 
@@ -22,12 +22,7 @@ class FastAPLoss(RankingLoss):
     def __init__(self, num_bins: int = 10, sim_range: tuple[float, float] = (0.0, 1.0),
                  self_label: int | None = -1):
         super().__init__(self_label)
-        if num_bins < 1:
-            raise ValueError(f"num_bins must be >= 1, got {num_bins}")
-        lo, hi = sim_range
-        if not hi > lo:
-            raise ValueError(f"sim_range must be (low, high) with high > low, got {sim_range}")
-        self.num_bins, self.sim_range = num_bins, (float(lo), float(hi))
+        self.num_bins, self.sim_range = histogram_settings(num_bins, sim_range, min_bins=1)
 
     def compute(self, sim: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         lo, hi = self.sim_range

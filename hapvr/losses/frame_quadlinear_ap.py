@@ -18,7 +18,6 @@ from hapvr.losses.quadlinear_ap import check_delta_rho
 from hapvr.losses.registry import register_loss
 from hapvr.ops._validate import check_finite, check_floating, check_tensor
 from hapvr.ops.quadlinear_ap import quadlinear_ap
-from hapvr.ops._topk import topk_count
 
 
 def check_rates(r_t: float, r_b: float) -> None:

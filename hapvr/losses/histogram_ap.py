@@ -24,3 +24,13 @@ def soft_histogram_ap(sim: torch.Tensor, labels: torch.Tensor, centres: torch.Te
     gain = torch.where(safe, h_pos * H_pos / torch.where(safe, H_all, 1.0), 0.0)
     n_pos = pos.sum(1)
     return gain.sum(1) / n_pos.clamp(min=1), n_pos > 0
+
+
+def histogram_settings(num_bins: int, sim_range: tuple[float, float], min_bins: int) -> tuple[int, tuple[float, float]]:
+    """``(num_bins, (low, high))`` checked: at least ``min_bins`` bins over a non-empty range."""
+    if num_bins < min_bins:
+        raise ValueError(f"num_bins must be >= {min_bins}, got {num_bins}")
+    lo, hi = sim_range
+    if not hi > lo:
+        raise ValueError(f"sim_range must be (low, high) with high > low, got {sim_range}")
+    return num_bins, (float(lo), float(hi))

@@ -1,6 +1,12 @@
 """hapvr's fused operators, each with compiled (C++/CUDA), Triton and pure-PyTorch backends."""
 
-from hapvr.ops._dispatch import BACKEND_NAMES, NoBackendError, available_backends, install_reasons
+from hapvr.ops._dispatch import (
+    BACKEND_NAMES,
+    NoBackendError,
+    available_backends,
+    install_reasons,
+)
+from hapvr.ops._topk import topk_count
 from hapvr.ops.quadlinear_ap import (
     QuadLinearAPResult,
     explain_quadlinear_ap_backends,
@@ -9,7 +15,6 @@ from hapvr.ops.quadlinear_ap import (
     quadlinear_ap_reference,
     quadlinear_r_minus,
 )
-from hapvr.ops._topk import topk_count
 from hapvr.ops.spatial import (
     AUTO_POLICY,
     SpatialTopKChamfer,

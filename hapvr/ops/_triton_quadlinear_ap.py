@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hapvr.ops._quadlinear_autograd import register_quadlinear_ap_op
+
 BLOCK_I = 32
 BLOCK_J = 32
 
@@ -107,12 +109,6 @@ def quadlinear_ap_triton(scores: torch.Tensor, labels: torch.Tensor, delta: floa
     return risk, valid
 
 
-@quadlinear_ap_triton.register_fake
-def _(scores, labels, delta, rho):
-    Q = scores.shape[0]
-    return scores.new_empty((Q,)), scores.new_empty((Q,), dtype=torch.bool)
-
-
 @torch.library.custom_op("hapvr::quadlinear_ap_triton_backward", mutates_args=())
 def quadlinear_ap_triton_backward(grad_risk: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
                                   delta: float, rho: float) -> torch.Tensor:
@@ -132,22 +128,4 @@ def quadlinear_ap_triton_backward(grad_risk: torch.Tensor, scores: torch.Tensor,
     return grad.to(scores.dtype)
 
 
-@quadlinear_ap_triton_backward.register_fake
-def _(grad_risk, scores, labels, delta, rho):
-    return torch.empty_like(scores)
-
-
-def _setup_context(ctx, inputs, output):
-    scores, labels, delta, rho = inputs
-    ctx.save_for_backward(scores, labels)
-    ctx.delta, ctx.rho = delta, rho
-    ctx.mark_non_differentiable(output[1])
-
-
-def _backward(ctx, grad_risk, _grad_valid):
-    scores, labels = ctx.saved_tensors
-    grad = quadlinear_ap_triton_backward(grad_risk.contiguous(), scores, labels, ctx.delta, ctx.rho)
-    return grad, None, None, None
-
-
-quadlinear_ap_triton.register_autograd(_backward, setup_context=_setup_context)
+register_quadlinear_ap_op(quadlinear_ap_triton, quadlinear_ap_triton_backward)

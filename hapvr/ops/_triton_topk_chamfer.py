@@ -64,7 +64,11 @@ import triton
 import triton.language as tl
 
 from hapvr.ops._dispatch import triton_interpreted
-from hapvr.ops._spatial_autograd import register_spatial_autograd, spatial_backward_fake, spatial_fake
+from hapvr.ops._spatial_autograd import (
+    register_spatial_autograd,
+    spatial_backward_fake,
+    spatial_fake,
+)
 from hapvr.ops._topk import MAX_COMPILED_REGIONS, mask_dtype
 
 _BLOCK_D = 32  # features per forward chunk

@@ -28,6 +28,7 @@ import torch
 from hapvr import _ext
 from hapvr.ops import _dispatch
 from hapvr.ops._dispatch import Backend
+from hapvr.ops._quadlinear_autograd import register_quadlinear_ap_op
 from hapvr.ops._validate import check_finite, check_floating, check_tensor
 
 
@@ -90,32 +91,7 @@ def quadlinear_ap_reference(
 # --- the compiled op (C++ CPU and CUDA kernels behind one schema) ---------------------------
 
 if _ext.has_cpu_kernels:
-
-    @torch.library.register_fake("hapvr::quadlinear_ap")
-    def _quadlinear_fake(scores, labels, delta, rho):
-        Q = scores.shape[0]
-        return scores.new_empty((Q,)), scores.new_empty((Q,), dtype=torch.bool)
-
-    @torch.library.register_fake("hapvr::quadlinear_ap_backward")
-    def _quadlinear_backward_fake(grad_risk, scores, labels, delta, rho):
-        return torch.empty_like(scores)
-
-    def _quadlinear_setup_context(ctx, inputs, output):
-        scores, labels, delta, rho = inputs
-        ctx.save_for_backward(scores, labels)
-        ctx.delta, ctx.rho = delta, rho
-        ctx.mark_non_differentiable(output[1])
-
-    def _quadlinear_backward(ctx, grad_risk, _grad_valid):
-        scores, labels = ctx.saved_tensors
-        grad = torch.ops.hapvr.quadlinear_ap_backward(
-            grad_risk.contiguous(), scores, labels, ctx.delta, ctx.rho
-        )
-        return grad, None, None, None
-
-    torch.library.register_autograd(
-        "hapvr::quadlinear_ap", _quadlinear_backward, setup_context=_quadlinear_setup_context
-    )
+    register_quadlinear_ap_op("hapvr::quadlinear_ap", "hapvr::quadlinear_ap_backward")
 
 
 def _compiled_reasons(device_type: str):

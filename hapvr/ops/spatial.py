@@ -21,11 +21,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hapvr.ops import _dispatch
-from hapvr.ops import _spatial_autograd  # noqa: F401  (fake kernels + autograd of the compiled op)
+from hapvr.ops import (
+    _dispatch,
+    _spatial_autograd,  # noqa: F401  (fake kernels + autograd of the compiled op)
+)
 from hapvr.ops._dispatch import Backend
+from hapvr.ops._spatial_tiled import spatial_topk_chamfer_tiled
 from hapvr.ops._topk import MAX_COMPILED_REGIONS, topk_count
-from hapvr.ops._validate import check_finite, check_floating, check_int, check_tensor, lengths_tensor
+from hapvr.ops._validate import (
+    check_finite,
+    check_floating,
+    check_int,
+    check_tensor,
+    lengths_tensor,
+)
 
 
 def _valid_pairs(ql: torch.Tensor, tl: torch.Tensor, T: int, T2: int) -> torch.Tensor:
@@ -100,8 +109,6 @@ def _tiled_reasons(query, target, k, ql, tl, on: str) -> list[str]:
 
 
 def _tiled_run(query, target, k, ql, tl, workspace_bytes=None):
-    from hapvr.ops._spatial_tiled import spatial_topk_chamfer_tiled
-
     return spatial_topk_chamfer_tiled(query, target, k, ql, tl, _needs_grad(query, target), workspace_bytes)
 
 

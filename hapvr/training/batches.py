@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from hapvr.data.augment import TEMPORAL_EDITS, positive_matrix, temporal_edit_indices
+from hapvr.models.padding import pad_stack
 
 
 @dataclass
@@ -110,13 +111,8 @@ def draw_batch(pool: FeaturePool, rng: random.Random, batch_videos: int, clip_fr
         ia = torch.arange(s0, s0 + L)
         clips.append(pool.features[v, -1, ia])
         teach.append(pool.teacher[v, -1, ia])
-    lengths = torch.tensor([c.shape[0] for c in clips])
-    T = int(lengths.max())
-    feats = torch.zeros((len(clips), T) + clips[0].shape[1:])
-    tvec = torch.zeros(len(clips), T, teach[0].shape[-1])
-    for i, (c, t) in enumerate(zip(clips, teach)):
-        feats[i, : c.shape[0]] = c
-        tvec[i, : t.shape[0]] = t
+    feats, lengths = pad_stack(clips)
+    tvec, _ = pad_stack(teach)
     sib_ids = list(videos[:siblings])
     n_sib = len(sib_ids)
     copy_pos = positive_matrix(ids, mixed)

@@ -199,8 +199,9 @@ class TrainConfig:
         help=('seed of the model initialisation, the batches and the cached augmentations'),
         bound=at_least(0))
     seed_offset: int = setting(0,
-        help=('added to the seeds of the model initialisation and of the batch sampler, not to the cached '
-              'augmentations: another training run over the same cached features (--seed redraws them too)'),
+        help=('added to the seeds of the model initialisation and of the batch sampler (on the streaming '
+              'path, of its fresh views too), not to the cached augmentations: another training run over the '
+              'same cached features (--seed redraws them too)'),
         bound=at_least(0))
     threads: int = setting(0, help='torch CPU threads (0 = all cores)', bound=at_least(0))
     gather_negatives: bool = setting(False,

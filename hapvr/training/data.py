@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import sys
 import time
 
 import torch
@@ -29,18 +28,20 @@ from hapvr.features import Teacher
 from hapvr.features.pca import read_pca_file
 from hapvr.features.teacher import TEACHER_DIMS
 from hapvr.io.files import save_torch
+from hapvr.progress import note
 from hapvr.progress import progress as progress_bar
 from hapvr.runtime import DistInfo, barrier, broadcast_object, cores_per_rank
 from hapvr.training.batches import FeaturePool, draw_batch
 from hapvr.training.config import TrainConfig, sibling_videos, train_renders
 from hapvr.training.pool import ViewPool, build_view_pool
-from hapvr.training.stream import NoDecodableVideo, StreamingBatches, cached_pool_bytes, pca_sample
+from hapvr.training.stream import (
+    NoDecodableVideo,
+    StreamingBatches,
+    cached_pool_bytes,
+    pca_sample,
+)
 
 NO_VIDEOS = "no videos found (extensions .mp4 .mkv .avi ..., or folders of frames)"
-
-
-def warn(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def data_videos(cfg: TrainConfig) -> list[str]:
@@ -75,7 +76,7 @@ def _pool_source(cfg: TrainConfig) -> dict:
 def _decode_data(cfg: TrainConfig, log):
     """The ``--data`` videos decoded at ``--fps`` (unreadable ones skipped and listed)."""
     log(f"decoding videos under {cfg.data} at {cfg.fps} fps ...")
-    videos, report = load_folder(cfg.data, fps=cfg.fps, max_frames=cfg.pool_frames, log=warn)
+    videos, report = load_folder(cfg.data, fps=cfg.fps, max_frames=cfg.pool_frames, log=note)
     log(report.summary())
     short = sorted(v for v, x in videos.items() if x.shape[0] < cfg.clip_frames)
     if short:
@@ -189,9 +190,10 @@ class StreamBatches:
         self.pca_skipped: dict[str, str] = {}
         self.stream = StreamingBatches(paths, extractor, teacher, batch_videos=cfg.batch_videos,
                                        clip_frames=cfg.clip_frames, clip_shift=cfg.clip_shift, fps=cfg.fps,
-                                       seed=cfg.seed, rank=info.rank, world=info.world, start_step=start_step,
+                                       seed=cfg.seed + cfg.seed_offset, rank=info.rank, world=info.world,
+                                       start_step=start_step,
                                        steps=cfg.iterations, workers=workers, device=info.device, amp=cfg.amp,
-                                       teacher_all_views=cfg.teacher_all_views, log=warn)
+                                       teacher_all_views=cfg.teacher_all_views, log=note)
         self._it = iter(self.stream)
 
     def next(self):
@@ -256,7 +258,7 @@ def stream_batches(cfg: TrainConfig, info: DistInfo, extractor, start_step: int,
             log(f"fitting the PCA whitening on the weak clips of {n} of {len(paths)} videos ...")
             try:
                 sample = pca_sample(paths, extractor, n, clip_frames=cfg.clip_frames, fps=cfg.fps, seed=cfg.seed,
-                                    workers=workers, device=info.device, amp=cfg.amp, log=warn, skipped=skipped)
+                                    workers=workers, device=info.device, amp=cfg.amp, log=note, skipped=skipped)
             except NoDecodableVideo as exc:
                 raise InputError(f"--data {cfg.data}: {exc.reason}") from None
             extractor.fit_pca(sample)
