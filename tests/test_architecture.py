@@ -184,3 +184,22 @@ def test_one_home_for_atomic_writes_and_pt_reads(call, home):
                     and node.value.id == owner and module != home):
                 found.append(f"{module}:{node.lineno}")
     assert found == [], found
+
+
+def test_the_readme_layout_names_every_module():
+    """README's Layout section names every module of the package (the losses by their folder)."""
+    import fnmatch
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("## Layout"):]
+    block = block[: block.index("```", block.index("```") + 3)]
+    words = set(re.findall(r"[\w*]+\.py", block))
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if path.name == "__init__.py" or rel.parts[0] == "losses":
+            continue
+        if not any(fnmatch.fnmatch(path.name, w) for w in words):
+            missing.append(str(rel))
+    assert missing == [], missing
