@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 from hapvr.io.files import fsync_dir, try_lock
-from hapvr.io.records import committed_lines, json_crc, parse_object
+from hapvr.io.records import committed_lines, damaged, json_crc, parse_object
 from hapvr.io.serialization import CorruptFileError
 
 CACHE_FORMAT = "hapvr-score-cache-2"  # 2: keyed on feature data digests and scorer weights
@@ -118,8 +118,8 @@ def _format_record(key: str, digest: str, scores: list[float]) -> str:
 
 def _parse_record(line: bytes, n_queries: int, path: Path, number: int) -> tuple[str, str, list[float]]:
     def bad(why: str):
-        return CorruptFileError(f"score cache {path} line {number}: {why}; the file is damaged: delete it "
-                                "(its scores are recomputed) or pass another --cache-dir")
+        return damaged(f"score cache {path}", number, why, "the file is damaged: delete it (its scores are "
+                       "recomputed) or pass another --cache-dir")
 
     rec = parse_object(line)
     if rec is None:

@@ -12,7 +12,7 @@ from hapvr.errors import InputError
 
 
 def input_file(path: str, arg: str) -> Path:
-    """An existing, readable file, or :class:`UserError` naming ``arg``."""
+    """An existing, readable file, or :class:`~hapvr.errors.InputError` naming ``arg``."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{arg} {path}: no such file")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import zlib
 
+from hapvr.io.serialization import CorruptFileError
+
 
 def json_crc(value) -> str:
     """CRC-32 (8 hex digits) of ``value`` as compact JSON with sorted keys."""
@@ -29,6 +31,11 @@ def committed_lines(data: bytes) -> tuple[list[bytes], list[int]]:
         lines.append(data[pos:nl])
         pos = nl + 1
         ends.append(pos)
+
+
+def damaged(where: str, number: int, why: str, advice: str) -> CorruptFileError:
+    """The error of a complete line that cannot be used: ``WHERE line N: why; advice``."""
+    return CorruptFileError(f"{where} line {number}: {why}; {advice}")
 
 
 def parse_object(line: bytes) -> dict | None:

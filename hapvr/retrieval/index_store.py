@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from hapvr.io.files import try_lock, write_json
-from hapvr.io.records import committed_lines, json_crc, parse_object
+from hapvr.io.records import committed_lines, damaged, json_crc, parse_object
 from hapvr.io.serialization import CorruptFileError
 from hapvr.retrieval.coarse import DescriptorConfig, video_descriptors
 
@@ -283,8 +283,8 @@ class IndexStore:
 
     def _parse_line(self, line: bytes, number: int) -> dict:
         def bad(why: str):
-            return CorruptFileError(f"index {self.path}: {self._file('journal').name} line {number}: {why}; the "
-                                    "journal is damaged: rebuild the index")
+            return damaged(f"index {self.path}: {self._file('journal').name}", number, why,
+                           "the journal is damaged: rebuild the index")
 
         event = parse_object(line)
         if event is None:
