@@ -3,7 +3,17 @@
 For your own videos: ``hapvr.load_model()`` and ``hapvr.compare_videos(a, b)`` (:mod:`hapvr.api`).
 """
 
-from hapvr import _ext  # noqa: F401  (loads the compiled kernels, warns once if missing)
+import os
+import sys
+
+# The command-line tools (python -m hapvr.X: the package is imported while "-m" is still argv[0])
+# let idle OpenMP threads sleep instead of spinning: on a machine shared with other jobs a
+# spinning thread takes a core from them and slows everything (README, "Threads"). It must be
+# set before torch loads its OpenMP runtime; Python users set OMP_WAIT_POLICY themselves.
+if sys.argv[:1] == ["-m"]:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from hapvr import _ext  # noqa: E402, F401  (loads the compiled kernels, warns once if missing)
 from hapvr import losses, metrics, ops
 
 __version__ = "0.1.0"

@@ -20,6 +20,8 @@ suggested "copy" threshold of each model are documented in docs/scores.md.
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +57,24 @@ RESIDUAL_SCALE = ScoreScale(-1.0, 1.0, threshold=0.37, localize_threshold=0.5)  
 TRAINED_SCALE = ScoreScale(-1.0, 1.0, threshold=0.41, localize_threshold=0.5)  # the paper's head (visil)
 
 
+FEATURE_CACHE_BYTES = 1 << 30  # decoded features a VideoModel keeps (about 15 hours of video at 1 fps)
+
+
+def _file_key(video, fps: float) -> tuple:
+    """What a video file's features depend on besides the model: its path, size, modification
+    time (a folder of frames: of the folder and its newest frame) and the sampling rate."""
+    path = os.path.realpath(str(video))
+    try:
+        st = os.stat(path)
+    except OSError:  # missing: load_frames says so
+        return (path, None, None, fps)
+    mtime = st.st_mtime_ns
+    if os.path.isdir(path):
+        with os.scandir(path) as entries:
+            mtime = max([mtime] + [e.stat().st_mtime_ns for e in entries if e.is_file()])
+    return (path, st.st_size, mtime, fps)
+
+
 class VideoModel:
     """A feature extractor and a similarity model: what compare, index and search use.
 
@@ -68,7 +88,7 @@ class VideoModel:
     """
 
     def __init__(self, extractor, similarity, name: str, fps: float = 1.0, scale: ScoreScale | None = None,
-                 device: str | torch.device = "cpu", identity: dict | None = None):
+                 device: str | torch.device = "cpu", identity: dict | None = None, source: dict | None = None):
         self.device = torch.device(device)
         self.extractor = extractor.eval().to(self.device)
         self.model = similarity.eval().to(self.device)
@@ -81,6 +101,12 @@ class VideoModel:
         self.scale = scale or (BASELINE_SCALE if self.is_baseline or head == "attention"
                                else RESIDUAL_SCALE if head == "residual" else TRAINED_SCALE)
         self.identity = identity or {}
+        # how to load this model again: {"checkpoint": path or None (the default model), "baseline": bool}
+        self.source = source or {"checkpoint": None, "baseline": self.is_baseline}
+        # features of the video files seen last, by path, size, modification time and fps
+        self.cache_bytes = FEATURE_CACHE_BYTES
+        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._cache_bytes = 0
 
     @property
     def min_frames(self) -> int:
@@ -98,8 +124,23 @@ class VideoModel:
             if video.shape[0] == 0:
                 raise ValueError("features of a video with no frames")
             return video.float()
+        key = _file_key(video, self.fps)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
         frames = load_frames(str(video), self.fps, None)
-        return self.extractor(frames.to(self.device)).float().cpu()
+        feats = self.extractor(frames.to(self.device)).float().cpu()
+        self._remember(key, feats)
+        return feats
+
+    def _remember(self, key: tuple, feats: torch.Tensor) -> None:
+        """Keeps ``feats`` in the cache, dropping the least recently used beyond its byte bound."""
+        self._cache[key] = feats
+        self._cache_bytes += feats.numel() * feats.element_size()
+        while self._cache_bytes > self.cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= old.numel() * old.element_size()
 
     # --- similarity ------------------------------------------------------------------------
 
@@ -166,7 +207,8 @@ def load_model(checkpoint: str | Path | None = None, *, baseline: bool = False, 
     ext = RegionFeatureExtractor.from_spec(spec, backbone_weights)
     sim = VideoSimilarityModel.baseline(spec.pca_dim, spec.k_s, spec.k_t) if baseline else VideoSimilarityModel.from_spec(spec)
     name = "default" if checkpoint is None else str(checkpoint)
-    return VideoModel(ext, sim, name + (" (Chamfer baseline)" if baseline else ""), fps, device=dev)
+    source = {"checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()), "baseline": baseline}
+    return VideoModel(ext, sim, name + (" (Chamfer baseline)" if baseline else ""), fps, device=dev, source=source)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from hapvr.errors import InputError
@@ -40,16 +41,40 @@ def describe(exc: BaseException) -> str:
     return text if text.startswith(flag) else f"{flag} {text}"
 
 
+# Exit codes of every command (README, "Exit codes"): all done; a usage or input error
+# (nothing could be used); finished, but some inputs failed (listed); Ctrl-C; the output pipe closed.
+EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED, EXIT_PIPE = 0, 2, 3, 130, 141
+
+
 def run_main(main, argv=None) -> int:
-    """Runs ``main(argv)``: :class:`UserError` and the library's :class:`~hapvr.errors.InputError`
-    (damaged and unsafe files among them) become one ``error:`` line and exit code 2."""
+    """Runs ``main(argv)`` and returns its exit code: :class:`UserError` and the library's
+    :class:`~hapvr.errors.InputError` (damaged and unsafe files among them) become one ``error:``
+    line and 2; Ctrl-C one ``interrupted`` line (what was kept and how to continue) and 130; a
+    closed output pipe (``| head``) ends quietly with 141. A command that finished with some inputs
+    failed returns 3 itself."""
     try:
-        return main(argv) or 0
+        return main(argv) or EXIT_OK
     except (UserError, InputError) as exc:
         print(f"error: {describe(exc)}", file=sys.stderr, flush=True)
-        return 2
+        return EXIT_USAGE
+    except KeyboardInterrupt as exc:
+        print(f"interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_PIPE
     except SystemExit as exc:  # argparse: --help (0) or a bad argument (2, its line already printed)
         return exc.code if isinstance(exc.code, int) else 1
+
+
+def _silence_stdout() -> None:
+    """After the reader of stdout went away: point stdout at /dev/null, so flushing it at exit
+    raises nothing more."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -146,7 +171,8 @@ def add_settings(parser: argparse.ArgumentParser, defaults) -> None:
                                 help=help_text)
 
 
-def add_threads(parser: argparse.ArgumentParser, default_text: str = "one per core") -> None:
+def add_threads(parser: argparse.ArgumentParser, default_text: str = "one per core this process may use (its "
+                                                                    "affinity mask and container CPU quota)") -> None:
     """``--threads N`` (CPU threads of torch and faiss); None when not given."""
     parser.add_argument("--threads", type=int_at_least(1),
                         help=f"CPU threads of torch and of faiss (default: {default_text})")

@@ -9,6 +9,10 @@ callers read the message alone.
 """
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a long job; the message says what was kept and how to continue."""
+
+
 class InputError(ValueError):
     """What the caller handed in cannot be used; the message names it and what to do."""
 

@@ -23,6 +23,8 @@ skipped are named in warnings, in the summary and in OUTPUT.failures.txt.
 from __future__ import annotations
 
 from hapvr.cli import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
     ArgumentParser,
     fail,
     input_file,
@@ -102,7 +104,10 @@ def _main(argv=None) -> int:
         note(f"  failed: {vid}: {why}")
     for vid, why in report.warnings[:10]:
         note(f"  warning: {vid}: {why}")
-    return 0
+    if report.failures and not (report.extracted or report.already):
+        fail(f"--videos {args.videos}: none of the {len(inputs)} videos could be used (listed in "
+             f"{report.failures_file})")
+    return EXIT_SOME_FAILED if report.failures else EXIT_OK
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from hapvr.api import load_model
 from hapvr.cli import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
     ArgumentParser,
     UserError,
     add_threads,
@@ -116,8 +118,7 @@ def _build(args, create: bool) -> int:
     here = job()
     try:
         index, inputs, exists = _check_build_args(args, create)
-        if args.threads or here.world > 1:  # torchrun's default of 1 thread a rank leaves cores idle
-            set_threads(args.threads or cores_per_rank())
+        set_threads(args.threads or cores_per_rank())  # torchrun's default of 1 thread a rank would leave cores idle
         try:
             model = load_model(args.checkpoint, baseline=args.baseline, device=str(process_device(args.device)),
                                fps=args.fps)
@@ -131,9 +132,13 @@ def _build(args, create: bool) -> int:
         report = build(model, index, inputs, exists, args.no_progress, note)
     else:
         report = build_sharded(model, index, inputs, exists, here.rank, here.world, args.no_progress, note)
-    if report is not None:
-        _summary(report)
-    return 0
+    if report is None:  # a rank other than 0
+        return EXIT_OK
+    _summary(report)
+    if report.failures and not (report.added or report.present):
+        fail(f"--videos {args.videos}: none of the {len(inputs)} videos could be used (listed in {report.failures_file})")
+    # under torchrun a non-zero code would make torchrun report the job as crashed: the failures are listed
+    return EXIT_SOME_FAILED if report.failures and here.world == 1 else EXIT_OK
 
 
 def _remove(args) -> int:

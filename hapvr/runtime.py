@@ -9,6 +9,7 @@ GPUs) and leave it with :func:`leave_group`.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -72,9 +73,35 @@ def set_threads(threads: int) -> None:
     faiss.omp_set_num_threads(threads)
 
 
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this process's container in cores (cgroup v2 ``cpu.max``, or v1
+    ``cpu.cfs_quota_us / cpu.cfs_period_us``), or None where there is none."""
+    try:
+        with open(os.path.join(root, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+            quota = int(f.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+            period = int(f.read())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def available_cores() -> int:
+    """Cores this process can really use: its affinity mask, capped by its container's CPU quota."""
+    cores = cpu_cores()
+    limit = cgroup_cpu_limit()
+    return max(1, min(cores, math.ceil(limit))) if limit else cores
+
+
 def cores_per_rank() -> int:
-    """This rank's share of the machine's cores (all of them outside torchrun)."""
-    return max(1, cpu_cores() // max(1, job().local_world))
+    """This rank's share of the usable cores (all of them outside torchrun)."""
+    return max(1, available_cores() // max(1, job().local_world))
 
 
 # --- the torchrun job ---------------------------------------------------------------------------

@@ -34,9 +34,9 @@ from hapvr.data.video import VideoDecodeError
 from hapvr.io.files import write_json, write_text
 from hapvr.retrieval.building import open_index
 from hapvr.retrieval.coarse import CoarseConfig
-from hapvr.retrieval.index_store import is_index
+from hapvr.retrieval.index_store import is_index, read_manifest
 from hapvr.retrieval.search import DuplicatesConfig, Searcher, duplicates
-from hapvr.runtime import set_threads
+from hapvr.runtime import available_cores, set_threads
 
 EXAMPLES = """\
   python -m hapvr.search --index my.index suspect.mp4
@@ -60,7 +60,7 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--nprobe", type=int_at_least(1),
                     help=f"IVF lists searched per query descriptor row (default: {CoarseConfig.nprobe}; with "
                          f"--duplicates {DuplicatesConfig.nprobe})")
-    add_threads(ap, "one per core, or OMP_NUM_THREADS")
+    add_threads(ap)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--duplicates", action="store_true", help="list the duplicate pairs and clusters of the index")
     ap.add_argument("--threshold", type=finite_float(), help="similarity of a duplicate pair (default: the model's copy threshold)")
@@ -73,9 +73,12 @@ def build_parser() -> ArgumentParser:
                     help="with --duplicates: drop proposals whose coarse similarity (in [-1, 1]) is below this; "
                          "the lever on large collections (default: keep all)")
     ap.add_argument("--no-segments", action="store_true", help="skip the localisation of copied segments")
-    ap.add_argument("--checkpoint", help="the checkpoint the index was built with (default: the default model)")
-    ap.add_argument("--baseline", action="store_true", help="the index was built with --baseline")
-    ap.add_argument("--fps", type=positive_float(), default=1.0, help="frames per second the index was built with")
+    ap.add_argument("--checkpoint", help="the model's checkpoint (default: the one the index was built with, which "
+                                         "it records; the default model for an index built without one)")
+    ap.add_argument("--baseline", action="store_true",
+                    help="the features-only Chamfer baseline (default: as the index was built)")
+    ap.add_argument("--fps", type=positive_float(),
+                    help="frames per second decoded from query videos (default: the index's)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     return ap
 
@@ -112,6 +115,8 @@ def _search(args, model, store) -> int:
         for rank, r in enumerate(results, 1):
             seg = "; ".join(f"{s['query_start']:.0f}-{s['query_end']:.0f} -> {s['target_start']:.0f}-{s['target_end']:.0f}"
                             for s in r["segments"][:2]) or "-"
+            if len(r["segments"]) > 2:  # the JSON has them all
+                seg += f" +{len(r['segments']) - 2} more"
             print(f"  {rank:>4}  {r['similarity']:>10.4f}  {'yes' if r['similarity'] >= copy else 'no':<5}  {seg:<34}  {r['id']}")
     if args.json:
         _write_json(args.json, {"queries": out})
@@ -128,7 +133,8 @@ def _duplicates(args, model, store) -> int:
                        coarse=CoarseConfig(kind=args.coarse), progress=True)
     print(f"{len(store)} indexed videos, {found.candidate_pairs} candidate pairs from the coarse stage, "
           f"{len(found.pairs)} pairs with similarity >= {threshold:g}"
-          f"{' (symmetric)' if args.symmetric else ''}, {len(found.clusters)} clusters")
+          f"{' (symmetric)' if args.symmetric else ''}, {len(found.clusters)} clusters; "
+          f"{1000 * sum(found.seconds.values()):.0f} ms")
     for i, cluster in enumerate(found.clusters, 1):
         print(f"  cluster {i}: {', '.join(cluster)}")
     for p in found.pairs[:50]:
@@ -147,6 +153,24 @@ def _duplicates(args, model, store) -> int:
         write_text(args.csv, text.getvalue())
         print(f"wrote {args.csv}", file=sys.stderr)
     return 0
+
+
+def _model_of_index(args):
+    """The model the index was built with (checkpoint, baseline or not, fps), unless the options
+    say otherwise; an index that recorded no checkpoint was built with the default model."""
+    manifest = read_manifest(args.index)
+    built = manifest.get("built_with", {})
+    fps = args.fps if args.fps is not None else float(manifest["space"].get("model", {}).get("fps", 1.0))
+    checkpoint = args.checkpoint or built.get("checkpoint")
+    if checkpoint and not args.checkpoint and not os.path.isfile(checkpoint):
+        fail(f"--index {args.index} was built with the checkpoint {checkpoint}, which is not there any more; pass "
+             f"--checkpoint FILE")
+    same = not args.checkpoint or (built.get("checkpoint") and os.path.realpath(args.checkpoint) == built["checkpoint"])
+    baseline = args.baseline or bool(same and built.get("baseline"))
+    try:
+        return load_model(checkpoint, baseline=baseline, device=args.device, fps=fps)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
 
 
 def _main(argv=None) -> int:
@@ -170,12 +194,8 @@ def _main(argv=None) -> int:
         input_file(args.checkpoint, "--checkpoint")
     if not is_index(args.index):
         fail(f"--index {args.index}: no index there (make one with python -m hapvr.index build)")
-    if args.threads:
-        set_threads(args.threads)
-    try:
-        model = load_model(args.checkpoint, baseline=args.baseline, device=args.device, fps=args.fps)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    set_threads(args.threads or available_cores())
+    model = _model_of_index(args)
     store = open_index(args.index, model)
     with store:
         return _duplicates(args, model, store) if args.duplicates else _search(args, model, store)

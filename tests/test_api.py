@@ -193,3 +193,27 @@ def test_one_name_per_concept_after_the_command_module_is_imported(use_default):
     assert hapvr.compare_videos(d / "other.mp4", d / "other.mp4").similarity == pytest.approx(1.0, abs=1e-4)
     model = hapvr.load_model()
     assert model.compare(d / "other.mp4", d / "other.mp4").similarity == pytest.approx(1.0, abs=1e-4)
+
+
+def test_repeated_calls_decode_each_file_once(use_default, monkeypatch):
+    """The model keeps the features of the files it decoded (by path, size, modification time
+    and fps): repeated similarity calls decode each file once; a changed file is decoded again."""
+    import hapvr.api as api
+
+    d = use_default
+    model = hapvr.load_model()
+    decoded = []
+    real = api.load_frames
+    monkeypatch.setattr(api, "load_frames", lambda path, *a: decoded.append(path) or real(path, *a))
+    first = model.similarity(d / "copy_inside.mp4", d / "source.mp4")
+    for _ in range(5):
+        assert model.similarity(d / "copy_inside.mp4", d / "source.mp4") == first
+    assert len(decoded) == 2
+    feats = model.features(d / "source.mp4")
+    assert model.similarity(feats, d / "source.mp4") == pytest.approx(model.similarity(d / "source.mp4", feats))
+    os.utime(d / "source.mp4", ns=(1, 1))  # another modification time: decoded again
+    model.features(d / "source.mp4")
+    assert len(decoded) == 3
+    model.cache_bytes = 0  # a bound below one video keeps only the last one
+    model.features(d / "other.mp4")
+    assert len(model._cache) == 1

@@ -95,7 +95,7 @@ def test_hapvr_checkpoint_round_trip_and_extract(tmp_path):
     (videos / "broken.mp4").write_bytes(b"not a video")
     out = tmp_path / "features.hdf5"
     args = ["--videos", str(videos), "--output", str(out), "--checkpoint", str(ckpt), "--no-progress"]
-    assert extract_main(args) == 0
+    assert extract_main(args) == 3  # finished, one video failed (listed)
     with h5py.File(out) as f:
         assert sorted(f) == ["a", "b"]
         assert f["a"].shape == (3, 9, 512) and f["b"].shape == (2, 9, 512)
@@ -104,8 +104,8 @@ def test_hapvr_checkpoint_round_trip_and_extract(tmp_path):
         first = f["a"][()]
     failures = (tmp_path / "features.hdf5.failures.txt").read_text()
     assert failures.startswith("broken\t")
-    # Resumed: nothing is extracted again, existing features are untouched.
-    assert extract_main(args) == 0
+    # Resumed: nothing is extracted again, existing features are untouched; the broken one fails again.
+    assert extract_main(args) == 3
     with h5py.File(out) as f:
         assert (f["a"][()] == first).all()
     # The features evaluate with the checkpoint's model.

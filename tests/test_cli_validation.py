@@ -367,3 +367,24 @@ def test_compare_search_index_arguments(module, argv, needle, capsys, tmp_path, 
     assert main(argv) == 2
     assert needle in _one_error(capsys.readouterr().err)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_run_main_exit_codes_for_interrupts_and_closed_pipes(capsys):
+    """Ctrl-C: one ``interrupted`` line (with what the job kept), 130; a closed output pipe: no
+    output on stderr, 141."""
+    from hapvr.cli import run_main
+    from hapvr.errors import Interrupted
+
+    def interrupted(argv):
+        raise Interrupted("3 videos saved in out.parts; run the same command to continue")
+
+    def plain_interrupt(argv):
+        raise KeyboardInterrupt
+
+    def closed_pipe(argv):
+        raise BrokenPipeError
+
+    assert run_main(interrupted) == 130
+    assert capsys.readouterr().err == "interrupted: 3 videos saved in out.parts; run the same command to continue\n"
+    assert run_main(plain_interrupt) == 130 and capsys.readouterr().err == "interrupted\n"
+    assert run_main(closed_pipe) == 141 and capsys.readouterr().err == ""

@@ -53,7 +53,7 @@ def reference(clips, tmp_path_factory):
     start = time.perf_counter()
     try:
         assert index_main(["build", "--videos", str(clips), "--index", str(index), "--threads", "1",
-                           "--no-progress"]) == 0
+                           "--no-progress"]) == 3  # broken.mp4 failed (listed)
     finally:
         torch.set_num_threads(threads[0])
         faiss.omp_set_num_threads(threads[1])
@@ -88,7 +88,8 @@ def test_sharded_build_equals_the_one_process_build_and_takes_up_staged_videos(c
 
     # an interrupted sharded build: rank 0 made the index, v2s was staged (with its stored features:
     # the float16 round trip is exact, so the index must still equal the reference bit for bit)
-    assert index_main(["build", "--videos", str(clips / "broken.mp4"), "--index", str(index), "--no-progress"]) == 0
+    # no input could be used: exit 2, and the (empty) index it made is kept
+    assert index_main(["build", "--videos", str(clips / "broken.mp4"), "--index", str(index), "--no-progress"]) == 2
     staging_area(index).write("v2s", ref_feats["v2s"].numpy())
 
     log = _torchrun(argv, tmp_path / "build.log")
@@ -133,7 +134,7 @@ def test_a_one_process_build_adds_staged_videos_without_extracting_them(clips, r
     assert index_main(["info", "--index", str(index)]) == 0
     assert "2 more videos staged by an interrupted sharded build" in capsys.readouterr().out
 
-    assert index_main(["build", "--videos", str(clips), *one]) == 0
+    assert index_main(["build", "--videos", str(clips), *one]) == 3
     err = capsys.readouterr().err
     assert "5 videos, 1 already in" in err and "2 staged by an interrupted run, 3 to add" in err, err
     assert "added 4 (2 staged by an interrupted run), already present 1, failed 1" in err, err

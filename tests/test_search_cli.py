@@ -164,3 +164,76 @@ def test_coarse_kind_nprobe_threads_and_duplicate_proposals(use_default, collect
     assert 4 <= one <= 6
     near, out = proposals("--neighbours", "1", "--min-coarse", "0.99")  # identical frames only
     assert near == 1 and "cluster 1: reupload, source" in out
+
+
+def test_ctrl_c_during_a_build_keeps_what_is_done_and_says_how_to_continue(use_default, collection, tmp_path,
+                                                                            capsys, monkeypatch):
+    """Ctrl-C after two videos: one line saying what was saved, exit 130; the same command continues."""
+    from hapvr.api import VideoModel
+
+    index = tmp_path / "i"
+    real, calls = VideoModel.features, []
+
+    def interrupted_after_two(self, video):
+        calls.append(video)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, video)
+
+    monkeypatch.setattr(VideoModel, "features", interrupted_after_two)
+    assert index_main(["build", "--videos", str(collection), "--index", str(index), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == f"interrupted: 2 videos saved in {index}; run the same command to continue"
+    assert "Traceback" not in err
+    monkeypatch.setattr(VideoModel, "features", real)
+    assert index_main(["build", "--videos", str(collection), "--index", str(index), "--no-progress"]) == 0
+    assert "added 5, already present 2" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_quietly(use_default, collection, tmp_path):
+    """``search --duplicates | head -1``: the first line, then a quiet exit (no BrokenPipeError)."""
+    import subprocess
+
+    index = tmp_path / "i"  # built with a checkpoint, which the index records for the search in another process
+    assert index_main(["build", "--videos", str(collection), "--index", str(index), "--checkpoint",
+                       str(use_default / "checkpoint.pt"), "--no-progress"]) == 0
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run(f"{sys.executable} -m hapvr.search --index {index} --duplicates --threshold -1 | head -c 1",
+                          shell=True, capture_output=True, text=True, env=env)
+    assert proc.stdout and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_exit_codes_of_partial_and_total_failure(use_default, collection, tmp_path, capsys):
+    """0: all done; 3: finished with some inputs failed (listed); 2: no input could be used."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "junk.mp4").write_bytes(os.urandom(3000))
+    assert index_main(["build", "--videos", str(broken), "--index", str(tmp_path / "a"), "--no-progress"]) == 2
+    assert "none of the 1 videos could be used" in _one_error(capsys.readouterr().err)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "junk.mp4").write_bytes(os.urandom(3000))
+    (mixed / "source.mp4").write_bytes((collection / "source.mp4").read_bytes())
+    assert index_main(["build", "--videos", str(mixed), "--index", str(tmp_path / "b"), "--no-progress"]) == 3
+    assert "failed 1 (listed in" in capsys.readouterr().err
+
+
+def test_an_empty_folder_of_frames_as_query_says_so(use_default, collection, tmp_path, capsys):
+    index = tmp_path / "i"
+    assert index_main(["build", "--videos", str(collection), "--index", str(index), "--no-progress"]) == 0
+    (tmp_path / "frames").mkdir()
+    assert search_main(["--index", str(index), str(tmp_path / "frames")]) == 2
+    assert "is a folder of frames, and it holds none" in _one_error(capsys.readouterr().err)
+
+
+def test_search_takes_the_model_and_fps_from_the_index(use_default, collection, tmp_path, capsys):
+    """An index built with --baseline --fps 2 is searched with them without repeating them; a
+    mismatch names only what differs."""
+    index = tmp_path / "i"
+    assert index_main(["build", "--videos", str(collection), "--index", str(index), "--baseline", "--fps", "2",
+                       "--no-progress"]) == 0
+    capsys.readouterr()
+    assert search_main(["--index", str(index), str(collection / "excerpt.mp4"), "--top", "1"]) == 0
+    assert search_main(["--index", str(index), str(collection / "excerpt.mp4"), "--fps", "1"]) == 2
+    line = _one_error(capsys.readouterr().err)
+    assert "model.fps: 2.0 -> 1.0" in line and "scorer" not in line and len(line) < 400, line

@@ -159,7 +159,8 @@ def frame_folder_names(path: str) -> list[str]:
     """The frame files of a folder of pre-extracted frames, in time (name) order."""
     names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
     if not names:
-        raise VideoDecodeError(f"{path}: no frames ({', '.join(IMAGE_EXTENSIONS)})")
+        raise VideoDecodeError(f"{path} is a folder of frames, and it holds none (images {' '.join(IMAGE_EXTENSIONS)}); "
+                               f"give a video file or a folder of frame images")
     return names
 
 

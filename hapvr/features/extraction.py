@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from hapvr.data.video import VideoDecodeError, load_frames
-from hapvr.errors import InputError
+from hapvr.errors import InputError, Interrupted
 from hapvr.features.extractor import RegionFeatureExtractor
 from hapvr.features.pca import pca_file_content, read_pca_file
 from hapvr.io.files import save_torch, write_text
@@ -109,22 +109,26 @@ def extract_to_hdf5(extractor: RegionFeatureExtractor, inputs: list[tuple[str, s
     encode = extractor.descriptors if raw else extractor
     low = precision_dtype(precision)
     failed = {vid for vid, _ in report.failures}
-    for vid, path in progress_bar(todo, desc="extracting", unit="video", disable=not progress):
-        if vid in failed:
-            continue
-        warnings: list[str] = []
-        try:
-            frames = load_frames(path, fps, max_frames, warnings)
-            with torch.autocast(device.type, dtype=low, enabled=precision != "fp32"):
-                feats = encode(frames.to(device)).float().cpu()
-        except VideoDecodeError as exc:
-            log(f"warning: skipping {vid}: {exc}")
-            report.failures.append((vid, str(exc)))
-            continue
-        for w in warnings:
-            log(f"warning: {vid}: {w}")
-            report.warnings.append((vid, w))
-        parts.write(vid, feats.numpy())
+    try:
+        for vid, path in progress_bar(todo, desc="extracting", unit="video", disable=not progress):
+            if vid in failed:
+                continue
+            warnings: list[str] = []
+            try:
+                frames = load_frames(path, fps, max_frames, warnings)
+                with torch.autocast(device.type, dtype=low, enabled=precision != "fp32"):
+                    feats = encode(frames.to(device)).float().cpu()
+            except VideoDecodeError as exc:
+                log(f"warning: skipping {vid}: {exc}")
+                report.failures.append((vid, str(exc)))
+                continue
+            for w in warnings:
+                log(f"warning: {vid}: {w}")
+                report.warnings.append((vid, w))
+            parts.write(vid, feats.numpy())
+    except KeyboardInterrupt:
+        raise Interrupted(f"{len(parts.done())} videos saved in {parts.dir}; run the same command to continue "
+                          f"(they go into {output} when it finishes)") from None
     finished = parts.done()
     parts.merge_into(output, {"hapvr_space": space, "backbone": extractor.backbone_name}, finished)
     report.extracted = len(set(finished) - in_output)

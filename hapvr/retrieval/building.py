@@ -23,7 +23,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from hapvr.data.video import VideoDecodeError
-from hapvr.errors import InputError
+from hapvr.errors import InputError, Interrupted
 from hapvr.io.files import write_text
 from hapvr.io.staging import StagedVideos
 from hapvr.progress import progress as progress_bar
@@ -73,7 +73,7 @@ def open_for_writing(index: Path, model, exists: bool) -> IndexStore:
     """The index open for writing (created when it does not exist)."""
     if exists:
         return open_index(index, model, writable=True)
-    return IndexStore.create(index, model_space(model), (9, int(model.model.dim)))
+    return IndexStore.create(index, model_space(model), (9, int(model.model.dim)), built_with=model.source)
 
 
 def extract(model, todo, failures: list, quiet: bool, rank: int | None = None, log=print):
@@ -160,9 +160,12 @@ def build(model, index: Path, inputs: list[tuple[str, str]], exists: bool, quiet
         todo, report.present, _ = plan(store, staging, inputs, index, model.name, log=log)
         report.resumed = len(add_staged(store, staging, inputs, report.failures))
         extracted = 0
-        for vid, feats in extract(model, todo, report.failures, quiet, log=log):
-            store.add(vid, feats)
-            extracted += 1
+        try:
+            for vid, feats in extract(model, todo, report.failures, quiet, log=log):
+                store.add(vid, feats)
+                extracted += 1
+        except KeyboardInterrupt:
+            raise Interrupted(f"{len(store)} videos saved in {index}; run the same command to continue") from None
         report.added = report.resumed + extracted
         report.total = len(store)
     return finish(report, index, inputs)
@@ -192,8 +195,12 @@ def build_sharded(model, index: Path, inputs: list[tuple[str, str]], exists: boo
                 raise todo[0]
             return None
         failures: list[tuple[str, str]] = []
-        for vid, feats in extract(model, todo[0][0][rank::world], failures, quiet, rank, log):
-            staging.write(vid, feats.numpy())
+        try:
+            for vid, feats in extract(model, todo[0][0][rank::world], failures, quiet, rank, log):
+                staging.write(vid, feats.numpy())
+        except KeyboardInterrupt:
+            raise Interrupted(f"rank {rank}: the videos it extracted are kept in {staging.dir}; run the same "
+                              f"command to continue") from None
         if failures:
             staging.dir.mkdir(parents=True, exist_ok=True)
         write_failures(staging.dir / f"failures.rank{rank}.txt", failures)

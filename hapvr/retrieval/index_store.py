@@ -101,6 +101,22 @@ def is_index(path: str | Path) -> bool:
     return (Path(path) / "manifest.json").is_file()
 
 
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of the index at ``path`` (what it holds and how it was built), read alone."""
+    path = Path(path)
+    if not is_index(path):
+        raise FileNotFoundError(f"no index at {path} (no manifest.json); create one first")
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise CorruptFileError(f"index {path}: unreadable manifest.json ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise CorruptFileError(f"index {path}: manifest format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
 def space_differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
     """What differs between two feature-space descriptions, one ``key: a -> b`` entry each."""
     out = []
@@ -163,12 +179,15 @@ class IndexStore:
 
     @classmethod
     def create(cls, path: str | Path, space: dict, region_shape: tuple[int, int],
-               descriptor: DescriptorConfig = DescriptorConfig(), durable: bool = True) -> "IndexStore":
+               descriptor: DescriptorConfig = DescriptorConfig(), durable: bool = True,
+               built_with: dict | None = None) -> "IndexStore":
         """A new empty index at ``path`` (a folder that does not exist or is empty), open for writing.
 
         ``space`` describes the feature space, e.g. ``{"scorer": scorer.fingerprint(), "backbone":
         ..., "pca": digest of the PCA file}``; it must be JSON-serialisable, and later opens must
-        pass an equal one. ``region_shape`` is ``(R, D)`` of every video's ``[T, R, D]``."""
+        pass an equal one. ``region_shape`` is ``(R, D)`` of every video's ``[T, R, D]``.
+        ``built_with``: how to load that model again (a checkpoint path, ...), kept for the tools
+        and not compared."""
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise FileExistsError(f"cannot create an index at {path}: it exists and is not an empty folder "
@@ -181,6 +200,8 @@ class IndexStore:
         manifest = {"format": FORMAT, "uid": uuid.uuid4().hex, "space": space, "region_shape": [R, D],
                     "storage_dtype": np.dtype(STORAGE_DTYPE).name, "descriptor": asdict(descriptor),
                     "generation": 0}
+        if built_with is not None:
+            manifest["built_with"] = _as_json(built_with)
         store = cls(path, manifest, writable=True, durable=durable)
         store._lock()
         for kind in ("frames", "desc", "journal"):
@@ -196,26 +217,14 @@ class IndexStore:
         another feature space. ``writable``: take the writer's lock and drop what a killed writer
         left half-written."""
         path = Path(path)
-        manifest_path = path / "manifest.json"
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"no index at {path} (no manifest.json); create one first")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            if not isinstance(manifest, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            raise CorruptFileError(f"index {path}: unreadable manifest.json ({exc})") from None
-        if manifest.get("format") != FORMAT:
-            raise CorruptFileError(f"index {path}: manifest format {manifest.get('format')!r}, expected {FORMAT!r}")
+        manifest = read_manifest(path)
         if space is not None:
             space = _as_json(space)
         if space is not None and manifest["space"] != space:
             raise ValueError(
-                f"index {path} was built in another feature space: it holds "
-                f"{json.dumps(manifest['space'], sort_keys=True)}, this run has {json.dumps(space, sort_keys=True)} "
-                "(differences: "
-                f"{'; '.join(space_differences(manifest['space'], space))}). Rebuild the index with these features "
-                "and scorer, or use the ones it was built with")
+                f"index {path} was built with another model or feature settings (index -> this run: "
+                f"{'; '.join(space_differences(manifest['space'], space))}); search it with the model and settings "
+                "it was built with, or rebuild it")
         store = cls(path, manifest, writable=writable, durable=durable)
         if writable:
             store._lock()
@@ -467,6 +476,11 @@ class IndexStore:
     @property
     def space(self) -> dict:
         return self.manifest["space"]
+
+    @property
+    def built_with(self) -> dict:
+        """How the index's model is loaded again (empty for indexes that did not record it)."""
+        return self.manifest.get("built_with", {})
 
     @property
     def _frame_bytes(self) -> int:
