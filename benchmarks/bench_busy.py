@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     query = str(clips / "v2s.mov")
     cores = available_cores()
     settings = [("default", None, None)] + [(f"--threads {n}", n, None) for n in range(1, cores + 1)]
-    settings += [("default, OpenMP's own waiting (before)", None, {"OMP_WAIT_POLICY": ""})]
+    # the commands before 2026-12-07: every core, and OpenMP's own waiting (spin, then sleep)
+    settings += [(f"before: --threads {cores}, OpenMP's own waiting", cores, {"OMP_WAIT_POLICY": ""})]
     rows, results = [], {}
     for busy in (0, args.busy):
         hogs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(busy)]

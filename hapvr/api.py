@@ -31,30 +31,11 @@ from hapvr.data.video import load_frames
 from hapvr.evaluation.scorers import ChamferBaseline, ModelScorer, state_dict_digest
 from hapvr.features.extractor import RegionFeatureExtractor
 from hapvr.io.checkpoint import load_default_model, read_model_file
-from hapvr.localization import Segment, chamfer_frame_map, localize
+from hapvr.localization import Segment, chamfer_frame_map, localize_explained
 from hapvr.models import VideoSimilarityModel
+from hapvr.models.scales import (BASELINE_SCALE, RESIDUAL_SCALE, TRAINED_SCALE,  # noqa: F401  (documented here)
+                                 ScoreScale, scale_of)
 from hapvr.runtime import resolve_device
-
-
-@dataclass
-class ScoreScale:
-    """What a model's scores mean: their ``range`` and the ``threshold`` above which a pair is
-    called a copy (calibrated on the built-in benchmark, docs/scores.md)."""
-
-    low: float
-    high: float
-    threshold: float
-    localize_threshold: float  # frame-map level above which frames are matched by the localiser
-
-
-# Thresholds: the lowest query -> target score with pooled precision >= 0.95 (copies vs unrelated
-# videos) on the built-in held-out benchmark, benchmarks/calibrate_scores.py (docs/scores.md). The
-# baseline's and the residual head's were measured 2026-11-30 over the default model's PCA, the
-# paper head's 2026-11-29 over the PCA of the checkpoint it was calibrated with.
-# The localiser works on the frame map, which is the same (normalised features) for every model.
-BASELINE_SCALE = ScoreScale(0.0, 1.0, threshold=0.41, localize_threshold=0.5)
-RESIDUAL_SCALE = ScoreScale(-1.0, 1.0, threshold=0.37, localize_threshold=0.5)  # the default model's head
-TRAINED_SCALE = ScoreScale(-1.0, 1.0, threshold=0.41, localize_threshold=0.5)  # the paper's head (visil)
 
 
 FEATURE_CACHE_BYTES = 1 << 30  # decoded features a VideoModel keeps (about 15 hours of video at 1 fps)
@@ -95,11 +76,7 @@ class VideoModel:
         self.name = name
         self.fps = fps
         self.is_baseline = similarity.is_baseline
-        # the attention head starts as the baseline and keeps its [0, 1] scale; the residual head's psi correction
-        # and Hardtanh give [-1, 1] (benchmarks/calibrate_scores.py recalibrates any of them)
-        head = getattr(similarity, "head", "visil")
-        self.scale = scale or (BASELINE_SCALE if self.is_baseline or head == "attention"
-                               else RESIDUAL_SCALE if head == "residual" else TRAINED_SCALE)
+        self.scale = scale or scale_of(similarity)
         self.identity = identity or {}
         # how to load this model again: {"checkpoint": path or None (the default model), "baseline": bool}
         self.source = source or {"checkpoint": None, "baseline": self.is_baseline}
@@ -164,11 +141,10 @@ class VideoModel:
         fa, fb = self.features(a).to(self.device), self.features(b).to(self.device)
         return chamfer_frame_map(fa, fb, self.model.k_s).float().cpu()
 
-    def copied_segments(self, a, b, **localize_options) -> list[Segment]:
-        """The copied segments of ``a`` (query) in ``b`` (target), best first, with this model's
-        localisation threshold (:func:`hapvr.localization.localize`; options override)."""
-        options = {"threshold": self.scale.localize_threshold, **localize_options}
-        return localize(self.frame_map(a, b), fps=self.fps, **options)
+    def locate_copies(self, a, b, **localize_options) -> tuple[list[Segment], str | None]:
+        """The copied segments of ``a`` (query) in ``b`` (target), best first, and when there are
+        none, why (:func:`hapvr.localization.localize_explained`, whose options can be passed)."""
+        return localize_explained(self.frame_map(a, b), self.fps, **localize_options)
 
     def compare(self, a, b, **options) -> "Comparison":
         """:func:`compare_videos` with this model."""
@@ -213,7 +189,8 @@ def load_model(checkpoint: str | Path | None = None, *, baseline: bool = False, 
 
 @dataclass
 class Comparison:
-    """The result of :func:`compare`. ``to_dict()`` is the fixed JSON layout other tools read."""
+    """The result of :func:`compare_videos`. ``to_dict()`` is the fixed JSON layout other tools
+    read (docs/formats.md). ``reason``: why no segment was found (None when there are segments)."""
 
     query: str
     target: str
@@ -221,10 +198,11 @@ class Comparison:
     fps: float
     frame_map: torch.Tensor = field(repr=False)
     segments: list[Segment]
+    reason: str | None = None
 
     def to_dict(self) -> dict:
         return {"query": self.query, "target": self.target, "similarity": float(self.similarity),
-                "fps": float(self.fps), "segments": [s.to_dict() for s in self.segments]}
+                "fps": float(self.fps), "segments": [s.to_dict() for s in self.segments], "reason": self.reason}
 
     def plot(self, path: str | Path, title: str | None = None) -> None:
         """The frame map as a heatmap (query frames down, target frames across, in seconds) with
@@ -251,8 +229,8 @@ class Comparison:
         fig.savefig(path, dpi=120)
 
 
-def compare_videos(a, b, model: VideoModel | None = None, *, symmetric: bool = False, localize_threshold: float | None = None,
-            names: tuple[str, str] | None = None, **localize_options) -> Comparison:
+def compare_videos(a, b, model: VideoModel | None = None, *, symmetric: bool = False,
+                   names: tuple[str, str] | None = None, **localize_options) -> Comparison:
     """Compare video ``a`` (query) with video ``b`` (target): the video-level similarity, the
     ``[T, T']`` frame map and the copied segments (:func:`hapvr.localization.localize`, whose
     options can be passed here), times in seconds from each video's start.
@@ -263,8 +241,7 @@ def compare_videos(a, b, model: VideoModel | None = None, *, symmetric: bool = F
     fa, fb = model.features(a), model.features(b)
     sim = model.similarity(fa, fb, symmetric=symmetric)
     fmap = model.frame_map(fa, fb)
-    thr = model.scale.localize_threshold if localize_threshold is None else localize_threshold
-    segments = localize(fmap, fps=model.fps, threshold=thr, **localize_options)
+    segments, reason = localize_explained(fmap, model.fps, **localize_options)
     qa, qb = names or (str(a) if not isinstance(a, torch.Tensor) else "query",
                        str(b) if not isinstance(b, torch.Tensor) else "target")
-    return Comparison(qa, qb, float(sim), float(model.fps), fmap, segments)
+    return Comparison(qa, qb, float(sim), float(model.fps), fmap, segments, reason)

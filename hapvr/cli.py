@@ -171,8 +171,9 @@ def add_settings(parser: argparse.ArgumentParser, defaults) -> None:
                                 help=help_text)
 
 
-def add_threads(parser: argparse.ArgumentParser, default_text: str = "one per core this process may use (its "
-                                                                    "affinity mask and container CPU quota)") -> None:
+def add_threads(parser: argparse.ArgumentParser, default_text: str = "one per core this process may use (affinity "
+                                                                    "mask, container quota) and that other "
+                                                                    "processes are not running on") -> None:
     """``--threads N`` (CPU threads of torch and faiss); None when not given."""
     parser.add_argument("--threads", type=int_at_least(1),
                         help=f"CPU threads of torch and of faiss (default: {default_text})")

@@ -13,10 +13,19 @@ import os
 import sys
 
 from hapvr.api import compare_videos, load_model
-from hapvr.cli import ArgumentParser, fail, finite_float, input_file, output_file, positive_float, run_main
+from hapvr.cli import (
+    ArgumentParser,
+    fail,
+    finite_float,
+    input_file,
+    output_file,
+    positive_float,
+    run_main,
+)
 from hapvr.data.video import VideoDecodeError
 from hapvr.evaluation.feature_store import FeatureStore
 from hapvr.io.files import write_json
+from hapvr.runtime import default_threads, set_threads
 
 EXAMPLES = """\
   python -m hapvr.compare original.mp4 suspect.mp4
@@ -61,6 +70,7 @@ def _inputs(args, model):
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    set_threads(default_threads())
     if args.checkpoint:
         input_file(args.checkpoint, "--checkpoint")
     if args.features:
@@ -91,9 +101,9 @@ def _main(argv=None) -> int:
         print(f"  {'query start':>11} {'query end':>9} {'target start':>12} {'target end':>10} {'score':>6}")
         for s in result.segments:
             print(f"  {s.query_start:>11.1f} {s.query_end:>9.1f} {s.target_start:>12.1f} {s.target_end:>10.1f} "
-                  f"{s.score:>6.3f}")
+                  f"{s.score:>6.3f}" + ("  (played backwards)" if s.reversed else ""))
     else:
-        print("no copied segment found")
+        print(f"no copied segment: {result.reason}")
     if args.json:
         write_json(args.json, result.to_dict())
         print(f"wrote {args.json}", file=sys.stderr)

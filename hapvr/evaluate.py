@@ -12,17 +12,37 @@ from __future__ import annotations
 
 import sys
 
-from hapvr.cli import ArgumentParser, fail, input_file, int_at_least, output_file, output_folder, run_main
+from hapvr.cli import (
+    ArgumentParser,
+    fail,
+    input_file,
+    int_at_least,
+    output_file,
+    output_folder,
+    run_main,
+)
 from hapvr.evaluation.benchmarks import LOADERS, evaluate_scores, load_benchmark
 from hapvr.evaluation.engine import EngineConfig, compute_scores_in_job
 from hapvr.evaluation.feature_store import FeatureStore
-from hapvr.evaluation.report import format_table, plot_pr, pooled_rankings, read_ids, results_payload
+from hapvr.evaluation.report import (
+    format_table,
+    plot_pr,
+    pooled_rankings,
+    read_ids,
+    results_payload,
+)
 from hapvr.evaluation.scorers import ChamferBaseline, load_scorer
 from hapvr.io.files import write_json
 from hapvr.ops import BACKEND_NAMES
 from hapvr.ops._spatial_tiled import default_workspace_bytes
 from hapvr.precision import PRECISIONS
-from hapvr.runtime import job, process_device
+from hapvr.runtime import (
+    cores_per_rank,
+    default_threads,
+    job,
+    process_device,
+    set_threads,
+)
 
 EXAMPLES = """\
   python -m hapvr.evaluate --dataset fivr-5k --features fivr.hdf5 --annotations fivr.pickle --features-only
@@ -97,6 +117,7 @@ def make_scorer(args):
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    set_threads(default_threads(cores_per_rank()))
     check_args(args)
     try:
         bench = load_benchmark(args.dataset, args.annotations)

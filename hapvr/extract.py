@@ -41,7 +41,7 @@ from hapvr.features.pca import PCAFileError
 from hapvr.io.checkpoint import read_model_file
 from hapvr.precision import PRECISIONS
 from hapvr.progress import note
-from hapvr.runtime import resolve_device
+from hapvr.runtime import default_threads, resolve_device, set_threads
 
 EXAMPLES = """\
   python -m hapvr.extract --videos DIR --output features.hdf5 --checkpoint runs/hapvr/checkpoint.pt
@@ -75,6 +75,7 @@ def build_parser() -> ArgumentParser:
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    set_threads(default_threads())
     for arg, path in (("--checkpoint", args.checkpoint), ("--backbone-weights", args.backbone_weights)):
         if path:
             input_file(path, arg)

@@ -50,7 +50,7 @@ from hapvr.retrieval.building import (
     staging_area,
 )
 from hapvr.retrieval.index_store import is_index
-from hapvr.runtime import cores_per_rank, job, process_device, set_threads
+from hapvr.runtime import cores_per_rank, default_threads, job, process_device, set_threads
 
 EXAMPLES = """\
   python -m hapvr.index build --videos my_videos/ --index my.index
@@ -118,7 +118,8 @@ def _build(args, create: bool) -> int:
     here = job()
     try:
         index, inputs, exists = _check_build_args(args, create)
-        set_threads(args.threads or cores_per_rank())  # torchrun's default of 1 thread a rank would leave cores idle
+        # torchrun's default of 1 thread a rank would leave cores idle
+        set_threads(args.threads or default_threads(cores_per_rank()))
         try:
             model = load_model(args.checkpoint, baseline=args.baseline, device=str(process_device(args.device)),
                                fps=args.fps)

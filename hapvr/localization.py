@@ -49,8 +49,9 @@ class Segment:
     target_start: float
     target_end: float
     score: float
+    reversed: bool = False  # the target plays the query's frames backwards
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | bool]:
         return dataclasses.asdict(self)
 
 
@@ -58,34 +59,50 @@ class Segment:
 class LocalizationConfig:
     """Parameters of :func:`localize` and their defaults.
 
-    threshold: a frame pair becomes a node when its similarity is at least this (map units).
+    threshold: a frame pair becomes a node when its similarity is at least this (map units);
+        with ``threshold_margin``, at least the larger of this and the map's median plus the
+        margin (the pair's own background: an edited copy sits lower on the map, and so do its
+        unrelated frame pairs).
     top_k: nodes kept per query frame (its most similar target frames).
     max_gap: largest step between consecutive path nodes on either axis, in frames of the map
         (``max_gap - 1`` unmatched frames may be skipped).
     max_speed: allowed playback-speed ratio; an edge's slope ``dj / di`` must lie in
         ``[1 / max_speed, max_speed]`` (2.0 finds 0.5x to 2x copies).
     min_length: shortest reported segment, in seconds, on both the query and the target axis.
-    min_score: lowest mean similarity along a reported path (map units).
+    min_score: lowest mean similarity along a reported path (map units); with ``score_margin``,
+        the larger of this and the map's median plus the margin.
+    threshold_margin, score_margin: see above; None: the thresholds alone.
     max_segments: most segments returned per pair.
     max_overlap: a segment whose box has IoU above this with a better-scoring one is dropped.
     max_paths: most paths examined (DP passes) per pair, found or rejected; bounds the time
         spent on noisy maps.
+    reverse: also look for copies played backwards (the network run on the map with the
+        target's time reversed).
     """
 
-    threshold: float = 0.5
+    # threshold, min_score and the margins: calibrated on the validation benchmark's copies
+    # (benchmarks/calibrate_localization.py, docs/localization.md)
+    threshold: float = 0.15
     top_k: int = 5
     max_gap: int = 5
     max_speed: float = 2.0
     min_length: float = 3.0
-    min_score: float = 0.6
+    min_score: float = 0.25
     max_segments: int = 10
     max_overlap: float = 0.3
     max_paths: int = 100
+    reverse: bool = True
+    threshold_margin: float | None = None
+    score_margin: float | None = 0.06
 
     def __post_init__(self):
         for name in ("threshold", "min_score"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
+        for name in ("threshold_margin", "score_margin"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number or None, got {value!r}")
         for name in ("top_k", "max_gap", "max_segments", "max_paths"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -98,16 +115,15 @@ class LocalizationConfig:
             raise ValueError(f"max_overlap must be an IoU in [0, 1], got {self.max_overlap!r}")
 
 
-# Starting points for the two kinds of map (not tuned on annotated copies; tune threshold and
-# min_score on a few labelled pairs of your own). Use as ``localize(sim, fps, **PRESETS[name])``.
+# The two kinds of map. Use as ``localize(sim, fps, **PRESETS[name])``.
 PRESETS: dict[str, dict] = {
-    # Spatial TopK-Chamfer maps m_s of the features-only baseline: about [0, 1], identical
-    # frames 1, unrelated frames assumed mostly 0.1-0.4. These are the defaults. (Region attention
-    # scales m_s down by its weights: calibrate for a trained model's m_s.)
+    # Region Chamfer maps of L2-normalised features (what compare and search localise on): about
+    # [0, 1], identical frames 1. The defaults, calibrated on the validation benchmark's copies.
     "chamfer": dataclasses.asdict(LocalizationConfig()),
-    # The trained comparator's output after Hardtanh: [-1, 1], unrelated frames assumed near or below 0.
-    # Its map has one cell per 4 frames: pass fps = extraction fps / 4.
-    "trained": dataclasses.asdict(LocalizationConfig(threshold=0.3, min_score=0.5)),
+    # The paper head's comparator output after Hardtanh: [-1, 1], unrelated frames near or below
+    # 0; one cell per 4 frames: pass fps = extraction fps / 4. (Not calibrated.)
+    "trained": dataclasses.asdict(LocalizationConfig(threshold=0.3, min_score=0.5, threshold_margin=None,
+                                                     score_margin=None)),
 }
 
 _D = LocalizationConfig  # the dataclass's fields hold the defaults
@@ -116,32 +132,112 @@ _D = LocalizationConfig  # the dataclass's fields hold the defaults
 def localize(sim, fps: float = 1.0, *, threshold: float = _D.threshold, top_k: int = _D.top_k,
              max_gap: int = _D.max_gap, max_speed: float = _D.max_speed, min_length: float = _D.min_length,
              min_score: float = _D.min_score, max_segments: int = _D.max_segments,
-             max_overlap: float = _D.max_overlap, max_paths: int = _D.max_paths) -> list[Segment]:
+             max_overlap: float = _D.max_overlap, max_paths: int = _D.max_paths,
+             reverse: bool = _D.reverse, threshold_margin: float | None = _D.threshold_margin,
+             score_margin: float | None = _D.score_margin) -> list[Segment]:
     """Copied segments of a pair from its frame-similarity map, best first.
 
     ``sim``: ``[T, T']`` torch tensor or array, query frames x target frames; ``-inf`` marks
     cells to ignore (padding); NaN is refused. ``fps``: frames per second of the map's axes (1.0
     for hapvr's 1-fps frame maps; a quarter of that for the comparator's output).
 
-    Parameters (defaults in brackets; see :class:`LocalizationConfig`): ``threshold`` [0.5],
-    ``top_k`` [5], ``max_gap`` [5 frames], ``max_speed`` [2.0], ``min_length`` [3.0 s],
-    ``min_score`` [0.6], ``max_segments`` [10], ``max_overlap`` [0.3], ``max_paths`` [100].
-    The defaults suit maps in [0, 1] (Chamfer); ``PRESETS["trained"]`` lowers ``threshold`` and
-    ``min_score`` for the trained comparator's [-1, 1] output.
+    Parameters (defaults in brackets; see :class:`LocalizationConfig`): ``threshold`` [0.15],
+    ``threshold_margin`` [None], ``min_score`` [0.25], ``score_margin`` [0.06], ``top_k`` [5],
+    ``max_gap`` [5 frames], ``max_speed`` [2.0], ``min_length`` [3.0 s], ``max_segments`` [10],
+    ``max_overlap`` [0.3], ``max_paths`` [100], ``reverse`` [True]. The defaults suit region
+    Chamfer maps (calibrated, docs/localization.md); ``PRESETS["trained"]`` is for the paper
+    head's comparator output. A video shorter than ``min_length`` is held to its own length: a
+    copy of a 1-s clip gets a segment.
 
     Returns segments in seconds sorted by ``score`` (mean similarity along the path), best first.
+    :func:`localize_explained` also says why nothing was found.
     """
-    cfg = LocalizationConfig(threshold=threshold, top_k=top_k, max_gap=max_gap, max_speed=max_speed,
-                             min_length=min_length, min_score=min_score, max_segments=max_segments,
-                             max_overlap=max_overlap, max_paths=max_paths)
+    return localize_explained(sim, fps, threshold=threshold, top_k=top_k, max_gap=max_gap, max_speed=max_speed,
+                              min_length=min_length, min_score=min_score, max_segments=max_segments,
+                              max_overlap=max_overlap, max_paths=max_paths, reverse=reverse,
+                              threshold_margin=threshold_margin, score_margin=score_margin)[0]
+
+
+def localize_explained(sim, fps: float = 1.0, **options) -> tuple[list[Segment], str | None]:
+    """:func:`localize`'s segments and, when there are none, why: the strongest run of matching
+    frames on the map, and the bar it did not meet."""
+    cfg = LocalizationConfig(**options)
     if isinstance(fps, bool) or not isinstance(fps, (int, float, np.floating, np.integer)) \
             or not (math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number of frames per second, got {fps!r}")
     m = _as_map(sim)
     if m.numel() == 0:
-        return []
-    net = _TemporalNetwork(m, cfg)
-    return net.segments(float(fps))
+        return [], "a video with no frames"
+    fps = float(fps)
+    cfg = _for_this_map(cfg, m, fps)
+    found = _TemporalNetwork(m, cfg).segments(fps)
+    if cfg.reverse and m.shape[0] > 1 and m.shape[1] > 1:
+        end = m.shape[1] / fps  # a path in the time-reversed map, mapped back onto the target's time
+        backward = [Segment(s.query_start, s.query_end, end - s.target_end, end - s.target_start, s.score, True)
+                    for s in _TemporalNetwork(m.flip(1), cfg).segments(fps)]
+        found = _one_direction_each(found + backward)
+    found = _best_apart(found, cfg, fps)
+    return found, None if found else _why_none(m, cfg, fps)
+
+
+def _for_this_map(cfg: LocalizationConfig, m: torch.Tensor, fps: float) -> LocalizationConfig:
+    """The thresholds of this pair: over the map's background where margins are set, and a
+    minimum length no longer than the videos (a copy of a 1-s clip is 1 s long)."""
+    changes = dict(min_length=min(cfg.min_length, m.shape[0] / fps, m.shape[1] / fps))
+    if cfg.threshold_margin is not None or cfg.score_margin is not None:
+        finite = m[torch.isfinite(m)]
+        background = float(finite.median()) if finite.numel() else 0.0
+        if cfg.threshold_margin is not None:
+            changes["threshold"] = max(cfg.threshold, background + cfg.threshold_margin)
+        if cfg.score_margin is not None:
+            changes["min_score"] = max(cfg.min_score, background + cfg.score_margin)
+    return dataclasses.replace(cfg, **changes)
+
+
+def _why_none(m: torch.Tensor, cfg: LocalizationConfig, fps: float) -> str:
+    """The strongest run of matching frames (any similarity, any length) and the bar it missed."""
+    loose = dataclasses.replace(cfg, threshold=-1.0, min_score=-1.0, min_length=0.0, max_segments=1, max_paths=1,
+                                threshold_margin=None, score_margin=None)
+    runs = _TemporalNetwork(m, loose).segments(fps)
+    need = f"a segment needs a mean frame similarity of {cfg.min_score:.2f} over {cfg.min_length:g} s"
+    if not runs:
+        return f"no run of matching frames; {need}"
+    s = runs[0]
+    length = min(s.query_end - s.query_start, s.target_end - s.target_start)
+    return f"the strongest run of matching frames scores {s.score:.2f} over {length:.0f} s; {need}"
+
+
+def _best_apart(found: list[Segment], cfg: LocalizationConfig, fps: float) -> list[Segment]:
+    """The best-scoring segments, none overlapping a better one by more than ``max_overlap``."""
+    kept: list[Segment] = []
+    for s in sorted(found, key=lambda s: -s.score):
+        box = _frames_box(s, fps)
+        if all(_box_iou(box, _frames_box(k, fps)) <= cfg.max_overlap for k in kept):
+            kept.append(s)
+        if len(kept) == cfg.max_segments:
+            break
+    return kept
+
+
+def _one_direction_each(found: list[Segment]) -> list[Segment]:
+    """Where a forward and a backward segment overlap, the longer one: a still or slowly moving shot
+    matches both ways in short runs, and the copy is the long run."""
+    kept: list[Segment] = []
+    for s in sorted(found, key=lambda s: -min(s.query_end - s.query_start, s.target_end - s.target_start)):
+        if not any(k.reversed != s.reversed and _overlap(s, k) for k in kept):
+            kept.append(s)
+    return kept
+
+
+def _overlap(a: Segment, b: Segment) -> bool:
+    """Whether two segments share time on both the query and the target axis."""
+    return (min(a.query_end, b.query_end) > max(a.query_start, b.query_start)
+            and min(a.target_end, b.target_end) > max(a.target_start, b.target_start))
+
+
+def _frames_box(s: Segment, fps: float) -> tuple[int, int, int, int]:
+    return (round(s.query_start * fps), round(s.query_end * fps), round(s.target_start * fps),
+            round(s.target_end * fps))
 
 
 def chamfer_frame_map(query: torch.Tensor, target: torch.Tensor, k_s: float) -> torch.Tensor:
@@ -174,9 +270,12 @@ class _TemporalNetwork:
 
     Nodes live in a dense ``[T, K]`` grid (query frame x rank among its top-K target frames):
     ``cols`` their target frames, ``vals`` their similarities, ``alive`` whether they are nodes.
-    ``edges[i, k, (d - 1) * K + k2]`` says node ``(i - d, k2)`` may precede node ``(i, k)``.
-    ``best`` holds the heaviest path sum ending at each node (``-inf`` for no node), stored
-    ``G`` rows down so that row ``i``'s predecessors are the contiguous rows ``i .. i + G - 1``.
+    A node weighs its similarity less ``min_score``: a frame pair below the segment's bar lowers
+    a path, so a copy's path does not run on into the weak matches around it (its reported score
+    is still the mean similarity along it). ``edges[i, k, (d - 1) * K + k2]`` says node
+    ``(i - d, k2)`` may precede node ``(i, k)``. ``best`` holds the heaviest path weight ending at
+    each node (``-inf`` for no node), stored ``G`` rows down so that row ``i``'s predecessors are
+    the contiguous rows ``i .. i + G - 1``.
     """
 
     def __init__(self, m: torch.Tensor, cfg: LocalizationConfig):
@@ -189,6 +288,7 @@ class _TemporalNetwork:
         self.cols = top.numpy().astype(np.int64)
         self.vals = m.gather(1, top).numpy().astype(np.float64)
         self.alive = self.vals >= cfg.threshold
+        self.weights = self.vals - cfg.min_score
         edges = np.zeros((T, K, G * K), dtype=bool)
         for d in range(1, min(G, T - 1) + 1):
             dj = self.cols[d:, :, None] - self.cols[:-d, None, :]  # [T - d, K, K]
@@ -205,7 +305,7 @@ class _TemporalNetwork:
         # Only rows with a node can end a path; rows with a node but no possible predecessor
         # start paths and need no DP step.
         needs_dp = self.alive.any(axis=1) & self.edges.any(axis=(1, 2))
-        self.best[G:] = np.where(self.alive, self.vals, -np.inf)
+        self.best[G:] = np.where(self.alive, self.weights, -np.inf)
         for i in np.nonzero(needs_dp)[0]:
             self._relax(i)
 
@@ -217,7 +317,7 @@ class _TemporalNetwork:
         arg = reach.argmax(axis=1)
         prev = reach[self._rows, arg]
         extend = prev > 0.0  # a path with a non-positive sum is better not prefixed
-        new = np.where(self.alive[i], self.vals[i] + np.where(extend, prev, 0.0), -np.inf)
+        new = np.where(self.alive[i], self.weights[i] + np.where(extend, prev, 0.0), -np.inf)
         old = self.best[i + G]
         changed = not np.array_equal(new, old)
         self.best[i + G] = new
@@ -248,11 +348,9 @@ class _TemporalNetwork:
     def segments(self, fps: float) -> list[Segment]:
         cfg = self.cfg
         min_frames = cfg.min_length * fps
-        # A path of n nodes spans at most (n - 1) * G + 1 frames, so a keepable one has at least
-        # n_min nodes and (with min_score > 0) a sum of at least n_min * min_score; the heaviest
-        # remaining sum only falls as nodes are removed, so below that nothing is left to find.
-        n_min = 1 + max(0, math.ceil((min_frames - 1) / self.G))
-        stop_below = n_min * cfg.min_score - 1e-9 if cfg.min_score > 0 else -np.inf  # float slack
+        # A keepable path has a mean similarity of min_score or more, so a weight of 0 or more; the
+        # heaviest remaining weight only falls as nodes are removed, so below 0 nothing is left to find.
+        stop_below = -1e-9  # float slack
         kept: list[tuple[Segment, tuple[int, int, int, int]]] = []
         for _ in range(cfg.max_paths):
             flat = int(self.best[self.G:].argmax())

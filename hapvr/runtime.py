@@ -99,6 +99,25 @@ def available_cores() -> int:
     return max(1, min(cores, math.ceil(limit))) if limit else cores
 
 
+def others_running() -> int:
+    """Threads of other processes running or ready to run at this moment (the runnable tasks of
+    ``/proc/loadavg``, less the reader itself); 0 where the kernel does not say."""
+    try:
+        with open("/proc/loadavg") as f:
+            runnable = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return max(0, runnable - 1)
+
+
+def default_threads(cores: int | None = None) -> int:
+    """Threads of a command that was not given ``--threads``: its usable cores (``cores``, default
+    :func:`available_cores`) less those other processes keep busy now, at least one. On a shared
+    machine a thread more than the idle cores waits for a core at every parallel step."""
+    cores = available_cores() if cores is None else cores
+    return max(1, min(cores, cores - others_running()))
+
+
 def cores_per_rank() -> int:
     """This rank's share of the usable cores (all of them outside torchrun)."""
     return max(1, available_cores() // max(1, job().local_world))

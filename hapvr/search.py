@@ -36,7 +36,7 @@ from hapvr.retrieval.building import open_index
 from hapvr.retrieval.coarse import CoarseConfig
 from hapvr.retrieval.index_store import is_index, read_manifest
 from hapvr.retrieval.search import DuplicatesConfig, Searcher, duplicates
-from hapvr.runtime import available_cores, set_threads
+from hapvr.runtime import default_threads, set_threads
 
 EXAMPLES = """\
   python -m hapvr.search --index my.index suspect.mp4
@@ -104,52 +104,83 @@ def _search(args, model, store) -> int:
         res = searcher.search(fq, k=args.top, candidates=args.candidates, exhaustive=args.exhaustive)
         results = []
         for hit in res.hits:
-            segments = [] if args.no_segments else [s.to_dict() for s in model.copied_segments(fq, store.load(hit.id))]
-            results.append({"id": hit.id, "similarity": hit.score, "segments": segments})
+            found, reason = ([], "not looked for (--no-segments)") if args.no_segments else \
+                model.locate_copies(fq, store.load(hit.id))
+            results.append({"id": hit.id, "similarity": hit.score, "segments": [s.to_dict() for s in found],
+                            "reason": reason})
         out.append({"query": q, "results": results})
         copy = model.scale.threshold if args.threshold is None else args.threshold
         print(f"\n{q}: {len(store)} indexed videos, {res.scored} scored "
               f"({'exhaustive' if args.exhaustive else f'coarse stage ({searcher.coarse.kind}) + exact scoring'}), "
               f"{1000 * (res.coarse_seconds + res.rerank_seconds):.0f} ms")
         print(f"  {'rank':>4}  {'similarity':>10}  {'copy?':<5}  {'segments (query s -> target s)':<34}  id")
+        why = []
         for rank, r in enumerate(results, 1):
             seg = "; ".join(f"{s['query_start']:.0f}-{s['query_end']:.0f} -> {s['target_start']:.0f}-{s['target_end']:.0f}"
-                            for s in r["segments"][:2]) or "-"
+                            + (" rev" if s["reversed"] else "") for s in r["segments"][:2]) or "-"
             if len(r["segments"]) > 2:  # the JSON has them all
                 seg += f" +{len(r['segments']) - 2} more"
+            if r["similarity"] >= copy and not r["segments"] and not args.no_segments:
+                why.append(f"  rank {rank}, {r['id']}: no copied segment: {r['reason']}")
             print(f"  {rank:>4}  {r['similarity']:>10.4f}  {'yes' if r['similarity'] >= copy else 'no':<5}  {seg:<34}  {r['id']}")
+        for line in why:  # a copy without a segment says why
+            print(line)
     if args.json:
         _write_json(args.json, {"queries": out})
     return 0
 
 
+def _pair_line(p) -> str:
+    spans = "; ".join(f"{s.query_start:.0f}-{s.query_end:.0f} -> {s.target_start:.0f}-{s.target_end:.0f}"
+                      for s in p.segments[:2]) + (f" +{len(p.segments) - 2} more" if len(p.segments) > 2 else "")
+    relation = {"same": "same video as", "a in b": "is part of", "b in a": "contains",
+                "share a part": "shares a part with"}[p.relation]
+    return f"{p.score:.4f}  {p.a} {relation} {p.b}  (covers {p.coverage[0]:.0%} / {p.coverage[1]:.0%}; {spans or '-'})"
+
+
+def _pair_dict(p) -> dict:
+    return {"a": p.a, "b": p.b, "similarity": p.score, "relation": p.relation, "coverage": list(p.coverage),
+            "segments": [s.to_dict() for s in p.segments]}
+
+
 def _duplicates(args, model, store) -> int:
-    threshold = model.scale.threshold if args.threshold is None else args.threshold
+    threshold = args.threshold if args.threshold is not None else \
+        model.scale.symmetric_threshold if args.symmetric else model.scale.threshold
     cfg = DuplicatesConfig(neighbours=args.neighbours or DuplicatesConfig.neighbours, min_coarse=args.min_coarse,
-                           nprobe=args.nprobe or DuplicatesConfig.nprobe,
+                           nprobe=args.nprobe or DuplicatesConfig.nprobe, fps=model.fps, k_s=model.model.k_s,
                            # flat asked for: exact neighbours however many rows (all rows against all rows)
                            flat_rows=sys.maxsize if args.coarse == "flat" else DuplicatesConfig.flat_rows)
     found = duplicates(store, model.scorer(), threshold, symmetric=args.symmetric, cfg=cfg,
                        coarse=CoarseConfig(kind=args.coarse), progress=True)
     print(f"{len(store)} indexed videos, {found.candidate_pairs} candidate pairs from the coarse stage, "
           f"{len(found.pairs)} pairs with similarity >= {threshold:g}"
-          f"{' (symmetric)' if args.symmetric else ''}, {len(found.clusters)} clusters; "
+          f"{' (symmetric)' if args.symmetric else ''}, {len(found.clusters)} clusters of the same video; "
           f"{1000 * sum(found.seconds.values()):.0f} ms")
     for i, cluster in enumerate(found.clusters, 1):
         print(f"  cluster {i}: {', '.join(cluster)}")
-    for p in found.pairs[:50]:
-        print(f"  {p.score:.4f}  {p.a}  {p.b}")
+        for p in found.links(cluster):
+            print(f"    {_pair_line(p)}")
+    others = [p for p in found.pairs if p.relation != "same"]
+    if others:
+        print(f"  {len(others)} pairs where one video holds part of the other, or both share a part:")
+    for p in others[:50]:
+        print(f"    {_pair_line(p)}")
     if args.json:
         _write_json(args.json, {"threshold": threshold, "symmetric": args.symmetric,
-                                "pairs": [{"a": p.a, "b": p.b, "similarity": p.score} for p in found.pairs],
-                                "clusters": found.clusters})
+                                "pairs": [_pair_dict(p) for p in found.pairs],
+                                "clusters": [{"videos": c, "links": [_pair_dict(p) for p in found.links(c)]}
+                                             for c in found.clusters]})
     if args.csv:
         text = io.StringIO(newline="")
         w = csv.writer(text)
-        w.writerow(["a", "b", "similarity", "cluster"])
+        w.writerow(["a", "b", "similarity", "relation", "coverage_a", "coverage_b", "cluster", "segments"])
         cluster_of = {v: i for i, c in enumerate(found.clusters, 1) for v in c}
         for p in found.pairs:
-            w.writerow([p.a, p.b, f"{p.score:.6f}", cluster_of.get(p.a, "")])
+            same = p.relation == "same"
+            w.writerow([p.a, p.b, f"{p.score:.6f}", p.relation, p.coverage[0], p.coverage[1],
+                        cluster_of.get(p.a, "") if same else "",
+                        " ".join(f"{s.query_start:g}-{s.query_end:g}:{s.target_start:g}-{s.target_end:g}"
+                                 for s in p.segments)])
         write_text(args.csv, text.getvalue())
         print(f"wrote {args.csv}", file=sys.stderr)
     return 0
@@ -194,7 +225,7 @@ def _main(argv=None) -> int:
         input_file(args.checkpoint, "--checkpoint")
     if not is_index(args.index):
         fail(f"--index {args.index}: no index there (make one with python -m hapvr.index build)")
-    set_threads(args.threads or available_cores())
+    set_threads(args.threads or default_threads())
     model = _model_of_index(args)
     store = open_index(args.index, model)
     with store:

@@ -16,3 +16,15 @@ def fresh_seed(request):
     torch.manual_seed(seed)
     print(f"HAPVR_TEST_SEED={seed}")
     yield seed
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """Commands run in-process set torch's and faiss's thread counts from the machine's load:
+    every test starts and ends with the session's own."""
+    import faiss
+
+    threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    yield
+    torch.set_num_threads(threads[0])
+    faiss.omp_set_num_threads(threads[1])

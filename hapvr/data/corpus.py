@@ -24,6 +24,7 @@ frames, which hapvr reads as seconds (its extraction samples 1 frame per second)
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -66,6 +67,45 @@ class BenchmarkVideos:
     labels: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     partial_videos: dict[str, torch.Tensor] = field(default_factory=dict)
     partial: list["PartialCopy"] = field(default_factory=list)
+    copies: list["CopyTruth"] = field(default_factory=list)  # where each DS copy's frames come from
+
+    def add_truth(self, query: str, target: str, kind: str, matches) -> None:
+        self.copies.append(CopyTruth(query, target, kind, tuple((int(q), int(t)) for q, t in matches)))
+
+
+# How a DS copy was made (the localisation table of python -m hapvr.train has a row per kind).
+COPY_KINDS = ("re-edit", "picture-in-picture", "host of picture-in-picture", "speed change", "re-encoding",
+              "re-cut", "partial copy")
+
+
+@dataclass(frozen=True)
+class CopyTruth:
+    """Where the frames of copy ``target`` come from in ``query``: ``matches`` lists ``(query
+    frame, target frame)`` pairs, one per target frame that shows the query; ``kind`` is one of
+    :data:`COPY_KINDS`."""
+
+    query: str
+    target: str
+    kind: str
+    matches: tuple[tuple[int, int], ...]
+
+    def spans(self) -> list[tuple[int, int, int, int]]:
+        """The copied segments as boxes ``(query_start, query_end, target_start, target_end)`` in
+        frames (ends exclusive): maximal runs of target frames whose query frames move one way
+        (forward or backward) by at most 2 frames a step; a cut, a shuffle or a turn starts a new one."""
+        out, run = [], []
+        for m in sorted(self.matches, key=lambda m: m[1]):
+            if run:
+                step = m[0] - run[-1][0]
+                turned = len(run) > 1 and (run[-1][0] - run[-2][0]) * step < 0
+                if abs(step) > 2 or m[1] - run[-1][1] > 1 or turned:
+                    out.append(run)
+                    run = []
+            run.append(m)
+        if run:
+            out.append(run)
+        return [(min(q for q, _ in r), max(q for q, _ in r) + 1, min(t for _, t in r), max(t for _, t in r) + 1)
+                for r in out]
 
 
 @dataclass(frozen=True)
@@ -78,7 +118,7 @@ class PartialCopy:
     target: str
     spans: tuple[tuple[int, int, int, int], ...]
     speeds: tuple[float, ...]
-
+    host: str = ""  # the query whose footage surrounds the copies
 
 # --- a virtual camera ---------------------------------------------------------------------------
 
@@ -175,10 +215,12 @@ def build_train_corpus(cfg: CorpusConfig, renders: int = 0, siblings: bool = Fal
 # --- benchmark ----------------------------------------------------------------------------------
 
 
-def _copy_edit(frames: torch.Tensor, rng: random.Random, host: torch.Tensor | None = None) -> torch.Tensor:
+def _copy_edit(frames: torch.Tensor, rng: random.Random,
+               host: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A DS copy: the same footage re-edited as copies are in practice: one temporal edit, a crop
     (70-100 % of the area), a colour change, captions / emoji, a little blur; optionally shown
-    picture-in-picture inside ``host``. Returns 256x256 frames."""
+    picture-in-picture inside ``host``. Returns 256x256 frames and, per copy frame, the source
+    frame it shows (the host's frame ``j`` is shown at copy frame ``j mod len(host)``)."""
     import torchvision.transforms.v2.functional as TF
 
     _, idx = augment.temporal_edit_indices(frames.shape[0], rng)
@@ -190,7 +232,32 @@ def _copy_edit(frames: torch.Tensor, rng: random.Random, host: torch.Tensor | No
     if host is not None:  # picture-in-picture: the copy shown inside another video
         host = host[torch.arange(x.shape[0]) % host.shape[0]]
         x = augment.video_in_video(host, x, rng, (0.55, 0.7))
-    return x
+    return x, idx
+
+
+def _truth_of_edit(bench: BenchmarkVideos, query: str, target: str, idx: torch.Tensor, host: str | None = None,
+                   host_frames: int | None = None) -> None:
+    """The truth of a :func:`_copy_edit` copy: copy frame ``j`` shows query frame ``idx[j]``; in a
+    picture-in-picture copy it also shows its host's frame ``j mod len(host)`` around the inset."""
+    bench.add_truth(query, target, "re-edit" if host is None else "picture-in-picture",
+                    [(int(q), j) for j, q in enumerate(idx)])
+    if host is not None:
+        bench.add_truth(host, target, "host of picture-in-picture", [(j % host_frames, j) for j in range(len(idx))])
+
+
+def _add_edit(bench: BenchmarkVideos, query: str, target: str, frames: torch.Tensor, rng: random.Random) -> None:
+    """A re-edited DS copy of ``frames`` (query ``query``) with its truth."""
+    bench.videos[target], idx = _copy_edit(frames, rng)
+    bench.labels[query]["DS"].append(target)
+    _truth_of_edit(bench, query, target, idx)
+
+
+def _recut_matches(source_frames: int, recut_frames: int, fps: float) -> list[tuple[int, int]]:
+    """``v2s`` is a re-cut of ``v2`` (perception's test data): its first 1.75 s are v2's first
+    1.75 s, the rest is v2's last seconds."""
+    head = min(math.ceil(1.75 * fps), recut_frames)
+    tail = recut_frames - head
+    return [(j, j) for j in range(head)] + [(source_frames - tail + k, head + k) for k in range(tail)]
 
 
 def _other_camera(frames: torch.Tensor, rng: random.Random) -> torch.Tensor:
@@ -211,8 +278,8 @@ def build_benchmark(cfg: CorpusConfig, split: str = "builtin") -> BenchmarkVideo
       with their partial copies;
     - ``test``: those and :data:`RENDER_QUERIES` more from rendered worlds (test seeds);
     - ``validation``: :data:`VALIDATION_QUERIES` queries from rendered worlds (other seeds) and
-      one per :data:`VALIDATION_PHOTOS` photo, built like the test's photo queries (for choosing
-      settings; never report it).
+      one per :data:`VALIDATION_PHOTOS` photo, built like the test's photo queries, each with a
+      partial copy hosted by an unrelated query (for choosing settings; never report it).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -220,6 +287,7 @@ def build_benchmark(cfg: CorpusConfig, split: str = "builtin") -> BenchmarkVideo
         bench = BenchmarkVideos()
         add_render_queries(bench, VALIDATION_QUERIES, RENDER_SEEDS["validation"], random.Random(cfg.seed + 3))
         add_photo_queries(bench, load_photos(), VALIDATION_PHOTOS, random.Random(cfg.seed + 5), cfg.benchmark_frames)
+        build_partial_copies(bench, random.Random(cfg.seed + 6), unrelated_hosts(bench))
         return bench
     bench = _builtin_benchmark(cfg)
     if split == "test":
@@ -257,8 +325,10 @@ def add_render_queries(bench: BenchmarkVideos, n: int, seed0: int, rng: random.R
         bench.queries.append(qid)
         bench.labels[qid] = {lv: [] for lv in LEVELS}
         host = previous if (i % 3 == 2 and previous is not None) else None
-        bench.videos[f"{qid}-ds1"] = _copy_edit(q, rng, host=host)
+        bench.videos[f"{qid}-ds1"], idx = _copy_edit(q, rng, host=host)
         bench.labels[qid]["DS"].append(f"{qid}-ds1")
+        _truth_of_edit(bench, qid, f"{qid}-ds1", idx, previous_id if host is not None else None,
+                       None if host is None else host.shape[0])
         speed = 0.5 if i % 2 == 0 else 2.0
         m = n_frames * 2 if speed == 0.5 else n_frames
         times = [t0 + k * speed for k in range(m)] if speed == 0.5 else [t0 + 2 * k for k in range(m)]
@@ -266,6 +336,9 @@ def add_render_queries(bench: BenchmarkVideos, n: int, seed0: int, rng: random.R
         ends = tuple(tuple(min(max(x, 0.05), 0.95) for x in box) for box in ends)
         bench.videos[f"{qid}-ds2"] = _light_edit(render(world, times, *ends), rng)
         bench.labels[qid]["DS"].append(f"{qid}-ds2")
+        # the re-render's time k * speed (0.5x) or 2k (2x) is the query's frame at that time, where it has one
+        bench.add_truth(qid, f"{qid}-ds2", "speed change",
+                        [(k // 2, k) for k in range(m)] if speed == 0.5 else [(2 * k, k) for k in range(m) if 2 * k < n_frames])
         cs = _other_camera(render(world, [t0 + k for k in range(n_frames)], beside_box(rng, a0), beside_box(rng, a1)), rng)
         bench.videos[f"{qid}-cs0"] = cs
         bench.labels[qid]["CS"].append(f"{qid}-cs0")
@@ -301,7 +374,9 @@ def add_photo_queries(bench: BenchmarkVideos, photos: dict[str, np.ndarray], nam
         bench.queries.append(name)
         bench.labels[name] = {lv: [] for lv in LEVELS}
         hosts.append(q)
-        add(name, "DS", f"{name}-ds1", _copy_edit(q, rng))
+        copy, idx = _copy_edit(q, rng)
+        add(name, "DS", f"{name}-ds1", copy)
+        _truth_of_edit(bench, name, f"{name}-ds1", idx)
         for k in range(2):  # another camera pointed at the same scene from beside the query's
             path = camera_path(photo, beside_box(rng, a0), beside_box(rng, a1), n + rng.randint(-2, 4))
             add(name, "CS", f"{name}-cs{k}", _other_camera(path, rng))
@@ -310,8 +385,10 @@ def add_photo_queries(bench: BenchmarkVideos, photos: dict[str, np.ndarray], nam
         add(name, "IS", f"{name}-is0", camera_path(photo, far, random_box(rng, (0.35, 0.45), near=far, spread=0.05), n))
     for i, name in enumerate(names):  # picture-in-picture copies, hosted by another query
         host = names[(i + 1) % len(names)]
-        add(name, "DS", f"{name}-ds2", _copy_edit(bench.videos[name], rng, host=hosts[(i + 1) % len(hosts)]))
+        copy, idx = _copy_edit(bench.videos[name], rng, host=hosts[(i + 1) % len(hosts)])
+        add(name, "DS", f"{name}-ds2", copy)
         bench.labels[host]["DS"].append(f"{name}-ds2")  # it shows the host's footage too
+        _truth_of_edit(bench, name, f"{name}-ds2", idx, host, hosts[(i + 1) % len(hosts)].shape[0])
 
 
 def _builtin_benchmark(cfg: CorpusConfig) -> BenchmarkVideos:
@@ -338,30 +415,33 @@ def _builtin_benchmark(cfg: CorpusConfig) -> BenchmarkVideos:
     bikes = clips["bikes"]  # 10 s with scene cuts: the first shots are the query, the last ones IS
     h = min(n, bikes.shape[0] // 2)
     new_query("bikes", bikes[:h])
-    add("bikes", "DS", "bikes-ds1", _copy_edit(bikes[:h], rng))
+    _add_edit(bench, "bikes", "bikes-ds1", bikes[:h], rng)
     add("bikes", "CS", "bikes-cs0", _other_camera(camera_path(bikes[:h], (0.3, 0.5, 0.7), (0.7, 0.5, 0.7), h), rng))
     add("bikes", "IS", "bikes-is0", bikes[-h:])
 
     cp = clips["carphone_pristine"]
     new_query("carphone", cp[:n])
     add("carphone", "DS", "carphone-distorted", clips["carphone_distorted"][:n])  # a real degraded copy
-    add("carphone", "DS", "carphone-ds1", _copy_edit(cp[:n], rng))
+    bench.add_truth("carphone", "carphone-distorted", "re-encoding",
+                    [(j, j) for j in range(min(n, cp.shape[0], clips["carphone_distorted"].shape[0]))])
+    _add_edit(bench, "carphone", "carphone-ds1", cp[:n], rng)
     add("carphone", "CS", "carphone-cs0", _other_camera(camera_path(cp, (0.35, 0.4, 0.6), (0.6, 0.55, 0.75), n), rng))
 
     for qid, other in (("v2", "v1"), ("v1", "v2")):  # two camera paths over the same skyline
         new_query(qid, clips[qid])
     add("v2", "DS", "v2s", clips["v2s"])  # v2 re-cut
+    bench.add_truth("v2", "v2s", "re-cut", _recut_matches(clips["v2"].shape[0], clips["v2s"].shape[0], cfg.clip_fps))
     add("v1", "CS", "v2s", clips["v2s"])
     add("v2", "CS", "v1", clips["v1"])
     add("v1", "CS", "v2", clips["v2"])
-    add("v1", "DS", "v1-ds1", _copy_edit(clips["v1"], rng))
-    add("v2", "DS", "v2-ds1", _copy_edit(clips["v2"], rng))
+    _add_edit(bench, "v1", "v1-ds1", clips["v1"], rng)
+    _add_edit(bench, "v2", "v2-ds1", clips["v2"], rng)
     bench.labels["v2"]["CS"].append("v1-ds1")  # copies of the other camera path
     bench.labels["v1"]["CS"].append("v2-ds1")
 
     bunny = clips["bigbuckbunny"]
     new_query("bunny", bunny)
-    add("bunny", "DS", "bunny-ds1", _copy_edit(bunny, rng))
+    _add_edit(bench, "bunny", "bunny-ds1", bunny, rng)
     add("bunny", "CS", "bunny-cs0", _other_camera(camera_path(bunny, (0.3, 0.45, 0.75), (0.65, 0.55, 0.6), bunny.shape[0]), rng))
     build_partial_copies(bench, random.Random(cfg.seed + 2))
     return bench
@@ -397,15 +477,28 @@ def _played(segment: torch.Tensor, speed: float) -> torch.Tensor:
     return segment[idx]
 
 
-def build_partial_copies(bench: BenchmarkVideos, rng: random.Random) -> None:
+def unrelated_hosts(bench: BenchmarkVideos) -> dict[str, str]:
+    """For each query, a later query unrelated to it at every level (either way): the host of its
+    partial copies in the validation benchmark."""
+    def related(a, b):
+        return b in {v for vs in bench.labels[a].values() for v in vs} or a in {v for vs in bench.labels[b].values()
+                                                                               for v in vs}
+    n, out = len(bench.queries), {}
+    for i, q in enumerate(bench.queries):
+        out[q] = next(h for j in range(2, n + 2) if not related(q, h := bench.queries[(i + j) % n]) and h != q)
+    return out
+
+
+def build_partial_copies(bench: BenchmarkVideos, rng: random.Random, hosts: dict[str, str] | None = None) -> None:
     """Adds one partial-copy target per query (two copies in one target for every third query),
-    cycling through the playback speeds of ``SPEEDS``: unrelated footage (the host query's),
-    then a segment of the query played at that speed, then more unrelated footage. Filled into
-    ``bench.partial_videos`` and ``bench.partial``."""
+    cycling through the playback speeds of ``SPEEDS``: unrelated footage (the host query's:
+    ``hosts``, default :data:`PARTIAL_HOSTS`), then a segment of the query played at that speed,
+    then more unrelated footage. Filled into ``bench.partial_videos`` and ``bench.partial``."""
+    hosts = hosts or PARTIAL_HOSTS
     k = 0
     for i, qid in enumerate(bench.queries):
         query = _square(bench.videos[qid])
-        host = _square(bench.videos[PARTIAL_HOSTS[qid]])
+        host = _square(bench.videos[hosts[qid]])
         n_copies = 2 if i % 3 == 2 else 1
         parts, spans, speeds, t = [], [], [], 0
 
@@ -431,4 +524,4 @@ def build_partial_copies(bench: BenchmarkVideos, rng: random.Random) -> None:
         parts.append(filler(rng.randint(6, 10)))
         vid = f"{qid}-partial"
         bench.partial_videos[vid] = torch.cat(parts)
-        bench.partial.append(PartialCopy(qid, vid, tuple(spans), tuple(speeds)))
+        bench.partial.append(PartialCopy(qid, vid, tuple(spans), tuple(speeds), hosts[qid]))

@@ -43,10 +43,11 @@ class BenchmarkFeatures:
     thumbs: dict[str, torch.Tensor]
     partial_desc: dict[str, torch.Tensor]
     partial: list[dict]
+    copies: list[dict]  # the truth of every DS copy (:class:`hapvr.data.corpus.CopyTruth`'s fields)
 
     def state(self) -> dict:
         return dict(desc=self.desc, queries=self.queries, labels=self.labels, thumbs=self.thumbs,
-                    partial_desc=self.partial_desc, partial=self.partial)
+                    partial_desc=self.partial_desc, partial=self.partial, copies=self.copies)
 
 
 def cache_key(**parts) -> str:
@@ -78,12 +79,14 @@ def build_benchmark_features(bench, extractor, progress=None) -> BenchmarkFeatur
         if progress is not None:
             progress(frames.shape[0])
     partial = [dataclasses.asdict(p) for p in bench.partial]
-    return BenchmarkFeatures(desc, bench.queries, bench.labels, thumbs, partial_desc, partial)
+    copies = [dataclasses.asdict(c) for c in bench.copies]
+    return BenchmarkFeatures(desc, bench.queries, bench.labels, thumbs, partial_desc, partial, copies)
 
 
 def benchmark_path(split: str, cache_dir: str, backbone: str, backbone_weights: str | None) -> str:
     """Where the cached features of benchmark ``split`` for this backbone live."""
-    parts = dict(bench=dataclasses.asdict(corpus.CorpusConfig()), backbone=backbone, weights=backbone_weights)
+    parts = dict(bench=dataclasses.asdict(corpus.CorpusConfig()), backbone=backbone, weights=backbone_weights,
+                 truth=1)  # 1: the truth of every DS copy is kept
     if split != "builtin":  # the first split's key has no split name (docs/compatibility.md)
         parts.update(split=split, renders=corpus.RENDER_FRAMES)
     if split == "validation":

@@ -122,18 +122,45 @@ class PlantedCollection:
         return _normalize(out)
 
     def _copy(self, source: np.ndarray, key: tuple, subclip: bool | None = None) -> np.ndarray:
+        return self._copy_and_frames(source, key, subclip)[0]
+
+    def _copy_and_frames(self, source: np.ndarray, key: tuple,
+                         subclip: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A copy of ``source`` and, per copy frame, the source frame it shows."""
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, 2, *_key_ints(key)])
         rnd = random.Random(int(rng.integers(2**62)))
         _, idx = temporal_edit_indices(source.shape[0], rnd)
-        x = source[idx.numpy()]
+        idx = idx.numpy()
         if subclip if subclip is not None else rnd.random() < cfg.p_subclip:
-            keep = max(1, round(x.shape[0] * rnd.uniform(0.3, 0.9)))
-            start = rnd.randrange(x.shape[0] - keep + 1)
-            x = x[start: start + keep]
-        x = x[: cfg.max_frames]
+            keep = max(1, round(len(idx) * rnd.uniform(0.3, 0.9)))
+            start = rnd.randrange(len(idx) - keep + 1)
+            idx = idx[start: start + keep]
+        idx = idx[: cfg.max_frames]
+        x = source[idx]
         x = x + cfg.copy_shift * _unit_noise(rng, cfg.dim) + cfg.copy_noise * _unit_noise(rng, *x.shape)
-        return _normalize(x).astype(np.float32)
+        return _normalize(x).astype(np.float32), idx
+
+    def source_coverage(self, vid: str) -> float | None:
+        """The share of its source's time an indexed copy shows (runs of source frames it plays,
+        forward or backward, a step of at most 2 frames apart, joined); None for a source or a
+        distractor. A copy showing 0.8 or more is the same video as its source for ``--duplicates``."""
+        role = self._roles[int(vid[1:])]
+        if role[0] != "copy":
+            return None
+        source = self._original(("s", role[1]))
+        _, idx = self._copy_and_frames(source, ("c", role[1], role[2]))
+        runs, run = [], [int(idx[0])]
+        for a, b in zip(idx[:-1], idx[1:]):
+            if abs(int(b) - int(a)) > 2:
+                runs.append(run)
+                run = []
+            run.append(int(b))
+        runs.append(run)
+        covered = set()
+        for r in runs:
+            covered.update(range(min(r), max(r) + 1))
+        return len(covered) / source.shape[0]
 
     def video(self, vid: str) -> np.ndarray:
         """Features ``[T, R, D]`` float32 of an indexed video."""

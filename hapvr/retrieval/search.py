@@ -17,6 +17,7 @@ import torch
 
 from hapvr.evaluation.engine import EngineConfig, plan_batches, query_groups
 from hapvr.evaluation.scorers import Scorer
+from hapvr.localization import Segment, chamfer_frame_map, localize
 from hapvr.models.padding import pad_stack, repeat_to, split_chunks
 from hapvr.progress import progress as progress_bar
 from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, coarse_index, video_descriptors
@@ -180,19 +181,36 @@ def search(store: IndexStore, scorer: Scorer, query, k: int = 10, candidates: in
 
 @dataclass(frozen=True)
 class DuplicatePair:
+    """Two indexed videos whose similarity reaches the threshold, and how they relate
+    (:data:`RELATIONS`): the share of each one's time inside the copied segments found between
+    them decides it."""
+
     a: str  # the query side: the shorter video (ties: the smaller id)
     b: str
     score: float  # s(a -> b), or the mean of both directions when symmetric
     forward: float  # s(a -> b)
     backward: float | None  # s(b -> a), computed only when symmetric
+    relation: str = "same"
+    coverage: tuple[float, float] = (1.0, 1.0)  # share of a's and of b's time in the segments
+    segments: tuple[Segment, ...] = ()  # a (query) -> b (target), seconds
+
+
+# How two duplicates relate: the same video (each covered by the copied segments, up to edits), one
+# inside the other (a clip cut from it, or shown inside it), or sharing a part (common footage).
+RELATIONS = ("same", "a in b", "b in a", "share a part")
 
 
 @dataclass
 class Duplicates:
     pairs: list[DuplicatePair]  # score >= threshold, best first
-    clusters: list[list[str]]  # connected components of those pairs (>= 2 videos), largest first
+    clusters: list[list[str]]  # videos joined by "same" links (>= 2 videos), largest first
     candidate_pairs: int  # pairs the coarse stage proposed (each scored once per direction asked)
     seconds: dict = field(default_factory=dict)
+
+    def links(self, cluster: list[str]) -> list[DuplicatePair]:
+        """The "same" pairs inside ``cluster``: what joined it."""
+        members = set(cluster)
+        return [p for p in self.pairs if p.relation == "same" and p.a in members and p.b in members]
 
 
 @dataclass(frozen=True)
@@ -204,6 +222,9 @@ class DuplicatesConfig:
     nprobe: int = 2  # IVF lists searched per row: a copy's rows fall in the lists of its source's
     flat_rows: int = 5_000  # up to this many rows (~300 videos), neighbours come from the exact search
     block: int = 256  # videos whose IVF searches go to faiss together
+    same_coverage: float = 0.8  # a pair is the same video when the segments cover this share of both
+    k_s: float = 0.1  # top-k rate of the frame map the segments are found on (compare's)
+    fps: float = 1.0  # frames per second of the index's features (for the segments' seconds)
 
 
 def duplicates(store: IndexStore, scorer: Scorer, threshold: float, symmetric: bool = False,
@@ -217,7 +238,15 @@ def duplicates(store: IndexStore, scorer: Scorer, threshold: float, symmetric: b
     the shorter video as the query (Chamfer similarity is high when the query's frames all
     appear in the target, so a clip of a longer video is found), or, with ``symmetric``, the
     mean of both directions (lower for a clip and its source: use it to keep only whole-video
-    copies). Clusters are the connected components of the pairs that pass.
+    copies).
+
+    Each pair that passes is then localised (compare's segments, on the frame map of the two
+    videos' stored features) and related by how much of each video the segments cover: the
+    same video when they cover ``cfg.same_coverage`` of both, one in the other when they cover
+    that much of one only (a clip of a longer video, a video shown inside another), sharing a
+    part otherwise (common filler, a host both were pasted into). Clusters join only the same
+    videos, so footage two unrelated videos share never chains them into one cluster; the other
+    relations are listed with their pairs.
 
     The proposals come from the exact coarse search on small collections (up to
     ``cfg.flat_rows`` descriptor rows) and from an IVF beyond (trained once and saved beside the
@@ -259,10 +288,32 @@ def duplicates(store: IndexStore, scorer: Scorer, threshold: float, symmetric: b
         score = (forward + backward) / 2 if symmetric else forward
         if score >= threshold:
             found.append(DuplicatePair(a, b, score, forward, backward))
-    found.sort(key=lambda p: (-p.score, p.a, p.b))
     t2 = time.perf_counter()
-    return Duplicates(found, _components([(p.a, p.b) for p in found]), len(pairs),
-                      {"coarse": t1 - t0, "scoring": t2 - t1})
+    found = sorted((_related(store, p, cfg) for p in found), key=lambda p: (-p.score, p.a, p.b))
+    t3 = time.perf_counter()
+    return Duplicates(found, _components([(p.a, p.b) for p in found if p.relation == "same"]), len(pairs),
+                      {"coarse": t1 - t0, "scoring": t2 - t1, "relations": t3 - t2})
+
+
+def _related(store: IndexStore, pair: DuplicatePair, cfg: DuplicatesConfig) -> DuplicatePair:
+    """``pair`` with its copied segments, the share of each video they cover, and the relation."""
+    a, b = store.load(pair.a), store.load(pair.b)
+    segments = localize(chamfer_frame_map(a, b, cfg.k_s), cfg.fps)
+    cover_a = _covered([(s.query_start, s.query_end) for s in segments]) * cfg.fps / a.shape[0]
+    cover_b = _covered([(s.target_start, s.target_end) for s in segments]) * cfg.fps / b.shape[0]
+    full_a, full_b = cover_a >= cfg.same_coverage, cover_b >= cfg.same_coverage
+    relation = "same" if full_a and full_b else "a in b" if full_a else "b in a" if full_b else "share a part"
+    return replace(pair, relation=relation, coverage=(round(cover_a, 3), round(cover_b, 3)), segments=tuple(segments))
+
+
+def _covered(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of ``spans``."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(spans):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
 
 
 def _coarse_pairs(searcher: Searcher, cfg: DuplicatesConfig, progress: bool = False) -> set[tuple[str, str]]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import textwrap
 import time
 
 import torch
 
-from hapvr.evaluation.copy_localization import localization_rows, localization_table
+from hapvr.evaluation.copy_localization import copy_truths, localization_rows, localization_table
 from hapvr.evaluation.levels import (all_similarities, bootstrap_levels, device_of, evaluate_levels,
                                      intervals_table, losses_line, per_query_losses, results_table)
 from hapvr.io.files import write_json, write_text
@@ -64,10 +65,11 @@ def _localization(t, model) -> tuple[str, dict]:
     """The partial copies' localisation table, printed; (text, rows)."""
     bench = t.bench
     partial_feats = {k: whiten_cpu(t.extractor, v) for k, v in bench.partial_desc.items()}
-    loc = localization_rows(t.baseline, model, t.bench_feats, partial_feats, bench.partial, bench.labels)
+    truths = copy_truths(bench.copies, bench.partial)
+    loc = localization_rows(t.baseline, model, t.bench_feats, partial_feats, truths, bench.partial, bench.labels)
     table = localization_table(loc)
-    print(f"\ncopy localisation on {len(bench.partial)} partial copies (segments at 1x, 2x and 0.5x inside "
-          f"unrelated footage; VCSL segment P/R/F1 over them, VSC micro-AP with one copy-free pair per query):")
+    print(f"\ncopy localisation on the benchmark's {len(truths)} copies, per kind (VCSL segment P/R/F1 over "
+          f"pairs; VSC micro-AP with one copy-free pair per partial copy):")
     print(table)
     return table, {name: dataclasses.asdict(r) for name, r in loc.items()}
 
@@ -100,7 +102,7 @@ def report(t) -> tuple[dict, dict]:
         extra["selection"] = t.selection.state()
     text, results, extra["intervals"], extra["losses"] = _tables(t, model, sorted(t.bench_feats))
     text = pre + text
-    if t.bench.partial:
+    if t.bench.copies or t.bench.partial:
         loc_text, extra["localization"] = _localization(t, model)
         text += "\n\n" + loc_text
     write_text(os.path.join(t.cfg.out, "results.txt"), text + "\n")
@@ -110,6 +112,36 @@ def report(t) -> tuple[dict, dict]:
     print(f"heatmaps: {png}")
     extra = {k: extra[k] for k in ("selection", "losses", "intervals", "localization") if k in extra}
     return results, extra
+
+
+def verdict(intervals: dict, n_queries: int, split: str = "test") -> str:
+    """In words: whether the trained model beat the baseline on the held-out benchmark, figure by
+    figure, by the 95 % intervals of the difference (``{level: {"trained - baseline": {metric:
+    Interval fields}}}``)."""
+    above, inside, below = [], [], []
+    for task, per in intervals.items():
+        for metric, iv in per.get("trained - baseline", {}).items():
+            if iv["value"] is None or iv["low"] is None:
+                continue
+            text = f"{metric} {task} {100 * iv['value']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]"
+            (above if iv["low"] > 0 else below if iv["high"] < 0 else inside).append(text)
+    parts = []
+    if above:
+        parts.append(f"above the features-only baseline beyond the noise at {len(above)} of 6 figures ({'; '.join(above)})")
+    if inside:
+        parts.append(f"within the noise of it at {len(inside)} ({'; '.join(inside)}: the interval holds 0, a "
+                     f"difference the {n_queries} queries cannot tell from chance)")
+    if below:
+        parts.append(f"below it beyond the noise at {len(below)} ({'; '.join(below)})")
+    return (f"On the held-out {split} benchmark the trained model is " + ", and ".join(parts)
+            + " (95 % paired bootstrap intervals over the queries, percent points).")
+
+
+def closing(t) -> str:
+    """Where the model is, and which model the other tools use."""
+    return (f"Your trained model is {t.ckpt_path}. python -m hapvr.compare, hapvr.index and hapvr.search use "
+            f"the default model shipped with hapvr unless you pass --checkpoint {t.ckpt_path} "
+            f"(in Python: hapvr.load_model({t.ckpt_path!r})).")
 
 
 def finish(t, t_train: float) -> dict:
@@ -130,6 +162,9 @@ def finish(t, t_train: float) -> dict:
         print(f"checkpoint: {t.ckpt_path}   logs: {os.path.join(cfg.out, 'log.csv')}, "
               f"{os.path.join(cfg.out, 'tensorboard')}")
         print(f"time: data {t.t_data:.0f} s, training {t_train:.0f} s, total {time.time() - t.t_start:.0f} s")
+        if extra.get("intervals"):
+            print("\n" + textwrap.fill(verdict(extra["intervals"], len(t.bench.queries), cfg.benchmark_set), 100))
+        print(textwrap.fill(closing(t), 100))
     return results
 
 
