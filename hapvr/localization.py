@@ -195,16 +195,22 @@ def _for_this_map(cfg: LocalizationConfig, m: torch.Tensor, fps: float) -> Local
 
 
 def _why_none(m: torch.Tensor, cfg: LocalizationConfig, fps: float) -> str:
-    """The strongest run of matching frames (any similarity, any length) and the bar it missed."""
-    loose = dataclasses.replace(cfg, threshold=-1.0, min_score=-1.0, min_length=0.0, max_segments=1, max_paths=1,
-                                threshold_margin=None, score_margin=None)
-    runs = _TemporalNetwork(m, loose).segments(fps)
-    need = f"a segment needs a mean frame similarity of {cfg.min_score:.2f} over {cfg.min_length:g} s"
-    if not runs:
-        return f"no run of matching frames; {need}"
-    s = runs[0]
-    length = min(s.query_end - s.query_start, s.target_end - s.target_start)
-    return f"the strongest run of matching frames scores {s.score:.2f} over {length:.0f} s; {need}"
+    """Why the map of this pair (``cfg``: its own thresholds) has no segment: the strongest run of
+    matching frames and the bar it missed."""
+    def run(s: Segment) -> str:
+        length = min(s.query_end - s.query_start, s.target_end - s.target_start)
+        return f"the strongest run of matching frames scores {s.score:.2f} over {length:g} s"
+
+    one = dict(max_segments=1, max_paths=1, min_length=0.0)
+    short = _TemporalNetwork(m, dataclasses.replace(cfg, **one)).segments(fps)
+    if short:  # similar enough, too short
+        return f"{run(short[0])}, shorter than the {cfg.min_length:g} s a segment needs"
+    weak = _TemporalNetwork(m, dataclasses.replace(cfg, min_score=-1.0, **one)).segments(fps)
+    if weak:
+        return f"{run(weak[0])}, below the mean frame similarity of {cfg.min_score:.2f} a segment needs"
+    finite = m[torch.isfinite(m)]
+    best = float(finite.max()) if finite.numel() else float("nan")
+    return f"no frame pair reaches {cfg.threshold:.2f} (the most similar pair: {best:.2f})"
 
 
 def _best_apart(found: list[Segment], cfg: LocalizationConfig, fps: float) -> list[Segment]:

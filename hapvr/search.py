@@ -133,14 +133,16 @@ def _search(args, model, store) -> int:
 def _pair_line(p) -> str:
     spans = "; ".join(f"{s.query_start:.0f}-{s.query_end:.0f} -> {s.target_start:.0f}-{s.target_end:.0f}"
                       for s in p.segments[:2]) + (f" +{len(p.segments) - 2} more" if len(p.segments) > 2 else "")
+    if p.relation == "no segment":
+        return f"{p.score:.4f}  {p.a} looks like {p.b}  (no copied segment: {p.reason})"
     relation = {"same": "same video as", "a in b": "is part of", "b in a": "contains",
                 "share a part": "shares a part with"}[p.relation]
-    return f"{p.score:.4f}  {p.a} {relation} {p.b}  (covers {p.coverage[0]:.0%} / {p.coverage[1]:.0%}; {spans or '-'})"
+    return f"{p.score:.4f}  {p.a} {relation} {p.b}  (covers {p.coverage[0]:.0%} / {p.coverage[1]:.0%}; {spans})"
 
 
 def _pair_dict(p) -> dict:
     return {"a": p.a, "b": p.b, "similarity": p.score, "relation": p.relation, "coverage": list(p.coverage),
-            "segments": [s.to_dict() for s in p.segments]}
+            "segments": [s.to_dict() for s in p.segments], "reason": p.reason}
 
 
 def _duplicates(args, model, store) -> int:
@@ -162,7 +164,8 @@ def _duplicates(args, model, store) -> int:
             print(f"    {_pair_line(p)}")
     others = [p for p in found.pairs if p.relation != "same"]
     if others:
-        print(f"  {len(others)} pairs where one video holds part of the other, or both share a part:")
+        print(f"  {len(others)} other pairs: one video holds part of the other, both share a part, or they look "
+              f"alike with no copied segment:")
     for p in others[:50]:
         print(f"    {_pair_line(p)}")
     if args.json:

@@ -96,8 +96,12 @@ def test_compare_finds_the_copied_part_in_seconds(use_default):
     assert other.segments == [] and other.similarity < part.similarity < same.similarity
 
     layout = part.to_dict()
-    assert list(layout) == ["query", "target", "similarity", "fps", "segments"]
-    assert list(layout["segments"][0]) == ["query_start", "query_end", "target_start", "target_end", "score"]
+    assert list(layout) == ["query", "target", "similarity", "fps", "segments", "reason"]
+    assert layout["reason"] is None  # said only when there is no segment
+    assert list(layout["segments"][0]) == ["query_start", "query_end", "target_start", "target_end", "score",
+                                           "reversed"]
+    assert layout["segments"][0]["reversed"] is False
+    assert other.reason and other.to_dict()["reason"] == other.reason  # why the unrelated pair has none
     assert [s["score"] for s in layout["segments"]] == sorted((s["score"] for s in layout["segments"]), reverse=True)
     sym = model.similarity(d / "copy_inside.mp4", d / "source.mp4", symmetric=True)
     back = model.similarity(d / "source.mp4", d / "copy_inside.mp4")

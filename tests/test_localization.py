@@ -280,8 +280,13 @@ def test_no_segment_comes_with_its_reason():
     sim = noise_map(rng, 30, 30)
     plant(sim, rng, 4, 4, 2, 1.0, level=(0.5, 0.5))  # two frames: too short for a 3-s segment
     segs, why = localize_explained(sim, 1.0)
-    assert segs == [] and why.startswith("the strongest run of matching frames scores")
-    assert "a segment needs a mean frame similarity of 0.25 over 3 s" in why
+    assert segs == [] and why == "the strongest run of matching frames scores 0.50 over 2 s, shorter than the 3 s a segment needs"
+    weak = noise_map(rng, 30, 30)
+    plant(weak, rng, 4, 4, 8, 1.0, level=(0.2, 0.2))  # long enough, too weak
+    segs, why = localize_explained(weak, 1.0)
+    assert segs == [] and why.endswith("below the mean frame similarity of 0.25 a segment needs"), why
+    segs, why = localize_explained(np.full((5, 5), 0.1), 1.0)
+    assert segs == [] and why == "no frame pair reaches 0.15 (the most similar pair: 0.10)"
     span = plant(sim, rng, 10, 10, 8, 1.0)
     segs, why = localize_explained(sim, 1.0)
     assert len(segs) == 1 and why is None

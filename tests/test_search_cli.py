@@ -53,9 +53,11 @@ def test_index_search_duplicates(use_default, collection, tmp_path, capsys):
     src = next(r for r in q["results"] if r["id"] == "source")
     seg = src["segments"][0]
     got = (seg["query_start"], seg["query_end"], seg["target_start"], seg["target_end"])
-    assert all(abs(a - b) <= 1 for a, b in zip(got, (2, 8, 4, 10))), got  # within a frame (1 s)
-    assert got[3] - got[2] == got[1] - got[0]  # same speed
-    assert list(src) == ["id", "similarity", "segments"]
+    # The copied part is inside the segment, whose ends may run a frame or two into the unrelated
+    # frames around it where these toy clips score above the bar (docs/localization.md, "Ends").
+    assert got[0] <= 2 and got[1] >= 8 and got[2] <= 4 and got[3] >= 10, got
+    assert (2 - got[0]) + (got[1] - 8) <= 1 and (4 - got[2]) + (got[3] - 10) <= 2, got
+    assert list(src) == ["id", "similarity", "segments", "reason"] and src["reason"] is None  # reason: only without a segment
     # exhaustive gives the same top results here
     assert search_main(["--index", str(index), str(collection / "excerpt.mp4"), "--top", "3", "--exhaustive",
                         "--json", str(out), "--no-segments"]) == 0
@@ -64,9 +66,15 @@ def test_index_search_duplicates(use_default, collection, tmp_path, capsys):
     dup_json, dup_csv = tmp_path / "d.json", tmp_path / "d.csv"
     assert search_main(["--index", str(index), "--duplicates", "--json", str(dup_json), "--csv", str(dup_csv)]) == 0
     found = json.loads(dup_json.read_text())
-    assert ["excerpt", "reupload", "source"] in found["clusters"]
-    assert all(not c[0].startswith("other") for c in found["clusters"])
-    assert dup_csv.read_text().startswith("a,b,similarity,cluster")
+    # one cluster: the same video twice; the excerpt is part of both, a link outside clusters
+    assert [c["videos"] for c in found["clusters"]] == [["reupload", "source"]]
+    assert [(x["a"], x["b"], x["relation"]) for x in found["clusters"][0]["links"]] == [("reupload", "source", "same")]
+    parts = {(p["a"], p["b"]): p["relation"] for p in found["pairs"] if "excerpt" in (p["a"], p["b"])}
+    assert set(parts) == {("excerpt", "reupload"), ("excerpt", "source")}, parts
+    # 6 of the excerpt's 10 s are 6 of the source's 12 s: neither holds the other
+    assert set(parts.values()) == {"share a part"}, parts
+    assert all("other" not in p["a"] + p["b"] for p in found["pairs"])
+    assert dup_csv.read_text().startswith("a,b,similarity,relation,coverage_a,coverage_b,cluster,segments")
 
     assert index_main(["remove", "--index", str(index), "reupload"]) == 0
     assert index_main(["info", "--index", str(index)]) == 0

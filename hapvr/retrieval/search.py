@@ -17,7 +17,7 @@ import torch
 
 from hapvr.evaluation.engine import EngineConfig, plan_batches, query_groups
 from hapvr.evaluation.scorers import Scorer
-from hapvr.localization import Segment, chamfer_frame_map, localize
+from hapvr.localization import Segment, chamfer_frame_map, localize_explained
 from hapvr.models.padding import pad_stack, repeat_to, split_chunks
 from hapvr.progress import progress as progress_bar
 from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, coarse_index, video_descriptors
@@ -193,11 +193,13 @@ class DuplicatePair:
     relation: str = "same"
     coverage: tuple[float, float] = (1.0, 1.0)  # share of a's and of b's time in the segments
     segments: tuple[Segment, ...] = ()  # a (query) -> b (target), seconds
+    reason: str | None = None  # why no segment was found (relation "no segment")
 
 
 # How two duplicates relate: the same video (each covered by the copied segments, up to edits), one
-# inside the other (a clip cut from it, or shown inside it), or sharing a part (common footage).
-RELATIONS = ("same", "a in b", "b in a", "share a part")
+# inside the other (a clip cut from it, or shown inside it), sharing a part (common footage), or
+# alike with no copied segment found (heavily edited; the reason says what was seen).
+RELATIONS = ("same", "a in b", "b in a", "share a part", "no segment")
 
 
 @dataclass
@@ -298,7 +300,9 @@ def duplicates(store: IndexStore, scorer: Scorer, threshold: float, symmetric: b
 def _related(store: IndexStore, pair: DuplicatePair, cfg: DuplicatesConfig) -> DuplicatePair:
     """``pair`` with its copied segments, the share of each video they cover, and the relation."""
     a, b = store.load(pair.a), store.load(pair.b)
-    segments = localize(chamfer_frame_map(a, b, cfg.k_s), cfg.fps)
+    segments, reason = localize_explained(chamfer_frame_map(a, b, cfg.k_s), cfg.fps)
+    if not segments:
+        return replace(pair, relation="no segment", coverage=(0.0, 0.0), reason=reason)
     cover_a = _covered([(s.query_start, s.query_end) for s in segments]) * cfg.fps / a.shape[0]
     cover_b = _covered([(s.target_start, s.target_end) for s in segments]) * cfg.fps / b.shape[0]
     full_a, full_b = cover_a >= cfg.same_coverage, cover_b >= cfg.same_coverage
