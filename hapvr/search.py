@@ -4,15 +4,16 @@ Search runs in two stages: a coarse stage (faiss over segment-level descriptors:
 small collections, IVF for large ones) picks --candidates videos, which the model then scores
 exactly; --exhaustive scores every indexed video. Each result gets its copied segments (query and
 target spans in seconds). Queries shorter than the model's minimum length are repeated, as the
-model does. --json writes {"queries": [{"query", "results": [{"id", "similarity", "segments"}]}]}
-(docs/formats.md).
+model does; a result the model calls a copy without a segment says why. --json writes
+{"queries": [{"query", "results": [{"id", "similarity", "segments", "reason"}]}]} (docs/formats.md).
 
 --duplicates lists every pair of indexed videos whose similarity reaches --threshold (default:
-the model's calibrated "copy" threshold, docs/scores.md) and groups them into clusters, using
-the coarse stage to avoid all-pairs work (each video proposes its --neighbours nearest videos;
---min-coarse drops weak proposals); --symmetric scores a pair by the mean of both directions
-(whole-video duplicates), otherwise by the shorter video against the longer (a clip cut from a
-longer video is found too).
+the model's calibrated "copy" threshold, docs/scores.md), says how they relate (the same video,
+one part of the other, sharing a part, or alike with no copied segment) and groups the same
+videos into clusters, using the coarse stage to avoid all-pairs work (each video proposes its
+--neighbours nearest videos; --min-coarse drops weak proposals); --symmetric scores a pair by the
+mean of both directions (whole-video duplicates), otherwise by the shorter video against the
+longer (a clip cut from a longer video is found too).
 
 --coarse chooses the coarse search: flat (exact, over the memory-mapped descriptor file) or ivf
 (a faiss IVF, trained on first use and saved in the index folder, searching --nprobe lists per
@@ -22,8 +23,6 @@ descriptor row); auto picks flat up to 1M descriptor rows (~60k videos) and IVF 
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import sys
 
@@ -35,6 +34,7 @@ from hapvr.io.files import write_json, write_text
 from hapvr.retrieval.building import open_index
 from hapvr.retrieval.coarse import CoarseConfig
 from hapvr.retrieval.index_store import is_index, read_manifest
+from hapvr.retrieval.report import duplicates_csv, duplicates_json, pair_line, search_table
 from hapvr.retrieval.search import DuplicatesConfig, Searcher, duplicates
 from hapvr.runtime import default_threads, set_threads
 
@@ -113,36 +113,11 @@ def _search(args, model, store) -> int:
         print(f"\n{q}: {len(store)} indexed videos, {res.scored} scored "
               f"({'exhaustive' if args.exhaustive else f'coarse stage ({searcher.coarse.kind}) + exact scoring'}), "
               f"{1000 * (res.coarse_seconds + res.rerank_seconds):.0f} ms")
-        print(f"  {'rank':>4}  {'similarity':>10}  {'copy?':<5}  {'segments (query s -> target s)':<34}  id")
-        why = []
-        for rank, r in enumerate(results, 1):
-            seg = "; ".join(f"{s['query_start']:.0f}-{s['query_end']:.0f} -> {s['target_start']:.0f}-{s['target_end']:.0f}"
-                            + (" rev" if s["reversed"] else "") for s in r["segments"][:2]) or "-"
-            if len(r["segments"]) > 2:  # the JSON has them all
-                seg += f" +{len(r['segments']) - 2} more"
-            if r["similarity"] >= copy and not r["segments"] and not args.no_segments:
-                why.append(f"  rank {rank}, {r['id']}: no copied segment: {r['reason']}")
-            print(f"  {rank:>4}  {r['similarity']:>10.4f}  {'yes' if r['similarity'] >= copy else 'no':<5}  {seg:<34}  {r['id']}")
-        for line in why:  # a copy without a segment says why
+        for line in search_table(results, copy, segments_looked_for=not args.no_segments):
             print(line)
     if args.json:
         _write_json(args.json, {"queries": out})
     return 0
-
-
-def _pair_line(p) -> str:
-    spans = "; ".join(f"{s.query_start:.0f}-{s.query_end:.0f} -> {s.target_start:.0f}-{s.target_end:.0f}"
-                      for s in p.segments[:2]) + (f" +{len(p.segments) - 2} more" if len(p.segments) > 2 else "")
-    if p.relation == "no segment":
-        return f"{p.score:.4f}  {p.a} looks like {p.b}  (no copied segment: {p.reason})"
-    relation = {"same": "same video as", "a in b": "is part of", "b in a": "contains",
-                "share a part": "shares a part with"}[p.relation]
-    return f"{p.score:.4f}  {p.a} {relation} {p.b}  (covers {p.coverage[0]:.0%} / {p.coverage[1]:.0%}; {spans})"
-
-
-def _pair_dict(p) -> dict:
-    return {"a": p.a, "b": p.b, "similarity": p.score, "relation": p.relation, "coverage": list(p.coverage),
-            "segments": [s.to_dict() for s in p.segments], "reason": p.reason}
 
 
 def _duplicates(args, model, store) -> int:
@@ -161,30 +136,17 @@ def _duplicates(args, model, store) -> int:
     for i, cluster in enumerate(found.clusters, 1):
         print(f"  cluster {i}: {', '.join(cluster)}")
         for p in found.links(cluster):
-            print(f"    {_pair_line(p)}")
+            print(f"    {pair_line(p)}")
     others = [p for p in found.pairs if p.relation != "same"]
     if others:
         print(f"  {len(others)} other pairs: one video holds part of the other, both share a part, or they look "
               f"alike with no copied segment:")
     for p in others[:50]:
-        print(f"    {_pair_line(p)}")
+        print(f"    {pair_line(p)}")
     if args.json:
-        _write_json(args.json, {"threshold": threshold, "symmetric": args.symmetric,
-                                "pairs": [_pair_dict(p) for p in found.pairs],
-                                "clusters": [{"videos": c, "links": [_pair_dict(p) for p in found.links(c)]}
-                                             for c in found.clusters]})
+        _write_json(args.json, duplicates_json(found, threshold, args.symmetric))
     if args.csv:
-        text = io.StringIO(newline="")
-        w = csv.writer(text)
-        w.writerow(["a", "b", "similarity", "relation", "coverage_a", "coverage_b", "cluster", "segments"])
-        cluster_of = {v: i for i, c in enumerate(found.clusters, 1) for v in c}
-        for p in found.pairs:
-            same = p.relation == "same"
-            w.writerow([p.a, p.b, f"{p.score:.6f}", p.relation, p.coverage[0], p.coverage[1],
-                        cluster_of.get(p.a, "") if same else "",
-                        " ".join(f"{s.query_start:g}-{s.query_end:g}:{s.target_start:g}-{s.target_end:g}"
-                                 for s in p.segments)])
-        write_text(args.csv, text.getvalue())
+        write_text(args.csv, duplicates_csv(found))
         print(f"wrote {args.csv}", file=sys.stderr)
     return 0
 
