@@ -19,7 +19,8 @@ videos by visual-temporal consistency" (ACM MM'09), one of the localisation base
    ``[top_k, max_gap * top_k]`` block).
 4. Repeatedly: take the heaviest path, turn it into a segment (its bounding box), remove every
    node inside that box and update the DP only where the removal changed it. A segment is kept
-   when both its spans last ``min_length`` seconds, its mean similarity is ``min_score`` or more
+   when both its spans last ``min_length`` seconds (or ``min_length_share`` of the shorter
+   video, if that is less), its mean similarity is ``min_score`` or more
    and it overlaps no better segment by more than ``max_overlap`` (IoU of the boxes).
 
 Frame ``i`` covers ``[i / fps, (i + 1) / fps)``, so a path from query frame ``a`` to ``b`` gives
@@ -69,6 +70,9 @@ class LocalizationConfig:
     max_speed: allowed playback-speed ratio; an edge's slope ``dj / di`` must lie in
         ``[1 / max_speed, max_speed]`` (2.0 finds 0.5x to 2x copies).
     min_length: shortest reported segment, in seconds, on both the query and the target axis.
+    min_length_share: for short videos, the shortest segment is this share of the shorter video
+        when that is less than ``min_length`` (a 3-s video cut from two 1.5-s parts of another
+        holds two segments; a copy of a 1-s clip gets one).
     min_score: lowest mean similarity along a reported path (map units); with ``score_margin``,
         the larger of this and the map's median plus the margin.
     threshold_margin, score_margin: see above; None: the thresholds alone.
@@ -87,6 +91,7 @@ class LocalizationConfig:
     max_gap: int = 5
     max_speed: float = 2.0
     min_length: float = 3.0
+    min_length_share: float = 0.4
     min_score: float = 0.25
     max_segments: int = 10
     max_overlap: float = 0.3
@@ -111,6 +116,8 @@ class LocalizationConfig:
             raise ValueError(f"max_speed must be a finite number >= 1 (1 = same speed only), got {self.max_speed!r}")
         if not (math.isfinite(self.min_length) and self.min_length >= 0.0):
             raise ValueError(f"min_length must be a finite number of seconds >= 0, got {self.min_length!r}")
+        if not (0.0 <= self.min_length_share <= 1.0):
+            raise ValueError(f"min_length_share must be a share in [0, 1], got {self.min_length_share!r}")
         if not (0.0 <= self.max_overlap <= 1.0):
             raise ValueError(f"max_overlap must be an IoU in [0, 1], got {self.max_overlap!r}")
 
@@ -131,7 +138,8 @@ _D = LocalizationConfig  # the dataclass's fields hold the defaults
 
 def localize(sim, fps: float = 1.0, *, threshold: float = _D.threshold, top_k: int = _D.top_k,
              max_gap: int = _D.max_gap, max_speed: float = _D.max_speed, min_length: float = _D.min_length,
-             min_score: float = _D.min_score, max_segments: int = _D.max_segments,
+             min_length_share: float = _D.min_length_share, min_score: float = _D.min_score,
+             max_segments: int = _D.max_segments,
              max_overlap: float = _D.max_overlap, max_paths: int = _D.max_paths,
              reverse: bool = _D.reverse, threshold_margin: float | None = _D.threshold_margin,
              score_margin: float | None = _D.score_margin) -> list[Segment]:
@@ -143,18 +151,19 @@ def localize(sim, fps: float = 1.0, *, threshold: float = _D.threshold, top_k: i
 
     Parameters (defaults in brackets; see :class:`LocalizationConfig`): ``threshold`` [0.15],
     ``threshold_margin`` [None], ``min_score`` [0.25], ``score_margin`` [0.06], ``top_k`` [5],
-    ``max_gap`` [5 frames], ``max_speed`` [2.0], ``min_length`` [3.0 s], ``max_segments`` [10],
-    ``max_overlap`` [0.3], ``max_paths`` [100], ``reverse`` [True]. The defaults suit region
-    Chamfer maps (calibrated, docs/localization.md); ``PRESETS["trained"]`` is for the paper
-    head's comparator output. A video shorter than ``min_length`` is held to its own length: a
-    copy of a 1-s clip gets a segment.
+    ``max_gap`` [5 frames], ``max_speed`` [2.0], ``min_length`` [3.0 s], ``min_length_share``
+    [0.4], ``max_segments`` [10], ``max_overlap`` [0.3], ``max_paths`` [100], ``reverse`` [True].
+    The defaults suit region Chamfer maps (calibrated, docs/localization.md); ``PRESETS["trained"]``
+    is for the paper head's comparator output. A short video's segments may be shorter than
+    ``min_length``, down to ``min_length_share`` of the shorter video: a copy of a 1-s clip gets
+    a segment.
 
     Returns segments in seconds sorted by ``score`` (mean similarity along the path), best first.
     :func:`localize_explained` also says why nothing was found.
     """
     return localize_explained(sim, fps, threshold=threshold, top_k=top_k, max_gap=max_gap, max_speed=max_speed,
-                              min_length=min_length, min_score=min_score, max_segments=max_segments,
-                              max_overlap=max_overlap, max_paths=max_paths, reverse=reverse,
+                              min_length=min_length, min_length_share=min_length_share, min_score=min_score,
+                              max_segments=max_segments, max_overlap=max_overlap, max_paths=max_paths, reverse=reverse,
                               threshold_margin=threshold_margin, score_margin=score_margin)[0]
 
 
@@ -182,8 +191,9 @@ def localize_explained(sim, fps: float = 1.0, **options) -> tuple[list[Segment],
 
 def _for_this_map(cfg: LocalizationConfig, m: torch.Tensor, fps: float) -> LocalizationConfig:
     """The thresholds of this pair: over the map's background where margins are set, and a
-    minimum length no longer than the videos (a copy of a 1-s clip is 1 s long)."""
-    changes = dict(min_length=min(cfg.min_length, m.shape[0] / fps, m.shape[1] / fps))
+    minimum length of at most ``min_length_share`` of the shorter video (a copy of a 1-s clip is
+    1 s long)."""
+    changes = dict(min_length=min(cfg.min_length, cfg.min_length_share * min(m.shape) / fps))
     if cfg.threshold_margin is not None or cfg.score_margin is not None:
         finite = m[torch.isfinite(m)]
         background = float(finite.median()) if finite.numel() else 0.0

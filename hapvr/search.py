@@ -4,7 +4,7 @@ Search runs in two stages: a coarse stage (faiss over segment-level descriptors:
 small collections, IVF for large ones) picks --candidates videos, which the model then scores
 exactly; --exhaustive scores every indexed video. Each result gets its copied segments (query and
 target spans in seconds). Queries shorter than the model's minimum length are repeated, as the
-model does; a result the model calls a copy without a segment says why. --json writes
+model does; a result below the copy threshold gets none, and a copy without one says why. --json writes
 {"queries": [{"query", "results": [{"id", "similarity", "segments", "reason"}]}]} (docs/formats.md).
 
 --duplicates lists every pair of indexed videos whose similarity reaches --threshold (default:
@@ -63,7 +63,8 @@ def build_parser() -> ArgumentParser:
     add_threads(ap)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--duplicates", action="store_true", help="list the duplicate pairs and clusters of the index")
-    ap.add_argument("--threshold", type=finite_float(), help="similarity of a duplicate pair (default: the model's copy threshold)")
+    ap.add_argument("--threshold", type=finite_float(), help="similarity of a copy: the results localised, the duplicate pairs "
+                                                             "(default: the model's copy threshold)")
     ap.add_argument("--symmetric", action="store_true", help="with --duplicates: mean of both directions")
     ap.add_argument("--csv", help="with --duplicates: write the pairs here as CSV")
     ap.add_argument("--neighbours", type=int_at_least(1),
@@ -100,16 +101,17 @@ def _search(args, model, store) -> int:
     coarse = CoarseConfig(kind=args.coarse, nprobe=args.nprobe or CoarseConfig.nprobe)
     searcher = Searcher(store, model.scorer(), coarse)
     out = []
+    copy = model.scale.threshold if args.threshold is None else args.threshold
     for q, fq in zip(args.queries, features):
         res = searcher.search(fq, k=args.top, candidates=args.candidates, exhaustive=args.exhaustive)
         results = []
-        for hit in res.hits:
+        for hit in res.hits:  # segments of the copies only: a segment between unrelated videos misleads
             found, reason = ([], "not looked for (--no-segments)") if args.no_segments else \
+                ([], f"not a copy (below {copy:g}): not looked for") if hit.score < copy else \
                 model.locate_copies(fq, store.load(hit.id))
             results.append({"id": hit.id, "similarity": hit.score, "segments": [s.to_dict() for s in found],
                             "reason": reason})
         out.append({"query": q, "results": results})
-        copy = model.scale.threshold if args.threshold is None else args.threshold
         print(f"\n{q}: {len(store)} indexed videos, {res.scored} scored "
               f"({'exhaustive' if args.exhaustive else f'coarse stage ({searcher.coarse.kind}) + exact scoring'}), "
               f"{1000 * (res.coarse_seconds + res.rerank_seconds):.0f} ms")
@@ -131,7 +133,7 @@ def _duplicates(args, model, store) -> int:
                        coarse=CoarseConfig(kind=args.coarse), progress=True)
     print(f"{len(store)} indexed videos, {found.candidate_pairs} candidate pairs from the coarse stage, "
           f"{len(found.pairs)} pairs with similarity >= {threshold:g}"
-          f"{' (symmetric)' if args.symmetric else ''}, {len(found.clusters)} clusters of the same video; "
+          f"{' (symmetric)' if args.symmetric else ''}, {len(found.clusters)} cluster{'' if len(found.clusters) == 1 else 's'} of the same video; "
           f"{1000 * sum(found.seconds.values()):.0f} ms")
     for i, cluster in enumerate(found.clusters, 1):
         print(f"  cluster {i}: {', '.join(cluster)}")

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hapvr import metrics
-from hapvr.localization import PRESETS, LocalizationConfig, Segment, _TemporalNetwork, localize
+from hapvr.localization import PRESETS, LocalizationConfig, Segment, _TemporalNetwork, localize, localize_explained
 
 
 def heaviest_path_sums(sim: np.ndarray, cfg: LocalizationConfig, alive=None) -> dict:
@@ -258,6 +258,23 @@ def test_a_copy_shorter_than_the_minimum_length_gets_a_segment():
     assert [(s.query_start, s.query_end, s.target_start, s.target_end) for s in segs] == [(0.0, 1.0, 17.0, 18.0)]
 
 
+def test_a_short_re_cut_of_two_parts_gets_both():
+    """A 13-frame video (3.25 s at 4 fps) made of a 7-frame and a 6-frame part of a 25-frame one
+    (the packaged v2s and v2): both parts are found although each is shorter than min_length, as
+    they cover more than min_length_share of the shorter video; at a share of 1 neither is."""
+    rng = np.random.default_rng(15)
+    sim = noise_map(rng, 25, 13)
+    for i in range(7):
+        sim[i, i] = 1.0  # v2's first 1.75 s are v2s's first 1.75 s
+    for i in range(6):
+        sim[19 + i, 7 + i] = 1.0  # v2's last 1.5 s are the rest of v2s
+    segs = localize(sim, 4.0)
+    spans = sorted((s.query_start, s.query_end, s.target_start, s.target_end) for s in segs)
+    assert spans == [(0.0, 1.75, 0.0, 1.75), (4.75, 6.25, 1.75, 3.25)], spans
+    none, reason = localize_explained(sim, 4.0, min_length_share=1.0)
+    assert none == [] and "shorter than the 3 s a segment needs" in reason
+
+
 def test_the_thresholds_follow_the_pair_s_background():
     """An edited copy sits low on the map (0.35-0.45) and so does its background: found over a
     background of 0.1-0.2, and not over a background as high as the copy."""
@@ -337,6 +354,7 @@ def test_torch_and_numpy_agree_and_to_dict_keys():
     (dict(max_speed=0.5), "max_speed"),
     (dict(min_length=-1.0), "min_length"),
     (dict(max_overlap=1.5), "max_overlap"),
+    (dict(min_length_share=1.5), "min_length_share"),
     (dict(threshold=float("nan")), "threshold"),
 ])
 def test_bad_arguments_are_refused(kwargs, message):
@@ -359,8 +377,9 @@ def test_segments_lie_in_the_videos_and_are_sorted(T, T2, seed, fps, threshold, 
     for s in segs:
         assert 0.0 <= s.query_start < s.query_end <= T / fps + 1e-9
         assert 0.0 <= s.target_start < s.target_end <= T2 / fps + 1e-9
-        # a video shorter than min_length is held to its own length
-        assert min(s.query_end - s.query_start, s.target_end - s.target_start) >= min(min_length, T / fps, T2 / fps) - 1e-9
+        # short videos: at least min_length_share (0.4) of the shorter video
+        assert min(s.query_end - s.query_start, s.target_end - s.target_start) >= \
+            min(min_length, 0.4 * min(T, T2) / fps) - 1e-9
         assert s.score >= min_score - 1e-12
     assert [s.score for s in segs] == sorted((s.score for s in segs), reverse=True)
 
