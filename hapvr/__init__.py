@@ -8,7 +8,7 @@ import sys
 
 # The command-line tools (python -m hapvr.X: the package is imported while "-m" is still argv[0])
 # let idle OpenMP threads sleep instead of spinning: on a machine shared with other jobs a
-# spinning thread takes a core from them and slows everything (README, "Threads"). It must be
+# spinning thread takes a core from them and slows everything (README, "On a busy machine"). It must be
 # set before torch loads its OpenMP runtime; Python users set OMP_WAIT_POLICY themselves.
 if sys.argv[:1] == ["-m"]:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -91,7 +91,8 @@ def _main(argv=None) -> int:
         result = compare_videos(fa, fb, model, symmetric=args.symmetric, names=(args.query, args.target))
     except ValueError as exc:
         fail(str(exc))
-    threshold = model.scale.threshold if args.threshold is None else args.threshold
+    threshold = args.threshold if args.threshold is not None else \
+        model.scale.symmetric_threshold if args.symmetric else model.scale.threshold
     verdict = "copy" if result.similarity >= threshold else "not a copy"
     print(f"model: {model.name}")
     print(f"similarity {result.similarity:.4f} ({'symmetric' if args.symmetric else 'query -> target'}; "

@@ -175,7 +175,8 @@ def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.duplicates == bool(args.queries):
         fail("give QUERY_VIDEO files to search for, or --duplicates (not both)")
-    for arg, value in (("--csv", args.csv), ("--neighbours", args.neighbours), ("--min-coarse", args.min_coarse)):
+    for arg, value in (("--csv", args.csv), ("--neighbours", args.neighbours), ("--min-coarse", args.min_coarse),
+                       ("--symmetric", args.symmetric or None)):
         if value is not None and not args.duplicates:
             fail(f"{arg} goes with --duplicates")
     if args.exhaustive and (args.coarse != "auto" or args.nprobe):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from hapvr.cli import ArgumentParser, add_settings, run_main
+from hapvr.cli import EXIT_OK, EXIT_SOME_FAILED, ArgumentParser, add_settings, run_main
 from hapvr.training.config import PRESETS, TrainConfig, preset
 from hapvr.training.trainer import run
 
@@ -46,8 +46,10 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    run(parse_config(argv))
-    return 0
+    outcome = run(parse_config(argv))
+    # unreadable training videos were skipped (named in warnings and results.json): exit 3, as every
+    # command that finished without some of its inputs; under torchrun a non-zero code reads as a crash
+    return EXIT_SOME_FAILED if outcome.skipped and outcome.world == 1 else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,6 +127,10 @@ def test_compare_command_line(use_default, tmp_path, capsys):
     write_features(feats, {"a": model.features(d / "copy_inside.mp4"), "b": model.features(d / "source.mp4")})
     assert main(["a", "b", "--features", str(feats), "--json", str(out)]) == 0
     assert json.loads(out.read_text())["segments"][0]["target_start"] == 2.0
+    # the mean of both directions is held to the symmetric threshold (docs/scores.md)
+    capsys.readouterr()
+    assert main(["a", "b", "--features", str(feats), "--symmetric"]) == 0
+    assert f"copy threshold {model.scale.symmetric_threshold:g})" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("case", ["missing query", "not a video", "unknown id", "bad checkpoint", "plot under a file"])

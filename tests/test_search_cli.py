@@ -82,7 +82,8 @@ def test_index_search_duplicates(use_default, collection, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["empty index", "unreadable query", "no decodable frame", "no index",
-                                  "other model", "query and duplicates", "remove unknown id"])
+                                  "other model", "query and duplicates", "symmetric without duplicates",
+                                  "remove unknown id"])
 def test_search_bad_input(use_default, collection, tmp_path, capsys, case):
     index = tmp_path / "i"
     (tmp_path / "junk.mp4").write_bytes(os.urandom(3000))
@@ -108,6 +109,8 @@ def test_search_bad_input(use_default, collection, tmp_path, capsys, case):
             "other model": (["--index", str(index), str(collection / "source.mp4"), "--fps", "2"], "fps"),
             "query and duplicates": (["--index", str(index), str(collection / "source.mp4"), "--duplicates"],
                                      "--duplicates"),
+            "symmetric without duplicates": (["--index", str(index), str(collection / "source.mp4"), "--symmetric"],
+                                             "--symmetric goes with --duplicates"),
             "remove unknown id": (None, "zz"),
         }[case]
     if case == "remove unknown id":

@@ -302,10 +302,19 @@ def train_loop(t: Trainer, log: TrainLog) -> tuple[int, float]:
     return done, time.time() - t0
 
 
-def run(cfg: TrainConfig) -> dict:
-    """Trains as ``cfg`` says and reports; returns the benchmark results per model ({} when
-    stopped early). On an error the process group is left at once (no barrier: the other ranks
-    may be inside a collective); on success every rank waits for the others before leaving."""
+@dataclass
+class Outcome:
+    """What a run did: the benchmark results per model ({} when stopped early or on ranks other
+    than 0), the training videos skipped as unreadable (path, why), and its process count."""
+    results: dict
+    skipped: list
+    world: int
+
+
+def run(cfg: TrainConfig) -> Outcome:
+    """Trains as ``cfg`` says and reports (:class:`Outcome`). On an error the process group is
+    left at once (no barrier: the other ranks may be inside a collective); on success every rank
+    waits for the others before leaving."""
     for note in validate(cfg):
         print(note, file=sys.stderr)
     try:
@@ -327,4 +336,4 @@ def run(cfg: TrainConfig) -> dict:
         leave_group(wait=False)
         raise
     leave_group(wait=True)
-    return results
+    return Outcome(results, list(t.skipped), t.info.world)
