@@ -179,44 +179,77 @@ def _ratio(num: float, den: float) -> float:
     return float(num / den) if den > 0 else 0.0
 
 
-def _combine_axes(q: float, t: float, combine: str) -> float:
-    if combine == "geometric":
-        return math.sqrt(q * t)
-    if combine == "product":
-        return q * t
-    raise ValueError(f"combine must be 'geometric' (vsc2022) or 'product' (VCSL), got {combine!r}")
+SEGMENT_METRICS = ("vsc", "vcsl")
+VCSL_EPS = 1e-6  # VCSL adds this to the summed lengths it divides by
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in SEGMENT_METRICS:
+        raise ValueError(f"metric must be 'vsc' (unions, geometric mean of the axes, as vsc2022) or 'vcsl' "
+                         f"(per-box sums, product of the axes, as VCSL), got {metric!r}")
+
+
+def _vcsl_axes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """VCSL's per-axis ratio of boxes ``a`` covered by boxes ``b``: for each box of ``a``, the union
+    of its intersections with the boxes of ``b`` it overlaps with positive area, summed over the
+    boxes of ``a``, over the summed lengths of ``a`` (plus ``VCSL_EPS``)."""
+    dq = np.minimum(a[:, None, 1], b[None, :, 1]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    dt = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 2], b[None, :, 2])
+    meets = (dq > 0) & (dt > 0)
+    out = np.zeros(2)
+    for axis, (lo, hi) in enumerate(((0, 1), (2, 3))):
+        covered = 0.0
+        for i in range(len(a)):
+            hit = b[meets[i]]
+            if len(hit):
+                cut = np.stack([np.maximum(hit[:, lo], a[i, lo]), np.minimum(hit[:, hi], a[i, hi])], axis=1)
+                covered += _union_length(cut)
+        out[axis] = covered / (float(np.sum(a[:, hi] - a[:, lo])) + VCSL_EPS)
+    return out
 
 
 def _f1(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r > 0 else 0.0
 
 
-def segment_precision_recall(predicted, ground_truth, combine: str = "geometric") -> SegmentPRF:
-    """Overlap-aware segment precision, recall and F1 of one video pair (VCSL-style).
+def segment_precision_recall(predicted, ground_truth, metric: str = "vsc") -> SegmentPRF:
+    """Segment precision, recall and F1 of one video pair, in one of two forms.
 
-    Per axis a (query, target): ``TP_a = |U(P)_a n U(G*)_a|``, ``P_a = TP_a / |U(P)_a|``,
-    ``R_a = TP_a / |U(G)_a|`` (unions of intervals, so overlapping segments count once; G* = the
-    ground-truth boxes overlapping some prediction with positive area). The axes are combined by
-    ``combine``: ``"geometric"`` ``sqrt(P_q P_t)`` as vsc2022, or ``"product"`` ``P_q P_t`` as
-    VCSL. F1 = 2PR / (P + R). VCSL's conventions for empty sides: no prediction and no ground
+    ``metric="vsc"`` (the form of the VSC 2022 matching track's micro-AP): per axis a (query,
+    target), ``TP_a = |U(P)_a n U(G*)_a|``, ``P_a = TP_a / |U(P)_a|``, ``R_a = TP_a / |U(G)_a|``
+    (unions of intervals, so overlapping segments count once; G* = the ground-truth boxes
+    overlapping some prediction with positive area); ``P = sqrt(P_q P_t)``, ``R`` likewise.
+
+    ``metric="vcsl"`` (VCSL's ``precision_recall``): per axis, each predicted box contributes the
+    union of its intersections with the ground-truth boxes it overlaps with positive area; these
+    are summed over the predicted boxes and divided by the sum of their lengths (plus 1e-6), so
+    overlapping predictions count twice; recall the same with the roles swapped; ``P = P_q P_t``,
+    ``R = R_q R_t``.
+
+    F1 = 2PR / (P + R). Both use VCSL's conventions for empty sides: no prediction and no ground
     truth -> P = R = 1; predictions without ground truth -> P = 0, R = 1; ground truth without
     predictions -> P = 1, R = 0. A 0/0 ratio otherwise counts 0.
     """
-    _combine_axes(1.0, 1.0, combine)  # validate before the empty-side shortcuts
+    _check_metric(metric)  # before the empty-side shortcuts
     pred, gt = _segment_boxes(predicted), _segment_boxes(ground_truth)
     if len(pred) == 0 or len(gt) == 0:
         p, r = (1.0, 1.0) if len(pred) == len(gt) else ((0.0, 1.0) if len(pred) else (1.0, 0.0))
         return SegmentPRF(p, r, _f1(p, r))
+    if metric == "vcsl":
+        pq, pt = _vcsl_axes(pred, gt)
+        rq, rt = _vcsl_axes(gt, pred)
+        p, r = float(pq * pt), float(rq * rt)
+        return SegmentPRF(p, r, _f1(p, r))
     tp, pred_len, gt_len = _axis_overlaps(pred, gt)
-    p = _combine_axes(_ratio(tp[0], pred_len[0]), _ratio(tp[1], pred_len[1]), combine)
-    r = _combine_axes(_ratio(tp[0], gt_len[0]), _ratio(tp[1], gt_len[1]), combine)
+    p = math.sqrt(_ratio(tp[0], pred_len[0]) * _ratio(tp[1], pred_len[1]))
+    r = math.sqrt(_ratio(tp[0], gt_len[0]) * _ratio(tp[1], gt_len[1]))
     return SegmentPRF(p, r, _f1(p, r))
 
 
 def segment_prf_over_pairs(predicted: Mapping, ground_truth: Mapping, groups: Mapping | None = None,
-                           combine: str = "geometric") -> SegmentPRF:
+                           metric: str = "vsc") -> SegmentPRF:
     """VCSL's aggregate over video pairs: macro means of the per-pair precision and recall of
-    :func:`segment_precision_recall`, and F1 = 2PR / (P + R) of those means.
+    :func:`segment_precision_recall` (in its ``metric`` form), and F1 = 2PR / (P + R) of those means.
 
     ``predicted`` and ``ground_truth`` map a pair key (e.g. ``(query_id, target_id)``) to its
     segments; a pair missing from one side has no segments there. The pairs evaluated are the
@@ -227,7 +260,7 @@ def segment_prf_over_pairs(predicted: Mapping, ground_truth: Mapping, groups: Ma
     keys = list(dict.fromkeys([*ground_truth.keys(), *predicted.keys()]))
     if not keys:
         raise ValueError("no video pair to evaluate")
-    per_pair = {k: segment_precision_recall(predicted.get(k, ()), ground_truth.get(k, ()), combine) for k in keys}
+    per_pair = {k: segment_precision_recall(predicted.get(k, ()), ground_truth.get(k, ()), metric) for k in keys}
     if groups is None:
         buckets = [[k] for k in keys]
     else:

@@ -55,8 +55,8 @@ def test_dp_matches_oracle_and_box_removal_repairs_it(seed):
 
 # --- metrics: one pair, by hand ----------------------------------------------------------------
 
-def prf(p, r):
-    return pytest.approx((p, r, 2 * p * r / (p + r) if p + r else 0.0))
+def prf(p, r, abs=None):
+    return pytest.approx((p, r, 2 * p * r / (p + r) if p + r else 0.0), abs=abs)
 
 
 def as_tuple(x):
@@ -74,20 +74,43 @@ def test_perfect_prediction_scores_one():
 def test_half_overlap_on_one_axis():
     # pred q[0,10] t[0,10], gt q[5,15] t[0,10]. Query: TP = |[0,10] n [5,15]| = 5,
     # P_q = 5/10, R_q = 5/10. Target: TP = 10, P_t = R_t = 1.
-    # geometric: P = R = sqrt(0.5 * 1); product (VCSL): P = R = 0.5.
+    # vsc (geometric mean): P = R = sqrt(0.5 * 1); vcsl (product): P = R = 0.5 (less VCSL's 1e-6).
     pred, gt = [(0, 10, 0, 10)], [(5, 15, 0, 10)]
     assert as_tuple(metrics.segment_precision_recall(pred, gt)) == prf(math.sqrt(0.5), math.sqrt(0.5))
-    assert as_tuple(metrics.segment_precision_recall(pred, gt, combine="product")) == prf(0.5, 0.5)
+    assert as_tuple(metrics.segment_precision_recall(pred, gt, metric="vcsl")) == prf(0.5, 0.5, abs=1e-6)
 
 
 def test_overlapping_predictions_count_once():
     # gt q[0,10] t[0,10]; preds q[0,10] t[0,10] and q[5,15] t[5,15] overlap each other.
     # Union of preds on each axis = [0,15] (15 s, not 10 + 10), TP = |[0,15] n [0,10]| = 10:
     # P_q = P_t = 10/15, R_q = R_t = 1 -> P = 2/3, R = 1, F1 = 2 (2/3) / (5/3) = 0.8.
-    # (VCSL's code sums the two lengths: P_a = (10 + 5) / 20 = 0.75.)
     got = metrics.segment_precision_recall([(0, 10, 0, 10), (5, 15, 5, 15)], [(0, 10, 0, 10)])
     assert as_tuple(got) == prf(2 / 3, 1.0)
     assert got.f1 == pytest.approx(0.8)
+    # vcsl sums per predicted box: P_a = (10 + 5) / (10 + 10) = 0.75, P = 0.75^2; the gt box is
+    # covered by [0,10] u [5,10] = 10 of 10: R = 1.
+    vcsl = metrics.segment_precision_recall([(0, 10, 0, 10), (5, 15, 5, 15)], [(0, 10, 0, 10)], metric="vcsl")
+    assert as_tuple(vcsl) == prf(0.75 ** 2, 1.0, abs=1e-6)
+
+
+def test_vcsl_and_vsc_differ_on_multi_box_pairs():
+    # preds P1 q[0,10] t[0,10], P2 q[5,15] t[5,15] (overlapping each other); gts G1 q[0,6] t[0,6],
+    # G2 q[8,12] t[8,12]. vcsl, per axis: P1 meets G1 on [0,6] and G2 on [8,10] (union 8), P2 meets
+    # G1 on [5,6] and G2 on [8,12] (union 5): P_a = 13 / 20 -> P = 0.65^2 = 0.4225. Recall: G1 is
+    # covered by [0,6] u [5,6] = 6, G2 by [8,10] u [8,12] = 4: R_a = 10 / 10 -> R = 1.
+    # vsc: union of preds [0,15] (15), TP = |[0,15] n ([0,6] u [8,12])| = 10 -> P_a = 2/3 -> P = 2/3.
+    preds, gts = [(0, 10, 0, 10), (5, 15, 5, 15)], [(0, 6, 0, 6), (8, 12, 8, 12)]
+    vcsl = metrics.segment_precision_recall(preds, gts, metric="vcsl")
+    assert as_tuple(vcsl) == prf(0.4225, 1.0, abs=1e-6)
+    assert as_tuple(metrics.segment_precision_recall(preds, gts, metric="vsc")) == prf(2 / 3, 1.0, abs=1e-6)
+    # one box touching two gt boxes that overlap each other: its covered part is their union on
+    # each axis, [0,6] u [4,8] = 8 (not 6 + 4): P_a = 8/10 -> P = 0.64; each gt box is wholly
+    # covered: R = 1.
+    one = metrics.segment_precision_recall([(0, 10, 0, 10)], [(0, 6, 0, 6), (4, 8, 4, 8)], metric="vcsl")
+    assert as_tuple(one) == prf(0.64, 1.0, abs=1e-6)
+    # a gt box met on each axis but not in 2D adds nothing in either form
+    apart = metrics.segment_precision_recall([(0, 10, 20, 30)], [(0, 10, 0, 10), (20, 30, 20, 30)], metric="vcsl")
+    assert as_tuple(apart) == prf(0.0, 0.0)
 
 
 def test_wrong_target_span_lowers_target_precision_only():
@@ -124,8 +147,8 @@ def test_bad_segments_are_refused():
         metrics.segment_precision_recall([(10, 0, 0, 10)], [(0, 10, 0, 10)])
     with pytest.raises(ValueError, match="NaN"):
         metrics.segment_precision_recall([(0, float("nan"), 0, 10)], [(0, 10, 0, 10)])
-    with pytest.raises(ValueError, match="combine"):
-        metrics.segment_precision_recall([], [], combine="mean")
+    with pytest.raises(ValueError, match="metric"):
+        metrics.segment_precision_recall([], [], metric="mean")
     with pytest.raises(ValueError, match="score"):  # the micro-AP ranks by score
         metrics.segment_micro_ap({"A": [(0, 10, 0, 10)]}, {"A": [(0, 10, 0, 10)]})
 

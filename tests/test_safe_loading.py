@@ -126,7 +126,7 @@ def test_train_resume_without_a_run_is_one_line(tmp_path, capsys):
 
 
 def test_crafted_annotation_pickle_is_refused(tmp_path):
-    from hapvr.evaluation.benchmarks import load_fivr
+    from hapvr.evaluation.annotations import load_fivr
 
     marker = tmp_path / "payload-ran"
     path = tmp_path / "fivr.pickle"

@@ -1,46 +1,62 @@
-"""Benchmarks as data: which videos are queries, which are candidates, which are relevant.
+"""Benchmarks as data (which videos are queries, which are candidates, which are relevant) and
+the protocols that score a ranking of them.
 
-Every dataset is loaded into one :class:`Benchmark`; :func:`evaluate_scores` then applies the
-protocol of SPEC section 4: only videos present in the feature file count, a query is excluded
-from its own ranking and ground truth, queries without ground truth are skipped (and counted).
-
-Annotation formats read:
-
-- FIVR (the predecessor's pickle): ``{'5k': {'queries', 'database'}, '200k': {...},
-  'annotation': {qid: {'ND': [...], 'DS': [...], 'CS': [...], 'IS': [...]}}}``.
-  DSVR positives = ND+DS, CSVR = +CS, ISVR = +IS; DSVD/CSVD/ISVD are the same labels scored by uAP.
-- EVVE (JSON or pickle): ``{'database': [...], 'events': {name: {'queries': [...], 'positives': [...]}}}``;
-  trapezoidal AP per query, plus uAP.
-- SVD (JSON or pickle): ``{'queries': {qid: {'positives': [...], 'negatives': [...]}}, 'unlabelled': [...]}``;
-  each query ranks its labelled candidates plus the unlabelled distractors (negatives),
-  scikit-learn-style AP (equal scores form one step).
-- VCDB (JSON or pickle): ``{'videos': [...core ids...], 'pairs': [[a, b], ...], 'distractors': [...]}``;
-  every core video is a query, its copy partners are the positives, all other videos the negatives.
-- custom (JSON): ``{'queries': [...], 'database': [...], 'positives': {qid: [...]}}``, or several
-  relevance levels ``'levels': {name: {qid: [...]}}`` instead of ``'positives'``; optional
-  ``'detection': true`` to also report uAP per level.
+Every dataset is read into one :class:`Benchmark` (:mod:`hapvr.evaluation.annotations` reads
+the files as the public releases ship them, and hapvr's own layouts); :func:`evaluate_scores`
+then applies its :class:`Protocol`: which candidates a query ranks, whether it ranks itself,
+which positives count in ``|GT|``, what a query without positives gives, the AP rule, and which
+pairs each uAP pools. Only videos present (with features, or with scores) count. The protocol
+of each benchmark, with the release behaviour it reproduces, is in docs/formats.md.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from hapvr import metrics
-from hapvr.io.serialization import load_plain_pickle
 
 APStyle = Literal["standard", "trapezoid", "sklearn"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one benchmark's rankings are scored.
+
+    exclude_query: a query is not among its own candidates (FIVR, VCDB); the releases of EVVE,
+        SVD and CC_WEB_VIDEO rank every listed candidate.
+    gt_scope: which annotated positives count in ``|GT|``: ``"database"`` those among the
+        query's candidate list that are present (FIVR, VCDB, SVD); ``"present"`` every present
+        one, ranked or not (EVVE: the release counts the positives among all loaded videos;
+        hapvr's own layouts); ``"all"`` every annotated one, present or not (CC_WEB_VIDEO).
+    gt_drops_query: the query itself never counts as its own positive (FIVR); the VCDB release
+        keeps a query listed among its own positives (a positive it never ranks).
+    empty_gt: a query without positives is ``"skip"``-ped from the mean (and listed), or counts
+        with AP ``"zero"`` (EVVE's release).
+    ap_style: ``standard`` (sum of P@k at the relevant ranks / |GT|), ``trapezoid`` (EVVE),
+        ``sklearn`` (equal scores form one step, as scikit-learn's average_precision_score).
+    """
+
+    exclude_query: bool = True
+    gt_scope: Literal["database", "present", "all"] = "present"
+    gt_drops_query: bool = True
+    empty_gt: Literal["skip", "zero"] = "skip"
+    ap_style: APStyle = "standard"
 
 
 @dataclass
 class Benchmark:
     """Queries, candidates and relevance of one benchmark.
 
-    ``positives[task][qid]`` are the relevant videos of query ``qid`` for retrieval task
-    ``task``; ``candidates[qid]`` (or ``database`` when absent) are what the query ranks.
-    ``detection[name] = task`` reports uAP of ``task``'s labels under ``name``.
+    ``positives[task][qid]``: the relevant videos of query ``qid`` for retrieval task ``task``.
+    ``candidates[qid]`` (or ``database`` when None): what the query ranks; ``task_candidates
+    [task][qid]`` overrides it for one task (CC_WEB_VIDEO ranks only the labelled videos of the
+    query's topic in some variants). ``task_queries[task]``: the queries of a task, when not all
+    (FIVR's audio task has its own). ``detection[name] = task``: uAP of ``task``'s labels,
+    pooled over that task's queries. ``groups[qid]``: the query's group (EVVE's event), which
+    adds the mean over groups of the groups' mAP as ``"<task> (mean over events)"``.
+    ``segments[(a, b)]``: copied segment pairs ``(a_start, a_end, b_start, b_end)`` in seconds,
+    where the annotation has them (VCDB's own folder).
     """
 
     name: str
@@ -49,148 +65,59 @@ class Benchmark:
     positives: dict[str, dict[str, set[str]]]
     detection: dict[str, str] = field(default_factory=dict)
     candidates: dict[str, list[str]] | None = None
-    ap_style: APStyle = "standard"
+    protocol: Protocol = field(default_factory=Protocol)
+    task_queries: dict[str, list[str]] = field(default_factory=dict)
+    task_candidates: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)
+    segments: dict[tuple[str, str], list[tuple[float, float, float, float]]] = field(default_factory=dict)
 
     def all_videos(self) -> set[str]:
         ids = set(self.queries) | set(self.database)
-        if self.candidates:
-            for c in self.candidates.values():
+        for c in (self.candidates or {}).values():
+            ids.update(c)
+        for per in self.task_candidates.values():
+            for c in per.values():
                 ids.update(c)
         return ids
 
-    def candidates_of(self, qid: str) -> list[str]:
+    def candidates_of(self, qid: str, task: str | None = None) -> list[str]:
+        per = self.task_candidates.get(task)
+        if per is not None:
+            return per.get(qid, [])
         return self.candidates[qid] if self.candidates is not None else self.database
 
-    def without(self, excluded: set[str], suffix: str) -> "Benchmark":
-        """The same benchmark with ``excluded`` videos removed from every ranking and ground truth
-        (FIVR's hard variant drops the easy duplicates)."""
-        return Benchmark(
-            name=self.name + suffix,
-            queries=[q for q in self.queries if q not in excluded],
-            database=[v for v in self.database if v not in excluded],
+    def queries_of(self, task: str) -> list[str]:
+        return self.task_queries.get(task, self.queries)
+
+    def without(self, excluded: set[str], suffix: str) -> Benchmark:
+        """The same benchmark with ``excluded`` videos removed from every candidate list and
+        ground truth; the queries stay (FIVR's hard variant drops the easy duplicates from the
+        database, as the release does)."""
+        def keep(ids):
+            return [v for v in ids if v not in excluded]
+
+        return replace(
+            self, name=self.name + suffix, database=keep(self.database),
             positives={t: {q: p - excluded for q, p in per.items()} for t, per in self.positives.items()},
-            detection=dict(self.detection),
-            candidates=None if self.candidates is None else
-            {q: [v for v in c if v not in excluded] for q, c in self.candidates.items()},
-            ap_style=self.ap_style,
-        )
+            candidates=None if self.candidates is None else {q: keep(c) for q, c in self.candidates.items()},
+            task_candidates={t: {q: keep(c) for q, c in per.items()} for t, per in self.task_candidates.items()},
+            detection=dict(self.detection))
 
+    def renamed(self, new: dict[str, str]) -> Benchmark:
+        """The same benchmark with ids renamed by ``new`` (ids not in it stay)."""
+        def r(v):
+            return new.get(v, v)
 
-def _read(path: str | Path):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
-    return load_plain_pickle(path, "--annotations")
-
-
-def _need(data, key: str, fmt: str):
-    if not isinstance(data, dict) or key not in data:
-        raise ValueError(f"{fmt} annotations must contain the key {key!r}")
-    return data[key]
-
-
-FIVR_LABELS = {"DSVR": ("ND", "DS"), "CSVR": ("ND", "DS", "CS"), "ISVR": ("ND", "DS", "CS", "IS")}
-
-
-def load_fivr(path: str | Path, version: str = "5k") -> Benchmark:
-    data = _read(path)
-    split = _need(data, version, f"FIVR ({version})")
-    annotation = _need(data, "annotation", "FIVR")
-    queries = [str(q) for q in _need(split, "queries", f"FIVR {version}")]
-    database = [str(v) for v in _need(split, "database", f"FIVR {version}")]
-    positives: dict[str, dict[str, set[str]]] = {t: {} for t in FIVR_LABELS}
-    for q in queries:
-        labels = annotation.get(q, {})
-        for task, keys in FIVR_LABELS.items():
-            positives[task][q] = {str(v) for k in keys for v in labels.get(k, [])}
-    return Benchmark(f"fivr-{version}", queries, database, positives,
-                     detection={"DSVD": "DSVR", "CSVD": "CSVR", "ISVD": "ISVR"})
-
-
-def load_evve(path: str | Path) -> Benchmark:
-    data = _read(path)
-    events = _need(data, "events", "EVVE")
-    database = [str(v) for v in _need(data, "database", "EVVE")]
-    queries, pos = [], {}
-    for name, ev in events.items():
-        members = {str(v) for v in _need(ev, "positives", f"EVVE event {name!r}")}
-        for q in _need(ev, "queries", f"EVVE event {name!r}"):
-            queries.append(str(q))
-            pos[str(q)] = set(members)
-    return Benchmark("evve", queries, database, {"EVVE": pos}, detection={"EVVE-uAP": "EVVE"},
-                     ap_style="trapezoid")
-
-
-def load_svd(path: str | Path) -> Benchmark:
-    data = _read(path)
-    per_query = _need(data, "queries", "SVD")
-    unlabelled = [str(v) for v in data.get("unlabelled", [])]
-    queries, pos, candidates = [], {}, {}
-    for q, lab in per_query.items():
-        q = str(q)
-        p = [str(v) for v in _need(lab, "positives", f"SVD query {q!r}")]
-        n = [str(v) for v in lab.get("negatives", [])]
-        queries.append(q)
-        pos[q] = set(p)
-        candidates[q] = sorted(set(p) | set(n) | set(unlabelled))
-    database = sorted({v for c in candidates.values() for v in c})
-    return Benchmark("svd", queries, database, {"SVD": pos}, detection={"SVD-uAP": "SVD"},
-                     candidates=candidates, ap_style="sklearn")
-
-
-def load_vcdb(path: str | Path) -> Benchmark:
-    data = _read(path)
-    core = [str(v) for v in _need(data, "videos", "VCDB")]
-    pos: dict[str, set[str]] = {v: set() for v in core}
-    for a, b in _need(data, "pairs", "VCDB"):
-        a, b = str(a), str(b)
-        if a != b:
-            pos.setdefault(a, set()).add(b)
-            pos.setdefault(b, set()).add(a)
-    database = core + [str(v) for v in data.get("distractors", [])]
-    return Benchmark("vcdb", core, database, {"VCDB": pos}, detection={"VCDB-uAP": "VCDB"})
-
-
-def load_custom(path: str | Path) -> Benchmark:
-    data = _read(path)
-    queries = [str(q) for q in _need(data, "queries", "custom")]
-    database = [str(v) for v in _need(data, "database", "custom")]
-    if "levels" in data:
-        levels = {str(name): {str(q): {str(v) for v in vs} for q, vs in per.items()}
-                  for name, per in data["levels"].items()}
-    else:
-        levels = {"retrieval": {str(q): {str(v) for v in vs}
-                                for q, vs in _need(data, "positives", "custom").items()}}
-    detection = {f"{name}-uAP": name for name in levels} if data.get("detection") else {}
-    return Benchmark(str(data.get("name", "custom")), queries, database, levels, detection=detection)
-
-
-LOADERS = {
-    "fivr-5k": lambda p: load_fivr(p, "5k"),
-    "fivr-200k": lambda p: load_fivr(p, "200k"),
-    "evve": load_evve,
-    "svd": load_svd,
-    "vcdb": load_vcdb,
-    "custom": load_custom,
-}
-
-
-def load_benchmark(dataset: str, path: str | Path) -> Benchmark:
-    """The benchmark in ``path``, read as data (JSON, or a pickle of plain containers only);
-    formats in docs/formats.md. A file of the wrong layout raises ``ValueError`` naming it."""
-    if dataset not in LOADERS:
-        raise ValueError(f"dataset must be one of {sorted(LOADERS)}, got {dataset!r}")
-    try:
-        return LOADERS[dataset](path)
-    except FileNotFoundError:
-        raise
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        if str(path) in str(exc):
-            raise ValueError(str(exc)) from None
-        raise ValueError(f"{path}: not a valid {dataset} annotation file ({type(exc).__name__}: {exc}); "
-                         f"the formats are in docs/formats.md") from None
+        return replace(
+            self, queries=[r(q) for q in self.queries], database=[r(v) for v in self.database],
+            positives={t: {r(q): {r(v) for v in p} for q, p in per.items()} for t, per in self.positives.items()},
+            candidates=None if self.candidates is None else {r(q): [r(v) for v in c]
+                                                             for q, c in self.candidates.items()},
+            task_queries={t: [r(q) for q in qs] for t, qs in self.task_queries.items()},
+            task_candidates={t: {r(q): [r(v) for v in c] for q, c in per.items()}
+                             for t, per in self.task_candidates.items()},
+            groups={r(q): g for q, g in self.groups.items()},
+            segments={(r(a), r(b)): s for (a, b), s in self.segments.items()})
 
 
 @dataclass
@@ -200,51 +127,84 @@ class EvaluationResult:
     queries_used: dict[str, int]
     queries_skipped: dict[str, list[str]]  # task -> queries without ground truth among present videos
     per_query_ap: dict[str, dict[str, float]]
+    pooled: dict[str, tuple[list[float], list[bool], int]] = field(default_factory=dict)  # task -> uAP pool
+    queries_missing: list[str] = field(default_factory=list)  # present queries without scores (--scores)
 
 
-def evaluate_scores(bench: Benchmark, scores: dict[str, dict[str, float]], present: set[str]) -> EvaluationResult:
-    """Applies the protocol to ``scores[qid][vid]`` (the similarity of candidate ``vid`` to
-    query ``qid``); ``present`` holds the ids that have features. mAP averages the AP of the
-    queries with ground truth at a level (the others are listed as skipped); uAP pools the
-    candidates of every present query, so a query without positives at a level adds its
-    candidates as negatives (as the release's ``calculate_uAP`` does)."""
-    retrieval, detection, used, skipped, per_query = {}, {}, {}, {}, {}
-    ap_fn = {
-        "standard": metrics.average_precision,
-        "sklearn": lambda s, r, n: metrics.average_precision(s, r, n, tie_groups=True),
-        "trapezoid": metrics.trapezoidal_average_precision,
-    }[bench.ap_style]
-    pooled: dict[str, tuple[list[float], list[bool], int]] = {}
-    for task, per in bench.positives.items():
-        aps, missing = {}, []
-        all_s, all_r, all_gt = [], [], 0
-        for q in bench.queries:
+_AP = {
+    "standard": metrics.average_precision,
+    "sklearn": lambda s, r, n: metrics.average_precision(s, r, n, tie_groups=True),
+    "trapezoid": metrics.trapezoidal_average_precision,
+}
+
+
+def _query_ranking(bench: Benchmark, task: str, q: str, row: dict, present: set[str]):
+    """The scores and relevance of query ``q``'s ranked candidates for ``task``, and its ``|GT|``."""
+    p = bench.protocol
+    listed = bench.candidates_of(q, task)
+    cands = sorted({v for v in listed if v in present and v in row and not (p.exclude_query and v == q)})
+    positives = bench.positives[task].get(q, set())
+    if p.gt_scope == "all":
+        gt = set(positives)
+    elif p.gt_scope == "database":
+        gt = positives & {v for v in listed if v in present}
+    else:
+        gt = {v for v in positives if v in present}
+    if p.gt_drops_query:
+        gt.discard(q)
+    return [row[v] for v in cands], [v in gt for v in cands], len(gt)
+
+
+def evaluate_scores(bench: Benchmark, scores: dict[str, dict[str, float]], present: set[str],
+                    missing_scores: Literal["error", "skip"] = "error") -> EvaluationResult:
+    """Applies ``bench.protocol`` to ``scores[qid][vid]`` (the similarity of candidate ``vid``
+    to query ``qid``); ``present`` holds the ids that have features. mAP averages the AP of the
+    task's present queries (those without positives skipped and listed, or counted as 0 where
+    the protocol says so); uAP pools every present query's ranked pairs of the task, so a query
+    without positives adds its candidates as negatives (as the releases' ``calculate_uAP``).
+    ``missing_scores="skip"``: a present query with no scores is left out and listed (scores
+    read from a file); a candidate without a score is not ranked by that query."""
+    result = EvaluationResult({}, {}, {}, {}, {})
+    ap_fn = _AP[bench.protocol.ap_style]
+    for task in bench.positives:
+        aps, skipped = {}, []
+        pool_s, pool_r, pool_gt = [], [], 0
+        for q in bench.queries_of(task):
             if q not in present:
                 continue
-            cands = sorted({v for v in bench.candidates_of(q) if v in present and v != q})
-            gt = {v for v in per.get(q, set()) if v in present and v != q}
             row = scores.get(q)
             if row is None:
-                raise KeyError(f"no scores for query {q!r}")
-            s = [row[v] for v in cands]
-            if not gt:  # no AP of its own, but its candidates stay in the detection pool as negatives
-                missing.append(q)
-                all_s += s
-                all_r += [False] * len(s)
+                if missing_scores == "error":
+                    raise KeyError(f"no scores for query {q!r}")
+                if q not in result.queries_missing:
+                    result.queries_missing.append(q)
                 continue
-            r = [v in gt for v in cands]
-            n_gt = len(gt)  # relevant videos outside the candidate list count as never found
-            aps[q] = ap_fn(s, r, n_gt)
-            all_s += s
-            all_r += r
-            all_gt += n_gt
+            s, r, n_gt = _query_ranking(bench, task, q, row, present)
+            pool_s += s
+            pool_r += r
+            pool_gt += n_gt
+            if n_gt == 0 and bench.protocol.empty_gt == "skip":
+                skipped.append(q)
+                continue
+            aps[q] = ap_fn(s, r, n_gt) if n_gt else 0.0
         if aps:
-            retrieval[task] = metrics.mean_average_precision(aps.values())
-        used[task] = len(aps)
-        skipped[task] = missing
-        per_query[task] = aps
-        pooled[task] = (all_s, all_r, all_gt)
+            result.retrieval[task] = metrics.mean_average_precision(aps.values())
+            _group_means(bench, task, aps, result.retrieval)
+        result.queries_used[task] = len(aps)
+        result.queries_skipped[task] = skipped
+        result.per_query_ap[task] = aps
+        result.pooled[task] = (pool_s, pool_r, pool_gt)
     for name, task in bench.detection.items():
-        s, r, gt = pooled[task]
-        detection[name] = metrics.micro_average_precision(s, r, gt) if gt else 0.0
-    return EvaluationResult(retrieval, detection, used, skipped, per_query)
+        s, r, gt = result.pooled[task]
+        result.detection[name] = metrics.micro_average_precision(s, r, gt) if gt else 0.0
+    return result
+
+
+def _group_means(bench: Benchmark, task: str, aps: dict[str, float], out: dict[str, float]) -> None:
+    """EVVE's second figure: the mean over events of each event's mean AP (its present queries)."""
+    if not bench.groups:
+        return
+    by_group: dict[str, list[float]] = {}
+    for q, ap in aps.items():
+        by_group.setdefault(bench.groups[q], []).append(ap)
+    out[f"{task} (mean over events)"] = sum(sum(v) / len(v) for v in by_group.values()) / len(by_group)

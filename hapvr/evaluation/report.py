@@ -31,8 +31,9 @@ def format_table(results: dict[str, EvaluationResult]) -> str:
     rows = []
     for variant, res in results.items():
         for task, value in res.retrieval.items():
-            rows.append((variant, task, "mAP", f"{100 * value:.2f}",
-                         f"{res.queries_used[task]} ({len(res.queries_skipped[task])} without GT skipped)"))
+            used = (f"{res.queries_used[task]} ({len(res.queries_skipped[task])} without GT skipped)"
+                    if task in res.queries_used else "")
+            rows.append((variant, task, "mAP", f"{100 * value:.2f}", used))
         for name, value in res.detection.items():
             rows.append((variant, name, "uAP", f"{100 * value:.2f}", ""))
     headers = ("benchmark", "task", "metric", "%", "queries")
@@ -46,25 +47,14 @@ def format_table(results: dict[str, EvaluationResult]) -> str:
 def results_payload(results: dict[str, EvaluationResult]) -> dict:
     """The ``--output`` JSON: per variant, mAP, uAP, queries used and skipped, per-query AP."""
     return {name: {"retrieval_mAP": r.retrieval, "detection_uAP": r.detection, "queries_used": r.queries_used,
-                   "queries_skipped": r.queries_skipped, "per_query_AP": r.per_query_ap} for name, r in results.items()}
+                   "queries_skipped": r.queries_skipped, "queries_without_scores": r.queries_missing,
+                   "per_query_AP": r.per_query_ap} for name, r in results.items()}
 
 
-def pooled_rankings(bench: Benchmark, scores, present: set[str]) -> dict:
-    """``{"<benchmark> <task>": (scores, relevant, positives)}``: every query's candidates pooled
-    into one ranking per task, as uAP pools them."""
-    pooled = {}
-    for task, per in bench.positives.items():
-        s, r, gt = [], [], 0
-        for q in bench.queries:
-            if q not in present:
-                continue
-            g = {v for v in per.get(q, ()) if v in present and v != q}  # none: its candidates are negatives
-            for v in sorted({v for v in bench.candidates_of(q) if v in present and v != q}):
-                s.append(scores[q][v])
-                r.append(v in g)
-            gt += len(g)
-        pooled[f"{bench.name} {task}"] = (s, r, gt)
-    return pooled
+def pooled_rankings(bench: Benchmark, result: EvaluationResult) -> dict:
+    """``{"<benchmark> <task>": (scores, relevant, positives)}``: the pooled ranking of every
+    task that reports a uAP, as :func:`~hapvr.evaluation.benchmarks.evaluate_scores` pooled it."""
+    return {f"{bench.name} {task}": result.pooled[task] for task in dict.fromkeys(bench.detection.values())}
 
 
 def plot_pr(pooled: dict, path: str) -> None:

@@ -68,8 +68,9 @@ def _localization(t, model) -> tuple[str, dict]:
     truths = copy_truths(bench.copies, bench.partial)
     loc = localization_rows(t.baseline, model, t.bench_feats, partial_feats, truths, bench.partial, bench.labels)
     table = localization_table(loc)
-    print(f"\ncopy localisation on the benchmark's {len(truths)} copies, per kind (VCSL segment P/R/F1 over "
-          f"pairs; VSC micro-AP with one copy-free pair per partial copy):")
+    print(f"\ncopy localisation on the benchmark's {len(truths)} copies, per kind (segment P/R/F1 per pair in the "
+          f"VSC form: unions, geometric mean of the axes; macro over pairs as VCSL; VSC micro-AP with one copy-free "
+          f"pair per partial copy):")
     print(table)
     return table, {name: dataclasses.asdict(r) for name, r in loc.items()}
 
