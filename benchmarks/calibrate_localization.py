@@ -7,7 +7,7 @@ Every copy of the validation benchmark (re-edits, picture-in-picture copies and 
 speed changes, partial copies inside unrelated footage: 224 pairs) is localised on the Chamfer
 map of the default model's features for each setting of a grid: the node threshold and the
 minimum segment score, each a floor or a floor over the pair's background (the map's median plus
-a margin), and whether copies played backwards are looked for. The chosen setting has the highest VCSL F1 over all copies among those that (a) give
+a margin), and whether copies played backwards are looked for. The chosen setting has the highest F1 (per pair in the "vsc" form, macro over pairs as VCSL) over all copies among those that (a) give
 a segment to at most ``--max-false`` of the copy-free pairs (one per partial copy, as the
 micro-AP counts them) and (b) localise the partial copies at least as well as the previous
 defaults (threshold 0.5, min_score 0.6, no margins, forward only). The test benchmark is never used here.

@@ -526,3 +526,44 @@ def test_vcdb_folder_localises_its_segment_pairs_and_matches_extensions(corpus, 
     assert evaluate_main(["--dataset", "fivr-5k", "--annotations", str(ann), "--features", str(path),
                           "--features-only", "--localization"]) == 2
     assert "holds no copied segments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["evve.pickle", "svd folder", "vcdb.pickle", "cc_web_video.pickle"])
+def test_published_layouts_run_end_to_end(corpus, tmp_path, layout):
+    """The releases' files, unconverted, through the command on features (every positive here is
+    a near copy: perfect retrieval)."""
+    path, _ = corpus
+    distractors = [f"d{i}" for i in range(8)]
+    if layout == "evve.pickle":
+        dataset, ann = "evve", tmp_path / "evve.pickle"
+        ann.write_bytes(pickle.dumps({"annotation": {"e1": ({"qa"}, {"a_nd", "a_ds"}, set()),
+                                                     "e2": ({"qb"}, {"b_nd"}, set())},
+                                      "queries": ["qa", "qb"], "database": ["a_nd", "a_ds", "b_nd"] + distractors}))
+        keys = {"EVVE", "EVVE (mean over events)"}
+    elif layout == "svd folder":
+        dataset, ann = "svd", tmp_path / "svd"
+        ann.mkdir()
+        (ann / "test_groundtruth").write_text("qa.mp4 a_nd.mp4 1\nqa.mp4 a_cs.mp4 0\nqb.mp4 b_nd.mp4 1\n")
+        (ann / "unlabeled-data-id").write_text("".join(f"{d}.mp4\n" for d in distractors))
+        keys = {"SVD"}
+    elif layout == "vcdb.pickle":
+        dataset, ann = "vcdb-distractors", tmp_path / "vcdb.pickle"
+        ann.write_bytes(pickle.dumps({"queries": ["qa", "a_nd", "a_ds", "qb", "b_nd"],
+                                      "positives": {"qa": {"a_nd", "a_ds"}, "a_nd": {"qa", "a_ds"},
+                                                    "a_ds": {"qa", "a_nd"}, "qb": {"b_nd"}, "b_nd": {"qb"}},
+                                      "dataset": distractors}))
+        keys = {"VCDB"}
+    else:
+        dataset, ann = "cc_web_video", tmp_path / "cc_web_video.pickle"
+        index = {v: i for i, v in enumerate(["qa", "a_nd", "a_ds", "a_cs", "qb", "b_nd"] + distractors)}
+        ann.write_bytes(pickle.dumps({"index": index, "queries": ["qa", "qb"],
+                                      "ground_truth": [{0: "E", 1: "S", 2: "V", 3: "X"}, {4: "E", 5: "M"}],
+                                      "excluded": [{3}, set()]}))
+        keys = {"CC_WEB", "CC_WEB*", "CC_WEB_c", "CC_WEB*_c"}
+    out = tmp_path / "res.json"
+    assert evaluate_main(["--dataset", dataset, "--features", str(path), "--annotations", str(ann),
+                          "--features-only", "--output", str(out), "--no-progress"]) == 0
+    res = next(iter(json.loads(out.read_text()).values()))
+    assert set(res["retrieval_mAP"]) == keys
+    for v in res["retrieval_mAP"].values():
+        assert v == pytest.approx(1.0)
