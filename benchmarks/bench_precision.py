@@ -3,6 +3,7 @@ GEMMs, for the untrained Chamfer baseline and a trained checkpoint, side by side
 
     python -m hapvr.train                       # once: builds the benchmark cache and runs/hapvr
     python -m benchmarks.bench_precision [--run runs/hapvr] [--precision bf16,fp16] [--json PATH]
+    python -m benchmarks.bench_precision --pair     # one eval pair, no trained run needed
 
 For each model and precision: the time to score every query against the whole benchmark
 (median of ``--repeats`` runs after a warm-up), the throughput ratio against fp32, the largest
@@ -47,6 +48,28 @@ def load(run: str, cache_dir: str):
     return bench, feats, {"baseline (features-only Chamfer)": baseline, "HAP-VR (trained)": trained}
 
 
+def pair(repeats: int) -> None:
+    """What the CPU's ``precision="auto"`` rests on (hapvr/precision.py): the whole spatial op in fp32
+    and in bf16 against the bf16 GEMM alone; the difference is the bf16 path's cost outside its GEMM."""
+    from hapvr.ops import choose_spatial_backend, spatial_topk_chamfer
+
+    torch.manual_seed(0)
+    T, R, D = 512, 9, 512
+    q = torch.nn.functional.normalize(torch.randn(1, T, R, D), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(4, T, R, D), dim=-1)
+    rows = []
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = q.to(dtype), t.to(dtype)
+        op = H.median_seconds(lambda: spatial_topk_chamfer(a, b, 1), repeats)
+        qa, tb = a.reshape(-1, D), b.reshape(-1, D)
+        gemm = H.median_seconds(lambda: qa @ tb.T, repeats)
+        rows.append([name, choose_spatial_backend(a, b, 1), f"{1000 * op:.0f}", f"{1000 * gemm:.0f}",
+                     f"{1000 * (op - gemm):.0f}"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; 1 x {T} frames against 4 x {T}, "
+          f"R={R}, D={D}, k=1")
+    H.print_table(["precision", "backend", "op ms", "GEMM alone ms", "op - GEMM ms"], rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/hapvr", help="training run folder holding checkpoint.pt")
@@ -54,7 +77,12 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16", help="comma-separated precisions compared with fp32")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--pair", action="store_true",
+                    help="time one eval pair instead (1 x 512 frames against 4 x 512): fp32 through the auto "
+                         "backend, bf16 through it, and the bf16 / fp32 GEMMs alone")
     args = ap.parse_args()
+    if args.pair:
+        return pair(args.repeats)
     from hapvr.precision import PRECISIONS
     from hapvr.runtime import default_cache_dir
     from hapvr.evaluation.levels import LEVEL_LABELS, all_similarities, evaluate_levels

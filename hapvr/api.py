@@ -35,6 +35,7 @@ from hapvr.localization import Segment, chamfer_frame_map, localize_explained
 from hapvr.models import VideoSimilarityModel
 from hapvr.models.scales import (BASELINE_SCALE, RESIDUAL_SCALE, TRAINED_SCALE,  # noqa: F401  (documented here)
                                  ScoreScale, scale_of)
+from hapvr.precision import check_precision, configure_tf32, resolve_precision
 from hapvr.runtime import resolve_device
 
 
@@ -66,13 +67,19 @@ class VideoModel:
         name: how the model is reported (``default``, a checkpoint path, ...).
         fps: frames per second decoded from video files.
         scale: what the scores mean (:class:`ScoreScale`).
+        precision: of the similarity GEMMs: ``auto`` (bf16 on CUDA, fp32 on most CPUs,
+            :func:`hapvr.precision.resolve_precision`), ``fp32``, ``bf16`` or ``fp16``; it applies to
+            :meth:`similarity`, :meth:`compare` and the scorer of index and search.
     """
 
     def __init__(self, extractor, similarity, name: str, fps: float = 1.0, scale: ScoreScale | None = None,
-                 device: str | torch.device = "cpu", identity: dict | None = None, source: dict | None = None):
+                 device: str | torch.device = "cpu", identity: dict | None = None, source: dict | None = None,
+                 precision: str = "auto"):
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.extractor = extractor.eval().to(self.device)
         self.model = similarity.eval().to(self.device)
+        self.model.precision = self.precision
         self.name = name
         self.fps = fps
         self.is_baseline = similarity.is_baseline
@@ -150,8 +157,10 @@ class VideoModel:
         """:func:`compare_videos` with this model."""
         return compare_videos(a, b, self, **options)
 
-    def scorer(self, precision: str = "fp32"):
-        """The evaluation engine's scorer of this model (batched scoring, index and search)."""
+    def scorer(self, precision: str | None = None):
+        """The evaluation engine's scorer of this model (batched scoring, index and search), at
+        ``precision`` (default: the model's)."""
+        precision = self.precision if precision is None else precision
         if self.is_baseline:
             return ChamferBaseline(precision=precision, device=self.device)
         return ModelScorer(self.model, name=self.name, precision=precision, device=self.device)
@@ -164,7 +173,7 @@ class VideoModel:
 
 
 def load_model(checkpoint: str | Path | None = None, *, baseline: bool = False, device: str = "auto",
-               fps: float = 1.0, backbone_weights: str | None = None) -> VideoModel:
+               fps: float = 1.0, backbone_weights: str | None = None, precision: str = "auto") -> VideoModel:
     """A :class:`VideoModel`.
 
     Args:
@@ -176,15 +185,20 @@ def load_model(checkpoint: str | Path | None = None, *, baseline: bool = False, 
         fps: frames per second decoded from video files.
         backbone_weights: weights file of the backbone when the checkpoint's backbone needs one
             (resnet50) and its recorded path is not valid here.
+        precision: of the similarity GEMMs (:class:`VideoModel`); TF32 is allowed on CUDA unless
+            ``HAPVR_TF32=0`` (:func:`hapvr.precision.configure_tf32`).
     """
     dev = resolve_device(device)
+    check_precision(precision)
+    configure_tf32(dev)
     spec = load_default_model() if checkpoint is None else read_model_file(checkpoint)
     baseline = baseline or spec.kind == "baseline"
     ext = RegionFeatureExtractor.from_spec(spec, backbone_weights)
     sim = VideoSimilarityModel.baseline(spec.pca_dim, spec.k_s, spec.k_t) if baseline else VideoSimilarityModel.from_spec(spec)
     name = "default" if checkpoint is None else str(checkpoint)
     source = {"checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()), "baseline": baseline}
-    return VideoModel(ext, sim, name + (" (Chamfer baseline)" if baseline else ""), fps, device=dev, source=source)
+    return VideoModel(ext, sim, name + (" (Chamfer baseline)" if baseline else ""), fps, device=dev, source=source,
+                      precision=precision)
 
 
 @dataclass

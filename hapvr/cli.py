@@ -177,3 +177,12 @@ def add_threads(parser: argparse.ArgumentParser, default_text: str = "one per co
     """``--threads N`` (CPU threads of torch and faiss); None when not given."""
     parser.add_argument("--threads", type=int_at_least(1),
                         help=f"CPU threads of torch and of faiss (default: {default_text})")
+
+
+def add_precision(parser: argparse.ArgumentParser, what: str = "the similarity GEMMs (fp32 accumulation)") -> None:
+    """``--precision`` (default ``auto``: bf16 on CUDA, fp32 on most CPUs; :mod:`hapvr.precision`)."""
+    from hapvr.precision import PRECISION_CHOICES
+
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                        help=f"dtype of {what}; auto: bf16 on CUDA and on CPUs with AMX, fp32 elsewhere "
+                             "(TF32 allowed for fp32 on CUDA unless HAPVR_TF32=0)")

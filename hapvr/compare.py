@@ -15,6 +15,7 @@ import sys
 from hapvr.api import compare_videos, load_model
 from hapvr.cli import (
     ArgumentParser,
+    add_precision,
     fail,
     finite_float,
     input_file,
@@ -49,6 +50,7 @@ def build_parser() -> ArgumentParser:
                                                     "(default: the model's calibrated threshold, docs/scores.md)")
     ap.add_argument("--fps", type=positive_float(), default=1.0, help="frames per second decoded from video files")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    add_precision(ap)
     return ap
 
 
@@ -83,7 +85,8 @@ def _main(argv=None) -> int:
             if not os.path.isdir(path):
                 input_file(path, arg)
     try:
-        model = load_model(args.checkpoint, baseline=args.baseline, device=args.device, fps=args.fps)
+        model = load_model(args.checkpoint, baseline=args.baseline, device=args.device, fps=args.fps,
+                           precision=args.precision)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     fa, fb = _inputs(args, model)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 
-from hapvr.cli import ArgumentParser, fail, input_file, int_at_least, output_file, output_folder, run_main
+from hapvr.cli import ArgumentParser, add_precision, fail, input_file, int_at_least, output_file, output_folder, run_main
 from hapvr.evaluation.annotations import LAYOUTS, load_benchmark, match_ids
 from hapvr.evaluation.benchmarks import evaluate_scores
 from hapvr.evaluation.copy_localization import localize_annotated
@@ -31,7 +31,7 @@ from hapvr.evaluation.scorers import ChamferBaseline, load_scorer
 from hapvr.io.files import write_json
 from hapvr.ops import BACKEND_NAMES
 from hapvr.ops._spatial_tiled import default_workspace_bytes
-from hapvr.precision import PRECISIONS
+from hapvr.precision import configure_tf32
 from hapvr.runtime import cores_per_rank, default_threads, job, process_device, set_threads
 
 EXAMPLES = """\
@@ -72,9 +72,7 @@ def build_parser() -> ArgumentParser:
                     help="bound on query frames x target frames scored per fused call (memory)")
     ap.add_argument("--backend", default="auto", choices=("auto",) + BACKEND_NAMES,
                     help="similarity operator backend: auto is cpp on the CPU, tiled on CUDA")
-    ap.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
-                    help="dtype of the similarity GEMMs (fp32 accumulation); bf16/fp16 pay off on GPUs and on CPUs "
-                         "with avx512_bf16/AMX")
+    add_precision(ap)
     ap.add_argument("--device", default="auto",
                     help="auto (CUDA when available, else CPU; under torchrun cuda:LOCAL_RANK), cpu, cuda or cuda:N")
     ap.add_argument("--no-progress", action="store_true", help="no progress display")
@@ -114,6 +112,7 @@ def make_scorer(args):
         fail(f"--device: {exc}")
     try:
         default_workspace_bytes(device.type)  # the tiled backend's bound, checked before any work
+        configure_tf32(device)
     except ValueError as exc:
         fail(str(exc))
     if args.features_only:

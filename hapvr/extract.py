@@ -26,6 +26,7 @@ from hapvr.cli import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     ArgumentParser,
+    add_precision,
     fail,
     input_file,
     int_at_least,
@@ -39,7 +40,7 @@ from hapvr.features.extraction import extract_to_hdf5
 from hapvr.features.extractor import RegionFeatureExtractor
 from hapvr.features.pca import PCAFileError
 from hapvr.io.checkpoint import read_model_file
-from hapvr.precision import PRECISIONS
+from hapvr.precision import configure_tf32, resolve_precision
 from hapvr.progress import note
 from hapvr.runtime import default_threads, resolve_device, set_threads
 
@@ -66,8 +67,7 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--backbone-weights", help="state_dict file of the backbone (needed for resnet50)")
     ap.add_argument("--fps", type=positive_float(), default=1.0, help="frames decoded per second of video")
     ap.add_argument("--max-frames", type=int_at_least(1), help="at most this many frames per video (default: all)")
-    ap.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
-                    help="autocast dtype of the backbone (features are stored as float32)")
+    add_precision(ap, "the backbone's autocast (features are stored as float32)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     ap.add_argument("--no-progress", action="store_true", help="no progress display")
     return ap
@@ -86,6 +86,7 @@ def _main(argv=None) -> int:
     check_unique(inputs, args.videos)
     try:
         device = resolve_device(args.device)
+        configure_tf32(device)
     except ValueError as exc:
         fail(f"--device: {exc}")
     if args.checkpoint:
@@ -94,7 +95,7 @@ def _main(argv=None) -> int:
         extractor = RegionFeatureExtractor(args.backbone, args.backbone_weights, 512)
     try:
         report = extract_to_hdf5(extractor.to(device), inputs, out, args.fps, args.max_frames, raw=args.raw,
-                                 precision=args.precision, fit_pca_videos=args.fit_pca,
+                                 precision=resolve_precision(args.precision, device), fit_pca_videos=args.fit_pca,
                                  progress=not args.no_progress, log=note)
     except PCAFileError as exc:
         fail(f"{exc} (delete {out.with_suffix('.pca.pt')} to fit it again)")

@@ -33,6 +33,7 @@ from hapvr.cli import (
     EXIT_SOME_FAILED,
     ArgumentParser,
     UserError,
+    add_precision,
     add_threads,
     fail,
     input_file,
@@ -75,6 +76,7 @@ def build_parser() -> ArgumentParser:
         p.add_argument("--fps", type=positive_float(), default=1.0, help="frames per second decoded from videos")
         p.add_argument("--device", default="auto",
                        help="auto (CUDA when available, else CPU; under torchrun cuda:LOCAL_RANK), cpu, cuda or cuda:N")
+        add_precision(p)
         add_threads(p, "one per core; under torchrun the cores divided among this machine's ranks")
         p.add_argument("--no-progress", action="store_true", help="no progress display")
     p = sub.add_parser("remove", help="remove videos by id", description="remove videos by id")
@@ -122,7 +124,7 @@ def _build(args, create: bool) -> int:
         set_threads(args.threads or default_threads(cores_per_rank()))
         try:
             model = load_model(args.checkpoint, baseline=args.baseline, device=str(process_device(args.device)),
-                               fps=args.fps)
+                               fps=args.fps, precision=args.precision)
         except (ValueError, FileNotFoundError) as exc:
             fail(str(exc))
     except UserError:

@@ -1,25 +1,103 @@
-"""Inference precision of the similarity GEMMs: ``fp32`` (default), ``bf16`` or ``fp16``.
+"""Precision of the similarity GEMMs: ``auto`` (default), ``fp32``, ``bf16`` or ``fp16``.
 
 The region features are cast to this dtype only for the spatial TopK-Chamfer (the heavy
 ``T R x T' R`` products); sums inside it accumulate in fp32 and everything after it (the
-comparator, the temporal TopK-Chamfer) runs in fp32. bf16/fp16 GEMMs are fast on GPUs and on
-CPUs with avx512_bf16/AMX (oneDNN); elsewhere they are emulated and slower (benchmarks/).
+comparator, the temporal TopK-Chamfer) runs in fp32.
+
+``auto`` resolves per device (:func:`resolve_precision`):
+
+- CUDA: ``bf16``. The eval pair's GEMM (T = T' = 1024, R = 9, D = 512: 87 GFLOP) runs on tensor
+  cores instead of CUDA cores (docs/gpu.md); scores move by about 1e-3 (docs/scores.md).
+- CPU with AMX-BF16 (:func:`cpu_bf16_hardware` says ``"amx"``): ``bf16``. Predicted, not
+  measured (no AMX machine was available): at the eval pair (1 x 512 frames against 4 x 512,
+  benchmarks/bench_precision.py's ``--pair`` row) the bf16 path here spends 341 ms outside its
+  GEMM against 785 ms for the whole fp32 run, so a bf16 GEMM several times faster than fp32
+  (AMX's tile units) wins.
+- any other CPU, avx512_bf16 included: ``fp32``. There the fp32 inputs run through the compiled
+  kernel (tiled BLAS with an in-cache top-k), bf16 inputs only through the ``tiled`` backend's
+  ATen epilogue. Measured on an avx512_bf16 CPU (2 threads): at the eval pair bf16 and fp32 take
+  the same time (765 vs 785 ms, 2026-12-07; the bf16 GEMM alone is 2.0x faster); over the
+  built-in test benchmark's many small batches bf16 is 4.1x slower (2026-11-29,
+  benchmarks/results/precision.json).
+- any other device: ``fp32``.
+
+TF32: fp32 matmuls on CUDA may use TF32 tensor cores (:func:`configure_tf32`, called by every
+command on a CUDA device); ``HAPVR_TF32=0`` keeps them IEEE fp32.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_CHOICES: tuple[str, ...] = ("auto",) + tuple(sorted(PRECISIONS))
+TF32_ENV = "HAPVR_TF32"
 
 
 def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype of a resolved precision (``fp32``, ``bf16``, ``fp16``; resolve ``auto`` first)."""
     try:
         return PRECISIONS[precision]
     except KeyError:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}") from None
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is a known name (``auto`` included), else one clear error."""
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+    return precision
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """``precision`` with ``auto`` replaced by the choice for ``device``: ``bf16`` on CUDA and on a CPU
+    with AMX, ``fp32`` elsewhere (the module's docstring has the measurements). Needs no device to
+    be present: only its type is read."""
+    check_precision(precision)
+    if precision != "auto":
+        return precision
+    kind = torch.device(device).type
+    if kind == "cuda" or (kind == "cpu" and cpu_bf16_hardware() == "amx"):
+        return "bf16"
+    return "fp32"
+
+
+def cpu_bf16_hardware(flags: str | None = None) -> str | None:
+    """The bf16 hardware of this CPU: ``"amx"`` (AMX-BF16 tiles), ``"avx512_bf16"`` or None (none, or
+    not a Linux ``/proc/cpuinfo``); ``flags`` parses that text instead (tests)."""
+    if flags is None:
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+                flags = f.read()
+        except OSError:
+            return None
+    words = set(flags.split())
+    if "amx_bf16" in words:
+        return "amx"
+    if "avx512_bf16" in words:
+        return "avx512_bf16"
+    return None
+
+
+def tf32_wanted() -> bool:
+    """Whether fp32 matmuls on CUDA may use TF32 (``HAPVR_TF32``: 1 by default, 0 to keep IEEE fp32)."""
+    value = os.environ.get(TF32_ENV, "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"{TF32_ENV} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def configure_tf32(device: str | torch.device) -> bool:
+    """On a CUDA ``device``, allows TF32 for fp32 matmuls and convolutions unless ``HAPVR_TF32=0``;
+    returns what was set (False off CUDA, where nothing is changed)."""
+    if torch.device(device).type != "cuda":
+        return False
+    wanted = tf32_wanted()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = wanted
+    return wanted
 
 
 # GEMM precisions by the names checks and benchmarks use: (input dtype, TF32 allowed for fp32 inputs)

@@ -27,7 +27,7 @@ import os
 import sys
 
 from hapvr.api import load_model
-from hapvr.cli import (ArgumentParser, add_threads, fail, finite_float, float_in, input_file, int_at_least,
+from hapvr.cli import (ArgumentParser, add_precision, add_threads, fail, finite_float, float_in, input_file, int_at_least,
                        output_file, positive_float, run_main)
 from hapvr.data.video import VideoDecodeError
 from hapvr.io.files import write_json, write_text
@@ -81,6 +81,7 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--fps", type=positive_float(),
                     help="frames per second decoded from query videos (default: the index's)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    add_precision(ap)
     return ap
 
 
@@ -166,7 +167,7 @@ def _model_of_index(args):
     same = not args.checkpoint or (built.get("checkpoint") and os.path.realpath(args.checkpoint) == built["checkpoint"])
     baseline = args.baseline or bool(same and built.get("baseline"))
     try:
-        return load_model(checkpoint, baseline=baseline, device=args.device, fps=fps)
+        return load_model(checkpoint, baseline=baseline, device=args.device, fps=fps, precision=args.precision)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
 

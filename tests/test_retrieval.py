@@ -20,7 +20,8 @@ import hapvr
 from hapvr.evaluation.engine import compute_scores
 from hapvr.models.padding import repeat_to
 from hapvr.evaluation.feature_store import FeatureStore, write_features
-from hapvr.evaluation.scorers import ChamferBaseline
+from hapvr.evaluation.scorers import ChamferBaseline, ModelScorer
+from hapvr.models import VideoSimilarityModel
 from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, coarse_index, video_descriptors
 from hapvr.retrieval.index_store import IndexStore, feature_space
 from hapvr.retrieval.planted import PlantedCollection, PlantedConfig, planted_descriptors
@@ -141,15 +142,32 @@ def test_second_writer_is_refused(tmp_path):
 
 def test_another_feature_space_is_refused(tmp_path):
     IndexStore.create(tmp_path / "i", space(), (R, D)).close()
-    other = space(ChamferBaseline(precision="bf16"))
+    other = {**space(), "pca": "0123abcd"}
     with pytest.raises(ValueError) as err:
         IndexStore.open(tmp_path / "i", other)
     message = str(err.value)
-    assert "scorer.settings.precision: 'fp32' -> 'bf16'" in message  # only what differs is named
+    assert "pca: None -> '0123abcd'" in message  # only what differs is named
     assert '"precision"' not in message and "chamfer-baseline-v1" not in message
-    # the search checks the scorer itself too
-    with IndexStore.open(tmp_path / "i") as store, pytest.raises(ValueError, match="bf16"):
-        Searcher(store, ChamferBaseline(precision="bf16"))
+    # the search checks the scorer itself too: a model with weights is not the baseline
+    model = VideoSimilarityModel(D, attention=True, comparator=False)
+    with IndexStore.open(tmp_path / "i") as store, pytest.raises(ValueError, match="hapvr-similarity-model"):
+        Searcher(store, ModelScorer(model))
+
+
+def test_an_index_records_its_precision_and_is_searched_at_another(planted, planted_index):
+    """The index holds features, not scores: built at fp32, searched at bf16 (allowed), the
+    scores agree to the bf16 rounding of the similarity GEMMs (docs/scores.md: about 1e-3)."""
+    with IndexStore.open(planted_index, space(ChamferBaseline(precision="bf16"))) as store:
+        assert store.space["scorer"]["settings"]["precision"] == "fp32"  # what it was built at
+        query = planted.query(0)[0]
+        fp32 = Searcher(store, ChamferBaseline(precision="fp32")).search(query, k=5, exhaustive=True)
+        bf16 = Searcher(store, ChamferBaseline(precision="bf16")).search(query, k=5, exhaustive=True)
+    assert ChamferBaseline(precision="auto").precision == "fp32"  # on a CPU without AMX
+    by_id = {h.id: h.score for h in bf16.hits}
+    assert [h.id for h in fp32.hits][:1] == [h.id for h in bf16.hits][:1]
+    shared = [h for h in fp32.hits if h.id in by_id]
+    assert len(shared) >= 4
+    assert max(abs(h.score - by_id[h.id]) for h in shared) < 4e-3
 
 
 _CHILD = """

@@ -467,6 +467,41 @@ def test_restart_starts_from_fresh_weights_and_optimiser(data, tmp_path):
     assert any(not torch.equal(first[k], again[k]) for k in first)  # another initialisation than round 1's
 
 
+def test_a_training_step_reads_the_device_at_most_once(data, tmp_path):
+    """Host reads (``.item()``, ``nonzero``, ``bool(tensor)``...) in one training step, counted at the
+    dispatcher on CPU tensors (the calls are the same on a GPU, where each one waits for the device):
+    the forward, the objective (the frame level's pairs found on the host) and the backward read
+    nothing; the loss parts stay on the device until a logged step. AdamW's own reads of its
+    step counters (host tensors, no device wait) are not counted."""
+    from dispatch_probe import OpLog
+    from hapvr.train import parse_config
+    from hapvr.training import trainer as train
+    from hapvr.training.batch_loss import as_floats
+
+    root, cache = data
+    cfg = parse_config(["--data", root, "--cache-dir", cache, "--out", str(tmp_path / "run"), "--iterations", "4",
+                        *TINY])
+    s = train.setup(cfg)
+    train.train_step(s, s.batches.next())  # lazy state (AdamW's moments) made outside the count
+    log = OpLog()
+    step = s.optimizer.step
+
+    def unlogged_step(*args, **kwargs):
+        with log.paused():
+            return step(*args, **kwargs)
+
+    s.optimizer.step = unlogged_step
+    batch = s.batches.next()
+    with log:
+        parts = train.train_step(s, batch)
+    assert log.host_reads() == [], log.host_reads()
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in parts.values())
+    log.calls.clear()
+    with log:
+        values = as_floats(parts)  # what a logged step reads: one read for every part
+    assert log.host_reads() == ["aten::tolist"] and values["loss"] > 0
+
+
 def test_seed_offset_moves_the_initialisation_and_the_sampler_only(data, tmp_path):
     """--seed-offset k: the model starts from seed + k and the batch sampler from its seed + k;
     the cached pool (keyed on --seed) is the same one."""

@@ -5,12 +5,21 @@ import torch
 
 from hapvr.losses import FrameQuadLinearAPLoss, HAPVRObjective, frame_pseudo_labels
 from hapvr.training.config import TrainConfig
-from hapvr.training.batch_loss import BatchLoss, ObjectiveInputs, objective_inputs
+from hapvr.training.batch_loss import BatchLoss, ObjectiveInputs, as_floats, objective_inputs
 
 
 # --- brute-force oracle: eq. 15 term by term from the paper's formulas (SPEC section 2) -------
 # Plain loops over queries, list entries and frames on 0-d float64 tensors, so that autograd gives
 # the reference gradients too. Nothing from hapvr.losses or hapvr.ops is used.
+
+
+class FloatLoss(BatchLoss):
+    """BatchLoss with its parts read as floats (the training loop reads them on logged steps only)."""
+
+    def __call__(self, x):
+        total, parts = super().__call__(x)
+        assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in parts.values())
+        return total, as_floats(parts)
 
 
 def r_minus(d, delta):
@@ -148,7 +157,7 @@ def test_padded_batch_objective_equals_brute_force_and_unpadded_pairs():
     x = padded_batch()
     assert bool((x.lengths < x.frame_maps.shape[-1]).any())  # the padded case
     new_in = _with_grad(x)
-    total, parts = BatchLoss(cfg)(new_in)
+    total, parts = FloatLoss(cfg)(new_in)
     want_total, want_parts, leaves = brute_from(cfg, x)
     assert set(parts) == set(want_parts) | {"loss"}
     for name, value in want_parts.items():
@@ -189,7 +198,7 @@ def test_full_length_batch_needs_no_lengths():
     T = x.frame_maps.shape[-1]
     full = ObjectiveInputs(x.video, torch.rand_like(x.frame_maps), x.raw, x.raw_mask, torch.full_like(x.lengths, T),
                            x.positives, torch.nn.functional.normalize(torch.randn_like(x.teacher), dim=-1))
-    total, parts = BatchLoss(cfg)(full)
+    total, parts = FloatLoss(cfg)(full)
     ref_total, _ = HAPVRObjective(lambda_f=cfg.lambda_f, lambda_u=cfg.lambda_u)(full.video / 2 + 0.5, full.positives.long(), raw=full.raw * full.raw_mask,
                              frame_sims=full.frame_maps, teacher=full.teacher)
     assert parts["loss"] == pytest.approx(float(ref_total), rel=1e-6)
@@ -224,7 +233,7 @@ def test_short_clips_get_their_teacher_vectors_repeated_like_the_model_repeats_t
         assert torch.all(x.teacher[k, n:] == 0)
         # The student's maps see the same repetition: target frame y is clip frame y mod L.
         torch.testing.assert_close(x.frame_maps[0, k, :, :n], x.frame_maps[0, k][:, frames])
-    total, parts = BatchLoss(TrainConfig())(x)
+    total, parts = FloatLoss(TrainConfig())(x)
     _, want, _ = brute_from(TrainConfig(), x)  # the repeated teacher frames give the pseudo-labels
     assert parts["frame_ap"] > 0
     for name, value in want.items():
@@ -243,7 +252,7 @@ def test_rank_rows_of_the_gathered_objective_average_to_the_whole_batch_objectiv
     N = 4
     full = ObjectiveInputs(x.video, x.frame_maps, x.raw, x.raw_mask, torch.full_like(x.lengths, 6), x.positives,
                            torch.nn.functional.normalize(torch.randn_like(x.teacher), dim=-1))
-    objective = BatchLoss(cfg)
+    objective = FloatLoss(cfg)
     _, whole = objective(full)
     ranks = []
     for r in range(2):
@@ -289,7 +298,7 @@ def test_gathered_objective_with_world_1_equals_the_normal_objective(one_process
         for p in model.parameters():
             p.normal_(0, 0.1)
     gathered_model = GatheredSimilarity(copy.deepcopy(model))
-    objective = BatchLoss(cfg)
+    objective = FloatLoss(cfg)
 
     out = model(batch.features, query_lengths=batch.lengths)
     total, parts = objective(objective_inputs(out, batch, model.min_frames, torch.device("cpu")))
@@ -350,7 +359,7 @@ def test_related_pairs_rank_between_copies_and_other_videos_like_the_brute_force
     leaves = {name: getattr(x, name).detach().clone().requires_grad_(True) for name in ("video", "frame_maps", "raw")}
     got = ObjectiveInputs(leaves["video"], leaves["frame_maps"], leaves["raw"], x.raw_mask, x.lengths, positives,
                           x.teacher, related=related)
-    total, parts = BatchLoss(cfg)(got)
+    total, parts = FloatLoss(cfg)(got)
     want_total, want_parts, want_leaves = brute_from(cfg, x, related)
     for name, v in want_parts.items():
         torch.testing.assert_close(torch.tensor(parts[name], dtype=torch.float64), v.detach(), rtol=1e-6, atol=1e-8)
@@ -360,7 +369,7 @@ def test_related_pairs_rank_between_copies_and_other_videos_like_the_brute_force
         torch.testing.assert_close(leaves[name].grad, want_leaves[name].grad, rtol=1e-6, atol=1e-9)
     # the related pairs change the video level, InfoNCE and SSHN, not the frame level
     assert ("pooled_ap" in parts) == bool(lambda_u)
-    _, plain = BatchLoss(cfg)(ObjectiveInputs(x.video, x.frame_maps, x.raw, x.raw_mask, x.lengths, positives,
+    _, plain = FloatLoss(cfg)(ObjectiveInputs(x.video, x.frame_maps, x.raw, x.raw_mask, x.lengths, positives,
                                                     x.teacher))
     assert plain["frame_ap"] == parts["frame_ap"]
     assert plain["video_ap"] != parts["video_ap"] and plain["infonce"] != parts["infonce"]
@@ -404,7 +413,7 @@ def test_short_training_run_lowers_the_objective_on_a_fixed_batch():
     model = VideoSimilarityModel(D, cfg.k_s, cfg.k_t)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    objective = BatchLoss(cfg)
+    objective = FloatLoss(cfg)
     history = []
     for _ in range(30):
         out = model(batch.features, query_lengths=batch.lengths)

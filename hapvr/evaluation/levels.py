@@ -92,9 +92,13 @@ def intervals_table(intervals, n_queries: int, n: int = BOOTSTRAP_RESAMPLES) -> 
 
 
 def device_of(model) -> torch.device:
-    """Where a model's parameters live (the CPU for a parameter-free baseline)."""
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
+    """Where a model runs: its parameters' device, else its buffers' (a parameter-free baseline keeps
+    an empty one for this), else the CPU."""
+    for tensors in (model.parameters(), model.buffers()):
+        p = next(iter(tensors), None)
+        if p is not None:
+            return p.device
+    return torch.device("cpu")
 
 
 @torch.no_grad()

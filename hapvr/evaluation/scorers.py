@@ -16,7 +16,7 @@ import torch
 
 from hapvr.models.loading import load_similarity_model
 from hapvr.ops import spatial_topk_chamfer, temporal_topk_chamfer
-from hapvr.precision import precision_dtype
+from hapvr.precision import precision_dtype, resolve_precision
 
 
 class Scorer(Protocol):
@@ -42,11 +42,11 @@ class ChamferBaseline:
 
     min_frames = 1
 
-    def __init__(self, backend: str = "auto", precision: str = "fp32", device: str | torch.device = "cpu"):
+    def __init__(self, backend: str = "auto", precision: str = "auto", device: str | torch.device = "cpu"):
         self.backend = backend
-        self.precision = precision
-        self.dtype = precision_dtype(precision)
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)  # "auto" made concrete for the fingerprint
+        self.dtype = precision_dtype(self.precision)
 
     def index(self, features: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(features.to(self.device).float(), dim=-1).to(self.dtype)
@@ -64,13 +64,13 @@ class ChamferBaseline:
 class ModelScorer:
     """A trained :class:`~hapvr.models.VideoSimilarityModel` as a scorer."""
 
-    def __init__(self, model, name: str = "model", precision: str = "fp32", device: str | torch.device = "cpu"):
+    def __init__(self, model, name: str = "model", precision: str = "auto", device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
-        self.model.precision = precision
+        self.precision = resolve_precision(precision, self.device)  # "auto" made concrete for the fingerprint
+        self.model.precision = self.precision
         self.min_frames = int(model.min_frames)
         self.name = name  # for messages; the cache keys on the weights themselves, not on where they came from
-        self.precision = precision
 
     @torch.no_grad()
     def index(self, features: torch.Tensor) -> torch.Tensor:
@@ -86,11 +86,10 @@ class ModelScorer:
                 "settings": {"precision": self.precision, "k_s": float(self.model.k_s), "k_t": float(self.model.k_t)}}
 
 
-def load_scorer(path: str | Path, backend: str = "auto", precision: str = "fp32",
+def load_scorer(path: str | Path, backend: str = "auto", precision: str = "auto",
                 device: str | torch.device = "cpu") -> ModelScorer:
     """The scorer of a hapvr checkpoint or a published S2VS / HAP-VR state dict."""
     model = load_similarity_model(path, backend)
-    model.precision = precision
     return ModelScorer(model, name=str(path), precision=precision, device=device)
 
 

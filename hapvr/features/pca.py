@@ -43,6 +43,10 @@ class PCAWhitening(nn.Module):
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("projection", torch.eye(in_dim)[:, :out_dim].clone())
         self.register_buffer("fitted", torch.tensor(False))
+        # ``fitted`` as last read on the host: it is read once (a device wait on a GPU), not per call;
+        # loading a state forgets it.
+        self._seen_fitted = False
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_seen_fitted", False))
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> "PCAWhitening":
@@ -70,7 +74,9 @@ class PCAWhitening(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not bool(self.fitted):
+        if not self._seen_fitted:
+            self._seen_fitted = bool(self.fitted)
+        if not self._seen_fitted:
             raise RuntimeError("PCAWhitening is not fitted: call fit() on a sample of region vectors first")
         return F.normalize((x - self.mean) @ self.projection, dim=-1)
 

@@ -16,7 +16,7 @@ from torch import nn
 from hapvr.losses.base import check_labels
 from hapvr.losses.quadlinear_ap import check_delta_rho
 from hapvr.losses.registry import register_loss
-from hapvr.ops._validate import check_finite, check_floating, check_tensor
+from hapvr.ops._validate import check_finite, check_floating, check_range, check_tensor
 from hapvr.ops.quadlinear_ap import quadlinear_ap
 
 
@@ -48,9 +48,7 @@ def frame_pseudo_labels(teacher: torch.Tensor, r_t: float = 0.35, r_b: float = 0
         L = torch.full(teacher.shape[:-1], T2, dtype=torch.int64, device=teacher.device)
     else:
         L = torch.as_tensor(lengths, device=teacher.device).to(torch.int64).expand(teacher.shape[:-1])
-        if L.numel() and (int(L.min()) < 1 or int(L.max()) > T2):
-            raise ValueError(f"lengths must lie in [1, {T2}] (valid entries per row), got values in "
-                             f"[{int(L.min())}, {int(L.max())}]")
+        check_range("lengths", L, 1, T2, " (valid entries per row)")
     # Per-row K of topk_count: float64 product and half-to-even rounding, like Python's round().
     k_pos = torch.round(L.to(torch.float64) * r_t).clamp(min=1).to(torch.int64)
     k_neg = torch.round(L.to(torch.float64) * r_b).clamp(min=1).to(torch.int64)
@@ -59,10 +57,9 @@ def frame_pseudo_labels(teacher: torch.Tensor, r_t: float = 0.35, r_b: float = 0
     ordered = values.masked_fill(~inside, float("-inf")).sort(dim=-1, descending=True).values
     pos_threshold = ordered.gather(-1, (k_pos - 1)[..., None])
     neg_threshold = ordered.gather(-1, (L - k_neg)[..., None])
-    labels = torch.full(teacher.shape, -1, dtype=torch.int8, device=teacher.device)
-    labels[(values <= neg_threshold) & inside] = 0
-    labels[(values >= pos_threshold) & inside] = 1
-    return labels
+    # torch.where, not boolean-mask assignment (which finds the mask's indices on the host)
+    labels = torch.where((values <= neg_threshold) & inside, 0, -1).to(torch.int8)
+    return torch.where((values >= pos_threshold) & inside, torch.ones_like(labels), labels)
 
 
 def check_clip_lengths(lengths, N: int, max_len: int, device: torch.device) -> torch.Tensor:
@@ -76,10 +73,38 @@ def check_clip_lengths(lengths, N: int, max_len: int, device: torch.device) -> t
         raise ValueError(f"lengths must have shape ({N},), one entry per clip of frame_sims, "
                          f"got {tuple(lengths.shape)}")
     t = lengths.to(device=device, dtype=torch.int64)
-    if N and (int(t.min()) < 1 or int(t.max()) > max_len):
-        raise ValueError(f"lengths must lie in [1, {max_len}] (1 to the padded frame count of frame_sims), "
-                         f"got {t.tolist()}")
+    check_range("lengths", t, 1, max_len, " (1 to the padded frame count of frame_sims)")
     return t
+
+
+def positive_pairs(labels, self_pairs: bool = True, device: torch.device | str = "cpu"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs :class:`FrameQuadLinearAPLoss` uses, ``(a, b)`` int64 on ``device``, from ``[N, N]``
+    labels on the host (a CPU tensor or an array): those labelled 1, the diagonal only with
+    ``self_pairs``. Read in place with numpy, so no device waits for them."""
+    import numpy as np
+
+    host = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    chosen = host == 1
+    if not self_pairs:
+        chosen = chosen & ~np.eye(host.shape[0], dtype=bool)
+    a, b = np.nonzero(chosen)
+    return (torch.from_numpy(a.astype(np.int64)).to(device, non_blocking=True),
+            torch.from_numpy(b.astype(np.int64)).to(device, non_blocking=True))
+
+
+def check_pairs(pairs, N: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pairs = (a, b)``: two int64 tensors of one shape ``[P]`` on ``device`` with indices in ``[0, N)``."""
+    if not isinstance(pairs, (tuple, list)) or len(pairs) != 2 or not all(isinstance(p, torch.Tensor) for p in pairs):
+        raise TypeError("pairs must be a tuple (a, b) of index tensors (positive_pairs gives them)")
+    a, b = pairs
+    if a.dim() != 1 or a.shape != b.shape or a.dtype != torch.int64 or b.dtype != torch.int64:
+        raise ValueError(f"pairs must be two int64 tensors of one shape [P], got {a.dtype} {tuple(a.shape)} and "
+                         f"{b.dtype} {tuple(b.shape)}")
+    if a.device != device or b.device != device:
+        raise ValueError(f"pairs must be on {device}, got {a.device}")
+    check_range("pairs", torch.cat([a, b]), 0, N - 1, " (clip indices)")
+    return a, b
 
 
 def teacher_frame_similarities(emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
@@ -105,6 +130,11 @@ class FrameQuadLinearAPLoss(nn.Module):
             pseudo-label counts ``K = max(round(r L), 1)`` use each target's true length ``L``.
             The padded batch then gives the value (and gradients) of every pair computed on its
             unpadded frames.
+        pairs: optional ``(a, b)`` int64 index tensors of the pairs to use, as
+            :func:`positive_pairs` gives them from the labels on the host (e.g. from the clips'
+            video ids). Without them the pairs are found with ``nonzero`` on ``pair_labels``,
+            which on a GPU waits for the device (one host read); with them the loss reads nothing
+            back. They must be the pairs labelled 1 (the diagonal as ``self_pairs`` says).
     Returns the mean over positive pairs of the mean over their query frames of eq. 11; frames
     whose list lacks a positive or a negative are skipped, and so are pairs left without frames.
 
@@ -123,7 +153,8 @@ class FrameQuadLinearAPLoss(nn.Module):
         self.self_pairs = bool(self_pairs)
 
     def forward(self, frame_sims: torch.Tensor, teacher: torch.Tensor, pair_labels: torch.Tensor,
-                lengths: torch.Tensor | None = None) -> torch.Tensor:
+                lengths: torch.Tensor | None = None, pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
         # Only the positive pairs are read: their rows are checked for NaN/inf (by quadlinear_ap
         # and below), not the whole [N, N, T, T'] batch, which would cost more than the loss.
         check_tensor("frame_sims", frame_sims, 4, "[N, N, T, T']")
@@ -147,10 +178,13 @@ class FrameQuadLinearAPLoss(nn.Module):
         else:
             raise ValueError(f"teacher must be [N, N, T, T'] similarities or [N, T, D'] embeddings, "
                              f"got shape {tuple(teacher.shape)}")
-        pairs = labels == 1  # the diagonal too: a clip with itself, labelled 1 by identity labels
-        if not self.self_pairs:
-            pairs = pairs & ~torch.eye(N, dtype=torch.bool, device=frame_sims.device)
-        a, b = torch.nonzero(pairs, as_tuple=True)
+        if pairs is None:
+            chosen = labels == 1  # the diagonal too: a clip with itself, labelled 1 by identity labels
+            if not self.self_pairs:
+                chosen = chosen & ~torch.eye(N, dtype=torch.bool, device=frame_sims.device)
+            a, b = torch.nonzero(chosen, as_tuple=True)
+        else:
+            a, b = check_pairs(pairs, N, frame_sims.device)
         if a.numel() == 0 or T == 0 or T2 == 0:
             return frame_sims.sum() * 0  # no positive pair: zero, but still part of the graph
         student = frame_sims[a, b]  # [P, T, T'] (pair, query frame) rows

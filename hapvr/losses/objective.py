@@ -99,6 +99,9 @@ class HAPVRObjective(nn.Module):
         frame_labels: optional local ``[N, N]`` labels for the frame level only (default: the
         local block of ``labels``), e.g. to leave out positive pairs whose teacher vectors do not
         show what makes them positive.
+        frame_pairs: optional ``(a, b)`` indices of the frame level's positive pairs, found on the
+        host (:func:`hapvr.losses.frame_quadlinear_ap.positive_pairs`), so that the frame term
+        reads nothing back from the device; they must match the frame level's labels.
         related: optional bool ``[N, N]`` (the shape of ``labels``): pairs that are relevant at a
         coarser level only, e.g. the same scene seen by another camera (FIVR's CS against its DS).
         The video-level term (and the pooled one) is then the mean of its loss at the two levels:
@@ -130,7 +133,7 @@ class HAPVRObjective(nn.Module):
         self.regularizer = SimilarityRegularizer()
 
     def forward(self, sim, labels, raw=None, frame_sims=None, teacher=None, lengths=None, self_offset=None,
-                frame_labels=None, related=None):
+                frame_labels=None, related=None, frame_pairs=None):
         c = self.config
         check_sim("sim", sim)
         offset = self_column_offset(sim, self_offset)
@@ -164,7 +167,7 @@ class HAPVRObjective(nn.Module):
                     raise ValueError(f"frame_labels must be the local [N, N] = [{N}, {N}] pair labels, "
                                      f"got shape {tuple(frame_labels.shape)}")
                 local_labels = frame_labels
-            terms["frame_ap"] = (c.lambda_f, self.frame_ap(frame_sims, teacher, local_labels, lengths))
+            terms["frame_ap"] = (c.lambda_f, self.frame_ap(frame_sims, teacher, local_labels, lengths, frame_pairs))
         if c.lambda_v and c.video_loss == "adaptive_margin":
             terms["video_ap"] = (c.lambda_v, self.video_ap(sim, labels, video_teacher_similarity(teacher, lengths, M, N)))
         elif c.lambda_v and related is not None:

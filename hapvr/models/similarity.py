@@ -35,7 +35,7 @@ from hapvr.models.attention import RegionAttention
 from hapvr.models.comparator import MIN_FRAMES, FrameComparator
 from hapvr.models.padding import CHUNK_FRAMES, repeat_to_min_length, split_chunks
 from hapvr.ops import spatial_topk_chamfer, temporal_topk_chamfer, topk_count
-from hapvr.precision import precision_dtype
+from hapvr.precision import check_precision, precision_dtype, resolve_precision
 
 HEADS = ("visil", "residual", "attention")
 MAX_TARGET_CHUNK = CHUNK_FRAMES  # frames per target chunk in similarity() (hapvr.models.padding)
@@ -77,16 +77,18 @@ class VideoSimilarityModel(nn.Module):
         k_t: temporal top-k rate over comparator steps.
         attention, comparator: switch the trainable parts (both off = features-only baseline).
         backend: backend of ``spatial_topk_chamfer``.
-        precision: dtype of the spatial similarity GEMMs at inference, ``fp32`` / ``bf16`` /
-            ``fp16`` (:mod:`hapvr.precision`); the maps and everything after are fp32.
+        precision: dtype of the spatial similarity GEMMs at inference (in eval mode), ``auto``
+            (bf16 on CUDA, fp32 on most CPUs: :func:`hapvr.precision.resolve_precision`, per call on
+            the inputs' device), ``fp32``, ``bf16`` or ``fp16``; the maps and everything after are
+            fp32. In training mode the GEMMs run in the inputs' dtype (``torch.autocast`` lowers them).
         head: ``visil`` (the paper's comparator) or ``residual`` (psi corrects the Chamfer map;
             the untrained model equals the baseline). See the module's docstring.
     """
 
     def __init__(self, dim: int = 512, k_s: float = 0.1, k_t: float = 0.03, attention: bool = True,
-                 comparator: bool = True, backend: str = "auto", precision: str = "fp32", head: str = "visil"):
+                 comparator: bool = True, backend: str = "auto", precision: str = "auto", head: str = "visil"):
         super().__init__()
-        precision_dtype(precision)  # one clear error for a bad name
+        check_precision(precision)  # one clear error for a bad name
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
         self.dim = dim
@@ -95,6 +97,9 @@ class VideoSimilarityModel(nn.Module):
         self.backend = backend
         self.precision = precision
         self.head = head
+        # Follows .to(device) like a weight, so a parameter-free model (the baseline) still says
+        # where it runs (hapvr.evaluation.levels.device_of); not saved in the state dict.
+        self.register_buffer("device_anchor", torch.empty(0), persistent=False)
         residual = head in ("residual", "attention")
         self.attention = RegionAttention(dim, identity_init=residual) if attention else None
         self.comparator = FrameComparator() if comparator and head != "attention" else None
@@ -163,8 +168,9 @@ class VideoSimilarityModel(nn.Module):
         q, ql = repeat_to_min_length(q, ql, self.min_frames)
         t, tl = repeat_to_min_length(t, tl, self.min_frames)
         k = topk_count(self.k_s, q.shape[2])
-        if self.precision != "fp32":
-            low = precision_dtype(self.precision)
+        precision = "fp32" if self.training else resolve_precision(self.precision, dev)
+        if precision != "fp32":
+            low = precision_dtype(precision)
             maps = spatial_topk_chamfer(q.to(low).contiguous(), t.to(low).contiguous(), k, ql, tl,
                                         backend=self.backend).float()
         else:

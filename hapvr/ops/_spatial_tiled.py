@@ -254,6 +254,11 @@ class _GradientTiles:
         return tile.mul_(self.scale).masked_fill_(padding, 0).to(self.dtype)
 
 
+def _none_valid(cumulative, start: int, end: int) -> bool:
+    """Whether no frame of ``start:end`` is valid, from the running count of valid frames."""
+    return int(cumulative[end - 1]) == (int(cumulative[start - 1]) if start else 0)
+
+
 def tiled_backward(grad_out, query, target, selection, k: int, query_lengths, target_lengths,
                    workspace_bytes: int):
     """Gradients ``(d query, d target)`` from the saved selection, tile by tile;
@@ -268,16 +273,24 @@ def tiled_backward(grad_out, query, target, selection, k: int, query_lengths, ta
         return dq.to(query.dtype).view_as(query), dt.to(target.dtype).view_as(target)
     gradient_tile = _GradientTiles(grad_out, query_lengths, target_lengths, T, T2, 1.0 / (k * R), query.dtype)
     bx, by = tile_frames(workspace_bytes, R, X, Y, query.element_size(), k, "backward", D)
-    skip_empty = query.device.type == "cpu"  # elsewhere the test would cost a device sync per tile
+    # On the CPU a tile made only of padded frames is skipped; its validity is read from a numpy
+    # view of the lengths' frame masks (no device, no dispatcher call). Elsewhere the test would
+    # cost a host read per tile, so every tile runs (a padded tile's gradient is zero anyway).
+    rows_ok = cols_ok = None
+    if query.device.type == "cpu":
+        rows_ok = gradient_tile.row_ok.numpy().cumsum()
+        cols_ok = gradient_tile.col_ok.numpy().cumsum()
     for y0 in range(0, Y, by):
         y1 = min(y0 + by, Y)
+        if cols_ok is not None and _none_valid(cols_ok, y0, y1):
+            continue
         tb = _regions_major(t, y0, y1, R)  # [R_j y, D]
         dtb = torch.zeros(tb.shape, dtype=acc, device=t.device)
         for x0 in range(0, X, bx):
             x1 = min(x0 + bx, X)
-            gt = gradient_tile(x0, x1, y0, y1)
-            if skip_empty and not bool(gt.any()):
+            if rows_ok is not None and _none_valid(rows_ok, x0, x1):
                 continue
+            gt = gradient_tile(x0, x1, y0, y1)
             w = _weights(selection[x0:x1, ..., y0:y1] if selection.numel() else selection, gt, k, R, query.dtype)
             w = w.reshape((x1 - x0) * R, R * (y1 - y0))  # rows (x, i), columns (j, y)
             if acc == query.dtype:

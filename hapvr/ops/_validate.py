@@ -1,4 +1,11 @@
-"""Input checks shared by the operators: one clear error naming the argument and what was expected."""
+"""Input checks shared by the operators: one clear error naming the argument and what was expected.
+
+Checks of tensor values (finite, lengths in range, labels in a set) read no value back to the
+host: they go through :func:`check_async`, a queued assertion (``torch._assert_async``). On the
+CPU it raises at once, as a ``ValueError`` with the message; on CUDA it is checked on the device
+and a failure stops the process at the next synchronisation with the same message, so the ops
+never wait for the device to validate their inputs (docs/gpu.md, "Host reads").
+"""
 
 from __future__ import annotations
 
@@ -20,9 +27,18 @@ def check_floating(name: str, x: torch.Tensor) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
 
 
+def check_async(condition: torch.Tensor, message: str) -> None:
+    """Asserts a boolean scalar tensor without reading it on the host (see the module's docstring);
+    ``ValueError(message)`` where the failure is known at once (CPU tensors)."""
+    try:
+        torch._assert_async(condition, message)
+    except RuntimeError:
+        raise ValueError(message) from None
+
+
 def check_finite(name: str, x: torch.Tensor) -> None:
-    if x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
+    if x.numel():
+        check_async(torch.isfinite(x).all(), f"{name} contains NaN or infinite values")
 
 
 def check_int(name: str, value, low: int, high: int | None = None, high_doc: str = "") -> int:
@@ -43,11 +59,25 @@ def lengths_tensor(name: str, lengths, batch: int, max_len: int, device: torch.d
             raise TypeError(f"{name} must hold integers, got {lengths.dtype}")
         t = lengths.to(device=device, dtype=torch.int64)
     elif isinstance(lengths, Sequence):
-        t = torch.as_tensor(list(lengths), dtype=torch.int64, device=device)
+        values = list(lengths)
+        if len(values) == batch and any(not 0 <= v <= max_len for v in values if isinstance(v, int)):
+            raise ValueError(f"{name} must lie in [0, {max_len}] (the padded length), got {values}")
+        t = torch.as_tensor(values, dtype=torch.int64, device=device)
     else:
         raise TypeError(f"{name} must be None, a sequence of ints or an integer tensor")
     if t.shape != (batch,):
         raise ValueError(f"{name} must have shape ({batch},), got {tuple(t.shape)}")
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) > max_len):
-        raise ValueError(f"{name} must lie in [0, {max_len}] (the padded length), got {t.tolist()}")
+    check_range(name, t, 0, max_len, " (the padded length)")
     return t
+
+
+def check_range(name: str, t: torch.Tensor, low: int, high: int, doc: str = "") -> None:
+    """Every value of the integer tensor ``t`` lies in ``[low, high]`` (no host read; on the CPU the
+    message lists the values)."""
+    if not t.numel():
+        return
+    what = f"{name} must lie in [{low}, {high}]{doc}"
+    try:
+        torch._assert_async((t >= low).all() & (t <= high).all(), what)
+    except RuntimeError:
+        raise ValueError(f"{what}, got {t.tolist()}") from None

@@ -158,9 +158,11 @@ def _check_quadlinear_ap(scores, labels, delta, rho) -> torch.Tensor:
         raise ValueError(f"rho must be a finite float >= 0 (the weight of eq. 11), got {rho}")
     if labels.dtype != torch.bool and labels.numel():
         bad = (labels != 1) & (labels != 0) & (labels != -1)
-        if bool(bad.any()):
-            raise ValueError("labels must hold only 1 (positive), 0 (negative) or -1 (ignored), found "
-                             f"{labels[bad].unique()[:5].tolist()}")
+        what = "labels must hold only 1 (positive), 0 (negative) or -1 (ignored)"
+        try:
+            torch._assert_async(~bad.any(), what)
+        except RuntimeError:  # CPU tensors: known at once, so the message can name the values
+            raise ValueError(f"{what}, found {labels[bad].unique()[:5].tolist()}") from None
     check_finite("scores", scores)
     return labels.to(torch.int8)
 

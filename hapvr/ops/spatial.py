@@ -198,14 +198,32 @@ def spatial_topk_chamfer(
         ``[Bq, Bt, T, T']`` with ``out[a, b, x, y] = 1/R sum_i 1/k sum_{top-k j} <q[a,x,i], t[b,y,j]>``;
         entries on padded frames are 0. Differentiable with respect to ``query`` and ``target``.
         The dtype is the inputs'; sums accumulate in fp32 (fp64 for fp64 inputs).
+
+    Under ``torch.autocast`` fp32 inputs are cast to autocast's dtype (bf16 / fp16), so the
+    forward's and the backward's GEMMs both run in it with fp32 accumulation (the backend is
+    chosen for that dtype: ``tiled`` on the CPU); the maps are returned in fp32 and the gradients
+    reach the fp32 inputs in fp32.
     """
     ql, tl = _check_spatial(query, target, k, query_lengths, target_lengths)
     if workspace_bytes is not None:
         check_int("workspace_bytes", workspace_bytes, 1)
     on = query.device.type
+    low = autocast_dtype(query)
+    if low is not None:  # autocast: the GEMMs of both passes run in its dtype, the maps come back in fp32
+        query, target = query.to(low), target.to(low)
     chosen = _dispatch.select("spatial_topk_chamfer", SPATIAL_BACKENDS, backend, query, target, k, ql, tl, on,
                               auto=auto_order(on), device_type=on)
-    return chosen.run(query, target, k, ql, tl, workspace_bytes)
+    maps = chosen.run(query, target, k, ql, tl, workspace_bytes)
+    return maps if low is None else maps.float()
+
+
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast gives this op's fp32 inputs (its lower-precision dtype, as for ``matmul``),
+    or None outside autocast and for other dtypes (fp64 stays fp64, as autocast leaves it)."""
+    device_type = x.device.type
+    if x.dtype != torch.float32 or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 def explain_spatial_backends(query, target, k, query_lengths=None, target_lengths=None, *,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hapvr.ops._validate import check_finite, check_floating, check_int, check_tensor
+from hapvr.ops._validate import check_finite, check_floating, check_int, check_range, check_tensor
 
 
 def temporal_topk_chamfer(
@@ -55,8 +55,7 @@ def temporal_topk_chamfer(
             t = torch.broadcast_to(t.to(torch.int64), batch)
         except RuntimeError:
             raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {tuple(batch)}") from None
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) > full):
-            raise ValueError(f"{name} must lie in [0, {full}]")
+        check_range(name, t, 0, full)
         return t
 
     lq = _lengths("query_lengths", query_lengths, T)
@@ -71,7 +70,9 @@ def temporal_topk_chamfer(
         return sim.sum((-2, -1)) * 0
     # Only the largest K over all pairs is gathered (top-k, not a full sort): the maps of a
     # whole evaluation batch can be large, K is small (k_t = 0.03).
-    kmax = min(int(kk.max()) if kk.numel() else 1, T2)
+    # kmax bounds every pair's K from the shapes alone (no host read of the lengths); the
+    # positions beyond a pair's own K are masked out below.
+    kmax = min(k if k is not None else max(round(T2 * rate), 1), T2)
     col_valid = torch.arange(T2, device=dev) < lt[..., None]  # [..., T']
     neg_inf = torch.tensor(float("-inf"), dtype=sim.dtype, device=dev)
     top = torch.where(col_valid[..., None, :], sim, neg_inf).topk(kmax, dim=-1).values  # [..., T, kmax]

@@ -129,6 +129,21 @@ def space_differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def comparable_space(space):
+    """``space`` without what may differ between building and searching an index: the scorer's
+    precision. The index stores features, not scores, so it can be searched at any precision; scores
+    at bf16 and fp32 agree to about 1e-3 (docs/scores.md). The manifest keeps the precision it was
+    built at."""
+    if not isinstance(space, dict):
+        return space
+    out = dict(space)
+    scorer = out.get("scorer")
+    if isinstance(scorer, dict) and isinstance(scorer.get("settings"), dict):
+        settings = {k: v for k, v in scorer["settings"].items() if k != "precision"}
+        out["scorer"] = {**scorer, "settings": settings}
+    return out
+
+
 def feature_space(scorer, **identity) -> dict:
     """The description of a feature space that an index records: the scorer's fingerprint and
     whatever else identifies the features (``backbone=``, ``pca=`` digest of the PCA file,
@@ -220,10 +235,10 @@ class IndexStore:
         manifest = read_manifest(path)
         if space is not None:
             space = _as_json(space)
-        if space is not None and manifest["space"] != space:
+        if space is not None and comparable_space(manifest["space"]) != comparable_space(space):
             raise ValueError(
                 f"index {path} was built with another model or feature settings (index -> this run: "
-                f"{'; '.join(space_differences(manifest['space'], space))}); search it with the model and settings "
+                f"{'; '.join(space_differences(comparable_space(manifest['space']), comparable_space(space)))}); search it with the model and settings "
                 "it was built with, or rebuild it")
         store = cls(path, manifest, writable=writable, durable=durable)
         if writable:

@@ -21,7 +21,7 @@ from hapvr.localization import Segment, chamfer_frame_map, localize_explained
 from hapvr.models.padding import pad_stack, repeat_to, split_chunks
 from hapvr.progress import progress as progress_bar
 from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, coarse_index, video_descriptors
-from hapvr.retrieval.index_store import IndexStore, space_differences
+from hapvr.retrieval.index_store import IndexStore, comparable_space, space_differences
 
 # The coarse top-100 held 99 % of the exhaustive top-10 at 1k and 20k videos (97-99 % at C = 50),
 # and re-ranking 100 candidates keeps a 30-frame query under 1 s at 20k on 2 cores (benchmark).
@@ -46,6 +46,9 @@ class SearchResult:
 def _check_scorer(store: IndexStore, scorer: Scorer) -> None:
     stored = store.space.get("scorer") if isinstance(store.space, dict) else None
     given = scorer.fingerprint()
+    if stored is not None:  # another precision is allowed (comparable_space)
+        stored = comparable_space({"scorer": stored})["scorer"]
+        given = comparable_space({"scorer": given})["scorer"]
     if stored is not None and stored != given:
         diff = space_differences(stored, given) if isinstance(stored, dict) and isinstance(given, dict) else []
         raise ValueError(f"index {store.path} was built for scorer {stored}, but this search uses {given}"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from hapvr.losses import HAPVRObjective
+from hapvr.losses.frame_quadlinear_ap import positive_pairs
 from hapvr.models import repeat_to_min_length
 from hapvr.training.config import TrainConfig, objective_config
 
@@ -28,7 +29,9 @@ class ObjectiveInputs:
     positives: ``[N, N]`` bool (diagonal True); teacher: ``[N, T, Dt]`` L2-normalised vectors.
     With cross-rank negatives (``--gather-negatives``) video, frame_maps, raw and raw_mask have
     ``M = world * N`` columns, positives is an int8 ``[N, M]`` label matrix (1 / 0 / -1 ignored)
-    and ``offset`` is the column of the first local clip.
+    and ``offset`` is the column of the first local clip. host_positives: the ``[N, N]`` local
+    positives on the CPU (as the batch holds them), from which the frame level's pairs are found
+    without reading the device; None with cross-rank negatives.
     """
 
     video: torch.Tensor
@@ -40,6 +43,7 @@ class ObjectiveInputs:
     teacher: torch.Tensor
     offset: int = 0
     related: torch.Tensor | None = None  # [N, N] bool: sibling pairs (relevant at the coarser level only)
+    host_positives: torch.Tensor | None = None
 
 
 def objective_inputs(out, batch, min_frames: int, device: torch.device, labels: torch.Tensor | None = None,
@@ -61,24 +65,37 @@ def objective_inputs(out, batch, min_frames: int, device: torch.device, labels: 
     raw, raw_mask = out.raw, out.raw_mask
     if raw is None:  # a head without psi (attention): nothing for the regulariser to bound
         raw = raw_mask = torch.zeros(1, device=out.video.device)
+    host = batch.positives if labels is None and batch.positives.device.type == "cpu" else None
     return ObjectiveInputs(out.video.float(), out.frame_maps.float(), raw.float(), raw_mask,
                            out.query_lengths, positives, teacher, offset,
-                           None if related is None or labels is not None else related.to(device))
+                           None if related is None or labels is not None else related.to(device), host)
 
 
 class BatchLoss:
-    """Callable ``ObjectiveInputs -> (total, {name: value})`` with the weights of the config."""
+    """Callable ``ObjectiveInputs -> (total, {name: value})`` with the weights of the config. The
+    values are detached 0-d tensors on the device: reading them waits for the device, so the
+    training loop reads them only on the steps it logs (:func:`as_floats`)."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.objective = HAPVRObjective(objective_config(cfg))
 
-    def __call__(self, x: ObjectiveInputs) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, x: ObjectiveInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sim01 = x.video / 2 + 0.5  # training maps scores to [0, 1]
         labels = x.positives.to(torch.int64)
         raw = x.raw * x.raw_mask  # padded cells are 0, inside [-1, 1]: no regulariser penalty
+        pairs = None
+        if x.host_positives is not None and self.objective.config.lambda_f:
+            pairs = positive_pairs(x.host_positives, self.objective.config.frame_self_pairs, x.frame_maps.device)
         total, parts = self.objective(sim01, labels, raw=raw, frame_sims=x.frame_maps, teacher=x.teacher,
-                                      lengths=x.lengths, self_offset=x.offset, related=x.related)
-        out = {k: float(v) for k, v in parts.items()}
-        out["loss"] = float(total.detach())
-        return total, out
+                                      lengths=x.lengths, self_offset=x.offset, related=x.related,
+                                      frame_pairs=pairs)
+        parts["loss"] = total.detach()
+        return total, parts
+
+
+def as_floats(parts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The loss parts as Python floats: one read of the device for all of them."""
+    names = list(parts)
+    values = torch.stack([parts[k].float() for k in names]).tolist() if names else []
+    return dict(zip(names, values))

@@ -29,7 +29,7 @@ from hapvr.io.checkpoint import save_checkpoint, set_rng_state
 from hapvr.models import VideoSimilarityModel
 from hapvr.progress import progress as progress_bar
 from hapvr.runtime import DistInfo, leave_group, resolve_device, setup_training
-from hapvr.training.batch_loss import BatchLoss, objective_inputs
+from hapvr.training.batch_loss import BatchLoss, as_floats, objective_inputs
 from hapvr.training.batches import FeaturePool
 from hapvr.training.config import TrainConfig, init_seed, restarts, sampler_seed, validate
 from hapvr.training.data import (PoolBatches, choose_pipeline, fit_pca, load_or_build_pool, read_pca, stream_batches,
@@ -167,7 +167,7 @@ def setup(cfg: TrainConfig) -> Trainer:
     selection = None
     if val is not None and info.main:
         selection = Selection(val.queries, val.labels, {k: whiten_cpu(extractor, v) for k, v in val.desc.items()})
-    baseline = VideoSimilarityModel.baseline(cfg.pca_dim, cfg.k_s, cfg.k_t)
+    baseline = VideoSimilarityModel.baseline(cfg.pca_dim, cfg.k_s, cfg.k_t).to(info.device)  # scored where the model is
     t = Trainer(cfg, info, extractor, model, train_model, model if ema is None else ema, ema, baseline, optimizer,
                 scheduler, sampler, batches, BatchLoss(cfg), gather, 0, os.path.join(cfg.out, "checkpoint.pt"),
                 pipeline, bench, None, skipped, t_start, t_data, selection)
@@ -180,9 +180,11 @@ def setup(cfg: TrainConfig) -> Trainer:
     return t
 
 
-def train_step(t: Trainer, batch) -> dict[str, float]:
-    """One optimisation step on ``batch``: forward (bf16 autocast on CUDA), the objective,
-    backward, AdamW, schedule, moving average. Returns the loss parts."""
+def train_step(t: Trainer, batch) -> dict[str, torch.Tensor]:
+    """One optimisation step on ``batch``: forward (bf16 autocast on CUDA: the spatial op's forward
+    and backward GEMMs both run in bf16), the objective, backward, AdamW, schedule, moving
+    average. Returns the loss parts as detached device tensors: nothing here waits for the device
+    (:func:`~hapvr.training.batch_loss.as_floats` reads them on the steps that are logged)."""
     dev = t.info.device
     use_amp = t.cfg.amp == "bf16" and dev.type == "cuda"
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -256,11 +258,15 @@ def select(t: Trainer, step: int, log: TrainLog | None = None) -> None:
           f"{best}{' (new best)' if improved else ''}; {time.time() - t0:.0f} s")
 
 
-def _after_step(t: Trainer, log: TrainLog, done: int, parts: dict, t0: float) -> None:
-    """The main process's bookkeeping after step ``done``: log, periodic benchmark, selection."""
+def _after_step(t: Trainer, log: TrainLog, done: int, parts: dict, t0: float, bar=None) -> None:
+    """The main process's bookkeeping after step ``done``: log (the only read of the loss values,
+    every ``--log-every`` steps), periodic benchmark, selection."""
     cfg = t.cfg
     if done % cfg.log_every == 0 or done == cfg.iterations:
-        log.step(done, t.optimizer.param_groups[0]["lr"], parts, time.time() - t0)
+        values = as_floats(parts)
+        log.step(done, t.optimizer.param_groups[0]["lr"], values, time.time() - t0)
+        if bar is not None:
+            bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
     if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.iterations and t.bench_feats is not None:
         log.benchmark(done, evaluate_model(t.eval_model, t.bench_feats, t.bench.queries, t.bench.labels))
     if t.selection is not None and (done % cfg.select_every == 0 or done % round_length(cfg) == 0
@@ -291,8 +297,7 @@ def train_loop(t: Trainer, log: TrainLog) -> tuple[int, float]:
         parts = train_step(t, t.batches.next())
         done = step + 1
         if info.main:
-            bar.set_postfix(loss=f"{parts['loss']:.3f}", refresh=False)
-            _after_step(t, log, done, parts, t0)
+            _after_step(t, log, done, parts, t0, bar)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
             save(t, done)
         if cfg.stop_after and done - t.start_step >= cfg.stop_after and done < cfg.iterations:
