@@ -1,6 +1,7 @@
 """Benchmark of the evaluation engine against a straightforward per-pair loop.
 
     python -m benchmarks.bench_evaluate [--quick] [--json PATH] [--memory-run]
+    python -m benchmarks.bench_evaluate --host-time [--json PATH]
 
 Throughput (query-target pairs per second) and peak memory of
 ``hapvr.evaluation.engine.compute_scores`` (length-bucketed batches through the fused
@@ -10,6 +11,14 @@ pair with one call, on ``--queries`` x ``--targets`` random videos with lengths 
 throughput is a rate), and its scores are compared with the engine's on those pairs.
 ``--memory-run`` also scores 50 queries against 20,000 targets (D = ``--memory-dim``) in a
 fresh process and reports its peak memory.
+
+``--host-time``: the engine's host work per video (read from HDF5, check for NaN, hash, pad into
+the batch) on FIVR-200K-like videos (40 frames, R = 9, D = 512, 1,000 videos, file in the page
+cache), as the engine did it before its reader (a copy per video, a check per video, a padded
+copy of the batch: :func:`host_before`) and as it does now (:func:`hapvr.evaluation.engine.prepare_batch`:
+read straight into one buffer, one check per batch), median of ``--repeats`` passes; and how
+much of it the reader thread hides behind scoring (a 4-query features-only run with the reader
+against the same work done in turn).
 """
 
 from __future__ import annotations
@@ -122,6 +131,71 @@ def loop_pairs(scores_or_ids, n: int) -> list[tuple[str, str]]:
     return [(q, t) for t in targets for q in queries][:n]
 
 
+def host_before(store, chunks):
+    """The engine's host work per batch before its background reader (kept here to measure
+    against): each chunk read into its own array, converted, checked, hashed, then copied again
+    into the padded batch."""
+    from hapvr.evaluation.feature_store import frames_digest
+    from hapvr.models.padding import pad_stack
+
+    frames = [store.load(c.vid, c.start, c.end) for c in chunks]
+    digests = [frames_digest(x) for x in frames]
+    return pad_stack(frames), digests
+
+
+def host_time(args, work: Path) -> dict:
+    from hapvr.evaluation import engine
+    from hapvr.evaluation.feature_store import FeatureStore
+
+    n, T = 1000, 40
+    path = work / f"features_host_n{n}_t{T}_d512.hdf5"
+    print(f"generating {path} ...", file=sys.stderr)
+    make_file(path, 4, n, 512, seed=2, lengths=(T, T))
+    with FeatureStore(path) as store:
+        ids = sorted(store.ids())
+        targets = [i for i in ids if i.startswith("t")]
+        cfg = engine.EngineConfig()
+        chunks = [c for vid in targets for c in engine.split_chunks(vid, store.length(vid), cfg.chunk_frames)]
+        batches = engine.plan_batches(chunks, 4 * T, cfg)
+        for vid in targets:  # warm the page cache
+            store.load(vid)
+
+        def before():
+            for b in batches:
+                host_before(store, b)
+
+        def after():
+            for b in batches:
+                engine.prepare_batch(store, b, 1)
+
+        t_before = H.median_seconds(before, args.repeats)
+        t_after = H.median_seconds(after, args.repeats)
+        queries = [i for i in ids if i.startswith("q")]
+        scorer = make_scorer("baseline", 512)
+        overlapped = H.median_seconds(lambda: engine.compute_scores(scorer, store, queries, targets, cfg, progress=False),
+                                      args.repeats)
+
+        def in_turn():  # the same work without the reader thread
+            groups = engine.query_groups([scorer.index(store.load(q)) for q in queries], cfg)
+            for b in batches:
+                p = engine.prepare_batch(store, b, 1)
+                t = scorer.index(p.frames)
+                for _, qpad, qlen in groups:
+                    scorer.pairwise(qpad, qlen, t, p.lengths).tolist()
+
+        sequential = H.median_seconds(in_turn, args.repeats)
+    mb = n * T * 9 * 512 * 4 / 1e6
+    rows = [["before (copy, check, hash per video; padded copy)", f"{1e6 * t_before / n:.0f}", f"{mb / t_before:.0f}"],
+            ["prepare_batch (read into the batch, one check)", f"{1e6 * t_after / n:.0f}", f"{mb / t_after:.0f}"]]
+    print(f"\nhost work per video, {n} videos of {T} frames (R = 9, D = 512, float32, page cache), "
+          f"{torch.get_num_threads()} threads, {len(batches)} batches\n")
+    H.print_table(["host work", "us per video", "MB/s"], rows)
+    print(f"\n4 queries, features-only scoring: {sequential:.2f} s with reading and scoring in turn, "
+          f"{overlapped:.2f} s with the reader thread ({100 * (1 - overlapped / sequential):.0f}% less)")
+    return dict(videos=n, frames=T, batches=len(batches), before_us_per_video=1e6 * t_before / n,
+                after_us_per_video=1e6 * t_after / n, scoring_in_turn_s=sequential, scoring_with_reader_s=overlapped)
+
+
 def child(args) -> None:
     """Engine run in a fresh process: prints peak extra bytes, seconds, and the scores of the
     pairs the loop will time (to compare)."""
@@ -154,6 +228,8 @@ def main() -> None:
     ap.add_argument("--memory-dim", type=int, default=32, help="feature size of the memory run")
     ap.add_argument("--memory-max-length", type=int, default=300, help="longest video of the memory run (frames)")
     ap.add_argument("--memory-only", action="store_true", help="only the memory run")
+    ap.add_argument("--host-time", action="store_true", help="only the host work per video, before and after")
+    ap.add_argument("--repeats", type=int, default=3, help="passes per --host-time figure (median)")
     ap.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "hapvr-bench-evaluate"))
     ap.add_argument("--quick", action="store_true", help="4 queries x 100 targets, D = 64")
     ap.add_argument("--json", metavar="PATH")
@@ -169,7 +245,9 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     results = {}
-    if not args.memory_only:
+    if args.host_time:
+        results["host_time"] = host_time(args, work)
+    elif not args.memory_only:
         results.update(throughput(args, work))
     if args.memory_run or args.memory_only:
         results["memory_run"] = memory_run(args, work)

@@ -65,8 +65,10 @@ def pair(repeats: int) -> None:
         gemm = H.median_seconds(lambda: qa @ tb.T, repeats)
         rows.append([name, choose_spatial_backend(a, b, 1), f"{1000 * op:.0f}", f"{1000 * gemm:.0f}",
                      f"{1000 * (op - gemm):.0f}"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; 1 x {T} frames against 4 x {T}, "
-          f"R={R}, D={D}, k=1")
+    from hapvr.precision import cpu_bf16_hardware
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU bf16 hardware: "
+          f"{cpu_bf16_hardware() or 'none'}; 1 x {T} frames against 4 x {T}, R={R}, D={D}, k=1")
     H.print_table(["precision", "backend", "op ms", "GEMM alone ms", "op - GEMM ms"], rows)
 
 

@@ -19,6 +19,8 @@ import sys
 from hapvr.errors import InputError
 from hapvr.settings import FINITE, POSITIVE, Bound, at_least, between
 from hapvr.io.paths import input_file, input_folder, output_file, output_folder  # noqa: F401  (the commands' checks)
+from hapvr.precision import PRECISION_CHOICES
+from hapvr.runtime import resolve_device
 
 
 class UserError(Exception):
@@ -181,8 +183,17 @@ def add_threads(parser: argparse.ArgumentParser, default_text: str = "one per co
 
 def add_precision(parser: argparse.ArgumentParser, what: str = "the similarity GEMMs (fp32 accumulation)") -> None:
     """``--precision`` (default ``auto``: bf16 on CUDA, fp32 on most CPUs; :mod:`hapvr.precision`)."""
-    from hapvr.precision import PRECISION_CHOICES
-
     parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
-                        help=f"dtype of {what}; auto: bf16 on CUDA and on CPUs with AMX, fp32 elsewhere "
+                        help=f"dtype of {what}; auto: bf16 on CUDA, fp32 on the CPU "
                              "(TF32 allowed for fp32 on CUDA unless HAPVR_TF32=0)")
+
+
+def check_device(args) -> None:
+    """``--device`` names a device this machine has (one error line, before any work), when the
+    command has the option."""
+    device = getattr(args, "device", None)
+    if device is not None:
+        try:
+            resolve_device(device)
+        except ValueError as exc:
+            fail(f"--device: {exc}")

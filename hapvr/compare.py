@@ -16,6 +16,7 @@ from hapvr.api import compare_videos, load_model
 from hapvr.cli import (
     ArgumentParser,
     add_precision,
+    check_device,
     fail,
     finite_float,
     input_file,
@@ -72,6 +73,7 @@ def _inputs(args, model):
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_device(args)
     set_threads(default_threads())
     if args.checkpoint:
         input_file(args.checkpoint, "--checkpoint")

@@ -68,8 +68,9 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--cache-dir", help="cache similarities here (resumable; needed for several ranks)")
     ap.add_argument("--chunk-frames", type=int_at_least(1), default=EngineConfig.chunk_frames,
                     help="split longer targets into chunks of this many frames and average their similarities")
-    ap.add_argument("--max-map-elements", type=int_at_least(1), default=EngineConfig.max_map_elements,
-                    help="bound on query frames x target frames scored per fused call (memory)")
+    ap.add_argument("--max-map-elements", type=int_at_least(1), default=None,
+                    help="bound on query frames x target frames scored per fused call (memory; default "
+                         f"{EngineConfig.max_map_elements} on the CPU, from the GPU's memory on CUDA)")
     ap.add_argument("--backend", default="auto", choices=("auto",) + BACKEND_NAMES,
                     help="similarity operator backend: auto is cpp on the CPU, tiled on CUDA")
     add_precision(ap)
@@ -103,6 +104,14 @@ def check_args(args) -> None:
         output_folder(args.cache_dir, "--cache-dir")
     if job().world > 1 and not args.cache_dir:
         fail("a sharded run (WORLD_SIZE > 1) needs --cache-dir on storage every rank can reach")
+
+
+def engine_config(args, scorer) -> EngineConfig:
+    """The engine's bounds for the scorer's device (:meth:`EngineConfig.for_device`), with the options given."""
+    given = {"chunk_frames": args.chunk_frames}
+    if args.max_map_elements is not None:
+        given["max_map_elements"] = args.max_map_elements
+    return EngineConfig.for_device(getattr(scorer, "device", "cpu"), **given)
 
 
 def make_scorer(args):
@@ -155,8 +164,7 @@ def _main(argv=None) -> int:
              f"(ids as in --annotations, e.g. {sorted(bench.queries)[:3]})")
     try:
         scores = compute_scores_in_job(scorer, store, queries, targets,
-                                       EngineConfig(chunk_frames=args.chunk_frames,
-                                                    max_map_elements=args.max_map_elements),
+                                       engine_config(args, scorer),
                                        args.cache_dir, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:  # feature data, a cache of other inputs (names the file)
         fail(str(exc))

@@ -35,6 +35,7 @@ from hapvr.cli import (
     UserError,
     add_precision,
     add_threads,
+    check_device,
     fail,
     input_file,
     output_folder,
@@ -168,6 +169,7 @@ def _info(args) -> int:
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_device(args)
     if args.command in ("build", "add"):
         return _build(args, create=args.command == "build")
     if args.command == "remove":

@@ -8,17 +8,15 @@ comparator, the temporal TopK-Chamfer) runs in fp32.
 
 - CUDA: ``bf16``. The eval pair's GEMM (T = T' = 1024, R = 9, D = 512: 87 GFLOP) runs on tensor
   cores instead of CUDA cores (docs/gpu.md); scores move by about 1e-3 (docs/scores.md).
-- CPU with AMX-BF16 (:func:`cpu_bf16_hardware` says ``"amx"``): ``bf16``. Predicted, not
-  measured (no AMX machine was available): at the eval pair (1 x 512 frames against 4 x 512,
-  benchmarks/bench_precision.py's ``--pair`` row) the bf16 path here spends 341 ms outside its
-  GEMM against 785 ms for the whole fp32 run, so a bf16 GEMM several times faster than fp32
-  (AMX's tile units) wins.
-- any other CPU, avx512_bf16 included: ``fp32``. There the fp32 inputs run through the compiled
-  kernel (tiled BLAS with an in-cache top-k), bf16 inputs only through the ``tiled`` backend's
-  ATen epilogue. Measured on an avx512_bf16 CPU (2 threads): at the eval pair bf16 and fp32 take
-  the same time (765 vs 785 ms, 2026-12-07; the bf16 GEMM alone is 2.0x faster); over the
-  built-in test benchmark's many small batches bf16 is 4.1x slower (2026-11-29,
-  benchmarks/results/precision.json).
+- CPU: ``fp32``, bf16 instructions or not. There fp32 inputs run through the compiled kernel
+  (tiled BLAS with an in-cache top-k), bf16 inputs only through the ``tiled`` backend's ATen
+  epilogue, whose cost eats what the faster GEMM saves. Measured on an avx512_bf16 CPU (2
+  threads; ``python -m benchmarks.bench_precision --pair``, 2026-12-07): at one eval pair the two
+  are within noise of each other (765 vs 785 ms quiet, 701 vs 1,116 ms with other jobs running),
+  although the bf16 GEMM alone is 2.0-2.3x faster; over the built-in benchmark's many small
+  batches bf16 is 4.1x slower (2026-11-29, benchmarks/results/precision.json). No AMX machine
+  was available to measure, so AMX CPUs keep fp32 as well (:func:`cpu_bf16_hardware` says what a
+  CPU has; ``--precision bf16`` asks for bf16 anywhere).
 - any other device: ``fp32``.
 
 TF32: fp32 matmuls on CUDA may use TF32 tensor cores (:func:`configure_tf32`, called by every
@@ -53,16 +51,13 @@ def check_precision(precision: str) -> str:
 
 
 def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """``precision`` with ``auto`` replaced by the choice for ``device``: ``bf16`` on CUDA and on a CPU
-    with AMX, ``fp32`` elsewhere (the module's docstring has the measurements). Needs no device to
-    be present: only its type is read."""
+    """``precision`` with ``auto`` replaced by the choice for ``device``: ``bf16`` on CUDA, ``fp32``
+    elsewhere (the module's docstring has the measurements behind the CPU's choice). Needs no
+    device to be present: only its type is read."""
     check_precision(precision)
     if precision != "auto":
         return precision
-    kind = torch.device(device).type
-    if kind == "cuda" or (kind == "cpu" and cpu_bf16_hardware() == "amx"):
-        return "bf16"
-    return "fp32"
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
 def cpu_bf16_hardware(flags: str | None = None) -> str | None:

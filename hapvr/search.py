@@ -27,8 +27,8 @@ import os
 import sys
 
 from hapvr.api import load_model
-from hapvr.cli import (ArgumentParser, add_precision, add_threads, fail, finite_float, float_in, input_file, int_at_least,
-                       output_file, positive_float, run_main)
+from hapvr.cli import (ArgumentParser, add_precision, add_threads, check_device, fail, finite_float, float_in,
+                       input_file, int_at_least, output_file, positive_float, run_main)
 from hapvr.data.video import VideoDecodeError
 from hapvr.io.files import write_json, write_text
 from hapvr.retrieval.building import open_index
@@ -174,6 +174,7 @@ def _model_of_index(args):
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_device(args)
     if args.duplicates == bool(args.queries):
         fail("give QUERY_VIDEO files to search for, or --duplicates (not both)")
     for arg, value in (("--csv", args.csv), ("--neighbours", args.neighbours), ("--min-coarse", args.min_coarse),

@@ -145,9 +145,9 @@ def test_auto_precision_resolves_per_device(monkeypatch):
 
     assert resolve_precision("auto", "cuda") == resolve_precision("auto", torch.device("cuda", 1)) == "bf16"
     assert resolve_precision("fp16", "cuda") == "fp16" and resolve_precision("fp32", "cuda") == "fp32"
-    for hardware, want in ((None, "fp32"), ("avx512_bf16", "fp32"), ("amx", "bf16")):
+    for hardware in (None, "avx512_bf16", "amx"):  # the CPU's choice does not depend on its bf16 hardware
         monkeypatch.setattr(precision, "cpu_bf16_hardware", lambda flags=None, h=hardware: h)
-        assert resolve_precision("auto", "cpu") == want, hardware
+        assert resolve_precision("auto", "cpu") == "fp32", hardware
     assert resolve_precision("auto", "meta") == "fp32"
     with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp16, fp32, got 'tf32'"):
         resolve_precision("tf32", "cpu")
@@ -197,3 +197,60 @@ def test_a_parameter_free_baseline_follows_its_device():
     assert device_of(baseline) == torch.device("cpu")
     assert device_of(baseline.to("meta")) == torch.device("meta")
     assert list(baseline.state_dict()) == []  # the anchor is not saved
+
+
+@pytest.mark.parametrize("kind", ["baseline", "model"])
+def test_the_engine_reads_the_device_once_per_batch(tmp_path, kind):
+    """The main thread's host reads while scoring: one per batch (its scores); the reader thread
+    works on host memory only (and a dispatch mode is per thread, so it is not counted here)."""
+    from hapvr.evaluation import engine
+    from hapvr.evaluation.feature_store import FeatureStore, write_features
+    from hapvr.evaluation.scorers import ChamferBaseline, ModelScorer
+
+    lengths = [3, 5, 9, 12, 2, 7, 4]
+    write_features(tmp_path / "f.h5", {f"v{i}": unit(n, 9, 16) for i, n in enumerate(lengths)})
+    scorer = ChamferBaseline() if kind == "baseline" else ModelScorer(VideoSimilarityModel(16))
+    cfg = engine.EngineConfig(max_batch_videos=2, max_padding_ratio=10.0)
+    ids = [f"v{i}" for i in range(len(lengths))]
+    with FeatureStore(tmp_path / "f.h5") as store:
+        batches = engine.plan_batches([engine.Chunk(v, 0, store.length(v)) for v in ids], 1, cfg)
+        counted = {}
+        original = engine._score_batches
+
+        def logged(*args, **kwargs):
+            with OpLog() as log:
+                original(*args, **kwargs)
+            counted["reads"] = log.host_reads()
+
+        engine._score_batches = logged
+        try:
+            scores = engine.compute_scores(scorer, store, ids[:3], ids, cfg, progress=False)
+        finally:
+            engine._score_batches = original
+        assert counted["reads"] == ["aten::tolist"] * len(batches) and len(batches) == 4
+        # the same scores as one pair at a time
+        for q in ids[:3]:
+            for t in ids:
+                a, b = scorer.index(store.load(q))[None], scorer.index(store.load(t))[None]
+                a = engine.repeat_to(a[0], scorer.min_frames)[None]
+                b = engine.repeat_to(b[0], scorer.min_frames)[None]
+                want = scorer.pairwise(a, torch.tensor([a.shape[1]]), b, torch.tensor([b.shape[1]]))
+                assert scores[q][t] == pytest.approx(float(want[0, 0]), abs=1e-5)
+
+
+def test_comparator_chunks_follow_the_gpu_memory():
+    from hapvr.models.comparator import FrameComparator, gpu_chunk_cells
+
+    assert gpu_chunk_cells(torch.device("cuda"), total_memory=80 * 10 ** 9) == 80 * 10 ** 9 // 16 // 256
+    assert gpu_chunk_cells(torch.device("cuda"), total_memory=10 ** 6) == 1 << 18  # never below the CPU's
+    assert FrameComparator.chunk_cells == 1 << 18
+
+
+def test_engine_bounds_follow_the_device():
+    from hapvr.evaluation.engine import EngineConfig
+
+    assert EngineConfig.for_device("cpu") == EngineConfig()
+    gpu = EngineConfig.for_device("cuda", total_memory=80 * 10 ** 9)
+    assert gpu.max_map_elements == 80 * 10 ** 9 // 64 and gpu.max_batch_frames == 80 * 10 ** 9 // 32 // 18432
+    assert EngineConfig.for_device("cuda", total_memory=10 ** 6).max_map_elements == EngineConfig.max_map_elements
+    assert EngineConfig.for_device("cuda", total_memory=80 * 10 ** 9, max_map_elements=7).max_map_elements == 7

@@ -137,3 +137,32 @@ def test_train_refuses_a_missing_device_and_a_bad_amp(tmp_path, capsys):
         assert train_main(["--device", "cuda", "--out", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")]) == 2
         assert "error: --device: " in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+@pytest.mark.parametrize("command", ["compare", "search", "index"])
+def test_an_absent_device_is_one_error_line_before_any_work(tmp_path, capsys, command):
+    import importlib
+
+    main = importlib.import_module(f"hapvr.{command}").main
+    argv = {"compare": ["a.mp4", "b.mp4"], "search": ["q.mp4", "--index", str(tmp_path / "none")],
+            "index": ["build", "--videos", str(tmp_path / "none"), "--index", str(tmp_path / "i")]}[command]
+    assert main([*argv, "--device", "cuda", "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --device: device 'cuda' was asked for but no CUDA device is visible (use --device cpu)"]
+
+
+def test_compare_takes_a_precision(tmp_path, capsys):
+    from hapvr.compare import main as compare_main
+    from hapvr.evaluation.feature_store import write_features
+
+    x = torch.nn.functional.normalize(torch.randn(6, 9, 512), dim=-1)
+    write_features(tmp_path / "f.h5", {"a": x, "b": x.flip(0)})
+    scores = {}
+    for precision in ("fp32", "bf16", "auto"):
+        out = tmp_path / f"{precision}.json"
+        assert compare_main(["a", "b", "--features", str(tmp_path / "f.h5"), "--precision", precision,
+                             "--json", str(out)]) == 0
+        scores[precision] = json.loads(out.read_text())["similarity"]
+    assert scores["auto"] == scores["fp32"]  # auto is fp32 on the CPU
+    assert scores["bf16"] != scores["fp32"] and abs(scores["bf16"] - scores["fp32"]) < 4e-3

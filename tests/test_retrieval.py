@@ -162,7 +162,7 @@ def test_an_index_records_its_precision_and_is_searched_at_another(planted, plan
         query = planted.query(0)[0]
         fp32 = Searcher(store, ChamferBaseline(precision="fp32")).search(query, k=5, exhaustive=True)
         bf16 = Searcher(store, ChamferBaseline(precision="bf16")).search(query, k=5, exhaustive=True)
-    assert ChamferBaseline(precision="auto").precision == "fp32"  # on a CPU without AMX
+    assert ChamferBaseline(precision="auto").precision == "fp32"  # on the CPU
     by_id = {h.id: h.score for h in bf16.hits}
     assert [h.id for h in fp32.hits][:1] == [h.id for h in bf16.hits][:1]
     shared = [h for h in fp32.hits if h.id in by_id]

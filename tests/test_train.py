@@ -200,7 +200,7 @@ def replay_ranks(args, world, gather=False, steps=2):
     from hapvr.training.batches import FeaturePool, draw_batch
     from hapvr.train import parse_config
     from hapvr.runtime import DistInfo
-    from hapvr.training.batch_loss import BatchLoss, objective_inputs
+    from hapvr.training.batch_loss import BatchLoss, as_floats, objective_inputs
 
     cfg = parse_config(args)
     pool, _ = load_or_build_pool(cfg, DistInfo(), None)  # the cache exists: only loaded
@@ -242,7 +242,7 @@ def replay_ranks(args, world, gather=False, steps=2):
                 x = objective_inputs(out, b, model.min_frames, torch.device("cpu"), labels, r * n)
             loss, p = objective(x)
             losses.append(loss)
-            parts.append(p)
+            parts.append(as_floats(p))
         optimizer.zero_grad(set_to_none=True)
         (torch.stack(losses).sum() / world).backward()
         optimizer.step()

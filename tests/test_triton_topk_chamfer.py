@@ -7,6 +7,8 @@ pin it with HAPVR_TEST_SEED).
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import hapvr.ops._triton_topk_chamfer as tri
 from hapvr.ops import spatial_topk_chamfer, spatial_topk_chamfer_reference
@@ -87,6 +89,13 @@ CASES = [
     (1, 2, 1, 3, 20, 8, 20),  # k = R = 20
     (2, 1, 1, 1, 1, 8, 1),  # R = 1
     (1, 2, 2, 3, 40, 8, 3),  # R = 40 pads to 64, int64 mask
+    (3, 4, 2, 9, 3, 8, 1),  # R = 3: 5 frames in 16 rows, query blocks across videos
+    (2, 3, 2, 5, 3, 8, 2),  # R = 3, k = 2: KP = 2 slots
+    (2, 3, 2, 5, 3, 8, 3),  # R = 3, k = R: KP = 4 with one padding slot
+    (2, 3, 3, 7, 4, 24, 2),  # R = 4: per-frame sum by reshape, target blocks across videos
+    (1, 3, 2, 3, 16, 8, 1),  # R = 16, k = 1
+    (1, 2, 2, 3, 16, 8, 16),  # R = 16, k = R: 16 slots
+    (1, 2, 1, 3, 64, 8, 3),  # R = 64: bit 63 of an int64 mask
 ]
 
 
@@ -103,6 +112,8 @@ def check_against_reference(q, t, k, ql, tl, atol=2e-5, grad_atol=1e-5):
     assert sel.shape == (Bq, Bt, T, T2, R) and sel.dtype == mask_dtype(R, k)
     want = encode(lower_index_selection(q.detach(), t.detach(), k), k)
     assert torch.equal(sel[ok], want[ok])
+    _, sel_cpp = torch.ops.hapvr.spatial_topk_chamfer(q.detach(), t.detach(), k, ql, tl, True)
+    assert torch.equal(sel[ok], sel_cpp[ok])  # the compiled kernels' saved selection
 
     g = torch.randn_like(out)
     got = torch.autograd.grad(out, (q, t), g)
@@ -120,14 +131,28 @@ def test_matches_reference(case):
 
 
 def test_small_tiles_cover_every_block_edge(monkeypatch):
-    # One query frame x two target frames per tile and 16-feature chunks: many partial blocks.
-    monkeypatch.setattr(tri, "_TILE_ROWS", 16)
-    monkeypatch.setattr(tri, "_TILE_COLS", 32)
-    monkeypatch.setattr(tri, "_BLOCK_D", 16)
-    monkeypatch.setattr(tri, "_BLOCK_D_BACKWARD", 16)
-    assert tri._frame_blocks(16, 3, 5) == (1, 2)
-    q, t = tie_free(2, 3, 2, 5, 7, 40, 2)
-    check_against_reference(q, t, 2, torch.tensor([3, 2]), torch.tensor([5, 3]))
+    # Two query frames x 16 target frames per tile and 16-feature chunks: tiles that span two
+    # videos on both sides, a partial last tile on both sides, a partial last feature chunk.
+    small = tri.TileConfig(rows=16, frames=16, block_d=16)
+    monkeypatch.setitem(tri.INTERPRETER_CONFIGS, "forward", (small,))
+    tile = tri.fit_tile("forward", small, 7, 2, 2 * 3, 3 * 7, 40, torch.float32)
+    assert (tile.BX, tile.M, tile.BY, tile.BD) == (2, 16, 16, 16)
+    q, t = tie_free(2, 3, 3, 7, 7, 40, 2)
+    check_against_reference(q, t, 2, torch.tensor([3, 2]), torch.tensor([7, 3, 5]))
+
+
+def test_zero_length_videos():
+    # A video of no valid frame: its maps are 0, it gets and gives no gradient.
+    q, t = tie_free(3, 3, 3, 4, 9, 8, 2)
+    ql, tl = torch.tensor([3, 0, 2]), torch.tensor([0, 4, 1])
+    out, _ = check_against_reference(q, t, 2, ql, tl)
+    assert out[1].abs().max() == 0 and out[:, 0].abs().max() == 0
+    qg, tg = q.clone().requires_grad_(), t.clone().requires_grad_()
+    dq, dt = torch.autograd.grad(OP(qg, tg, 2, ql, tl, True)[0].sum(), (qg, tg))
+    assert dq[1].abs().max() == 0 and dt[0].abs().max() == 0
+    all_padding = torch.zeros(3, dtype=torch.int64)
+    out, sel = OP(q, t, 1, all_padding, tl, True)
+    assert out.abs().max() == 0 and sel.abs().max() == 0
 
 
 def test_padded_frames_do_not_influence_valid_entries():
@@ -151,14 +176,15 @@ def test_padded_frames_do_not_influence_valid_entries():
 # --- ties: the lower region index wins ------------------------------------------------------
 
 
-@pytest.mark.parametrize("k", [1, 2, 4])
-def test_ties_select_the_lower_region_index(k):
+@pytest.mark.parametrize("R, k", [(6, 1), (6, 2), (6, 4), (6, 6), (8, 3), (9, 1), (9, 2)])
+def test_ties_select_the_lower_region_index(R, k):
     # Small integer features: every product is exact in fp32 and ties are everywhere.
-    Bq, T, Bt, T2, R, D = 1, 2, 2, 3, 6, 4
+    Bq, T, Bt, T2, D = 2, 2, 2, 3, 4
     q = torch.randint(-2, 3, (Bq, T, R, D)).float()
     t = torch.randint(-2, 3, (Bt, T2, R, D)).float()
     t[:, :, 4] = t[:, :, 1]  # duplicated target regions on top of the random ties
-    ql, tl = torch.tensor([T]), random_lengths(Bt, T2)
+    t[:, :, R - 1] = t[:, :, 0]
+    ql, tl = random_lengths(Bq, T), random_lengths(Bt, T2)
     out, sel = OP(q, t, k, ql, tl, True)
     ref = spatial_topk_chamfer_reference(q.double(), t.double(), k, ql, tl)
     torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=0)
@@ -259,41 +285,167 @@ def test_interpreter_stays_exact_when_tf32_is_allowed(restore_matmul_precision):
     torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=0)  # tf32 would be ~1e-3 off
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_inputs(dtype):
+@pytest.mark.parametrize("dtype, k", [(torch.float16, 2), (torch.bfloat16, 2), (torch.float16, 1),
+                                      (torch.bfloat16, 1)])
+def test_half_precision_inputs(dtype, k):
     # fp16 runs the native 16-bit tl.dot in the interpreter; bf16 is upcast there (see module doc).
-    q, t = tie_free(1, 2, 2, 3, 9, 16, 2, gap=1e-3, dtype=dtype)
+    q, t = tie_free(1, 2, 2, 3, 9, 16, k, gap=1e-3, dtype=dtype)
     ql, tl = torch.tensor([2]), torch.tensor([3, 2])
     q.requires_grad_()
     t.requires_grad_()
-    out, sel = OP(q, t, 2, ql, tl, True)
+    out, sel = OP(q, t, k, ql, tl, True)
     assert out.dtype == dtype
-    ref = spatial_topk_chamfer_reference(q.double(), t.double(), 2, ql, tl)
+    ref = spatial_topk_chamfer_reference(q.double(), t.double(), k, ql, tl)
     torch.testing.assert_close(out.double(), ref, atol=1e-2, rtol=0)
     ok = valid(ql, tl, 2, 3)
-    assert torch.equal(sel[ok], encode(lower_index_selection(q.detach(), t.detach(), 2), 2)[ok])
+    assert torch.equal(sel[ok], encode(lower_index_selection(q.detach(), t.detach(), k), k)[ok])
     g = torch.randn_like(out)
     got = torch.autograd.grad(out, (q, t), g)
     want = torch.autograd.grad(ref, (q, t), g.double())
-    for a, b in zip(got, want):
+    # The error PyTorch itself makes in this dtype (reference on 16-bit inputs), at most 2x + slack.
+    own = torch.autograd.grad(spatial_topk_chamfer_reference(q, t, k, ql, tl), (q, t), g)
+    for a, b, c in zip(got, want, own):
         assert a.dtype == dtype
         torch.testing.assert_close(a.double(), b.double(), atol=1e-2, rtol=0)
+        assert (a.double() - b).abs().max() <= 2 * (c.double() - b).abs().max() + 2e-3
 
 
 # --- op registration ----------------------------------------------------------------------
 
 
-def test_opcheck():
-    q, t = tie_free(1, 2, 2, 3, 5, 8, 2)
+@pytest.mark.parametrize("R, k", [(5, 2), (3, 1)])
+def test_opcheck(R, k):
+    q, t = tie_free(1, 2, 2, 3, R, 8, k)
     ql, tl = torch.tensor([2]), torch.tensor([3, 2])
     qg, tg = q.clone().requires_grad_(), t.clone().requires_grad_()
-    torch.library.opcheck(OP.default, (qg, tg, 2, ql, tl, True))
-    torch.library.opcheck(OP.default, (q, t, 2, ql, tl, False))
-    out, sel = OP(q, t, 2, ql, tl, True)
-    torch.library.opcheck(BACKWARD.default, (torch.randn_like(out), q, t, sel, 2, ql, tl))
+    torch.library.opcheck(OP.default, (qg, tg, k, ql, tl, True))
+    torch.library.opcheck(OP.default, (q, t, k, ql, tl, False))
+    out, sel = OP(q, t, k, ql, tl, True)
+    torch.library.opcheck(BACKWARD.default, (torch.randn_like(out), q, t, sel, k, ql, tl))
 
 
 def test_rejects_bad_k():
     q, t = unit(1, 2, 5, 8), unit(1, 3, 5, 8)
     with pytest.raises(RuntimeError, match="k must be in"):
         OP(q, t, 6, torch.tensor([2]), torch.tensor([3]), True)
+
+
+# --- tiles, autotuning and MMA work -------------------------------------------------------
+
+
+def test_query_rows_are_packed_without_region_padding():
+    assert tri.pack_query_rows(9, 64, 1024) == (7, 64)  # 63 of 64 rows
+    assert tri.pack_query_rows(16, 64, 1024) == (4, 64)
+    assert tri.pack_query_rows(20, 64, 1024) == (3, 64)
+    assert tri.pack_query_rows(64, 64, 1024) == (1, 64)
+    assert tri.pack_query_rows(1, 64, 1024) == (64, 64)
+    # No more rows than all query frames need, but at least 16 (tl.dot) and at least R.
+    assert tri.pack_query_rows(9, 64, 2) == (3, 32)
+    assert tri.pack_query_rows(9, 64, 1) == (1, 16)
+    assert tri.pack_query_rows(20, 64, 1) == (1, 32)
+    assert tri.pack_query_rows(1, 128, 28) == (32, 32)
+    tile = tri.fit_tile("forward", tri.CUDA_CONFIGS["forward"][0], 9, 1, 1024, 1024, 512, torch.bfloat16)
+    assert (tile.BX, tile.M, tile.XP, tile.BY, tile.BD, tile.SUM_BY_DOT) == (7, 64, 16, 128, 64, True)
+    assert tri.fit_tile("forward", tri.CUDA_CONFIGS["forward"][0], 9, 1, 1024, 1024, 512, torch.float32).BD == 32
+    assert not tri.fit_tile("forward", tri.CUDA_CONFIGS["forward"][0], 16, 1, 64, 64, 512, torch.bfloat16).SUM_BY_DOT
+    # BY covers no more than all target frames, and shrinks for the k slots' registers.
+    assert tri.fit_tile("forward", tri.CUDA_CONFIGS["forward"][0], 9, 1, 64, 28, 512, torch.bfloat16).BY == 32
+    assert tri.fit_tile("forward", tri.CUDA_CONFIGS["forward"][0], 9, 4, 64, 1024, 512, torch.bfloat16).BY == 32
+    assert tri.fit_tile("forward", tri.CUDA_CONFIGS["forward"][0], 64, 64, 64, 1024, 512, torch.bfloat16).BY == 16
+
+
+def test_mma_work_hand_count():
+    # R = 9, T = T' = 1024, D = 512, bf16, the first forward config: 147 x 8 tiles of 7 query
+    # frames (64 rows) x 128 target frames, 9 x 512 / 64 products of 64 x 128 x 64 each, plus the
+    # per-frame sum [16, 64] @ [64, 128] counted 3 times (tf32x3).
+    issued, ideal = tri.mma_work("forward", 9, 1024, 1024, 512)
+    assert ideal == 1024 * 9 * 1024 * 9 * 512
+    assert issued == 147 * 8 * (9 * 64 * 128 * 512 + 3 * 16 * 64 * 128)
+    # d query / d target: 147 x 16 tiles of 64 rows x 64 target frames, BD = 128.
+    for kernel in ("grad_query", "grad_target"):
+        assert tri.mma_work(kernel, 9, 1024, 1024, 512) == (147 * 16 * 9 * 64 * 64 * 512, ideal)
+    # Partial tiles count in full: 1 query frame of R = 16 issues 16 rows; 17 target frames 32.
+    assert tri.mma_work("grad_query", 16, 1, 17, 64, tri.CUDA_CONFIGS["grad_query"][1]) == (
+        16 * 32 * 16 * 64, 16 * 16 * 17 * 64)
+
+
+SHAPES = {  # (Bq, T, Bt, T'), D = 512
+    "eval": (1, 1024, 1, 1024),
+    "train": (64, 28, 64, 28),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_mma_work_ratio_at_most_1_3(shape):
+    # Every R the kernels take, every config of the autotune lists, both kernels' dtypes' BD.
+    Bq, T, Bt, T2 = SHAPES[shape]
+    worst = {}
+    for R in range(1, 65):
+        for kernel in tri.KERNELS:
+            for config in tri.CUDA_CONFIGS[kernel]:
+                for dtype in (torch.bfloat16, torch.float32):
+                    for k in sorted({1, 2, R}):
+                        issued, ideal = tri.mma_work(kernel, R, T, T2, 512, config, Bq=Bq, Bt=Bt, k=k, dtype=dtype)
+                        assert issued >= ideal
+                        worst[R, kernel] = max(worst.get((R, kernel), 0.0), issued / ideal)
+    print({key: round(ratio, 3) for key, ratio in worst.items() if key[0] in (1, 4, 9, 16, 20, 64)})
+    assert max(worst.values()) <= 1.3
+    assert all(worst[9, kernel] <= 1.04 for kernel in tri.KERNELS)
+
+
+def test_autotune_lists_match_the_kernels():
+    for kernel in tri.KERNELS:
+        tiles = tri._tiles(kernel, False, 9, 2, 1024, 1024, 512, torch.bfloat16)
+        tuned = tri._autotuned(kernel, tiles)
+        assert len(tuned.configs) == len(tiles) == len(tri.CUDA_CONFIGS[kernel])
+        for config in tuned.configs:
+            assert set(config.kwargs) <= set(tuned.arg_names)
+    assert tri.INTERPRETER_CONFIGS["forward"] != tri.CUDA_CONFIGS["forward"]
+
+
+def test_runs_through_the_autotuner(monkeypatch):
+    # The CUDA launch path (triton.autotune over fitted tiles, grid from the chosen tile) on the
+    # interpreter: one config per kernel, so the autotuner runs it without benchmarking.
+    monkeypatch.setattr(tri, "triton_interpreted", lambda: False)
+    small = (tri.TileConfig(rows=16, frames=16, block_d=32, num_warps=4, num_stages=2),)
+    for kernel in tri.KERNELS:
+        monkeypatch.setitem(tri.CUDA_CONFIGS, kernel, small)
+    q, t = tie_free(2, 3, 2, 4, 5, 8, 2)
+    check_against_reference(q, t, 2, torch.tensor([3, 2]), torch.tensor([4, 1]))
+
+
+# --- int64 offsets ------------------------------------------------------------------------
+
+
+@triton.jit
+def _offsets_probe(v_ptr, out_ptr, R: tl.constexpr, D: tl.constexpr, N: tl.constexpr, MAP: tl.constexpr,
+                   INT32: tl.constexpr):
+    n = tl.arange(0, N)
+    v = tl.load(v_ptr + n)  # int32, as frame indices are in the kernels
+    if MAP:
+        off = tri._map_offset(v, v, v, v, 64, 1024, 1024) * R
+    elif INT32:
+        off = (v * R + 3) * D  # the arithmetic of the previous kernels, without the int64 cast
+    else:
+        off = tri._feature_offset(v, 3, R, D)
+    tl.store(out_ptr + n, off.to(tl.int64))
+
+
+def run_probe(values, R, D, map_offset=False, int32=False):
+    out = torch.zeros(len(values), dtype=torch.int64)
+    _offsets_probe[(1,)](torch.tensor(values, dtype=torch.int32), out, R=R, D=D, N=len(values), MAP=map_offset,
+                         INT32=int32)
+    return out
+
+
+def test_offsets_are_int64_past_the_int32_limit():
+    frames = [0, 1, 466_033, 500_000, 2_000_000, 2**31 // 9 - 1, 123, 7]
+    want = [(f * 9 + 3) * 512 for f in frames]  # R D = 4608
+    assert max(want) > 2**31
+    assert run_probe(frames, 9, 512).tolist() == want
+    # The same arithmetic in int32 wraps in the interpreter: this test would catch it.
+    assert run_probe(frames, 9, 512, int32=True).tolist() != want
+    # maps[a, b, x, y] of [64, 64, 1024, 1024] maps, and the selection's offset (x R = 9).
+    v = [63, 0, 5, 1023]
+    want = [((a * 64 + a) * 1024 + a) * 1024 * 9 + a * 9 for a in v]
+    assert run_probe(v, 9, 512, map_offset=True).tolist() == want and max(want) > 2**32

@@ -108,9 +108,26 @@ class FeatureStore:
                                    f"read ({_first_line(exc)}); re-extract it or delete it") from None
         x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         if not bool(torch.isfinite(x).all()):
-            raise CorruptFileError(f"feature file {self.path}: dataset {vid!r} frames {start}:{stop} hold NaN or "
-                                   "infinite values; re-extract it or delete it")
+            self.not_finite(vid, start, stop)
         return x
+
+    def read_into(self, out: np.ndarray, vid: str, start: int, end: int) -> None:
+        """Frames ``start:end`` of ``vid`` read straight into ``out`` (a C-contiguous float32
+        ``[end - start, R, D]`` array, e.g. a view of a padded batch): no intermediate copy. Values
+        are not checked here: the caller checks a whole batch at once (:meth:`not_finite` then
+        names the video)."""
+        if vid not in self._lengths:
+            raise KeyError(f"feature file {self.path} has no video {vid!r}")
+        try:
+            self._file[vid].read_direct(out, np.s_[start:end])
+        except (OSError, RuntimeError, TypeError) as exc:
+            raise CorruptFileError(f"feature file {self.path}: dataset {vid!r} frames {start}:{end} cannot be "
+                                   f"read ({_first_line(exc)}); re-extract it or delete it") from None
+
+    def not_finite(self, vid: str, start: int, end: int):
+        """Raises the error of frames holding NaN or infinity."""
+        raise CorruptFileError(f"feature file {self.path}: dataset {vid!r} frames {start}:{end} hold NaN or "
+                               "infinite values; re-extract it or delete it")
 
     def close(self) -> None:
         self._file.close()

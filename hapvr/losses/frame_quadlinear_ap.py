@@ -10,6 +10,7 @@ of 28 candidates, instead of the predecessor's ``N^2 T^3`` pair tensors.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -82,8 +83,6 @@ def positive_pairs(labels, self_pairs: bool = True, device: torch.device | str =
     """The pairs :class:`FrameQuadLinearAPLoss` uses, ``(a, b)`` int64 on ``device``, from ``[N, N]``
     labels on the host (a CPU tensor or an array): those labelled 1, the diagonal only with
     ``self_pairs``. Read in place with numpy, so no device waits for them."""
-    import numpy as np
-
     host = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     chosen = host == 1
     if not self_pairs:

@@ -19,6 +19,23 @@ from torch import nn
 MIN_FRAMES = 4  # two 2x2 max-pools: shorter maps would vanish
 
 
+#: transient bytes per map cell of an inference chunk, above what the stages hold: the 32-channel
+#: first stage at full resolution in fp32 (128 B), its pooled output and the 64-channel second
+#: stage at a quarter of the cells (32 + 64 B), the input and masks (~16 B), rounded up
+BYTES_PER_CELL = 256
+#: share of a GPU's memory one inference chunk may take
+GPU_MEMORY_SHARE = 16
+
+
+def gpu_chunk_cells(device: torch.device, total_memory: int | None = None) -> int:
+    """Map cells per comparator chunk on a GPU: a sixteenth of its memory at ``BYTES_PER_CELL`` (an
+    H100's 80 GB: 20M cells, twenty 1024 x 1024 maps, one launch sequence where 2^18 cells took 80).
+    ``total_memory`` stands in for the device's (tests)."""
+    if total_memory is None:
+        total_memory = torch.cuda.get_device_properties(device).total_memory
+    return max(1 << 18, int(total_memory) // GPU_MEMORY_SHARE // BYTES_PER_CELL)
+
+
 def _pool_mask(mask: torch.Tensor) -> torch.Tensor:
     # min-pool: valid only if all four cells are valid
     return -F.max_pool2d(-mask, 2)
@@ -53,14 +70,16 @@ class FrameComparator(nn.Module):
                 for s in range(0, sim.shape[0], chunk)]
         return torch.cat([o for o, _ in outs]), torch.cat([m for _, m in outs])
 
-    #: maps per chunk when no gradient is needed hold at most this many cells (keeps the
-    #: 32-channel first stage, ~33 MB at this size, in cache and bounds inference memory)
+    #: maps per chunk when no gradient is needed hold at most this many cells on the CPU (keeps
+    #: the 32-channel first stage, ~33 MB at this size, in cache and bounds inference memory);
+    #: on a GPU the bound comes from its memory (:func:`gpu_chunk_cells`)
     chunk_cells = 1 << 18
 
     def _chunk(self, sim: torch.Tensor) -> int:
         if torch.is_grad_enabled() and (sim.requires_grad or any(p.requires_grad for p in self.parameters())):
             return sim.shape[0]  # training: autograd keeps every activation anyway
-        return max(1, self.chunk_cells // max(1, sim.shape[1] * sim.shape[2]))
+        cells = gpu_chunk_cells(sim.device) if sim.device.type == "cuda" else self.chunk_cells
+        return max(1, cells // max(1, sim.shape[1] * sim.shape[2]))
 
     def _forward(self, sim: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         # ReLU and the 2x2 max-pool commute, and a pooled cell is kept only when its whole window

@@ -66,8 +66,8 @@ def spatial_topk_chamfer_reference(
 #    then ``tiled`` (same bound on memory, any dtype ATen's GEMM takes, e.g. bf16).
 #  - CUDA: ``tiled`` first: every FLOP is cuBLAS (tensor cores under TF32/bf16/fp16) on tiles
 #    of a bounded workspace, the epilogue is a few memory-bound passes (docs/gpu.md has the
-#    roofline). Triton second: its ``tl.dot`` pads R = 9 regions to 16 on both sides (3.2x the
-#    MMA work). The ``cuda`` kernels compute one output per thread with no reuse (slower than
+#    roofline). Triton second: faster on paper (one fused launch, 1.03x the ideal MMA work at
+#    R = 9) but never compiled or timed on a GPU; the gpu_check rows decide. The ``cuda`` kernels compute one output per thread with no reuse (slower than
 #    the reference): a test oracle only. ``reference`` materialises everything: oracle only.
 #  - any other device: ``tiled`` (plain ATen).
 AUTO_POLICY: dict[str, tuple[str, ...]] = {"cpu": ("cpp", "tiled"), "cuda": ("tiled", "triton")}

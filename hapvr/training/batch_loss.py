@@ -56,11 +56,12 @@ def objective_inputs(out, batch, min_frames: int, device: torch.device, labels: 
     negatives, ``labels [N, M]`` and ``offset`` come from :mod:`hapvr.training.gather`, and the
     teacher is padded to the maps' frame count (the longest clip over all ranks).
     """
-    teacher, _ = repeat_to_min_length(batch.teacher.to(device), batch.lengths.to(device), min_frames)
+    teacher, _ = repeat_to_min_length(batch.teacher.to(device, non_blocking=True),
+                                      batch.lengths.to(device, non_blocking=True), min_frames)
     T = out.frame_maps.shape[-1]
     if teacher.shape[1] < T:
         teacher = torch.nn.functional.pad(teacher, (0, 0, 0, T - teacher.shape[1]))
-    positives = batch.positives.to(device) if labels is None else labels.to(device)
+    positives = batch.positives.to(device, non_blocking=True) if labels is None else labels.to(device)
     related = getattr(batch, "related", None)
     raw, raw_mask = out.raw, out.raw_mask
     if raw is None:  # a head without psi (attention): nothing for the regulariser to bound
@@ -68,7 +69,8 @@ def objective_inputs(out, batch, min_frames: int, device: torch.device, labels: 
     host = batch.positives if labels is None and batch.positives.device.type == "cpu" else None
     return ObjectiveInputs(out.video.float(), out.frame_maps.float(), raw.float(), raw_mask,
                            out.query_lengths, positives, teacher, offset,
-                           None if related is None or labels is not None else related.to(device), host)
+                           None if related is None or labels is not None else related.to(device, non_blocking=True),
+                           host)
 
 
 class BatchLoss:

@@ -187,13 +187,17 @@ def train_step(t: Trainer, batch) -> dict[str, torch.Tensor]:
     (:func:`~hapvr.training.batch_loss.as_floats` reads them on the steps that are logged)."""
     dev = t.info.device
     use_amp = t.cfg.amp == "bf16" and dev.type == "cuda"
+    # non_blocking: a copy from pageable memory is staged by the driver, the host does not wait for
+    # the device's queue (a blocking copy would, once per tensor)
+    features, lengths = batch.features.to(dev, non_blocking=True), batch.lengths.to(dev, non_blocking=True)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
         if t.gather:
-            out = t.train_model(batch.features.to(dev), batch.lengths.to(dev))
+            out = t.train_model(features, lengths)
         else:
-            out = t.train_model(batch.features.to(dev), query_lengths=batch.lengths.to(dev))
+            out = t.train_model(features, query_lengths=lengths)
     if t.gather:
-        labels = gathered_labels(batch.positives.to(dev), batch.video_index.to(dev), batch.guests.to(dev))
+        labels = gathered_labels(batch.positives.to(dev, non_blocking=True), batch.video_index.to(dev, non_blocking=True),
+                                 batch.guests.to(dev, non_blocking=True))
         inputs = objective_inputs(out, batch, t.model.min_frames, dev, labels,
                                   GatheredSimilarity.offset(len(batch.lengths)))
     else:
