@@ -8,15 +8,16 @@ comparator, the temporal TopK-Chamfer) runs in fp32.
 
 - CUDA: ``bf16``. The eval pair's GEMM (T = T' = 1024, R = 9, D = 512: 87 GFLOP) runs on tensor
   cores instead of CUDA cores (docs/gpu.md); scores move by about 1e-3 (docs/scores.md).
-- CPU: ``fp32``, bf16 instructions or not. There fp32 inputs run through the compiled kernel
-  (tiled BLAS with an in-cache top-k), bf16 inputs only through the ``tiled`` backend's ATen
-  epilogue, whose cost eats what the faster GEMM saves. Measured on an avx512_bf16 CPU (2
-  threads; ``python -m benchmarks.bench_precision --pair``, 2026-12-07): at one eval pair the two
-  are within noise of each other (765 vs 785 ms quiet, 701 vs 1,116 ms with other jobs running),
-  although the bf16 GEMM alone is 2.0-2.3x faster; over the built-in benchmark's many small
-  batches bf16 is 4.1x slower (2026-11-29, benchmarks/results/precision.json). No AMX machine
-  was available to measure, so AMX CPUs keep fp32 as well (:func:`cpu_bf16_hardware` says what a
-  CPU has; ``--precision bf16`` asks for bf16 anywhere).
+- CPU: ``fp32``, bf16 instructions or not. With them (avx512_bf16, AMX-BF16:
+  :func:`cpu_bf16_hardware`) ``--precision bf16`` is faster: the ``tiled`` backend's oneDNN bf16
+  GEMM against the compiled fp32 kernel, 1.6-2.3x at every shape from a built-in-benchmark batch
+  (4 x 32 against 52 x 40 frames) to an eval pair (1 x 512 against 4 x 512), avx512_bf16 CPU,
+  2 threads, quiet machine, 2026-12-07 (``python -m benchmarks.bench_precision --pair``). It is
+  not the default because it moves every score by up to ~1e-3: the scores users already hold
+  would change, their score caches (keyed on the precision) would be refused and recomputed,
+  and the copy thresholds were calibrated in fp32; on a GPU there is no such history. Without
+  bf16 instructions bf16 is emulated and 4.1x slower (AVX2 CPU, 2026-11-29,
+  benchmarks/results/precision.json).
 - any other device: ``fp32``.
 
 TF32: fp32 matmuls on CUDA may use TF32 tensor cores (:func:`configure_tf32`, called by every
@@ -25,6 +26,7 @@ command on a CUDA device); ``HAPVR_TF32=0`` keeps them IEEE fp32.
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 
@@ -52,24 +54,27 @@ def check_precision(precision: str) -> str:
 
 def resolve_precision(precision: str, device: str | torch.device) -> str:
     """``precision`` with ``auto`` replaced by the choice for ``device``: ``bf16`` on CUDA, ``fp32``
-    elsewhere (the module's docstring has the measurements behind the CPU's choice). Needs no
-    device to be present: only its type is read."""
+    elsewhere (the module's docstring says why the CPU keeps fp32). Needs no device to be present:
+    only its type is read."""
     check_precision(precision)
     if precision != "auto":
         return precision
     return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
+@functools.lru_cache(maxsize=None)
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def cpu_bf16_hardware(flags: str | None = None) -> str | None:
     """The bf16 hardware of this CPU: ``"amx"`` (AMX-BF16 tiles), ``"avx512_bf16"`` or None (none, or
     not a Linux ``/proc/cpuinfo``); ``flags`` parses that text instead (tests)."""
-    if flags is None:
-        try:
-            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-                flags = f.read()
-        except OSError:
-            return None
-    words = set(flags.split())
+    words = set((_cpu_flags() if flags is None else flags).split())
     if "amx_bf16" in words:
         return "amx"
     if "avx512_bf16" in words:

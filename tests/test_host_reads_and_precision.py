@@ -145,7 +145,7 @@ def test_auto_precision_resolves_per_device(monkeypatch):
 
     assert resolve_precision("auto", "cuda") == resolve_precision("auto", torch.device("cuda", 1)) == "bf16"
     assert resolve_precision("fp16", "cuda") == "fp16" and resolve_precision("fp32", "cuda") == "fp32"
-    for hardware in (None, "avx512_bf16", "amx"):  # the CPU's choice does not depend on its bf16 hardware
+    for hardware in (None, "avx512_bf16", "amx"):  # the CPU keeps fp32 (the scores users hold)
         monkeypatch.setattr(precision, "cpu_bf16_hardware", lambda flags=None, h=hardware: h)
         assert resolve_precision("auto", "cpu") == "fp32", hardware
     assert resolve_precision("auto", "meta") == "fp32"
@@ -174,22 +174,26 @@ def test_tf32_switch(monkeypatch):
 
 
 def test_a_model_in_eval_mode_takes_its_precision_from_the_device(monkeypatch):
+    import hapvr.models.similarity as similarity
+
+    def spatial_dtypes(log):  # the inputs of the spatial op (any backend), as the dispatcher saw them
+        return [dtypes[0] for name, dtypes in log.calls if name.startswith("hapvr::spatial_topk_chamfer")
+                and not name.endswith("backward")]
+
     model = VideoSimilarityModel(16, attention=False, comparator=False).eval()
     assert model.precision == "auto"
     q, t = unit(1, 5, 9, 16), unit(2, 4, 9, 16)
     with OpLog() as log:
         model(q, t)
-    assert all(d[0] == torch.float32 for _, d in log.gemm_dtypes())  # this CPU: fp32
-    import hapvr.models.similarity as similarity
-
+    assert spatial_dtypes(log) == [torch.float32]  # auto on the CPU
     monkeypatch.setattr(similarity, "resolve_precision", lambda p, device: "bf16")  # as on CUDA
     with OpLog() as log:
         model(q, t)
-    assert log.gemm_dtypes() and all(d[0] == torch.bfloat16 for _, d in log.gemm_dtypes())
+    assert spatial_dtypes(log) == [torch.bfloat16]
     model.train()
     with OpLog() as log:
         model(q, t)
-    assert all(d[0] == torch.float32 for _, d in log.gemm_dtypes())  # training: autocast decides
+    assert spatial_dtypes(log) == [torch.float32]  # training: autocast decides
 
 
 def test_a_parameter_free_baseline_follows_its_device():

@@ -190,28 +190,33 @@ def repeated_length(length: int, min_frames: int) -> int:
 
 
 def prepare_batch(store: FeatureStore, chunks: list[Chunk], min_frames: int,
-                  device: torch.device = torch.device("cpu")) -> PreparedBatch:
+                  device: torch.device = torch.device("cpu"), digests: bool = True) -> PreparedBatch:
     """Reads ``chunks`` into one padded buffer (the host work of a batch: read, check, hash, pad),
     validated once for NaN / infinity, and starts its transfer to ``device``. A chunk shorter
-    than ``min_frames`` is repeated in the buffer, as :func:`repeat_to` does."""
+    than ``min_frames`` is repeated in the buffer, as :func:`repeat_to` does. ``digests=False``
+    skips the hashing (a third of the host work; only a score cache needs the digests) and
+    leaves ``PreparedBatch.digests`` empty strings."""
     R, D = store.region_shape
     lengths = [c.end - c.start for c in chunks]
     padded = [repeated_length(n, min_frames) for n in lengths]
     pin = device.type == "cuda"
-    buf = torch.zeros((len(chunks), max(padded), R, D), dtype=torch.float32, pin_memory=pin)
-    digests = []
+    buf = torch.empty((len(chunks), max(padded), R, D), dtype=torch.float32, pin_memory=pin)
+    hashes = []
     for i, (c, n, m) in enumerate(zip(chunks, lengths, padded)):
         store.read_into(buf[i, :n].numpy(), c.vid, c.start, c.end)
-        digests.append(frames_digest(buf[i, :n]))
+        hashes.append(frames_digest(buf[i, :n]) if digests else "")
         for s in range(n, m, n):  # repeat a short chunk up to the minimum length
             buf[i, s:min(s + n, m)] = buf[i, :min(n, m - s)]
-    if not bool(torch.isfinite(buf).all()):  # one check per batch; the culprit is named below
+        buf[i, m:].zero_()  # only the padding is cleared
+    # One check per batch: the smallest and largest value (one pass, no temporary) are finite
+    # exactly when every value is; the culprit is named below.
+    if not all(bool(v.isfinite()) for v in torch.aminmax(buf)):
         for c, n, i in zip(chunks, lengths, range(len(chunks))):
             if not bool(torch.isfinite(buf[i, :n]).all()):
                 store.not_finite(c.vid, c.start, c.end)
     frames = buf.to(device, non_blocking=True) if device != buf.device else buf
     lengths = torch.tensor(padded, dtype=torch.int64).to(device, non_blocking=True)
-    return PreparedBatch(chunks, digests, frames, lengths)
+    return PreparedBatch(chunks, hashes, frames, lengths)
 
 
 def _score_batches(scorer: Scorer, store: FeatureStore, groups, n_queries: int, todo: list[list[Chunk]],
@@ -224,11 +229,12 @@ def _score_batches(scorer: Scorer, store: FeatureStore, groups, n_queries: int, 
     device = torch.device(getattr(scorer, "device", "cpu"))
     members = torch.cat([m for m, _, _ in groups]).to(device) if groups else None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hapvr-reader") as reader:
-        ahead = reader.submit(prepare_batch, store, todo[0], scorer.min_frames, device) if todo else None
+        hashed = cache is not None  # the digests key the cache; without one nothing reads them
+        ahead = reader.submit(prepare_batch, store, todo[0], scorer.min_frames, device, hashed) if todo else None
         try:
             for b in range(len(todo)):
                 batch = ahead.result()
-                ahead = reader.submit(prepare_batch, store, todo[b + 1], scorer.min_frames, device) \
+                ahead = reader.submit(prepare_batch, store, todo[b + 1], scorer.min_frames, device, hashed) \
                     if b + 1 < len(todo) else None
                 targets = scorer.index(batch.frames)
                 parts = [scorer.pairwise(qpad, qlen, targets, batch.lengths).float() for _, qpad, qlen in groups]
