@@ -48,7 +48,7 @@ def load(run: str, cache_dir: str):
     return bench, feats, {"baseline (features-only Chamfer)": baseline, "HAP-VR (trained)": trained}
 
 
-def pair(repeats: int) -> None:
+def pair(repeats: int) -> list[dict]:
     """What the CPU's ``precision="auto"`` rests on (hapvr/precision.py): the whole spatial op in fp32
     and in bf16 against the bf16 GEMM alone; the difference is the bf16 path's cost outside its GEMM."""
     from hapvr.ops import choose_spatial_backend, spatial_topk_chamfer
@@ -67,12 +67,15 @@ def pair(repeats: int) -> None:
             times[name] = H.median_seconds(lambda: spatial_topk_chamfer(q.to(dtype), t.to(dtype), 1), repeats)
         a, b = q.reshape(-1, D).bfloat16(), t.reshape(-1, D).bfloat16()
         gemm = H.median_seconds(lambda: a @ b.T, repeats)
-        rows.append([f"{Bq} x {T} against {Bt} x {T2}", f"{1000 * times['fp32']:.0f}",
-                     f"{1000 * times['bf16']:.0f}", f"{times['fp32'] / times['bf16']:.2f}", f"{1000 * gemm:.0f}"])
+        rows.append(dict(shape=[Bq, T, Bt, T2], fp32_s=times["fp32"], bf16_s=times["bf16"], bf16_gemm_s=gemm))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU bf16 hardware: "
           f"{cpu_bf16_hardware() or 'none'}; R={R}, D={D}, k=1; fp32 through {choose_spatial_backend(q, t, 1)}, "
           f"bf16 (casts included) through {choose_spatial_backend(q.bfloat16(), t.bfloat16(), 1)}")
-    H.print_table(["frames", "fp32 ms", "bf16 ms", "fp32 / bf16", "bf16 GEMM alone ms"], rows)
+    H.print_table(["frames", "fp32 ms", "bf16 ms", "fp32 / bf16", "bf16 GEMM alone ms"],
+                  [[f"{r['shape'][0]} x {r['shape'][1]} against {r['shape'][2]} x {r['shape'][3]}",
+                    f"{1000 * r['fp32_s']:.0f}", f"{1000 * r['bf16_s']:.0f}", f"{r['fp32_s'] / r['bf16_s']:.2f}",
+                    f"{1000 * r['bf16_gemm_s']:.0f}"] for r in rows])
+    return rows
 
 
 def main() -> None:
@@ -86,7 +89,11 @@ def main() -> None:
                     help="time the spatial op in fp32 and in bf16 at four shapes instead (no trained run needed)")
     args = ap.parse_args()
     if args.pair:
-        return pair(args.repeats)
+        rows = pair(args.repeats)
+        if args.json:
+            H.write_json(args.json, dict(torch=torch.__version__, threads=torch.get_num_threads(), pair=rows))
+            print(f"wrote {args.json}")
+        return
     from hapvr.precision import PRECISIONS
     from hapvr.runtime import default_cache_dir
     from hapvr.evaluation.levels import LEVEL_LABELS, all_similarities, evaluate_levels

@@ -35,7 +35,7 @@ from hapvr.localization import Segment, chamfer_frame_map, localize_explained
 from hapvr.models import VideoSimilarityModel
 from hapvr.models.scales import (BASELINE_SCALE, RESIDUAL_SCALE, TRAINED_SCALE,  # noqa: F401  (documented here)
                                  ScoreScale, scale_of)
-from hapvr.precision import check_precision, configure_tf32, resolve_precision
+from hapvr.precision import check_precision, resolve_precision
 from hapvr.runtime import resolve_device
 
 
@@ -185,12 +185,12 @@ def load_model(checkpoint: str | Path | None = None, *, baseline: bool = False, 
         fps: frames per second decoded from video files.
         backbone_weights: weights file of the backbone when the checkpoint's backbone needs one
             (resnet50) and its recorded path is not valid here.
-        precision: of the similarity GEMMs (:class:`VideoModel`); TF32 is allowed on CUDA unless
-            ``HAPVR_TF32=0`` (:func:`hapvr.precision.configure_tf32`).
+        precision: of the similarity GEMMs (:class:`VideoModel`). TF32 for fp32 matmuls is
+            PyTorch's process-wide setting, left as it is here; the commands allow it on CUDA
+            (:func:`hapvr.precision.configure_tf32`, ``HAPVR_TF32=0`` refuses it).
     """
     dev = resolve_device(device)
     check_precision(precision)
-    configure_tf32(dev)
     spec = load_default_model() if checkpoint is None else read_model_file(checkpoint)
     baseline = baseline or spec.kind == "baseline"
     ext = RegionFeatureExtractor.from_spec(spec, backbone_weights)

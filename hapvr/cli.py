@@ -19,7 +19,7 @@ import sys
 from hapvr.errors import InputError
 from hapvr.settings import FINITE, POSITIVE, Bound, at_least, between
 from hapvr.io.paths import input_file, input_folder, output_file, output_folder  # noqa: F401  (the commands' checks)
-from hapvr.precision import PRECISION_CHOICES
+from hapvr.precision import PRECISION_CHOICES, configure_tf32
 from hapvr.runtime import resolve_device
 
 
@@ -181,19 +181,24 @@ def add_threads(parser: argparse.ArgumentParser, default_text: str = "one per co
                         help=f"CPU threads of torch and of faiss (default: {default_text})")
 
 
-def add_precision(parser: argparse.ArgumentParser, what: str = "the similarity GEMMs (fp32 accumulation)") -> None:
-    """``--precision`` (default ``auto``: bf16 on CUDA, fp32 on most CPUs; :mod:`hapvr.precision`)."""
-    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
-                        help=f"dtype of {what}; auto: bf16 on CUDA, fp32 on the CPU "
+def add_precision(parser: argparse.ArgumentParser, what: str = "the similarity GEMMs (fp32 accumulation)",
+                  default: str = "auto") -> None:
+    """``--precision`` (default ``auto``: bf16 on CUDA, fp32 on the CPU; :mod:`hapvr.precision`)."""
+    parser.add_argument("--precision", default=default, choices=PRECISION_CHOICES,
+                        help=f"dtype of {what} (default {default}); auto: bf16 on CUDA, fp32 on the CPU "
                              "(TF32 allowed for fp32 on CUDA unless HAPVR_TF32=0)")
 
 
 def check_device(args) -> None:
     """``--device`` names a device this machine has (one error line, before any work), when the
-    command has the option."""
+    command has the option; on CUDA the command's fp32 matmuls may use TF32 (``HAPVR_TF32``)."""
     device = getattr(args, "device", None)
     if device is not None:
         try:
-            resolve_device(device)
+            dev = resolve_device(device)
         except ValueError as exc:
             fail(f"--device: {exc}")
+        try:
+            configure_tf32(dev)
+        except ValueError as exc:
+            fail(str(exc))

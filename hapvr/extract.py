@@ -67,7 +67,8 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--backbone-weights", help="state_dict file of the backbone (needed for resnet50)")
     ap.add_argument("--fps", type=positive_float(), default=1.0, help="frames decoded per second of video")
     ap.add_argument("--max-frames", type=int_at_least(1), help="at most this many frames per video (default: all)")
-    add_precision(ap, "the backbone's autocast (features are stored as float32)")
+    # fp32 by default: features are data that index build (backbone in fp32) and other runs must match
+    add_precision(ap, "the backbone's autocast (features are stored as float32)", default="fp32")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     ap.add_argument("--no-progress", action="store_true", help="no progress display")
     return ap
@@ -86,9 +87,12 @@ def _main(argv=None) -> int:
     check_unique(inputs, args.videos)
     try:
         device = resolve_device(args.device)
-        configure_tf32(device)
     except ValueError as exc:
         fail(f"--device: {exc}")
+    try:
+        configure_tf32(device)
+    except ValueError as exc:
+        fail(str(exc))
     if args.checkpoint:
         extractor = RegionFeatureExtractor.from_spec(read_model_file(args.checkpoint))
     else:

@@ -71,6 +71,14 @@ def _cpu_flags() -> str:
         return ""
 
 
+def gemm_precision(precision: str, device: str | torch.device) -> str:
+    """What a resolved ``precision`` computes on ``device``: ``tf32`` for fp32 on CUDA while PyTorch
+    allows TF32 there, else ``precision`` itself (the label score caches are keyed on)."""
+    if precision == "fp32" and torch.device(device).type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return precision
+
+
 def cpu_bf16_hardware(flags: str | None = None) -> str | None:
     """The bf16 hardware of this CPU: ``"amx"`` (AMX-BF16 tiles), ``"avx512_bf16"`` or None (none, or
     not a Linux ``/proc/cpuinfo``); ``flags`` parses that text instead (tests)."""

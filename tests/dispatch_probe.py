@@ -1,6 +1,8 @@
 """A dispatcher-level log of the ATen ops a piece of code runs, for tests that count host reads
-or check the dtypes of GEMMs on CPU tensors (the dispatcher sees the same calls on CPU tensors
-as it would on CUDA ones).
+or check the dtypes of GEMMs on CPU tensors. The dispatcher sees the calls a CUDA run would
+make, with two limits: a value made on the host and copied to a device shows only as
+``aten::lift_fresh`` (``host_copies``), and code that takes a CPU-only branch (read in place with
+numpy) is not the CUDA branch.
 
 hapvr's ops written in Python (``torch.library.custom_op``) are opened: their implementation
 runs under the log, so the ATen calls inside them are seen too. Compiled kernels (C++) are one
@@ -76,6 +78,11 @@ class OpLog(TorchDispatchMode):
 
     def host_reads(self) -> list[str]:
         return [name for name, _ in self.calls if name in HOST_READS]
+
+    def host_copies(self) -> list[str]:
+        """Tensors made from host values (``torch.tensor(...)``): on a GPU each is a copy to the
+        device, which waits for its queue."""
+        return [name for name, _ in self.calls if name == "aten::lift_fresh"]
 
     def gemm_dtypes(self) -> list[tuple[str, list[torch.dtype]]]:
         return [(name, dtypes) for name, dtypes in self.calls if name in GEMMS]

@@ -86,28 +86,29 @@ def test_outside_autocast_and_for_fp64_nothing_is_cast():
 def test_the_spatial_op_reads_nothing_back(backend):
     q = unit(2, 7, 9, 16).requires_grad_()
     t = unit(3, 5, 9, 16).requires_grad_()
+    ql, tl = torch.tensor([7, 3]), torch.tensor([5, 1, 0])
     for k in (1, 3, 9):
         with OpLog() as log:
-            maps = spatial_topk_chamfer(q, t, k, torch.tensor([7, 3]), torch.tensor([5, 1, 0]), backend=backend)
+            maps = spatial_topk_chamfer(q, t, k, ql, tl, backend=backend)
             maps.square().sum().backward()
-        assert log.host_reads() == [], (k, log.host_reads())
+        assert log.host_reads() == [] and log.host_copies() == [], (k, log.host_reads(), log.host_copies())
         assert any(name.startswith("hapvr::") for name, _ in log.calls)
 
 
 def test_the_temporal_op_quadlinear_ap_and_the_frame_loss_read_nothing_back():
     sim = torch.randn(3, 4, 10, 12, requires_grad=True)
+    ql, tl = torch.tensor([10, 4, 1])[:, None], torch.tensor([12, 5, 1, 0])[None, :]
     with OpLog() as log:
         for kwargs in (dict(k=2), dict(rate=0.3)):
-            out = temporal_topk_chamfer(sim, query_lengths=torch.tensor([10, 4, 1])[:, None],
-                                        target_lengths=torch.tensor([12, 5, 1, 0])[None, :], **kwargs)
+            out = temporal_topk_chamfer(sim, query_lengths=ql, target_lengths=tl, **kwargs)
             out.sum().backward()
-    assert log.host_reads() == []
+    assert log.host_reads() == [] and log.host_copies() == []
     scores = torch.randn(5, 20, requires_grad=True)
     labels = torch.randint(-1, 2, (5, 20))
     with OpLog() as log:
         risk = quadlinear_ap(scores, labels).risk
         risk.sum().backward()
-    assert log.host_reads() == []
+    assert log.host_reads() == [] and log.host_copies() == []
     N, T = 4, 6
     frame_sims = torch.randn(N, N, T, T, requires_grad=True)
     teacher = unit(N, T, 8)
@@ -118,7 +119,7 @@ def test_the_temporal_op_quadlinear_ap_and_the_frame_loss_read_nothing_back():
     with OpLog() as log:
         value = loss(frame_sims, teacher, pair_labels, lengths, pairs)
         value.backward()
-    assert log.host_reads() == [] and float(value.detach()) > 0
+    assert log.host_reads() == [] and log.host_copies() == [] and float(value.detach()) > 0
     # the same value as the pairs found on the device (one nonzero: a host read)
     with OpLog() as log:
         again = loss(frame_sims, teacher, pair_labels, lengths)
@@ -242,6 +243,25 @@ def test_the_engine_reads_the_device_once_per_batch(tmp_path, kind):
                 assert scores[q][t] == pytest.approx(float(want[0, 0]), abs=1e-5)
 
 
+def test_engine_edges_queries_none_and_a_pickled_pca(tmp_path):
+    import pickle
+
+    from hapvr.evaluation import engine
+    from hapvr.evaluation.feature_store import FeatureStore, write_features
+    from hapvr.evaluation.scorers import ChamferBaseline
+    from hapvr.features.pca import PCAWhitening
+
+    write_features(tmp_path / "f.h5", {"a": unit(3, 9, 16), "b": unit(4, 9, 16)})
+    with FeatureStore(tmp_path / "f.h5") as store:
+        assert engine.compute_scores(ChamferBaseline(), store, [], ["a", "b"], progress=False) == {}
+    pca = PCAWhitening(16, 8).fit(torch.randn(200, 16))
+    again = pickle.loads(pickle.dumps(pca))
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(again(x), pca(x))
+    with pytest.raises(ValueError, match="positive_pairs reads labels on the host"):
+        positive_pairs(torch.ones(2, 2, device="meta"))
+
+
 def test_comparator_chunks_follow_the_gpu_memory():
     from hapvr.models.comparator import FrameComparator, gpu_chunk_cells
 
@@ -255,6 +275,6 @@ def test_engine_bounds_follow_the_device():
 
     assert EngineConfig.for_device("cpu") == EngineConfig()
     gpu = EngineConfig.for_device("cuda", total_memory=80 * 10 ** 9)
-    assert gpu.max_map_elements == 80 * 10 ** 9 // 64 and gpu.max_batch_frames == 80 * 10 ** 9 // 32 // 18432
+    assert gpu.max_map_elements == 80 * 10 ** 9 // 256 and gpu.max_batch_frames == 80 * 10 ** 9 // 32 // 18432
     assert EngineConfig.for_device("cuda", total_memory=10 ** 6).max_map_elements == EngineConfig.max_map_elements
     assert EngineConfig.for_device("cuda", total_memory=80 * 10 ** 9, max_map_elements=7).max_map_elements == 7

@@ -55,16 +55,18 @@ class EngineConfig:
     def for_device(cls, device: torch.device | str, total_memory: int | None = None, **overrides) -> "EngineConfig":
         """The defaults above on the CPU (sized for its memory and caches); on CUDA the two memory
         bounds come from the device's memory (``total_memory`` stands in for it in tests): the
-        maps of one fused call may take a 64th of it (at about 16 bytes per map element with
-        their masks and the comparator's input) and a batch's target frames a 32nd (float32, R = 9,
-        D = 512: 18 KB a frame). An 80 GB GPU: 1.25G map elements and 136k frames a batch, 37x and
-        8x the CPU's, so a FIVR-200K database is ~40x fewer fused calls. ``overrides`` win."""
+        maps of one fused call may take a 16th of it (at about 16 bytes per map element with
+        their masks and the comparator's input) and a batch's target frames a 32nd (float32 at
+        R = 9, D = 512: 18 KB a frame). An 80 GB GPU: 312M map elements and 136k frames a batch,
+        9x and 8x the CPU's (``max_batch_videos`` still caps a batch at 256 videos). Under
+        torchrun every rank must plan the same batches: give the ranks the same GPU model, or
+        ``--max-map-elements``. ``overrides`` win."""
         device = torch.device(device)
         if device.type != "cuda":
             return cls(**overrides)
         if total_memory is None:
             total_memory = torch.cuda.get_device_properties(device).total_memory
-        sized = dict(max_map_elements=max(cls.max_map_elements, int(total_memory) // 64),
+        sized = dict(max_map_elements=max(cls.max_map_elements, int(total_memory) // 16 // 16),
                      max_batch_frames=max(cls.max_batch_frames, int(total_memory) // 32 // (9 * 512 * 4)))
         return cls(**{**sized, **overrides})
 
@@ -135,6 +137,8 @@ def compute_scores(
     """
     if world_size > 1 and cache_dir is None:
         raise ValueError("sharded scoring (world_size > 1) needs a cache_dir shared by all ranks")
+    if not query_ids:  # nothing to score against
+        return {} if world_size == 1 else None
     missing = [q for q in query_ids if q not in store]
     if missing:
         raise KeyError(f"queries without features: {missing[:5]}{'...' if len(missing) > 5 else ''}")
@@ -227,7 +231,9 @@ def _score_batches(scorer: Scorer, store: FeatureStore, groups, n_queries: int, 
     if progress:
         bar = progress_bar(total=total, initial=total - len(todo), unit="batch", desc=progress)
     device = torch.device(getattr(scorer, "device", "cpu"))
-    members = torch.cat([m for m, _, _ in groups]).to(device) if groups else None
+    if device.type == "cuda" and device.index is None:  # the reader thread's current device may differ
+        device = torch.device("cuda", torch.cuda.current_device())
+    members = torch.cat([m for m, _, _ in groups])
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hapvr-reader") as reader:
         hashed = cache is not None  # the digests key the cache; without one nothing reads them
         ahead = reader.submit(prepare_batch, store, todo[0], scorer.min_frames, device, hashed) if todo else None
@@ -238,8 +244,9 @@ def _score_batches(scorer: Scorer, store: FeatureStore, groups, n_queries: int, 
                     if b + 1 < len(todo) else None
                 targets = scorer.index(batch.frames)
                 parts = [scorer.pairwise(qpad, qlen, targets, batch.lengths).float() for _, qpad, qlen in groups]
-                sims = torch.empty((n_queries, len(batch.chunks)), device=device)
-                sims[members] = torch.cat(parts)  # [Q, B], queries back in their order
+                scored = torch.cat(parts)  # on the scorer's device (a custom scorer may not say which)
+                sims = torch.empty((n_queries, len(batch.chunks)), device=scored.device)
+                sims[members.to(scored.device)] = scored  # [Q, B], queries back in their order
                 rows = sims.T.cpu().tolist()  # the batch's one read back from the device
                 records = [(c.key(), digest, row) for c, digest, row in zip(batch.chunks, batch.digests, rows)]
                 results.update((key, scores) for key, _, scores in records)

@@ -16,7 +16,7 @@ import torch
 
 from hapvr.models.loading import load_similarity_model
 from hapvr.ops import spatial_topk_chamfer, temporal_topk_chamfer
-from hapvr.precision import precision_dtype, resolve_precision
+from hapvr.precision import gemm_precision, precision_dtype, resolve_precision
 
 
 class Scorer(Protocol):
@@ -58,7 +58,8 @@ class ChamferBaseline:
                                      target_lengths=target_lengths[None, :])
 
     def fingerprint(self) -> dict:
-        return {"scorer": "chamfer-baseline-v1", "weights": None, "settings": {"precision": self.precision}}
+        return {"scorer": "chamfer-baseline-v1", "weights": None,
+                "settings": {"precision": gemm_precision(self.precision, self.device)}}
 
 
 class ModelScorer:
@@ -68,7 +69,6 @@ class ModelScorer:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.precision = resolve_precision(precision, self.device)  # "auto" made concrete for the fingerprint
-        self.model.precision = self.precision
         self.min_frames = int(model.min_frames)
         self.name = name  # for messages; the cache keys on the weights themselves, not on where they came from
 
@@ -78,12 +78,17 @@ class ModelScorer:
 
     @torch.no_grad()
     def pairwise(self, queries, query_lengths, targets, target_lengths):
-        return self.model(queries, targets, query_lengths, target_lengths, indexed=True).video
+        shared, self.model.precision = self.model.precision, self.precision  # the model may be shared (VideoModel)
+        try:
+            return self.model(queries, targets, query_lengths, target_lengths, indexed=True).video
+        finally:
+            self.model.precision = shared
 
     def fingerprint(self) -> dict:
         """Digest of the current weights (computed on each call: cheap next to scoring, and never stale)."""
         return {"scorer": "hapvr-similarity-model", "weights": state_dict_digest(self.model),
-                "settings": {"precision": self.precision, "k_s": float(self.model.k_s), "k_t": float(self.model.k_t)}}
+                "settings": {"precision": gemm_precision(self.precision, self.device), "k_s": float(self.model.k_s),
+                             "k_t": float(self.model.k_t)}}
 
 
 def load_scorer(path: str | Path, backend: str = "auto", precision: str = "auto",

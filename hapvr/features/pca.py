@@ -27,6 +27,11 @@ PCA_FORMAT = "hapvr-pca-1"
 REGIONS = 9
 
 
+def _forget_fitted(module, incompatible_keys) -> None:
+    """After a state is loaded, ``fitted`` is read again on the next call (module level: picklable)."""
+    module._seen_fitted = False
+
+
 class PCAWhitening(nn.Module):
     """``x -> normalize(((x - mean) @ V[:, :d]) / sqrt(eig[:d] + eps))``.
 
@@ -46,7 +51,7 @@ class PCAWhitening(nn.Module):
         # ``fitted`` as last read on the host: it is read once (a device wait on a GPU), not per call;
         # loading a state forgets it.
         self._seen_fitted = False
-        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_seen_fitted", False))
+        self.register_load_state_dict_post_hook(_forget_fitted)
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> "PCAWhitening":
@@ -74,7 +79,7 @@ class PCAWhitening(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._seen_fitted:
+        if not getattr(self, "_seen_fitted", False):  # (a module pickled by an older version has none)
             self._seen_fitted = bool(self.fitted)
         if not self._seen_fitted:
             raise RuntimeError("PCAWhitening is not fitted: call fit() on a sample of region vectors first")

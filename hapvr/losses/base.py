@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hapvr.ops._validate import check_finite, check_floating, check_tensor
+from hapvr.ops._validate import check_async, check_finite, check_floating, check_tensor
 
 
 def check_labels(name: str, labels, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -32,8 +32,8 @@ def check_labels(name: str, labels, shape: tuple[int, ...], device: torch.device
         bad = (labels != 1) & (labels != 0) & (labels != -1)
         what = f"{name} must hold only 1 (positive), 0 (negative) or -1 (ignored)"
         try:
-            torch._assert_async(~bad.any(), what)  # no host read (hapvr.ops._validate)
-        except RuntimeError:  # CPU tensors: known at once, so the message can name the values
+            check_async(~bad.any(), what)  # no host read
+        except ValueError:  # CPU tensors: known at once, so the message can name the values
             raise ValueError(f"{what}, found {labels[bad].unique()[:5].tolist()}") from None
     return labels.to(torch.int8)
 

@@ -83,6 +83,8 @@ def positive_pairs(labels, self_pairs: bool = True, device: torch.device | str =
     """The pairs :class:`FrameQuadLinearAPLoss` uses, ``(a, b)`` int64 on ``device``, from ``[N, N]``
     labels on the host (a CPU tensor or an array): those labelled 1, the diagonal only with
     ``self_pairs``. Read in place with numpy, so no device waits for them."""
+    if isinstance(labels, torch.Tensor) and labels.device.type != "cpu":
+        raise ValueError(f"positive_pairs reads labels on the host: give it the CPU copy, got labels on {labels.device}")
     host = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     chosen = host == 1
     if not self_pairs:

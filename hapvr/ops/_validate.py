@@ -29,10 +29,13 @@ def check_floating(name: str, x: torch.Tensor) -> None:
 
 def check_async(condition: torch.Tensor, message: str) -> None:
     """Asserts a boolean scalar tensor without reading it on the host (see the module's docstring);
-    ``ValueError(message)`` where the failure is known at once (CPU tensors)."""
+    ``ValueError(message)`` where the failure is known at once (CPU tensors). Any other error
+    (on a GPU: out of memory, an earlier failure) propagates as it is."""
     try:
-        torch._assert_async(condition, message)
+        torch._assert_async(condition, message[:250])  # CUDA keeps at most 255 characters
     except RuntimeError:
+        if condition.device.type != "cpu":
+            raise
         raise ValueError(message) from None
 
 
@@ -78,6 +81,6 @@ def check_range(name: str, t: torch.Tensor, low: int, high: int, doc: str = "") 
         return
     what = f"{name} must lie in [{low}, {high}]{doc}"
     try:
-        torch._assert_async((t >= low).all() & (t <= high).all(), what)
-    except RuntimeError:
+        check_async((t >= low).all() & (t <= high).all(), what)
+    except ValueError:  # the CPU's: known at once, so the message can list the values
         raise ValueError(f"{what}, got {t.tolist()}") from None

@@ -29,7 +29,7 @@ from hapvr import _ext
 from hapvr.ops import _dispatch
 from hapvr.ops._dispatch import Backend
 from hapvr.ops._quadlinear_autograd import register_quadlinear_ap_op
-from hapvr.ops._validate import check_finite, check_floating, check_tensor
+from hapvr.ops._validate import check_async, check_finite, check_floating, check_tensor
 
 
 class QuadLinearAPResult(NamedTuple):
@@ -160,8 +160,8 @@ def _check_quadlinear_ap(scores, labels, delta, rho) -> torch.Tensor:
         bad = (labels != 1) & (labels != 0) & (labels != -1)
         what = "labels must hold only 1 (positive), 0 (negative) or -1 (ignored)"
         try:
-            torch._assert_async(~bad.any(), what)
-        except RuntimeError:  # CPU tensors: known at once, so the message can name the values
+            check_async(~bad.any(), what)
+        except ValueError:  # CPU tensors: known at once, so the message can name the values
             raise ValueError(f"{what}, found {labels[bad].unique()[:5].tolist()}") from None
     check_finite("scores", scores)
     return labels.to(torch.int8)

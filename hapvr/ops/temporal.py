@@ -74,7 +74,7 @@ def temporal_topk_chamfer(
     # positions beyond a pair's own K are masked out below.
     kmax = min(k if k is not None else max(round(T2 * rate), 1), T2)
     col_valid = torch.arange(T2, device=dev) < lt[..., None]  # [..., T']
-    neg_inf = torch.tensor(float("-inf"), dtype=sim.dtype, device=dev)
+    neg_inf = torch.full((), float("-inf"), dtype=sim.dtype, device=dev)  # made on the device: no copy from the host
     top = torch.where(col_valid[..., None, :], sim, neg_inf).topk(kmax, dim=-1).values  # [..., T, kmax]
     pos = torch.arange(kmax, device=dev)
     take = (pos < kk[..., None]) & (pos < lt[..., None])

@@ -31,7 +31,7 @@ class ObjectiveInputs:
     ``M = world * N`` columns, positives is an int8 ``[N, M]`` label matrix (1 / 0 / -1 ignored)
     and ``offset`` is the column of the first local clip. host_positives: the ``[N, N]`` local
     positives on the CPU (as the batch holds them), from which the frame level's pairs are found
-    without reading the device; None with cross-rank negatives.
+    without reading the device.
     """
 
     video: torch.Tensor
@@ -66,7 +66,9 @@ def objective_inputs(out, batch, min_frames: int, device: torch.device, labels: 
     raw, raw_mask = out.raw, out.raw_mask
     if raw is None:  # a head without psi (attention): nothing for the regulariser to bound
         raw = raw_mask = torch.zeros(1, device=out.video.device)
-    host = batch.positives if labels is None and batch.positives.device.type == "cpu" else None
+    # the frame level uses the local [N, N] block, which is the batch's own positives with or without
+    # cross-rank labels: its pairs are found on the host either way
+    host = batch.positives if batch.positives.device.type == "cpu" else None
     return ObjectiveInputs(out.video.float(), out.frame_maps.float(), raw.float(), raw_mask,
                            out.query_lengths, positives, teacher, offset,
                            None if related is None or labels is not None else related.to(device, non_blocking=True),
