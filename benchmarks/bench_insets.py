@@ -1,0 +1,85 @@
+"""Inset detection (hapvr/data/insets.py) on the built-in benchmark's picture-in-picture copies.
+
+    python -m benchmarks.bench_insets [--set validation|test] [--json PATH]
+
+Builds the benchmark's videos (hapvr.data.corpus, about a minute), noting where each
+picture-in-picture copy's inset was pasted (the corpus draws the place at random and keeps no
+record of it, so this script wraps ``hapvr.data.augment.video_in_video`` while it builds), then
+runs :func:`hapvr.data.insets.detect_insets` on every video: for the copies, the overlap (IoU)
+of the best detected rectangle with the true inset; for every other video, whether anything is
+detected at all (a false inset); and the time per video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+
+from benchmarks import _harness as H
+
+
+def build(which: str):
+    from hapvr.data import augment, corpus
+
+    places = []
+    original = augment.video_in_video
+
+    def noting(host, guest, rng, scale=(0.3, 0.5)):
+        state = rng.getstate()
+        out = original(host, guest, rng, scale)
+        again = random.Random()
+        again.setstate(state)  # the same draws as video_in_video made: its size, then its place
+        T, _, H_, W_ = host.shape
+        s = again.uniform(*scale)
+        h, w = max(8, round(H_ * s)), max(8, round(W_ * s))
+        places.append((again.randint(0, H_ - h), again.randint(0, W_ - w), h, w))
+        return out
+
+    augment.video_in_video = noting
+    try:
+        bench = corpus.build_benchmark(corpus.CorpusConfig(), which)
+    finally:
+        augment.video_in_video = original
+    copies = [c for c in bench.copies if c.kind == "picture-in-picture"]
+    if len(copies) != len(places):
+        raise SystemExit(f"{len(copies)} picture-in-picture copies but {len(places)} pastes noted")
+    return bench, dict(zip((c.target for c in copies), places))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", default="validation", choices=("validation", "test"))
+    ap.add_argument("--json", metavar="PATH")
+    args = ap.parse_args()
+    from hapvr.data.insets import detect_insets
+
+    t0 = time.time()
+    bench, truth = build(args.set)
+    print(f"built the {args.set} benchmark in {time.time() - t0:.0f} s: {len(bench.videos)} videos, "
+          f"{len(truth)} picture-in-picture copies", file=sys.stderr)
+    ious, false, kinds, seconds = {}, [], {}, 0.0
+    for vid, frames in bench.videos.items():
+        start = time.perf_counter()
+        found = detect_insets(frames)
+        seconds += time.perf_counter() - start
+        if vid in truth:
+            ious[vid] = max((f.iou(truth[vid]) for f in found), default=0.0)
+        elif found:
+            false.append(vid)
+            for f in found:
+                kinds[f.kind] = kinds.get(f.kind, 0) + 1
+    n, others = len(bench.videos), len(bench.videos) - len(truth)
+    rows = [[f"IoU >= {t}", f"{sum(v >= t for v in ious.values())} / {len(ious)}"] for t in (0.5, 0.7, 0.85)]
+    rows.append(["other videos with a detection", f"{len(false)} / {others} {kinds}"])
+    rows.append(["ms per video (frames as decoded)", f"{1000 * seconds / n:.1f}"])
+    H.print_table([f"{args.set}: picture-in-picture copies", "count"], rows)
+    if args.json:
+        H.write_json(args.json, dict(set=args.set, iou=ious, false_detections=false, kinds=kinds,
+                                     ms_per_video=1000 * seconds / n, videos=n))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Rectangles inside a video's frames that hold another video: a picture-in-picture inset, the
+picture between static borders (letterbox, pillarbox, a frame), or the halves of a two-up stack.
+
+Classical image processing on the decoded frames, no weights. What gives an inset away:
+
+- **persistent straight edges**: where a pasted video meets its host, the brightness jumps along
+  the same rows or columns in every frame, while the edges of what is filmed move. Per frame,
+  a thin-line response (the gradient across a candidate line minus the gradient two pixels to
+  either side) is taken at every pixel; its lower quartile over time keeps only what persists.
+  The four sides of a candidate rectangle are scored from running sums of that map (each side
+  in O(1)), and a rectangle counts when its weakest side stands clearly above the frame's own
+  level of persistent edges.
+- **stillness outside**: static borders are rows and columns of one colour that never change,
+  on opposite sides of the frame (top and bottom, left and right).
+
+A video with no inset gives an empty list. Candidates come from the strongest persistent lines
+(non-maximum suppressed), so the search tries tens of rectangles, not every one.
+
+Measured on the built-in benchmark's picture-in-picture copies (insets of 0.55-0.7 of the side,
+pasted without a border; 256 x 256 frames, 8 a video), 2026-12-07, 2-core development VM,
+``python -m benchmarks.bench_insets --set validation|test`` (benchmarks/results/insets_*.json):
+validation (tuned on): 25 of 26 insets found with IoU >= 0.85, 3 of 310 other videos with a
+false rectangle; test (not tuned on): 22 of 22 with IoU >= 0.85, 10 of 280 others with a false
+rectangle (9 insets, 1 stack: rendered scenes with a fixed camera, whose horizon and walls are
+persistent edges too); 43-48 ms a video. Not yet used by extraction, index or compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+KINDS = ("picture-in-picture", "border", "stack")
+
+
+@dataclass(frozen=True)
+class InsetConfig:
+    min_side: float = 0.2  # an inset's side, as a share of the frame's (smaller ones hold too little)
+    max_side: float = 0.92  # larger ones are the frame itself
+    min_contrast: float = 4.0  # weakest side's line response over the frame's typical (median) response
+    candidates: int = 12  # strongest lines tried per axis
+    border_std: float = 3.0  # a static border row / column: brightness spread (0-255) below this
+    min_border: float = 0.04  # a border narrower than this share of the side is ignored
+    persistence: float = 0.25  # quantile over time of the line response (low: present in most frames)
+
+
+@dataclass(frozen=True)
+class Inset:
+    """A rectangle of the frame, in pixels of the frames given: ``top, left, height, width``."""
+
+    kind: str
+    top: int
+    left: int
+    height: int
+    width: int
+    score: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def iou(self, other: "Inset | tuple[int, int, int, int]") -> float:
+        t, l, h, w = (other.top, other.left, other.height, other.width) if isinstance(other, Inset) else other
+        y0, x0 = max(self.top, t), max(self.left, l)
+        y1, x1 = min(self.top + self.height, t + h), min(self.left + self.width, l + w)
+        inter = max(0, y1 - y0) * max(0, x1 - x0)
+        return inter / float(self.height * self.width + h * w - inter)
+
+
+def _gray(frames) -> np.ndarray:
+    """``[T, 3, H, W]`` (uint8 or float, 0-255) or ``[T, H, W]`` -> float32 ``[T, H, W]``."""
+    x = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if x.ndim == 4:
+        if x.shape[1] != 3:
+            raise ValueError(f"frames must be [T, 3, H, W] or [T, H, W], got shape {tuple(x.shape)}")
+        x = x.astype(np.float32).mean(1)
+    elif x.ndim != 3:
+        raise ValueError(f"frames must be [T, 3, H, W] or [T, H, W], got shape {tuple(x.shape)}")
+    if x.shape[0] < 1 or x.shape[1] < 16 or x.shape[2] < 16:
+        raise ValueError(f"frames must hold at least one 16 x 16 frame, got shape {tuple(x.shape)}")
+    return x.astype(np.float32)
+
+
+def line_responses(gray: np.ndarray, persistence: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """Persistent thin-line responses ``(vertical [H, W - 1], horizontal [H - 1, W])``: between
+    columns x and x + 1 (rows y and y + 1), the brightness jump minus the mean of the jumps two
+    pixels to either side, clipped at 0, at its ``persistence`` quantile over time."""
+    gx = np.abs(np.diff(gray, axis=2))  # [T, H, W - 1]: jump between columns x and x + 1
+    gy = np.abs(np.diff(gray, axis=1))  # [T, H - 1, W]
+
+    def thin(g, axis):
+        side = 0.5 * (np.roll(g, 2, axis=axis) + np.roll(g, -2, axis=axis))
+        return np.clip(g - side, 0, None)
+
+    return np.quantile(thin(gx, 2), persistence, axis=0), np.quantile(thin(gy, 1), persistence, axis=0)
+
+
+def _peaks(profile: np.ndarray, count: int, spacing: int = 4) -> list[int]:
+    """Indices of the ``count`` largest values, each at least ``spacing`` from a larger one."""
+    order = np.argsort(profile)[::-1]
+    chosen: list[int] = []
+    for i in order:
+        if all(abs(int(i) - j) >= spacing for j in chosen):
+            chosen.append(int(i))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def static_borders(gray: np.ndarray, cfg: InsetConfig = InsetConfig()) -> Inset | None:
+    """The picture inside static, flat borders (rows / columns of one brightness in every frame) on
+    opposite sides, or None when no pair of sides has borders wider than ``min_border``."""
+    T, H, W = gray.shape
+    row_flat = gray.std(axis=(0, 2)) < cfg.border_std  # [H]
+    col_flat = gray.std(axis=(0, 1)) < cfg.border_std  # [W]
+
+    def run(flags):
+        n = 0
+        for f in flags:
+            if not f:
+                break
+            n += 1
+        return n
+
+    top, bottom = run(row_flat), run(row_flat[::-1])
+    left, right = run(col_flat), run(col_flat[::-1])
+    if top + bottom >= H or left + right >= W:
+        return None  # a flat picture: nothing inside
+    widths = (top / H, bottom / H, left / W, right / W)
+    keep = [v if v >= cfg.min_border else 0.0 for v in widths]
+    # bars come in opposite pairs (letterbox: top and bottom, pillarbox: left and right); a flat
+    # band on one side only is more often the sky or a wall than a border
+    if not (keep[0] and keep[1]):
+        keep[0] = keep[1] = 0.0
+    if not (keep[2] and keep[3]):
+        keep[2] = keep[3] = 0.0
+    if max(keep) == 0.0:
+        return None
+    top, bottom = round(keep[0] * H), round(keep[1] * H)
+    left, right = round(keep[2] * W), round(keep[3] * W)
+    return Inset("border", top, left, H - top - bottom, W - left - right, 1.0)
+
+
+def _side_means(v: np.ndarray, h: np.ndarray):
+    """Running sums along each line, so that a side's mean response costs O(1)."""
+    cv = np.concatenate([np.zeros((1, v.shape[1])), np.cumsum(v, axis=0)])  # [H + 1, W - 1]: down each column line
+    ch = np.concatenate([np.zeros((h.shape[0], 1)), np.cumsum(h, axis=1)], axis=1)  # [H - 1, W + 1]
+
+    def vertical(x, y0, y1):  # line between columns x and x + 1, rows y0:y1
+        return (cv[y1, x] - cv[y0, x]) / max(y1 - y0, 1)
+
+    def horizontal(y, x0, x1):
+        return (ch[y, x1] - ch[y, x0]) / max(x1 - x0, 1)
+
+    return vertical, horizontal
+
+
+def picture_in_picture(gray: np.ndarray, cfg: InsetConfig = InsetConfig()) -> Inset | None:
+    """The best rectangle whose four sides are persistent edges (a side on the frame's own edge
+    counts as present), or None."""
+    T, H, W = gray.shape
+    v, h = line_responses(gray, cfg.persistence)
+    level = max(float(np.median(np.concatenate([v.ravel(), h.ravel()]))), 0.5)
+    vertical, horizontal = _side_means(v, h)
+    cols = _peaks(v.mean(axis=0), cfg.candidates)  # line x: between columns x and x + 1
+    rows = _peaks(h.mean(axis=1), cfg.candidates)
+    xs = sorted(set([-1, W - 1] + cols))  # -1 / W - 1: the frame's own left / right edge
+    ys = sorted(set([-1, H - 1] + rows))
+    best = None
+    for i, x0 in enumerate(xs):
+        for x1 in xs[i + 1:]:
+            width = x1 - x0
+            if not cfg.min_side * W <= width <= cfg.max_side * W:
+                continue
+            for j, y0 in enumerate(ys):
+                for y1 in ys[j + 1:]:
+                    height = y1 - y0
+                    if not cfg.min_side * H <= height <= cfg.max_side * H:
+                        continue
+                    top, left = y0 + 1, x0 + 1
+                    sides = [(vertical(x0, top, y1 + 1), height) if x0 >= 0 else None,
+                             (vertical(x1, top, y1 + 1), height) if x1 < W - 1 else None,
+                             (horizontal(y0, left, x1 + 1), width) if y0 >= 0 else None,
+                             (horizontal(y1, left, x1 + 1), width) if y1 < H - 1 else None]
+                    inside = [(m / level, n) for m, n in (s for s in sides if s is not None)]
+                    if len(inside) < 2:  # two sides at least inside the frame (else it is a crop of it)
+                        continue
+                    weakest = min(m for m, _ in inside)
+                    if weakest < cfg.min_contrast:
+                        continue
+                    # the rectangle with the most edge seen along its sides: one leaning on the
+                    # frame's edges (which show nothing) loses to one whose four sides are seen
+                    evidence = sum(m * n for m, n in inside)
+                    if best is None or evidence > best[0]:
+                        best = (evidence, Inset("picture-in-picture", top, left, height, width, float(weakest)))
+    return None if best is None else best[1]
+
+
+def two_up(gray: np.ndarray, cfg: InsetConfig = InsetConfig()) -> list[Inset]:
+    """The two halves of a stack split by one persistent line across the whole frame near its
+    middle (0.3 to 0.7 of the side), or []."""
+    T, H, W = gray.shape
+    v, h = line_responses(gray, cfg.persistence)
+    level = max(float(np.median(np.concatenate([v.ravel(), h.ravel()]))), 0.5)
+    found = []
+    for axis, prof, size in ((0, h.mean(axis=1), H), (1, v.mean(axis=0), W)):
+        lo, hi = int(0.3 * size), int(0.7 * size)
+        i = lo + int(np.argmax(prof[lo:hi]))
+        # across the whole frame: its weakest eighth must stand out too (an inset's edge, at most
+        # 0.92 of the frame, leaves one eighth out)
+        line = h[i] if axis == 0 else v[:, i]
+        eighths = [line[k * len(line) // 8:(k + 1) * len(line) // 8].mean() for k in range(8)]
+        score = min(eighths) / level
+        if score >= cfg.min_contrast:
+            found.append((score, axis, i + 1))
+    if not found:
+        return []
+    score, axis, cut = max(found)
+    if axis == 0:
+        return [Inset("stack", 0, 0, cut, W, float(score)), Inset("stack", cut, 0, H - cut, W, float(score))]
+    return [Inset("stack", 0, 0, H, cut, float(score)), Inset("stack", 0, cut, H, W - cut, float(score))]
+
+
+def detect_insets(frames, cfg: InsetConfig = InsetConfig()) -> list[Inset]:
+    """The rectangles of ``frames`` (``[T, 3, H, W]`` 0-255, or ``[T, H, W]``) that hold another
+    video, strongest kind first: the picture inside static borders, the halves of a two-up
+    stack, a picture-in-picture inset (looked for inside the borders). Empty for a plain video."""
+    gray = _gray(frames)
+    found: list[Inset] = []
+    border = static_borders(gray, cfg)
+    inner, dy, dx = gray, 0, 0
+    if border is not None:
+        found.append(border)
+        inner = gray[:, border.top:border.top + border.height, border.left:border.left + border.width]
+        dy, dx = border.top, border.left
+    if min(inner.shape[1:]) < 16:
+        return found
+    halves = two_up(inner, cfg)
+    if halves:
+        return found + [Inset(s.kind, s.top + dy, s.left + dx, s.height, s.width, s.score) for s in halves]
+    pip = picture_in_picture(inner, cfg)
+    if pip is not None:
+        found.append(Inset(pip.kind, pip.top + dy, pip.left + dx, pip.height, pip.width, pip.score))
+    return found

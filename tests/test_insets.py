@@ -1,0 +1,101 @@
+"""Inset detection (hapvr/data/insets.py) on synthetic videos: a picture-in-picture inset, static
+borders, a two-up stack, and a plain video that must give nothing. Textures and places are
+fresh random draws each run (seed printed by the ``fresh_seed`` fixture)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hapvr.data.insets import Inset, InsetConfig, detect_insets, line_responses
+
+H = W = 192
+T = 8
+
+
+def texture(rng: np.random.Generator, h: int, w: int, t: int = T, step: int = 3) -> np.ndarray:
+    """A moving, smooth random texture ``[t, h, w]`` in 0-255: coarse noise upsampled bilinearly,
+    panned by ``step`` pixels a frame (so its own edges move, as filmed content does)."""
+    span = w + t * abs(step)
+    coarse = torch.from_numpy(rng.uniform(0, 255, size=(1, 1, h // 8 + 2, span // 8 + 2)).astype(np.float32))
+    canvas = torch.nn.functional.interpolate(coarse, size=(h, span), mode="bilinear", align_corners=False)[0, 0]
+    starts = [i * step if step >= 0 else (t - 1 - i) * -step for i in range(t)]
+    return np.stack([canvas[:, s:s + w].numpy() for s in starts])
+
+
+def rgb(gray: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.repeat(gray[:, None], 3, axis=1).round().clip(0, 255).astype(np.uint8))
+
+
+def test_a_plain_video_has_no_inset(fresh_seed):
+    rng = np.random.default_rng(fresh_seed)
+    for _ in range(3):
+        assert detect_insets(rgb(texture(rng, H, W))) == []
+
+
+@pytest.mark.parametrize("side", [0.35, 0.5, 0.7])
+def test_a_pasted_inset_is_found(fresh_seed, side):
+    rng = np.random.default_rng(fresh_seed)
+    host = texture(rng, H, W)
+    h = w = int(side * H)
+    top, left = int(rng.integers(0, H - h)), int(rng.integers(0, W - w))
+    host[:, top:top + h, left:left + w] = texture(rng, h, w, step=-2)  # another video, its own motion
+    found = detect_insets(rgb(host))
+    assert [f.kind for f in found] == ["picture-in-picture"], found
+    assert found[0].iou((top, left, h, w)) >= 0.85, (found[0], (top, left, h, w))
+
+
+def test_borders_and_an_inset_inside_them(fresh_seed):
+    rng = np.random.default_rng(fresh_seed)
+    frames = np.full((T, H, W), 8.0, np.float32)  # letterbox: dark bars above and below
+    frames[:, 24:H - 24] = texture(rng, H - 48, W)
+    found = detect_insets(rgb(frames))
+    assert found == [Inset("border", 24, 0, H - 48, W, 1.0)]
+    frames[:, 60:120, 50:130] = texture(rng, 60, 80, step=-2)
+    kinds = [f.kind for f in detect_insets(rgb(frames))]
+    assert kinds == ["border", "picture-in-picture"]
+    pip = detect_insets(rgb(frames))[1]
+    assert pip.iou((60, 50, 60, 80)) >= 0.85
+    # a flat band on one side only (a sky) is no border
+    sky = texture(rng, H, W)
+    sky[:, :30] = 200.0
+    assert all(f.kind != "border" for f in detect_insets(rgb(sky)))
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_a_two_up_stack_gives_its_halves(fresh_seed, axis):
+    rng = np.random.default_rng(fresh_seed)
+    cut = int(rng.integers(int(0.35 * H), int(0.65 * H)))
+    a, b = texture(rng, H, W), texture(rng, H, W, step=-3)
+    frames = a.copy()
+    if axis == 0:
+        frames[:, cut:] = b[:, cut:]
+        want = [(0, 0, cut, W), (cut, 0, H - cut, W)]
+    else:
+        frames[:, :, cut:] = b[:, :, cut:]
+        want = [(0, 0, H, cut), (0, cut, H, W - cut)]
+    found = detect_insets(rgb(frames))
+    assert [f.kind for f in found] == ["stack", "stack"], found
+    for f, w in zip(found, want):
+        assert f.iou(w) >= 0.95, (f, w)
+
+
+def test_persistent_lines_only_count_when_they_persist(fresh_seed):
+    """A line in one frame only is not a persistent edge; a line in every frame is."""
+    rng = np.random.default_rng(fresh_seed)
+    frames = texture(rng, H, W)
+    frames[0, :, 100:] += 80  # a jump at x = 99 | 100 in one frame
+    v, _ = line_responses(frames)
+    assert v[:, 99].mean() < 4 * np.median(v) + 1
+    frames[:, :, 100:] += 80  # ... and in every frame
+    v, _ = line_responses(frames)
+    assert v[:, 99].mean() > 10 * max(np.median(v), 0.5)
+
+
+def test_bad_frames_are_refused():
+    with pytest.raises(ValueError, match=r"frames must be \[T, 3, H, W\] or \[T, H, W\]"):
+        detect_insets(torch.zeros(2, 4, 32, 32))
+    with pytest.raises(ValueError, match="at least one 16 x 16 frame"):
+        detect_insets(torch.zeros(2, 3, 8, 32))
+    assert InsetConfig().min_side == 0.2
