@@ -1,6 +1,6 @@
 """Inset detection (hapvr/data/insets.py) on the built-in benchmark's picture-in-picture copies.
 
-    python -m benchmarks.bench_insets [--set validation|test] [--json PATH]
+    python -m benchmarks.bench_insets [--set validation|test] [--json PATH] [--score]
 
 Builds the benchmark's videos (hapvr.data.corpus, about a minute), noting where each
 picture-in-picture copy's inset was pasted (the corpus draws the place at random and keeps no
@@ -8,6 +8,12 @@ record of it, so this script wraps ``hapvr.data.augment.video_in_video`` while i
 runs :func:`hapvr.data.insets.detect_insets` on every video: for the copies, the overlap (IoU)
 of the best detected rectangle with the true inset; for every other video, whether anything is
 detected at all (a false inset); and the time per video.
+
+``--score``: what views of the detected rectangles would give the default model. Every video's
+features are extracted from its whole frame and from each detected rectangle (cropped, resized
+to 224 x 224); a pair's score is the best over the query's and the target's views. Printed per
+copy kind: copies at or above the model's copy threshold, whole frame against best view, and
+the unrelated pairs at or above it (false copies).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", default="validation", choices=("validation", "test"))
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--score", action="store_true", help="also score the benchmark with views of the insets")
     args = ap.parse_args()
     from hapvr.data.insets import detect_insets
 
@@ -75,10 +82,58 @@ def main() -> None:
     rows.append(["other videos with a detection", f"{len(false)} / {others} {kinds}"])
     rows.append(["ms per video (frames as decoded)", f"{1000 * seconds / n:.1f}"])
     H.print_table([f"{args.set}: picture-in-picture copies", "count"], rows)
+    scored = score_with_views(bench) if args.score else None
     if args.json:
         H.write_json(args.json, dict(set=args.set, iou=ious, false_detections=false, kinds=kinds,
-                                     ms_per_video=1000 * seconds / n, videos=n))
+                                     ms_per_video=1000 * seconds / n, videos=n, scored=scored))
         print(f"wrote {args.json}")
+
+
+def score_with_views(bench) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    import hapvr
+    from hapvr.data.insets import detect_insets
+    from hapvr.data.video import center_crop
+
+    model = hapvr.load_model()
+    threshold = model.scale.threshold
+
+    def features(x):
+        with torch.no_grad():
+            return model.extractor(x).float()
+
+    def views(frames):
+        out = [features(center_crop(frames))]
+        for f in detect_insets(frames):
+            x = frames[:, :, f.top:f.top + f.height, f.left:f.left + f.width].float()
+            x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
+            out.append(features(x.round().clamp(0, 255).to(torch.uint8)))
+        return out
+
+    V = {vid: views(frames) for vid, frames in bench.videos.items()}
+    related = {q: {v for level in bench.labels[q].values() for v in level} for q in bench.queries}
+    kinds = {(c.query, c.target): c.kind for c in bench.copies}
+    found = {"whole frame": {}, "best view": {}}
+    false = {"whole frame": 0, "best view": 0}
+    for q in bench.queries:
+        for t in bench.videos:
+            if t == q:
+                continue
+            scores = {"whole frame": model.similarity(V[q][0], V[t][0]),
+                      "best view": max(model.similarity(a, b) for a in V[q] for b in V[t])}
+            for name, s in scores.items():
+                if (q, t) in kinds:
+                    found[name].setdefault(kinds[(q, t)], []).append(s >= threshold)
+                elif s >= threshold and t not in related[q]:
+                    false[name] += 1
+    rows = [[kind] + [f"{sum(found[n][kind])} / {len(found[n][kind])}" for n in found] for kind in found["whole frame"]]
+    rows.append(["false copies (unrelated pairs)"] + [str(false[n]) for n in found])
+    print(f"\ncopies at or above the copy threshold {threshold:g} (default model; "
+          f"{sum(len(v) > 1 for v in V.values())} of {len(V)} videos have extra views)\n")
+    H.print_table(["copy kind", "whole frame", "best view"], rows)
+    return {n: {k: [sum(v), len(v)] for k, v in found[n].items()} | {"false copies": false[n]} for n in found}
 
 
 if __name__ == "__main__":
