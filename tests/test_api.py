@@ -96,8 +96,9 @@ def test_compare_finds_the_copied_part_in_seconds(use_default):
     assert other.segments == [] and other.similarity < part.similarity < same.similarity
 
     layout = part.to_dict()
-    assert list(layout) == ["query", "target", "similarity", "fps", "segments", "reason"]
+    assert list(layout) == ["query", "target", "similarity", "fps", "segments", "reason", "query_view", "target_view"]
     assert layout["reason"] is None  # said only when there is no segment
+    assert layout["query_view"] is None and layout["target_view"] is None  # whole frames (no --insets)
     assert list(layout["segments"][0]) == ["query_start", "query_end", "target_start", "target_end", "score",
                                            "reversed"]
     assert layout["segments"][0]["reversed"] is False

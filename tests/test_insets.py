@@ -99,3 +99,57 @@ def test_bad_frames_are_refused():
     with pytest.raises(ValueError, match="at least one 16 x 16 frame"):
         detect_insets(torch.zeros(2, 3, 8, 32))
     assert InsetConfig().min_side == 0.2
+
+
+def _write(path, frames: np.ndarray, fps: int = 4) -> None:
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=fps)
+        s.width, s.height, s.pix_fmt = frames.shape[3], frames.shape[2], "yuv420p"
+        s.bit_rate = 4_000_000
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f.transpose(1, 2, 0)), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def test_compare_finds_a_copy_inside_a_picture_in_picture_inset(tmp_path, fresh_seed):
+    """A clip pasted at 0.6 of the side into another video: compare with --insets finds the inset
+    (its rectangle in the JSON) and scores the pair higher than the whole frames do."""
+    import json
+
+    import hapvr
+    from hapvr.compare import main as compare_main
+
+    from hapvr.data.media import clip_paths
+    from hapvr.data.video import center_crop, decode_video
+
+    rng = np.random.default_rng(fresh_seed)
+    paths = clip_paths()  # real footage: the model tells real scenes apart, not smooth noise
+    clip = center_crop(decode_video(paths["bikes"], 4)[:12], 256).numpy().astype(np.float32)
+    host = center_crop(decode_video(paths["bigbuckbunny"], 4)[:12], 256).numpy().astype(np.float32)
+    n = min(len(clip), len(host))
+    clip, host = clip[:n], host[:n].copy()
+    side = 154
+    top, left = int(rng.integers(0, 256 - side)), int(rng.integers(0, 256 - side))
+    small = torch.nn.functional.interpolate(torch.from_numpy(clip), size=(side, side), mode="bilinear",
+                                            antialias=True).numpy()
+    host[:, :, top:top + side, left:left + side] = small
+    _write(tmp_path / "clip.mp4", clip.round().clip(0, 255).astype(np.uint8))
+    _write(tmp_path / "pip.mp4", host.round().clip(0, 255).astype(np.uint8))
+    model = hapvr.load_model(fps=4)
+    plain = hapvr.compare_videos(str(tmp_path / "clip.mp4"), str(tmp_path / "pip.mp4"), model)
+    found = hapvr.compare_videos(str(tmp_path / "clip.mp4"), str(tmp_path / "pip.mp4"), model, insets=True)
+    assert plain.target_view is None and found.query_view is None
+    assert found.target_view is not None and found.target_view.kind == "picture-in-picture"
+    assert found.target_view.iou((top, left, side, side)) >= 0.85, found.target_view
+    assert found.similarity > plain.similarity + 0.1, (found.similarity, plain.similarity)
+    # the command: the rectangle in its JSON; --insets refuses features
+    out = tmp_path / "c.json"
+    assert compare_main([str(tmp_path / "clip.mp4"), str(tmp_path / "pip.mp4"), "--insets", "--fps", "4",
+                         "--json", str(out)]) == 0
+    view = json.loads(out.read_text())["target_view"]
+    assert view["kind"] == "picture-in-picture" and abs(view["top"] - top) <= 6 and abs(view["left"] - left) <= 6
+    assert compare_main(["a", "b", "--features", str(out), "--insets"]) == 2
