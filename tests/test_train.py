@@ -663,3 +663,23 @@ def test_all_similarities_in_length_chunks_equal_one_pair_at_a_time():
         for q in queries:
             for t in database:
                 assert sims[q][t] == pytest.approx(m.similarity(feats[q], feats[t]), abs=1e-5), (head, q, t)
+
+
+def test_the_report_counts_copies_found_at_each_models_threshold():
+    from types import SimpleNamespace as NS
+
+    from hapvr.models import VideoSimilarityModel
+    from hapvr.models.scales import scale_of
+    from hapvr.training.report import _found_table
+
+    baseline, trained = VideoSimilarityModel.baseline(16, 0.1, 0.03), VideoSimilarityModel(16, head="residual")
+    tb, tt = scale_of(baseline).threshold, scale_of(trained).threshold
+    sims = {"baseline": {"q": {"a": tb + 0.01, "b": tb - 0.01, "x": tb + 0.2}},
+            "trained": {"q": {"a": tt + 0.01, "b": tt + 0.01, "x": tt - 0.2}}}
+    bench = NS(copies=[NS(query="q", target="a", kind="re-edit"), NS(query="q", target="b", kind="picture-in-picture")],
+               labels={"q": {"DS": ["a", "b"]}})
+    lines = _found_table(NS(baseline=baseline, bench=bench), trained, sims).splitlines()
+    assert lines[1].split()[-6:] == ["baseline", ">=", f"{tb:g}", "trained", ">=", f"{tt:g}"]
+    assert lines[2].split() == ["re-edit", "1", "1", "1"]
+    assert lines[3].split() == ["picture-in-picture", "1", "0", "1"]
+    assert lines[4].split()[-3:] == ["1", "1", "0"]  # one unrelated pair; the baseline calls it a copy

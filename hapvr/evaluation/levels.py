@@ -171,3 +171,28 @@ def results_table(rows: dict[str, dict[str, LevelResult]]) -> str:
         lines.append(f"{name:<28}" + "".join(f"{100 * res[t].map:>11.2f}" for t in tasks)
                      + "".join(f"{100 * res[t].uap:>11.2f}" for t in tasks))
     return "\n".join(lines)
+
+
+def copies_found(sims: dict[str, dict[str, float]], copies, labels: dict[str, dict[str, list[str]]],
+                 threshold: float) -> tuple[dict[str, tuple[int, int]], tuple[int, int]]:
+    """What a copy threshold does on a benchmark: per copy kind (``copies``: objects with
+    ``query``, ``target``, ``kind``, as :class:`hapvr.data.corpus.CopyTruth`), ``(found, total)``
+    over the scored pairs, a copy found when its similarity reaches ``threshold``; and the false
+    copies ``(count, unrelated pairs)``: pairs of a query and a video at none of its levels that
+    reach it."""
+    per: dict[str, list[int]] = {}
+    for c in copies:
+        s = sims.get(c.query, {}).get(c.target)
+        if s is not None:
+            got = per.setdefault(c.kind, [0, 0])
+            got[0] += s >= threshold
+            got[1] += 1
+    false = unrelated = 0
+    for q, row in sims.items():
+        related = {v for level in labels.get(q, {}).values() for v in level}
+        for t, s in row.items():
+            if t != q and t not in related:
+                unrelated += 1
+                false += s >= threshold
+    return {k: (v[0], v[1]) for k, v in per.items()}, (false, unrelated)
+

@@ -15,9 +15,10 @@ import time
 import torch
 
 from hapvr.evaluation.copy_localization import copy_truths, localization_rows, localization_table
-from hapvr.evaluation.levels import (all_similarities, bootstrap_levels, device_of, evaluate_levels,
+from hapvr.evaluation.levels import (all_similarities, bootstrap_levels, copies_found, device_of, evaluate_levels,
                                      intervals_table, losses_line, per_query_losses, results_table)
 from hapvr.io.files import write_json, write_text
+from hapvr.models.scales import scale_of
 from hapvr.training.config import restarts
 from hapvr.training.data import whiten_cpu
 from hapvr.training.schedule import round_length
@@ -55,10 +56,31 @@ def _tables(t, model, database: list[str]) -> tuple[str, dict, dict, dict]:
     losses = per_query_losses(sims["trained"], sims["baseline"], bench.labels, database)
     iv_table = intervals_table(intervals, len(bench.queries)) + "\n" + losses_line(losses)
     print("\n" + iv_table)
+    found = _found_table(t, model, sims)
+    print("\n" + found)
+    iv_table += "\n\n" + found
     results = {name: {task: dataclasses.asdict(r) for task, r in res.items()} for name, res in rows.items()}
     intervals = {task: {name: {m: dataclasses.asdict(iv) for m, iv in per.items()} for name, per in x.items()}
                  for task, x in intervals.items()}
     return table + "\n\n" + iv_table, results, intervals, losses
+
+
+def _found_table(t, model, sims) -> str:
+    """Copies found at each model's own copy threshold (docs/scores.md), per copy kind, and the
+    unrelated pairs that reach it."""
+    names = {"baseline": t.baseline, "trained": model}
+    rows = {name: copies_found(sims[name], t.bench.copies, t.bench.labels, scale_of(m).threshold)
+            for name, m in names.items()}
+    kinds = list(rows["trained"][0])
+    head = f"{'copy kind':<28}{'pairs':>6}" + "".join(
+        f"{f'{n} >= {scale_of(m).threshold:g}':>20}" for n, m in names.items())
+    lines = ["copies found at the copy threshold, per kind (held-out benchmark):", head]
+    for kind in kinds:
+        total = rows["trained"][0][kind][1]
+        lines.append(f"{kind:<28}{total:>6}" + "".join(f"{rows[n][0].get(kind, (0, 0))[0]:>20}" for n in names))
+    unrelated = rows["trained"][1][1]
+    lines.append(f"{'false copies (unrelated)':<28}{unrelated:>6}" + "".join(f"{rows[n][1][0]:>20}" for n in names))
+    return "\n".join(lines)
 
 
 def _localization(t, model) -> tuple[str, dict]:
