@@ -176,15 +176,17 @@ def results_table(rows: dict[str, dict[str, LevelResult]]) -> str:
 def copies_found(sims: dict[str, dict[str, float]], copies, labels: dict[str, dict[str, list[str]]],
                  threshold: float) -> tuple[dict[str, tuple[int, int]], tuple[int, int]]:
     """What a copy threshold does on a benchmark: per copy kind (``copies``: objects with
-    ``query``, ``target``, ``kind``, as :class:`hapvr.data.corpus.CopyTruth`), ``(found, total)``
+    ``query``, ``target``, ``kind`` as :class:`hapvr.data.corpus.CopyTruth`, or dicts of them as the
+    benchmark cache holds them), ``(found, total)``
     over the scored pairs, a copy found when its similarity reaches ``threshold``; and the false
     copies ``(count, unrelated pairs)``: pairs of a query and a video at none of its levels that
     reach it."""
     per: dict[str, list[int]] = {}
     for c in copies:
-        s = sims.get(c.query, {}).get(c.target)
+        query, target, kind = (c["query"], c["target"], c["kind"]) if isinstance(c, dict) else (c.query, c.target, c.kind)
+        s = sims.get(query, {}).get(target)
         if s is not None:
-            got = per.setdefault(c.kind, [0, 0])
+            got = per.setdefault(kind, [0, 0])
             got[0] += s >= threshold
             got[1] += 1
     false = unrelated = 0

@@ -72,6 +72,10 @@ class TrainConfig:
               'that video joins the step, so the clip is a positive of two of its videos (as on the streaming '
               'path, whose guests are always videos of the step); false: guests are in the step only by chance '
               '(about 1 in 6 on the built-in corpus)'))
+    mixup_max: float = setting(0.5,
+        help=('largest side of a video pasted into a strong training view (picture-in-picture), as a share of the '
+              "host's side; the smallest is 0.3 (docs/train.md)"),
+        bound=between(0.3, 0.95))
     views_per_video: int = setting(4,
         help=('augmented views cached per video (backbone+teacher run once on each)'),
         bound=at_least(1))

@@ -106,10 +106,16 @@ def _build_pool(cfg: TrainConfig, info: DistInfo, extractor, path: str, log) -> 
         + (" + a sibling" if siblings else "") + f" ({frames} frames, once) ...")
     with progress_bar(total=frames, desc="features", unit="frame", disable=not info.main) as bar:
         pool = build_view_pool(videos, extractor, teacher, cfg.views_per_video, cfg.pool_frames, cfg.seed,
-                               progress=bar.update, group_of=group_of, teacher_on_all_views=cfg.teacher_all_views,
+                               aug=augment_config(cfg), progress=bar.update, group_of=group_of, teacher_on_all_views=cfg.teacher_all_views,
                                siblings=siblings or None)
     save_torch(dict(pool=pool.state(), skipped=skipped), path)
     log(f"cached {path} ({time.time() - t0:.0f} s)")
+
+
+def augment_config(cfg: TrainConfig) -> AugmentConfig:
+    """The augmentations of the training views: the package's, with the pasted video's largest side
+    from ``--mixup-max``."""
+    return AugmentConfig(mixup_scale=(0.3, cfg.mixup_max))
 
 
 def load_or_build_pool(cfg: TrainConfig, info: DistInfo, extractor, log=print) -> tuple[ViewPool, list]:
@@ -118,7 +124,7 @@ def load_or_build_pool(cfg: TrainConfig, info: DistInfo, extractor, log=print) -
     key = cache_key(source=_pool_source(cfg), backbone=cfg.backbone, weights=cfg.backbone_weights,
                     teacher=cfg.teacher, teacher_weights=cfg.teacher_weights, raw=cfg.teacher_raw_pixels,
                     views=cfg.views_per_video, teacher_all=cfg.teacher_all_views,
-                    augment=dataclasses.asdict(AugmentConfig()), frames=cfg.pool_frames, seed=cfg.seed)
+                    augment=dataclasses.asdict(augment_config(cfg)), frames=cfg.pool_frames, seed=cfg.seed)
     path = os.path.join(cfg.cache_dir, f"pool-{key}.pt")
     built = info.main and not os.path.isfile(path)
     if built:
@@ -193,7 +199,7 @@ class StreamBatches:
                                        seed=cfg.seed + cfg.seed_offset, rank=info.rank, world=info.world,
                                        start_step=start_step,
                                        steps=cfg.iterations, workers=workers, device=info.device, amp=cfg.amp,
-                                       teacher_all_views=cfg.teacher_all_views, log=note)
+                                       teacher_all_views=cfg.teacher_all_views, aug=augment_config(cfg), log=note)
         self._it = iter(self.stream)
 
     def next(self):
