@@ -25,16 +25,16 @@ from benchmarks import _harness as H
 
 def _load(run: str, bench):
     from hapvr.features.pca import PCAWhitening
-    from hapvr.models import VideoSimilarityModel
     from hapvr.io.serialization import load_torch_file
+    from hapvr.models import VideoSimilarityModel
+    from hapvr.models.loading import load_similarity_model
 
     state = load_torch_file(os.path.join(run, "checkpoint.pt"), "checkpoint", allow_numpy=True)
     cfg = state["config"]
     pca = PCAWhitening(state["pca"]["mean"].shape[0], cfg["pca_dim"])
     pca.load_state_dict(state["pca"])
     feats = {k: pca(v.float()) for k, v in bench.desc.items()}
-    model = VideoSimilarityModel.from_config(cfg)
-    model.load_state_dict(state["model"])
+    model = load_similarity_model(os.path.join(run, "checkpoint.pt"))  # its head, settings and weights
     baseline = VideoSimilarityModel(cfg["pca_dim"], cfg["k_s"], cfg["k_t"], attention=False, comparator=False)
     return feats, model.eval(), baseline, state.get("step")
 
