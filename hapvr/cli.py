@@ -189,16 +189,19 @@ def add_precision(parser: argparse.ArgumentParser, what: str = "the similarity G
                              "(TF32 allowed for fp32 on CUDA unless HAPVR_TF32=0)")
 
 
-def check_device(args) -> None:
-    """``--device`` names a device this machine has (one error line, before any work), when the
-    command has the option; on CUDA the command's fp32 matmuls may use TF32 (``HAPVR_TF32``)."""
+def check_device(args):
+    """The ``--device`` of a command that has the option (None otherwise), refused in one error line
+    before any work when this machine lacks it; on CUDA the command's fp32 matmuls may use TF32
+    (``HAPVR_TF32``)."""
     device = getattr(args, "device", None)
-    if device is not None:
-        try:
-            dev = resolve_device(device)
-        except ValueError as exc:
-            fail(f"--device: {exc}")
-        try:
-            configure_tf32(dev)
-        except ValueError as exc:
-            fail(str(exc))
+    if device is None:
+        return None
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        fail(f"--device: {exc}")
+    try:
+        configure_tf32(dev)
+    except ValueError as exc:
+        fail(str(exc))
+    return dev

@@ -27,6 +27,7 @@ from hapvr.cli import (
     EXIT_SOME_FAILED,
     ArgumentParser,
     add_precision,
+    check_device,
     fail,
     input_file,
     int_at_least,
@@ -40,9 +41,9 @@ from hapvr.features.extraction import extract_to_hdf5
 from hapvr.features.extractor import RegionFeatureExtractor
 from hapvr.features.pca import PCAFileError
 from hapvr.io.checkpoint import read_model_file
-from hapvr.precision import configure_tf32, resolve_precision
+from hapvr.precision import resolve_precision
 from hapvr.progress import note
-from hapvr.runtime import default_threads, resolve_device, set_threads
+from hapvr.runtime import default_threads, set_threads
 
 EXAMPLES = """\
   python -m hapvr.extract --videos DIR --output features.hdf5 --checkpoint runs/hapvr/checkpoint.pt
@@ -85,14 +86,7 @@ def _main(argv=None) -> int:
     if not inputs:
         fail(f"--videos {args.videos}: no video found")
     check_unique(inputs, args.videos)
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        fail(f"--device: {exc}")
-    try:
-        configure_tf32(device)
-    except ValueError as exc:
-        fail(str(exc))
+    device = check_device(args)
     if args.checkpoint:
         extractor = RegionFeatureExtractor.from_spec(read_model_file(args.checkpoint))
     else:
