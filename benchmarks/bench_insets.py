@@ -91,26 +91,17 @@ def main() -> None:
 
 def score_with_views(bench) -> dict:
     import torch
-    import torch.nn.functional as F
 
     import hapvr
-    from hapvr.data.insets import detect_insets
     from hapvr.data.video import center_crop
 
     model = hapvr.load_model()
     threshold = model.scale.threshold
 
-    def features(x):
+    def views(frames):  # as VideoModel.views does for a file: the whole frame, then each rectangle
         with torch.no_grad():
-            return model.extractor(x).float()
-
-    def views(frames):
-        out = [features(center_crop(frames))]
-        for f in detect_insets(frames):
-            x = frames[:, :, f.top:f.top + f.height, f.left:f.left + f.width].float()
-            x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
-            out.append(features(x.round().clamp(0, 255).to(torch.uint8)))
-        return out
+            whole = model.extractor(center_crop(frames)).float()
+        return [whole] + [feats for _, feats in model.inset_views(frames)]
 
     V = {vid: views(frames) for vid, frames in bench.videos.items()}
     related = {q: {v for level in bench.labels[q].values() for v in level} for q in bench.queries}

@@ -132,17 +132,22 @@ class VideoModel:
         cached = self._views.get(key)
         if cached is not None:
             return cached
-        frames = decode_video(str(video), self.fps)
-        out: list = [(None, self.features(video))]
+        out = [(None, self.features(video))] + self.inset_views(decode_video(str(video), self.fps))
+        self._views[key] = out
+        while len(self._views) > 8:  # the views of the last few files (compare and its callers reuse them)
+            self._views.popitem(last=False)
+        return out
+
+    def inset_views(self, frames: torch.Tensor) -> list[tuple["Inset", torch.Tensor]]:
+        """``(inset, features)`` per rectangle :func:`hapvr.data.insets.detect_insets` finds in
+        decoded ``uint8 [T, 3, H, W]`` frames: the rectangle cropped and resized to 224 x 224."""
+        out = []
         for inset in detect_insets(frames):
             crop = frames[:, :, inset.top:inset.top + inset.height, inset.left:inset.left + inset.width].float()
             crop = torch.nn.functional.interpolate(crop, size=(CROP, CROP), mode="bilinear", antialias=True)
             with torch.no_grad():
                 feats = self.extractor(crop.round().clamp(0, 255).to(torch.uint8).to(self.device)).float().cpu()
             out.append((inset, feats))
-        self._views[key] = out
-        while len(self._views) > 8:  # the views of the last few files (compare and its callers reuse them)
-            self._views.popitem(last=False)
         return out
 
     def _remember(self, key: tuple, feats: torch.Tensor) -> None:

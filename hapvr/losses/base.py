@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hapvr.ops._validate import check_async, check_finite, check_floating, check_tensor
+from hapvr.ops._validate import check_finite, check_floating, check_label_values, check_tensor
 
 
 def check_labels(name: str, labels, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -28,13 +28,7 @@ def check_labels(name: str, labels, shape: tuple[int, ...], device: torch.device
                         f"got {labels.dtype}")
     if labels.device != device:
         raise ValueError(f"{name} must be on {device}, got {labels.device}")
-    if labels.dtype != torch.bool and labels.numel():
-        bad = (labels != 1) & (labels != 0) & (labels != -1)
-        what = f"{name} must hold only 1 (positive), 0 (negative) or -1 (ignored)"
-        try:
-            check_async(~bad.any(), what)  # no host read
-        except ValueError:  # CPU tensors: known at once, so the message can name the values
-            raise ValueError(f"{what}, found {labels[bad].unique()[:5].tolist()}") from None
+    check_label_values(name, labels)
     return labels.to(torch.int8)
 
 

@@ -44,6 +44,19 @@ def check_finite(name: str, x: torch.Tensor) -> None:
         check_async(torch.isfinite(x).all(), f"{name} contains NaN or infinite values")
 
 
+def check_label_values(name: str, labels: torch.Tensor) -> None:
+    """Integer ``labels`` hold only 1 (positive), 0 (negative) or -1 (ignored); no host read (on the
+    CPU the message names the values found)."""
+    if labels.dtype == torch.bool or not labels.numel():
+        return
+    bad = (labels != 1) & (labels != 0) & (labels != -1)
+    what = f"{name} must hold only 1 (positive), 0 (negative) or -1 (ignored)"
+    try:
+        check_async(~bad.any(), what)
+    except ValueError:  # CPU tensors: known at once, so the message can name the values
+        raise ValueError(f"{what}, found {labels[bad].unique()[:5].tolist()}") from None
+
+
 def check_int(name: str, value, low: int, high: int | None = None, high_doc: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")

@@ -29,7 +29,7 @@ from hapvr import _ext
 from hapvr.ops import _dispatch
 from hapvr.ops._dispatch import Backend
 from hapvr.ops._quadlinear_autograd import register_quadlinear_ap_op
-from hapvr.ops._validate import check_async, check_finite, check_floating, check_tensor
+from hapvr.ops._validate import check_finite, check_floating, check_label_values, check_tensor
 
 
 class QuadLinearAPResult(NamedTuple):
@@ -156,13 +156,7 @@ def _check_quadlinear_ap(scores, labels, delta, rho) -> torch.Tensor:
         raise ValueError(f"delta must be a finite float > 0 (the margin of eq. 10), got {delta}")
     if not rho >= 0 or rho == float("inf"):
         raise ValueError(f"rho must be a finite float >= 0 (the weight of eq. 11), got {rho}")
-    if labels.dtype != torch.bool and labels.numel():
-        bad = (labels != 1) & (labels != 0) & (labels != -1)
-        what = "labels must hold only 1 (positive), 0 (negative) or -1 (ignored)"
-        try:
-            check_async(~bad.any(), what)
-        except ValueError:  # CPU tensors: known at once, so the message can name the values
-            raise ValueError(f"{what}, found {labels[bad].unique()[:5].tolist()}") from None
+    check_label_values("labels", labels)
     check_finite("scores", scores)
     return labels.to(torch.int8)
 
