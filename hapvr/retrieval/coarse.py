@@ -329,7 +329,7 @@ def coarse_index(store, cfg: CoarseConfig = CoarseConfig(), persist: bool = True
     trained. ``persist``: save what was trained or extended (skipped where the folder is not
     writable)."""
     vectors = store.descriptor_matrix()
-    ids, starts, counts = store.row_layout()
+    ids, starts, counts = store.row_layout(views=True)  # a video's inset views are found on their own rows too
     live = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts)]) if len(ids) else np.zeros(0, np.int64)
     kind = choose_kind(len(live), cfg)
     index = CoarseIndex(vectors, None, cfg)

@@ -8,7 +8,9 @@ Layout of the folder (generation ``g`` counts compactions)::
     g<g>.frames     every added video's frames back to back, float16 [T, R, D] each
     g<g>.desc       their coarse descriptors back to back, float32 [rows, D] each
     g<g>.journal    one JSON line per event: ``add`` (id, frame offset, length, descriptor rows,
-                    CRC-32s of both), ``remove`` (a tombstone), ``sync`` (all before is on disk)
+                    CRC-32s of both), ``view`` (the same for one inset view of a video, with its
+                    rectangle; written before the video's ``add``), ``remove`` (a tombstone, of the
+                    video and its views), ``sync`` (all before is on disk)
     lock            held (flock) by the one writer
     coarse-ivf.faiss  (only for collections searched through an IVF) the trained IVF and
                     ``.json`` saying what it covers; a cache, rebuilt when missing or stale
@@ -37,6 +39,15 @@ Why this layout:
   rewrites the live videos into generation ``g + 1`` and switches the manifest to it (one
   atomic rename: a crash before it leaves the old generation in force, after it the new one;
   the other's files are deleted by the next writer).
+- *Views.* An index created with ``insets=True`` (``python -m hapvr.index build --insets``) also
+  stores, per video, the features of each rectangle :func:`hapvr.data.insets.detect_insets` found
+  in it (a picture-in-picture inset, the picture inside borders, the halves of a stack): one
+  ``view`` record each, numbered from 1, with the rectangle. A video's views are written before
+  its ``add`` line and belong to it only once that line is committed, so a kill leaves either a
+  video with all its views or none of it. Views are entries of their own for reading and for
+  the coarse stage (:meth:`IndexStore.entries`, keys from :func:`view_key`), never videos:
+  ``ids()``, ``len()`` and ``in`` count whole videos. Versions of hapvr without views refuse
+  such an index (an unknown journal operation) instead of misreading it.
 - *The feature space.* Scores are only meaningful between features of one backbone, PCA and
   model; the manifest keeps the caller's description of them, and opening with another one
   is refused with both named, instead of searching one space with queries from another.
@@ -65,6 +76,22 @@ FORMAT = "hapvr-video-index-1"
 STORAGE_DTYPE = np.float16
 DESCRIPTOR_DTYPE = np.float32
 _GENERATION_FILE = re.compile(r"^g(\d+)\.(frames|desc|journal)$")
+VIEW_SEP = "\x00"  # an entry key of a view is ``video id + VIEW_SEP + view number`` (ids never hold it)
+
+
+def view_key(vid: str, view: int) -> str:
+    """The entry key of view ``view`` (1, 2, ...) of video ``vid``; view 0 is the video itself."""
+    return vid if view == 0 else f"{vid}{VIEW_SEP}{view}"
+
+
+def parent_of(key: str) -> str:
+    """The video an entry key belongs to (the key itself for a whole video)."""
+    return key.split(VIEW_SEP, 1)[0]
+
+
+def _describe(key: str) -> str:
+    vid, _, view = key.partition(VIEW_SEP)
+    return f"video {vid!r}" + (f" (view {view})" if view else "")
 
 
 class IndexLockedError(RuntimeError):
@@ -83,6 +110,7 @@ class VideoRecord:
     rows: int
     crc: int
     desc_crc: int
+    rect: dict | None = None  # a view's rectangle (None for a whole video)
 
 
 @dataclass
@@ -161,6 +189,16 @@ def _as_json(space: dict) -> dict:
         raise ValueError(f"space must be JSON-serialisable ({exc})") from None
 
 
+def _rect(rect) -> dict:
+    """A view's rectangle as stored: an :class:`~hapvr.data.insets.Inset` or a dict with ``top``,
+    ``left``, ``height`` and ``width`` (pixels; more keys kept)."""
+    out = rect.to_dict() if hasattr(rect, "to_dict") else rect
+    if not isinstance(out, dict) or not all(isinstance(out.get(k), int) and out[k] >= 0
+                                            for k in ("top", "left", "height", "width")):
+        raise ValueError(f"a view's rectangle must give top, left, height and width in pixels, got {rect!r}")
+    return _as_json(out)
+
+
 def _to_numpy(features) -> np.ndarray:
     if isinstance(features, torch.Tensor):
         features = features.detach().cpu().numpy()
@@ -183,6 +221,9 @@ class IndexStore:
         self.generation = int(manifest["generation"])
         self._lock_fh = None
         self._records: dict[str, VideoRecord] = {}  # live videos in the order they were added
+        self._views: dict[str, list[VideoRecord]] = {}  # live videos' views, by video id
+        self._view_records: dict[str, VideoRecord] = {}  # the same by entry key
+        self._pending: dict[str, list[VideoRecord]] = {}  # views whose video's add line is not read yet
         self._frame_end = 0  # committed frames
         self._row_end = 0  # committed descriptor rows
         self._journal_pos = 0  # committed journal bytes
@@ -195,14 +236,15 @@ class IndexStore:
     @classmethod
     def create(cls, path: str | Path, space: dict, region_shape: tuple[int, int],
                descriptor: DescriptorConfig = DescriptorConfig(), durable: bool = True,
-               built_with: dict | None = None) -> "IndexStore":
+               built_with: dict | None = None, insets: bool = False) -> "IndexStore":
         """A new empty index at ``path`` (a folder that does not exist or is empty), open for writing.
 
         ``space`` describes the feature space, e.g. ``{"scorer": scorer.fingerprint(), "backbone":
         ..., "pca": digest of the PCA file}``; it must be JSON-serialisable, and later opens must
         pass an equal one. ``region_shape`` is ``(R, D)`` of every video's ``[T, R, D]``.
         ``built_with``: how to load that model again (a checkpoint path, ...), kept for the tools
-        and not compared."""
+        and not compared. ``insets``: the index also stores the videos' inset views (the module
+        docstring); recorded in the manifest, so every later ``add`` gives them."""
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise FileExistsError(f"cannot create an index at {path}: it exists and is not an empty folder "
@@ -215,6 +257,8 @@ class IndexStore:
         manifest = {"format": FORMAT, "uid": uuid.uuid4().hex, "space": space, "region_shape": [R, D],
                     "storage_dtype": np.dtype(STORAGE_DTYPE).name, "descriptor": asdict(descriptor),
                     "generation": 0}
+        if insets:
+            manifest["insets"] = True
         if built_with is not None:
             manifest["built_with"] = _as_json(built_with)
         store = cls(path, manifest, writable=True, durable=durable)
@@ -288,7 +332,7 @@ class IndexStore:
         last_sync = max((i for i, e in enumerate(events) if e["op"] == "sync"), default=-1)
         keep = len(events)
         for i in range(last_sync + 1, len(events)):
-            if events[i]["op"] == "add" and not self._data_intact(events[i]):
+            if events[i]["op"] in ("add", "view") and not self._data_intact(events[i]):
                 keep = i
                 break
         for e in events[:keep]:
@@ -319,10 +363,12 @@ class IndexStore:
         if crc != json_crc(event):
             raise bad("checksum mismatch")
         op = event.get("op")
-        if op == "add":
-            fields = ("frame", "frames", "row", "rows", "crc", "dcrc")
+        if op in ("add", "view"):
+            fields = ("frame", "frames", "row", "rows", "crc", "dcrc") + (("view",) if op == "view" else ())
             if not (isinstance(event.get("id"), str) and all(isinstance(event.get(k), int) for k in fields)):
-                raise bad("malformed add record")
+                raise bad(f"malformed {op} record")
+            if op == "view" and (event["view"] < 1 or not isinstance(event.get("rect"), dict)):
+                raise bad("malformed view record")
         elif op == "remove":
             if not isinstance(event.get("id"), str):
                 raise bad("malformed remove record")
@@ -331,17 +377,38 @@ class IndexStore:
         return event
 
     def _apply(self, e: dict) -> None:
-        if e["op"] == "add":
+        if e["op"] == "view":
+            rec = VideoRecord(view_key(e["id"], e["view"]), e["frame"], e["frames"], e["row"], e["rows"], e["crc"],
+                              e["dcrc"], e["rect"])
+            pending = self._pending.setdefault(e["id"], [])
+            if e["view"] == 1:  # a new set of views: an earlier one whose add line never came is dead
+                self._dead_frames += sum(r.frames for r in pending)
+                pending.clear()
+            pending.append(rec)
+            self._frame_end = rec.frame + rec.frames
+            self._row_end = rec.row + rec.rows
+        elif e["op"] == "add":
             rec = VideoRecord(e["id"], e["frame"], e["frames"], e["row"], e["rows"], e["crc"], e["dcrc"])
             if rec.id in self._records:  # cannot happen through this class; tolerate a hand-edited journal
-                self._dead_frames += self._records.pop(rec.id).frames
+                self._drop(rec.id)
             self._records[rec.id] = rec
+            views = self._pending.pop(rec.id, [])
+            if views:
+                self._views[rec.id] = views
+                self._view_records.update((v.id, v) for v in views)
             self._frame_end = rec.frame + rec.frames
             self._row_end = rec.row + rec.rows
         elif e["op"] == "remove":
-            rec = self._records.pop(e["id"], None)
-            if rec is not None:
-                self._dead_frames += rec.frames
+            self._drop(e["id"])
+
+    def _drop(self, vid: str) -> None:
+        """Forgets a video and its views (their bytes are dead until :meth:`compact`)."""
+        rec = self._records.pop(vid, None)
+        if rec is not None:
+            self._dead_frames += rec.frames
+        for view in self._views.pop(vid, []):
+            del self._view_records[view.id]
+            self._dead_frames += view.frames
 
     def _data_intact(self, e: dict) -> bool:
         frames = self._pread("frames", e["frame"] * self._frame_bytes, e["frames"] * self._frame_bytes)
@@ -367,7 +434,7 @@ class IndexStore:
             return
         for line in committed_lines(self._read_all("journal")[self._journal_pos:])[0]:
             event = self._parse_line(line, self._journal_lines + 1)
-            if event["op"] == "add" and not self._data_intact(event):
+            if event["op"] in ("add", "view") and not self._data_intact(event):
                 break  # its data is still on the way; the next refresh takes it
             self._apply(event)
             self._journal_pos += len(line) + 1
@@ -382,53 +449,67 @@ class IndexStore:
             raise ValueError(f"index {self.path} is closed")
 
     def _prepare(self, vid: str, features) -> tuple[np.ndarray, np.ndarray]:
-        if not isinstance(vid, str) or not vid:
-            raise ValueError(f"a video id must be a non-empty string, got {vid!r}")
+        if not isinstance(vid, str) or not vid or VIEW_SEP in vid:
+            raise ValueError(f"a video id must be a non-empty string without NUL characters, got {vid!r}")
         if vid in self._records:
             raise ValueError(f"video {vid!r} is already in index {self.path}; remove it first to replace it")
+        return self._encode(f"video {vid!r}", features)
+
+    def _encode(self, what: str, features) -> tuple[np.ndarray, np.ndarray]:
         x = _to_numpy(features)
         R, D = self.region_shape
         if x.ndim != 3 or x.shape[1:] != (R, D) or x.shape[0] < 1:
-            raise ValueError(f"video {vid!r}: features must be [T >= 1, {R}, {D}], got {list(x.shape)}")
+            raise ValueError(f"{what}: features must be [T >= 1, {R}, {D}], got {list(x.shape)}")
         if x.dtype.kind != "f":
-            raise ValueError(f"video {vid!r}: features must be floating point, got {x.dtype}")
+            raise ValueError(f"{what}: features must be floating point, got {x.dtype}")
         with np.errstate(over="ignore"):
             stored = np.ascontiguousarray(x, dtype=STORAGE_DTYPE)
         if not np.isfinite(stored).all():
-            what = "NaN or infinite values" if not np.isfinite(x).all() else "values beyond float16's range (65504)"
-            raise ValueError(f"video {vid!r}: features hold {what}; index only finite, normalised features")
+            bad = "NaN or infinite values" if not np.isfinite(x).all() else "values beyond float16's range (65504)"
+            raise ValueError(f"{what}: features hold {bad}; index only finite, normalised features")
         desc = video_descriptors(stored.astype(np.float32), self.descriptor)
         desc = np.ascontiguousarray(desc, dtype=DESCRIPTOR_DTYPE)
         return stored, desc
 
-    def add(self, vid: str, features) -> None:
-        """Appends one video (``[T, R, D]`` float, torch or numpy). With ``durable``, it is on disk
-        when this returns; a kill during the call loses this video only."""
-        self.add_many([(vid, features)])
+    def add(self, vid: str, features, views=()) -> None:
+        """Appends one video (``[T, R, D]`` float, torch or numpy) and its inset ``views``
+        (``(rectangle, features)`` pairs: an :class:`~hapvr.data.insets.Inset` or a dict, and
+        ``[T', R, D]``). With ``durable``, it is on disk when this returns; a kill during the call
+        loses this video only."""
+        self.add_many([(vid, features, views)])
 
-    def add_many(self, items: Iterable[tuple[str, object]]) -> int:
-        """Appends videos one after another (each committed by its own journal line, so a kill
-        loses only the one being written) and syncs once at the end when ``durable``. Returns how
-        many were added."""
+    def add_many(self, items: Iterable[tuple]) -> int:
+        """Appends videos, ``(id, features)`` or ``(id, features, views)`` each, one after another
+        (each committed by its own journal line, so a kill loses only the one being written) and
+        syncs once at the end when ``durable``. Returns how many were added."""
         self._check_writable()
         added = 0
-        for vid, features in items:
+        for vid, features, *rest in items:
             stored, desc = self._prepare(vid, features)
-            frame_bytes, row_bytes = stored.tobytes(), desc.tobytes()
-            os.pwrite(self._fds["frames"], frame_bytes, self._frame_end * self._frame_bytes)
-            os.pwrite(self._fds["desc"], row_bytes, self._row_end * self._row_bytes)
-            event = {"op": "add", "id": vid, "frame": self._frame_end, "frames": int(stored.shape[0]),
-                     "row": self._row_end, "rows": int(desc.shape[0]), "crc": zlib.crc32(frame_bytes),
-                     "dcrc": zlib.crc32(row_bytes)}
-            self._append_event(event)
-            self._apply(event)
+            views = [(_rect(rect), self._encode(f"video {vid!r} view {k}", x))
+                     for k, (rect, x) in enumerate(rest[0] if rest else (), 1)]
+            if views and not self.insets:
+                raise ValueError(f"video {vid!r}: index {self.path} keeps no inset views (create it with "
+                                 "insets=True, python -m hapvr.index build --insets)")
+            for k, (rect, (vstored, vdesc)) in enumerate(views, 1):  # views first: the add line commits all
+                self._write_entry({"op": "view", "id": vid, "view": k, "rect": rect}, vstored, vdesc)
+            self._write_entry({"op": "add", "id": vid}, stored, desc)
             added += 1
         if self.durable and added:
             self.sync()
         return added
 
+    def _write_entry(self, event: dict, stored: np.ndarray, desc: np.ndarray) -> None:
+        frame_bytes, row_bytes = stored.tobytes(), desc.tobytes()
+        os.pwrite(self._fds["frames"], frame_bytes, self._frame_end * self._frame_bytes)
+        os.pwrite(self._fds["desc"], row_bytes, self._row_end * self._row_bytes)
+        event = {**event, "frame": self._frame_end, "frames": int(stored.shape[0]), "row": self._row_end,
+                 "rows": int(desc.shape[0]), "crc": zlib.crc32(frame_bytes), "dcrc": zlib.crc32(row_bytes)}
+        self._append_event(event)
+        self._apply(event)
+
     def remove(self, vid: str) -> None:
-        """Removes a video (a tombstone; its bytes stay until :meth:`compact`)."""
+        """Removes a video and its views (a tombstone; their bytes stay until :meth:`compact`)."""
         self._check_writable()
         if vid not in self._records:
             raise KeyError(f"index {self.path} has no video {vid!r}")
@@ -455,16 +536,18 @@ class IndexStore:
         fds = {kind: os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644) for kind, p in paths.items()}
         try:
             frame, row, lines = 0, 0, []
-            for rec in self._records.values():
+            for rec in [r for vid in self._records for r in self._views.get(vid, []) + [self._records[vid]]]:
                 frames = self._pread("frames", rec.frame * self._frame_bytes, rec.frames * self._frame_bytes)
                 rows = self._pread("desc", rec.row * self._row_bytes, rec.rows * self._row_bytes)
                 if zlib.crc32(frames) != rec.crc or zlib.crc32(rows) != rec.desc_crc:
-                    raise CorruptFileError(f"index {self.path}: video {rec.id!r} is damaged on disk; "
-                                           "remove it before compacting")
+                    raise CorruptFileError(f"index {self.path}: {_describe(rec.id)} is damaged on disk; "
+                                           f"remove {parent_of(rec.id)!r} before compacting")
                 os.pwrite(fds["frames"], frames, frame * self._frame_bytes)
                 os.pwrite(fds["desc"], rows, row * self._row_bytes)
-                event = {"op": "add", "id": rec.id, "frame": frame, "frames": rec.frames, "row": row,
-                         "rows": rec.rows, "crc": rec.crc, "dcrc": rec.desc_crc}
+                vid, _, view = rec.id.partition(VIEW_SEP)
+                event = {"op": "add", "id": vid} if not view else {"op": "view", "id": vid, "view": int(view),
+                                                                   "rect": rec.rect}
+                event.update(frame=frame, frames=rec.frames, row=row, rows=rec.rows, crc=rec.crc, dcrc=rec.desc_crc)
                 lines.append(json.dumps({**event, "lcrc": json_crc(event)}) + "\n")
                 frame, row = frame + rec.frames, row + rec.rows
             lines.append(json.dumps({"op": "sync", "lcrc": json_crc({"op": "sync"})}) + "\n")
@@ -528,17 +611,37 @@ class IndexStore:
         """Live video ids, in the order they were added."""
         return list(self._records)
 
+    @property
+    def insets(self) -> bool:
+        """Whether this index keeps the videos' inset views (created with ``insets=True``)."""
+        return bool(self.manifest.get("insets", False))
+
+    def views(self, vid: str) -> list[tuple[str, dict]]:
+        """``(entry key, rectangle)`` of each inset view of ``vid`` (none for most videos)."""
+        self._record(vid)
+        return [(r.id, r.rect) for r in self._views.get(vid, [])]
+
+    def entries(self) -> list[str]:
+        """Keys of every live entry: each video (its id) followed by its views (:func:`view_key`)."""
+        return [k for vid in self._records for k in [vid] + [r.id for r in self._views.get(vid, [])]]
+
+    def rect(self, key: str) -> dict | None:
+        """The rectangle of a view's entry key (None for a whole video)."""
+        return self._record(key).rect
+
     def length(self, vid: str) -> int:
+        """Frames of a video or of a view (an entry key)."""
         return self._record(vid).frames
 
     def _record(self, vid: str) -> VideoRecord:
-        try:
-            return self._records[vid]
-        except KeyError:
-            raise KeyError(f"index {self.path} has no video {vid!r}") from None
+        rec = self._records.get(vid) or self._view_records.get(vid)
+        if rec is None:
+            raise KeyError(f"index {self.path} has no {_describe(vid)}")
+        return rec
 
     def load(self, vid: str) -> torch.Tensor:
-        """Features of ``vid`` as float32 ``[T, R, D]``; CorruptFileError if its bytes fail their CRC."""
+        """Features of ``vid`` (a video id or a view's entry key) as float32 ``[T, R, D]``;
+        CorruptFileError if its bytes fail their CRC."""
         return self.load_many([vid])[0]
 
     def load_many(self, vids: list[str]) -> list[torch.Tensor]:
@@ -552,7 +655,7 @@ class IndexStore:
             view = memoryview(buf.reshape(-1).view(np.uint8))
             got = self._pread_into("frames", rec.frame * self._frame_bytes, view)
             if got != len(view) or zlib.crc32(view) != rec.crc:
-                raise CorruptFileError(f"index {self.path}: the frames of video {rec.id!r} are damaged on disk "
+                raise CorruptFileError(f"index {self.path}: the frames of {_describe(rec.id)} are damaged on disk "
                                        "(CRC mismatch); remove and re-add it")
             out[i] = torch.from_numpy(buf).float()  # torch converts float16 ~20x faster than numpy
         return out
@@ -566,10 +669,10 @@ class IndexStore:
             done += n
         return done
 
-    def row_layout(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """``(ids, first global descriptor row, row count)`` of the live videos, in ``ids()`` order;
-        no data is read."""
-        recs = list(self._records.values())
+    def row_layout(self, views: bool = False) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """``(ids, first global descriptor row, row count)`` of the live videos, in ``ids()`` order
+        (``views``: of every entry, in ``entries()`` order); no data is read."""
+        recs = [self._record(k) for k in self.entries()] if views else list(self._records.values())
         return ([r.id for r in recs], np.array([r.row for r in recs], np.int64),
                 np.array([r.rows for r in recs], np.int64))
 
@@ -584,10 +687,10 @@ class IndexStore:
         matrix = np.memmap(self._file("desc"), dtype=DESCRIPTOR_DTYPE, mode="c", shape=(self._row_end, D))
         if verify:
             flat = matrix.reshape(-1).view(np.uint8)
-            for rec in self._records.values():
+            for rec in [*self._records.values(), *self._view_records.values()]:
                 if zlib.crc32(flat[rec.row * self._row_bytes: (rec.row + rec.rows) * self._row_bytes]) != rec.desc_crc:
-                    raise CorruptFileError(f"index {self.path}: the descriptor of video {rec.id!r} is damaged on disk "
-                                           "(CRC mismatch); remove and re-add it")
+                    raise CorruptFileError(f"index {self.path}: the descriptor of {_describe(rec.id)} is damaged on "
+                                           "disk (CRC mismatch); remove and re-add it")
         return matrix
 
     def descriptors(self, since_row: int = 0) -> Descriptors:
@@ -623,7 +726,8 @@ class IndexStore:
 
     def dead_fraction(self) -> float:
         """Fraction of the stored frames that belong to removed videos (what compact() would free)."""
-        return self._dead_frames / self._frame_end if self._frame_end else 0.0
+        dead = self._dead_frames + sum(r.frames for views in self._pending.values() for r in views)
+        return dead / self._frame_end if self._frame_end else 0.0
 
     def close(self) -> None:
         if self.writable and self._fds and not self.durable:

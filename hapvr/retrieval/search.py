@@ -5,6 +5,14 @@ similarity; stage 2 scores the query against each of them with the scorer, exact
 evaluation engine scores a database (the same chunking of long videos, the same length-bucketed
 padded batches, the same repetition of videos shorter than ``scorer.min_frames``), and ranks
 by that score. ``exhaustive=True`` skips stage 1 and scores every indexed video.
+
+Views. A query may come as several views (the whole frame, then the rectangles
+:func:`hapvr.data.insets.detect_insets` found in it), and an index built with insets holds its
+videos' views as entries of their own. The coarse stage looks for each query view's rows among
+every entry's rows; the exact stage scores every query view against every candidate entry; a
+video's score is the best over those pairs, and its hit names the pair (``query_view``: the
+position of the query's view, 0 for the whole frame; ``target_view``: the rectangle of the
+video's view, None for the whole frame). Without views on either side this is the plain search.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from hapvr.localization import Segment, chamfer_frame_map, localize_explained
 from hapvr.models.padding import pad_stack, repeat_to, split_chunks
 from hapvr.progress import progress as progress_bar
 from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, coarse_index, video_descriptors
-from hapvr.retrieval.index_store import IndexStore, comparable_space, space_differences
+from hapvr.retrieval.index_store import IndexStore, comparable_space, parent_of, space_differences
 
 # The coarse top-100 held 99 % of the exhaustive top-10 at 1k and 20k videos (97-99 % at C = 50),
 # and re-ranking 100 candidates keeps a 30-frame query under 1 s at 20k on 2 cores (benchmark).
@@ -31,8 +39,16 @@ DEFAULT_CANDIDATES = 100
 @dataclass(frozen=True)
 class Hit:
     id: str
-    score: float  # the scorer's similarity of the query to this video
+    score: float  # the scorer's similarity of the query to this video (best over the views compared)
     coarse: float | None  # its coarse similarity (None when the search was exhaustive)
+    query_view: int = 0  # which of the query's views scored it (0: the whole frame)
+    target_view: dict | None = None  # the rectangle of the video's view that did (None: the whole frame)
+    entry: str | None = None  # that view's entry key in the index (None: the video itself)
+
+    @property
+    def target(self) -> str:
+        """The index entry whose features scored this hit (load it to localise the copy)."""
+        return self.entry or self.id
 
 
 @dataclass
@@ -126,38 +142,65 @@ class Searcher:
         self.coarse = coarse_index(self.store, self.coarse_cfg, self.persist_coarse)
 
     def candidates(self, query, candidates: int = DEFAULT_CANDIDATES) -> tuple[list[str], np.ndarray]:
-        """Stage 1 alone: the ``candidates`` best videos by coarse similarity, and those similarities."""
-        rows = video_descriptors(self._check_query(query).numpy(), self.store.descriptor)
-        pos, sims = self.coarse.search(rows, candidates)
-        return [self.coarse.ids[i] for i in pos], sims
+        """Stage 1 alone: the ``candidates`` best videos by coarse similarity, and those similarities
+        (a video found through several of its views once, at its best)."""
+        entries, sims = self._entry_candidates([self._check_query(query)], candidates)
+        best: dict[str, float] = {}
+        for e, s in zip(entries, sims.tolist()):
+            p = parent_of(e)
+            best[p] = max(best.get(p, s), s)
+        return list(best), np.array(list(best.values()), np.float32)
+
+    def _entry_candidates(self, views: list[torch.Tensor], candidates: int) -> tuple[list[str], np.ndarray]:
+        """Index entries (videos and their views) proposed by any query view, with the best coarse
+        similarity any view gave each; ``candidates`` per query view."""
+        best: dict[str, float] = {}
+        for x in views:
+            pos, sims = self.coarse.search(video_descriptors(x.numpy(), self.store.descriptor), candidates)
+            for i, s in zip(pos.tolist(), sims.tolist()):
+                key = self.coarse.ids[i]
+                best[key] = max(best.get(key, s), s)
+        return list(best), np.array(list(best.values()), np.float32)
 
     def search(self, query, k: int = 10, candidates: int = DEFAULT_CANDIDATES,
                exhaustive: bool = False) -> SearchResult:
         """The ``k`` indexed videos most similar to ``query`` (``[T, R, D]`` float, torch or numpy,
-        in the index's feature space). Queries shorter than ``scorer.min_frames`` are repeated."""
+        in the index's feature space, or a list of views: the module docstring). Queries shorter
+        than ``scorer.min_frames`` are repeated."""
         return self.search_many([query], k, candidates, exhaustive)[0]
 
     def search_many(self, queries: list, k: int = 10, candidates: int = DEFAULT_CANDIDATES,
                     exhaustive: bool = False) -> list[SearchResult]:
-        """:meth:`search` for several queries. Exhaustively, every video is read once and scored
-        against all the queries together (the times reported are shared); with the coarse stage,
-        each query is re-ranked on its own candidates."""
-        xs = [self._check_query(q) for q in queries]
+        """:meth:`search` for several queries. Exhaustively, every entry is read once and scored
+        against all the queries' views together (the times reported are shared); with the coarse
+        stage, each query is re-ranked on its own candidates. A query is ``[T, R, D]`` features,
+        or a list of views: features, or ``(rectangle or None, features)`` pairs, the whole frame
+        first."""
+        views = [self._query_views(q) for q in queries]
         if exhaustive:
             start = time.perf_counter()
-            vids = self.store.ids()
-            scores = score_videos(self.scorer, self.store, xs, vids, self.engine)
+            entries = self.store.entries()
+            scores = score_videos(self.scorer, self.store, [x for v in views for x in v], entries, self.engine)
             seconds = time.perf_counter() - start
-            return [SearchResult(self._top(vids, s, None, k), len(vids), 0.0, seconds) for s in scores]
+            bounds = np.cumsum([0] + [len(v) for v in views])
+            return [SearchResult(self._top(entries, scores[a:b], None, k), len(self.store), 0.0, seconds)
+                    for a, b in zip(bounds[:-1], bounds[1:])]
         results = []
-        for x in xs:
+        for xs in views:
             start = time.perf_counter()
-            vids, coarse = self.candidates(x, candidates)
+            entries, coarse = self._entry_candidates(xs, candidates)
             mid = time.perf_counter()
-            scores = score_videos(self.scorer, self.store, [x], vids, self.engine)[0]
-            results.append(SearchResult(self._top(vids, scores, coarse, k), len(vids), mid - start,
-                                        time.perf_counter() - mid))
+            scores = score_videos(self.scorer, self.store, xs, entries, self.engine)
+            results.append(SearchResult(self._top(entries, scores, coarse, k), len({parent_of(e) for e in entries}),
+                                        mid - start, time.perf_counter() - mid))
         return results
+
+    def _query_views(self, query) -> list[torch.Tensor]:
+        if isinstance(query, (list, tuple)):
+            if not query:
+                raise ValueError("a query given as views needs at least one (the whole frame first)")
+            return [self._check_query(v[1] if isinstance(v, tuple) else v) for v in query]
+        return [self._check_query(query)]
 
     def _check_query(self, query) -> torch.Tensor:
         x = _as_tensor(query)
@@ -166,10 +209,29 @@ class Searcher:
             raise ValueError(f"query features are [T, {x.shape[1]}, {x.shape[2]}], the index holds [T, {R}, {D}]")
         return x
 
-    @staticmethod
-    def _top(vids: list[str], scores: np.ndarray, coarse: np.ndarray | None, k: int) -> list[Hit]:
-        order = np.lexsort((np.arange(len(vids)), -scores))[:k]  # ties: the coarse order, then index order
-        return [Hit(vids[i], float(scores[i]), None if coarse is None else float(coarse[i])) for i in order]
+    def _top(self, entries: list[str], scores: np.ndarray, coarse: np.ndarray | None, k: int) -> list[Hit]:
+        """The ``k`` best videos from the scores ``[query views, entries]``: a video at the best
+        pair of a query view and one of its entries (the first such pair on ties)."""
+        view_of = scores.argmax(0)
+        best = scores[view_of, np.arange(len(entries))]
+        parents = [parent_of(e) for e in entries]
+        chosen: dict[str, int] = {}  # video -> its best entry's position (its first on ties)
+        near: dict[str, float] = {}  # video -> its best coarse similarity over its entries
+        for j, p in enumerate(parents):
+            if p not in chosen or best[j] > best[chosen[p]]:
+                chosen[p] = j
+            if coarse is not None:
+                near[p] = max(near.get(p, -np.inf), float(coarse[j]))
+        vids = list(chosen)  # in the order of their first entry (the coarse order, or index order)
+        top = np.array([best[chosen[v]] for v in vids])
+        order = np.lexsort((np.arange(len(vids)), -top))[:k]  # ties: the coarse order, then index order
+        hits = []
+        for i in order:
+            j = chosen[vids[i]]
+            view = entries[j] != vids[i]
+            hits.append(Hit(vids[i], float(top[i]), near.get(vids[i]), int(view_of[j]),
+                            self.store.rect(entries[j]) if view else None, entries[j] if view else None))
+        return hits
 
 
 def search(store: IndexStore, scorer: Scorer, query, k: int = 10, candidates: int = DEFAULT_CANDIDATES,
@@ -258,7 +320,10 @@ def duplicates(store: IndexStore, scorer: Scorer, threshold: float, symmetric: b
     index), each video's rows asking ``cfg.nprobe`` lists for ``cfg.shortlist_per_row`` rows.
     Scoring dominates: ~4 ms a pair on 2 cores for 10-60-frame videos, so ``cfg.min_coarse``
     (skip weak proposals) is the lever on large collections: at 20k planted videos, with 0.5,
-    29k pairs were scored in ~2 min and 98.7 % of the copy-source pairs found (benchmark)."""
+    29k pairs were scored in ~2 min and 98.7 % of the copy-source pairs found (benchmark).
+
+    In an index built with insets, a video's views propose their video like its own rows do;
+    pairs are scored on the whole frames."""
     searcher = searcher or Searcher(store, scorer, coarse, engine)
     t0 = time.perf_counter()
     proposals = _coarse_pairs(searcher, cfg, progress)
@@ -329,7 +394,6 @@ def _coarse_pairs(searcher: Searcher, cfg: DuplicatesConfig, progress: bool = Fa
     index = searcher.coarse
     if index.kind == "flat" and index.rows > cfg.flat_rows:
         index = coarse_index(searcher.store, replace(searcher.coarse_cfg, kind="ivf"), searcher.persist_coarse)
-    position = {v: i for i, v in enumerate(index.ids)}
     ids, starts, counts = searcher.store.row_layout()
     out: set[tuple[str, str]] = set()
     bar = None
@@ -341,11 +405,10 @@ def _coarse_pairs(searcher: Searcher, cfg: DuplicatesConfig, progress: bool = Fa
         found = index.search_many(rows, cfg.neighbours + 1, nprobe=cfg.nprobe, shortlist_per_row=cfg.shortlist_per_row,
                                   rescore=cfg.rescore_factor * (cfg.neighbours + 1))
         for j, (pos, coarse) in zip(block, found):
-            me = position[ids[j]]
             for p, c in zip(pos.tolist(), coarse.tolist()):
-                if p == me or (cfg.min_coarse is not None and c < cfg.min_coarse):
+                u, v = ids[j], parent_of(index.ids[p])  # a proposal through a view proposes its video
+                if u == v or (cfg.min_coarse is not None and c < cfg.min_coarse):
                     continue
-                u, v = ids[j], index.ids[p]
                 out.add((u, v) if u < v else (v, u))
         if bar:
             bar.update(len(block))
