@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from hapvr.data.insets import Inset, detect_insets
-from hapvr.data.video import CROP, decode_video, load_frames
+from hapvr.data.video import CROP, center_crop, decode_frames, load_frames
 from hapvr.evaluation.scorers import ChamferBaseline, ModelScorer, state_dict_digest
 from hapvr.features.extractor import RegionFeatureExtractor
 from hapvr.io.checkpoint import load_default_model, read_model_file
@@ -121,19 +121,26 @@ class VideoModel:
         return feats
 
     def views(self, video) -> list[tuple["Inset | None", torch.Tensor]]:
-        """The views of a video file: ``(None, features of the whole frame)`` first, then one
-        ``(inset, features)`` per rectangle :func:`hapvr.data.insets.detect_insets` finds inside
-        its frames (picture-in-picture, the picture inside borders, the halves of a stack), the
-        rectangle cropped from the decoded frames and resized to the backbone's 224 x 224.
-        Rectangles are in pixels of the frames as decoded (shorter side 256)."""
-        if isinstance(video, torch.Tensor) or os.path.isdir(str(video)):
-            raise ValueError("views need a video file (its frames), not features or a folder of frames")
-        key = _file_key(video, self.fps) + ("views",)
-        cached = self._views.get(key)
+        """The views of a video file or a folder of frames: ``(None, features of the whole frame)``
+        first, then one ``(inset, features)`` per rectangle :func:`hapvr.data.insets.detect_insets`
+        finds inside its frames (picture-in-picture, the picture inside borders, the halves of a
+        stack), the rectangle cropped from the decoded frames and resized to the backbone's
+        224 x 224. Rectangles are in pixels of the frames as decoded (shorter side 256). The video
+        is decoded once for all its views."""
+        if isinstance(video, torch.Tensor):
+            raise ValueError("views need a video's frames (a video file or a folder of frames), not features")
+        key = _file_key(video, self.fps)
+        cached = self._views.get(key + ("views",))
         if cached is not None:
             return cached
-        out = [(None, self.features(video))] + self.inset_views(decode_video(str(video), self.fps))
-        self._views[key] = out
+        frames = decode_frames(str(video), self.fps)
+        whole = self._cache.get(key)
+        if whole is None:
+            with torch.no_grad():
+                whole = self.extractor(center_crop(frames).to(self.device)).float().cpu()
+            self._remember(key, whole)
+        out = [(None, whole)] + self.inset_views(frames)
+        self._views[key + ("views",)] = out
         while len(self._views) > 8:  # the views of the last few files (compare and its callers reuse them)
             self._views.popitem(last=False)
         return out

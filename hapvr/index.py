@@ -51,7 +51,7 @@ from hapvr.retrieval.building import (
     open_index,
     staging_area,
 )
-from hapvr.retrieval.index_store import is_index
+from hapvr.retrieval.index_store import is_index, read_manifest
 from hapvr.runtime import cores_per_rank, default_threads, job, process_device, set_threads
 
 EXAMPLES = """\
@@ -80,6 +80,11 @@ def build_parser() -> ArgumentParser:
         add_precision(p)
         add_threads(p, "one per core; under torchrun the cores divided among this machine's ranks")
         p.add_argument("--no-progress", action="store_true", help="no progress display")
+        if name == "build":
+            p.add_argument("--insets", action="store_true",
+                           help="also keep each video's inset views (picture-in-picture, the picture inside borders, "
+                                "the halves of a stack), found and extracted at build and add time; search then "
+                                "compares them too (docs/scores.md)")
     p = sub.add_parser("remove", help="remove videos by id", description="remove videos by id")
     p.add_argument("--index", required=True, help="index folder")
     p.add_argument("ids", nargs="+", help="ids to remove")
@@ -99,6 +104,8 @@ def _check_build_args(args, create: bool) -> tuple[Path, list[tuple[str, str]], 
     check_unique(inputs, args.videos)
     index = Path(args.index)
     exists = is_index(index)
+    if exists and getattr(args, "insets", False) and not read_manifest(index).get("insets"):
+        fail(f"--insets: --index {args.index} was built without inset views; build a new index with --insets")
     if not exists:
         if not create:
             fail(f"--index {args.index}: no index there (make one with python -m hapvr.index build)")
@@ -133,9 +140,10 @@ def _build(args, create: bool) -> int:
             raise
         return 2  # every rank checks the same input: rank 0 alone says what is wrong
     if here.world == 1:
-        report = build(model, index, inputs, exists, args.no_progress, note)
+        report = build(model, index, inputs, exists, args.no_progress, note, getattr(args, "insets", False))
     else:
-        report = build_sharded(model, index, inputs, exists, here.rank, here.world, args.no_progress, note)
+        report = build_sharded(model, index, inputs, exists, here.rank, here.world, args.no_progress, note,
+                               getattr(args, "insets", False))
     if report is None:  # a rank other than 0
         return EXIT_OK
     _summary(report)
@@ -159,7 +167,10 @@ def _remove(args) -> int:
 
 def _info(args) -> int:
     with open_index(args.index) as store:
-        print(f"index {args.index}: {len(store)} videos, {store.disk_bytes() / 2**20:.1f} MiB on disk")
+        views = sum(len(store.views(v)) for v in store.ids()) if store.insets else 0
+        print(f"index {args.index}: {len(store)} videos"
+              + (f" ({views} inset views, kept for {sum(bool(store.views(v)) for v in store.ids())} of them)"
+                 if store.insets else "") + f", {store.disk_bytes() / 2**20:.1f} MiB on disk")
         print("built with: " + json.dumps(store.space, sort_keys=True))
         staged = set(staging_area(args.index).done()) - set(store.ids())
     if staged:

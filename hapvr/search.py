@@ -5,7 +5,12 @@ small collections, IVF for large ones) picks --candidates videos, which the mode
 exactly; --exhaustive scores every indexed video. Each result gets its copied segments (query and
 target spans in seconds). Queries shorter than the model's minimum length are repeated, as the
 model does; a result below the copy threshold gets none, and a copy without one says why. --json writes
-{"queries": [{"query", "results": [{"id", "similarity", "segments", "reason"}]}]} (docs/formats.md).
+{"queries": [{"query", "results": [{"id", "similarity", "segments", "reason", "query_view",
+"target_view"}]}]} (docs/formats.md).
+
+With --insets (the default on an index built with --insets) the rectangles found inside the
+frames (picture-in-picture, borders, stacks) are compared too: a video scores its best pair of
+views, localised on it, with both rectangles in the result (docs/scores.md).
 
 --duplicates lists every pair of indexed videos whose similarity reaches --threshold (default:
 the model's calibrated "copy" threshold, docs/scores.md), says how they relate (the same video,
@@ -52,7 +57,7 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--index", required=True, help="index folder made by python -m hapvr.index build")
     ap.add_argument("--top", type=int_at_least(1), default=10, help="results per query")
     ap.add_argument("--candidates", type=int_at_least(1), default=100,
-                    help="videos the coarse stage passes to the exact scoring")
+                    help="videos (and views, with insets) the coarse stage passes to the exact scoring, per query view")
     ap.add_argument("--exhaustive", action="store_true", help="score every indexed video (no coarse stage)")
     ap.add_argument("--coarse", choices=("auto", "flat", "ivf"), default=CoarseConfig.kind,
                     help=f"coarse search: flat (exact), ivf (faiss IVF, trained once and saved in the index), or "
@@ -74,6 +79,8 @@ def build_parser() -> ArgumentParser:
                     help="with --duplicates: drop proposals whose coarse similarity (in [-1, 1]) is below this; "
                          "the lever on large collections (default: keep all)")
     ap.add_argument("--no-segments", action="store_true", help="skip the localisation of copied segments")
+    ap.add_argument("--insets", action="store_true", help="also search the rectangles found inside the query's "
+                    "frames (picture-in-picture, borders, stacks); the default on an index built with --insets")
     ap.add_argument("--checkpoint", help="the model's checkpoint (default: the one the index was built with, which "
                                          "it records; the default model for an index built without one)")
     ap.add_argument("--baseline", action="store_true",
@@ -85,41 +92,40 @@ def build_parser() -> ArgumentParser:
     return ap
 
 
-def _write_json(path: str, payload: dict) -> None:
-    write_json(path, payload)
-    print(f"wrote {path}", file=sys.stderr)
-
-
 def _search(args, model, store) -> int:
     if len(store) == 0:
         fail(f"--index {args.index}: the index is empty (add videos with python -m hapvr.index add)")
-    features = []
+    insets = args.insets or store.insets
+    features = []  # per query: its views, (rectangle or None, features), the whole frame first
     for q in args.queries:
         try:
-            features.append(model.features(q))
+            features.append(model.views(q) if insets else [(None, model.features(q))])
         except (VideoDecodeError, ValueError) as exc:
             fail(f"QUERY {exc}" if q in str(exc) else f"QUERY {q}: {exc}")
     coarse = CoarseConfig(kind=args.coarse, nprobe=args.nprobe or CoarseConfig.nprobe)
     searcher = Searcher(store, model.scorer(), coarse)
     out = []
     copy = model.scale.threshold if args.threshold is None else args.threshold
-    for q, fq in zip(args.queries, features):
-        res = searcher.search(fq, k=args.top, candidates=args.candidates, exhaustive=args.exhaustive)
+    for q, views in zip(args.queries, features):
+        res = searcher.search(views, k=args.top, candidates=args.candidates, exhaustive=args.exhaustive)
         results = []
         for hit in res.hits:  # segments of the copies only: a segment between unrelated videos misleads
+            query_view, fq = views[hit.query_view]
             found, reason = ([], "not looked for (--no-segments)") if args.no_segments else \
                 ([], f"not a copy (below {copy:g}): not looked for") if hit.score < copy else \
-                model.locate_copies(fq, store.load(hit.id))
+                model.locate_copies(fq, store.load(hit.target))
             results.append({"id": hit.id, "similarity": hit.score, "segments": [s.to_dict() for s in found],
-                            "reason": reason})
+                            "reason": reason, "query_view": None if query_view is None else query_view.to_dict(),
+                            "target_view": hit.target_view})
         out.append({"query": q, "results": results})
-        print(f"\n{q}: {len(store)} indexed videos, {res.scored} scored "
+        print(f"\n{q}: {len(store)} indexed videos, {res.scored} scored"
+              + (f", {len(views)} views of the query" if len(views) > 1 else "") + " "
               f"({'exhaustive' if args.exhaustive else f'coarse stage ({searcher.coarse.kind}) + exact scoring'}), "
               f"{1000 * (res.coarse_seconds + res.rerank_seconds):.0f} ms")
         for line in search_table(results, copy, segments_looked_for=not args.no_segments):
             print(line)
     if args.json:
-        _write_json(args.json, {"queries": out})
+        write_json(args.json, {"queries": out}, announce=True)
     return 0
 
 
@@ -147,7 +153,7 @@ def _duplicates(args, model, store) -> int:
     for p in others[:50]:
         print(f"    {pair_line(p)}")
     if args.json:
-        _write_json(args.json, duplicates_json(found, threshold, args.symmetric))
+        write_json(args.json, duplicates_json(found, threshold, args.symmetric), announce=True)
     if args.csv:
         write_text(args.csv, duplicates_csv(found))
         print(f"wrote {args.csv}", file=sys.stderr)

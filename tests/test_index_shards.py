@@ -145,3 +145,23 @@ def test_a_one_process_build_adds_staged_videos_without_extracting_them(clips, r
         assert torch.equal(store.load("v1"), ref_feats["v1"])
         assert torch.equal(store.load("carphone_pristine"), ref_feats["carphone_pristine"])
     assert not staging.dir.exists()
+
+
+def test_a_sharded_build_keeps_the_inset_views_of_a_one_process_build(tmp_path, fresh_seed, restore_threads):
+    """--insets under torchrun: the staged videos carry their views into the index, which equals
+    the one-process build's (entries, rectangles and features)."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_insets import pip_pair
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    pip_pair(videos, fresh_seed)
+    argv = ["build", "--videos", str(videos), "--insets", "--fps", "4", "--threads", "1"]
+    assert index_main([*argv, "--index", str(tmp_path / "one"), "--no-progress"]) == 0
+    log = _torchrun([*argv, "--index", str(tmp_path / "two")], tmp_path / "build.log")
+    assert "added 2" in log, log
+    with IndexStore.open(tmp_path / "one") as one, IndexStore.open(tmp_path / "two") as two:
+        assert two.insets and one.entries() == two.entries() and len(one.entries()) == 3  # pip has its inset
+        assert [one.rect(k) for k in one.entries()] == [two.rect(k) for k in two.entries()]
+        for key in one.entries():
+            assert torch.equal(one.load(key), two.load(key)), key

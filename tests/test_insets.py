@@ -115,6 +115,27 @@ def _write(path, frames: np.ndarray, fps: int = 4) -> None:
             c.mux(p)
 
 
+def pip_pair(folder, seed: int, side: int = 154) -> tuple[int, int, int]:
+    """Writes ``clip.mp4`` (real footage, 256 x 256, 4 fps) and ``pip.mp4`` (other real footage
+    with the clip pasted at ``side`` pixels) into ``folder``; returns the inset's (top, left, side)."""
+    from hapvr.data.media import clip_paths
+    from hapvr.data.video import center_crop, decode_video
+
+    rng = np.random.default_rng(seed)
+    paths = clip_paths()  # real footage: the model tells real scenes apart, not smooth noise
+    clip = center_crop(decode_video(paths["bikes"], 4)[:12], 256).numpy().astype(np.float32)
+    host = center_crop(decode_video(paths["bigbuckbunny"], 4)[:12], 256).numpy().astype(np.float32)
+    n = min(len(clip), len(host))
+    clip, host = clip[:n], host[:n].copy()
+    top, left = int(rng.integers(0, 256 - side)), int(rng.integers(0, 256 - side))
+    small = torch.nn.functional.interpolate(torch.from_numpy(clip), size=(side, side), mode="bilinear",
+                                            antialias=True).numpy()
+    host[:, :, top:top + side, left:left + side] = small
+    _write(folder / "clip.mp4", clip.round().clip(0, 255).astype(np.uint8))
+    _write(folder / "pip.mp4", host.round().clip(0, 255).astype(np.uint8))
+    return top, left, side
+
+
 def test_compare_finds_a_copy_inside_a_picture_in_picture_inset(tmp_path, fresh_seed):
     """A clip pasted at 0.6 of the side into another video: compare with --insets finds the inset
     (its rectangle in the JSON) and scores the pair higher than the whole frames do."""
@@ -123,22 +144,7 @@ def test_compare_finds_a_copy_inside_a_picture_in_picture_inset(tmp_path, fresh_
     import hapvr
     from hapvr.compare import main as compare_main
 
-    from hapvr.data.media import clip_paths
-    from hapvr.data.video import center_crop, decode_video
-
-    rng = np.random.default_rng(fresh_seed)
-    paths = clip_paths()  # real footage: the model tells real scenes apart, not smooth noise
-    clip = center_crop(decode_video(paths["bikes"], 4)[:12], 256).numpy().astype(np.float32)
-    host = center_crop(decode_video(paths["bigbuckbunny"], 4)[:12], 256).numpy().astype(np.float32)
-    n = min(len(clip), len(host))
-    clip, host = clip[:n], host[:n].copy()
-    side = 154
-    top, left = int(rng.integers(0, 256 - side)), int(rng.integers(0, 256 - side))
-    small = torch.nn.functional.interpolate(torch.from_numpy(clip), size=(side, side), mode="bilinear",
-                                            antialias=True).numpy()
-    host[:, :, top:top + side, left:left + side] = small
-    _write(tmp_path / "clip.mp4", clip.round().clip(0, 255).astype(np.uint8))
-    _write(tmp_path / "pip.mp4", host.round().clip(0, 255).astype(np.uint8))
+    top, left, side = pip_pair(tmp_path, fresh_seed)
     model = hapvr.load_model(fps=4)
     plain = hapvr.compare_videos(str(tmp_path / "clip.mp4"), str(tmp_path / "pip.mp4"), model)
     found = hapvr.compare_videos(str(tmp_path / "clip.mp4"), str(tmp_path / "pip.mp4"), model, insets=True)

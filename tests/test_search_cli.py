@@ -57,7 +57,9 @@ def test_index_search_duplicates(use_default, collection, tmp_path, capsys):
     # frames around it where these toy clips score above the bar (docs/localization.md, "Ends").
     assert got[0] <= 2 and got[1] >= 8 and got[2] <= 4 and got[3] >= 10, got
     assert (2 - got[0]) + (got[1] - 8) <= 1 and (4 - got[2]) + (got[3] - 10) <= 2, got
-    assert list(src) == ["id", "similarity", "segments", "reason"] and src["reason"] is None  # reason: only without a segment
+    assert list(src) == ["id", "similarity", "segments", "reason", "query_view", "target_view"]
+    assert src["reason"] is None  # reason: only without a segment
+    assert src["query_view"] is None and src["target_view"] is None  # whole frames: no --insets
     # exhaustive gives the same top results here
     assert search_main(["--index", str(index), str(collection / "excerpt.mp4"), "--top", "3", "--exhaustive",
                         "--json", str(out), "--no-segments"]) == 0

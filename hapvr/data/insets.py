@@ -22,8 +22,8 @@ pasted without a border; 256 x 256 frames, 8 a video), 2026-12-07, 2-core develo
 validation (tuned on): 25 of 26 insets found with IoU >= 0.85, 3 of 310 other videos with a
 false rectangle; test (not tuned on): 22 of 22 with IoU >= 0.85, 10 of 280 others with a false
 rectangle (9 insets, 1 stack: rendered scenes with a fixed camera, whose horizon and walls are
-persistent edges too); 43-48 ms a video. Used by ``compare --insets`` (hapvr.api.VideoModel.views);
-not yet by extraction, index or search.
+persistent edges too); 43-48 ms a video. Used by ``compare --insets``, ``index build --insets`` and
+``search --insets`` (hapvr.api.VideoModel.views); not by ``extract``.
 """
 
 from __future__ import annotations

@@ -178,11 +178,17 @@ def load_frame_folder(path: str, short_side: int = SHORT_SIDE, indices: list[int
     return to_tensor([im if im.size == size else im.resize(size) for im in images])
 
 
+def decode_frames(path: str, fps: float, max_frames: int | None = None, warnings: list[str] | None = None
+                  ) -> torch.Tensor:
+    """The frames of a video file or a folder of frames, sampled at ``fps`` (a folder's images are
+    its frames), shorter side 256, not cropped: ``uint8 [T, 3, H, W]``."""
+    return load_frame_folder(path) if os.path.isdir(path) else decode_video(path, fps, max_frames, warnings=warnings)
+
+
 def load_frames(path: str, fps: float, max_frames: int | None = None, warnings: list[str] | None = None) -> torch.Tensor:
     """The evaluation frames of a video file or a folder of frames: sampled at ``fps`` (a folder's
     images are its frames), shorter side 256, centre crop 224 (SPEC section 1)."""
-    frames = load_frame_folder(path) if os.path.isdir(path) else decode_video(path, fps, max_frames, warnings=warnings)
-    return center_crop(frames)
+    return center_crop(decode_frames(path, fps, max_frames, warnings))
 
 
 def list_videos(root: str) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -71,9 +72,12 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_json(path: str | Path, payload, indent: int | None = 1, sort_keys: bool = False) -> None:
-    """``payload`` as JSON (a trailing newline), written atomically."""
+def write_json(path: str | Path, payload, indent: int | None = 1, sort_keys: bool = False,
+               announce: bool = False) -> None:
+    """``payload`` as JSON (a trailing newline), written atomically; ``announce``: say so on stderr."""
     write_text(path, json.dumps(payload, indent=indent, sort_keys=sort_keys) + "\n")
+    if announce:
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def save_torch(obj, path: str | Path) -> None:

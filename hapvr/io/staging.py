@@ -9,6 +9,7 @@ own files without a lock.
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -39,13 +40,16 @@ class StagedVideos:
                 print(f"warning: ignoring unreadable part {p}", file=sys.stderr)
         return found
 
-    def write(self, vid: str, feats) -> None:
+    def write(self, vid: str, feats, views=()) -> None:
+        """Stages one video's features and its inset views (``(rectangle dict, features)``)."""
         import h5py
 
         with atomic_path(self._name(vid)) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["id"] = vid
                 f.create_dataset("features", data=feats)
+                for k, (rect, x) in enumerate(views, 1):
+                    f.create_dataset(f"view{k}", data=x).attrs["rect"] = json.dumps(rect)
 
     @staticmethod
     def read(path: Path):
@@ -54,6 +58,15 @@ class StagedVideos:
 
         with h5py.File(path, "r") as part:
             return part["features"][()]
+
+    @staticmethod
+    def read_views(path: Path) -> list[tuple[dict, object]]:
+        """The inset views staged with a video (none for most), in their order."""
+        import h5py
+
+        with h5py.File(path, "r") as part:
+            names = sorted((n for n in part if n.startswith("view")), key=lambda n: int(n[4:]))
+            return [(json.loads(part[n].attrs["rect"]), part[n][()]) for n in names]
 
     def merge_into(self, output: Path, attrs: dict, parts: dict[str, Path]) -> None:
         """All ``parts`` into the HDF5 file ``output``: a new output is written whole and renamed

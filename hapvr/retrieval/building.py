@@ -12,6 +12,10 @@ writes the index (it holds the writer's lock throughout): once every rank is don
 staged videos in the order of the inputs, deletes them, and writes ``INDEX/failures.txt`` for
 all ranks. The index is the one a single process would build (bit for bit with the same
 threads). What is in the index or staged is never extracted again.
+
+An index created with ``insets=True`` (``index build --insets``) also keeps each video's inset
+views (:meth:`hapvr.api.VideoModel.views`: the rectangles :func:`hapvr.data.insets.detect_insets`
+finds, each cropped and extracted); staged videos carry theirs.
 """
 
 from __future__ import annotations
@@ -69,25 +73,30 @@ class BuildReport:
     failures_file: Path | None = None
 
 
-def open_for_writing(index: Path, model, exists: bool) -> IndexStore:
-    """The index open for writing (created when it does not exist)."""
+def open_for_writing(index: Path, model, exists: bool, insets: bool = False) -> IndexStore:
+    """The index open for writing (created when it does not exist, with inset views if ``insets``)."""
     if exists:
         return open_index(index, model, writable=True)
-    return IndexStore.create(index, model_space(model), (9, int(model.model.dim)), built_with=model.source)
+    return IndexStore.create(index, model_space(model), (9, int(model.model.dim)), built_with=model.source,
+                             insets=insets)
 
 
-def extract(model, todo, failures: list, quiet: bool, rank: int | None = None, log=print):
-    """``(id, features)`` of each video of ``todo`` that decodes; the others are logged and
-    appended to ``failures``. ``rank``: a sharded build's rank, named in its messages."""
+def extract(model, todo, failures: list, quiet: bool, rank: int | None = None, log=print, insets: bool = False):
+    """``(id, features, views)`` of each video of ``todo`` that decodes (``views``: ``(inset,
+    features)`` pairs with ``insets``, else none); the others are logged and appended to
+    ``failures``. ``rank``: a sharded build's rank, named in its messages."""
     who = "" if rank is None else f"rank {rank}: "
     for vid, path in progress_bar(todo, desc=f"{who}indexing", unit="video", disable=quiet, position=rank or 0):
         try:
-            feats = model.features(path)
+            if insets:
+                (_, feats), *views = model.views(path)
+            else:
+                feats, views = model.features(path), []
         except (VideoDecodeError, ValueError) as exc:
             log(f"{who}warning: skipping {vid}: {exc}")
             failures.append((vid, str(exc)))
             continue
-        yield vid, feats
+        yield vid, feats, views
 
 
 def add_staged(store: IndexStore, staging: StagedVideos, inputs, failures: list) -> list[str]:
@@ -102,7 +111,7 @@ def add_staged(store: IndexStore, staging: StagedVideos, inputs, failures: list)
     def read():
         for vid in fresh:
             try:
-                yield vid, staging.read(staged[vid])
+                yield vid, staging.read(staged[vid]), staging.read_views(staged[vid])
             except (OSError, KeyError) as exc:  # damaged on disk: extracted again by the next run
                 failures.append((vid, f"its staged features are unreadable ({exc}); a rerun extracts it again"))
                 continue
@@ -151,18 +160,19 @@ def finish(report: BuildReport, index: Path, inputs) -> BuildReport:
 
 
 def build(model, index: Path, inputs: list[tuple[str, str]], exists: bool, quiet: bool = False,
-          log=print) -> BuildReport:
+          log=print, insets: bool = False) -> BuildReport:
     """Adds every video of ``inputs`` the index lacks, in one process (the index is created when
-    ``exists`` is False); staged videos of an interrupted sharded build are added first."""
+    ``exists`` is False, with inset views if ``insets``); staged videos of an interrupted sharded
+    build are added first."""
     staging = staging_area(index)
     report = BuildReport(len(inputs))
-    with open_for_writing(index, model, exists) as store:
+    with open_for_writing(index, model, exists, insets) as store:
         todo, report.present, _ = plan(store, staging, inputs, index, model.name, log=log)
         report.resumed = len(add_staged(store, staging, inputs, report.failures))
         extracted = 0
         try:
-            for vid, feats in extract(model, todo, report.failures, quiet, log=log):
-                store.add(vid, feats)
+            for vid, feats, views in extract(model, todo, report.failures, quiet, log=log, insets=store.insets):
+                store.add(vid, feats, views)
                 extracted += 1
         except KeyboardInterrupt:
             raise Interrupted(f"{len(store)} videos saved in {index}; run the same command to continue") from None
@@ -172,7 +182,7 @@ def build(model, index: Path, inputs: list[tuple[str, str]], exists: bool, quiet
 
 
 def build_sharded(model, index: Path, inputs: list[tuple[str, str]], exists: bool, rank: int, world: int,
-                  quiet: bool = False, log=print) -> BuildReport | None:
+                  quiet: bool = False, log=print, insets: bool = False) -> BuildReport | None:
     """Rank ``rank`` of ``world`` (see the module docstring); returns the report on rank 0, None
     on the others. A problem rank 0 finds before any extraction (another model, a locked index)
     is raised there as :class:`InputError`; the other ranks then return None."""
@@ -182,10 +192,10 @@ def build_sharded(model, index: Path, inputs: list[tuple[str, str]], exists: boo
     try:
         if rank == 0:
             try:
-                store = open_for_writing(index, model, exists)
+                store = open_for_writing(index, model, exists, insets)
                 for old in staging.dir.glob("failures.rank*.txt"):  # an earlier run's: its videos are retried
                     old.unlink()
-                todo = [plan(store, staging, inputs, index, model.name, world, log)]
+                todo = [(*plan(store, staging, inputs, index, model.name, world, log), store.insets)]
                 present, leftovers = todo[0][1], todo[0][2]
             except (ValueError, OSError) as exc:  # another model, a locked or foreign folder
                 todo = [exc if isinstance(exc, InputError) else InputError(str(exc), "index")]
@@ -196,8 +206,8 @@ def build_sharded(model, index: Path, inputs: list[tuple[str, str]], exists: boo
             return None
         failures: list[tuple[str, str]] = []
         try:
-            for vid, feats in extract(model, todo[0][0][rank::world], failures, quiet, rank, log):
-                staging.write(vid, feats.numpy())
+            for vid, feats, views in extract(model, todo[0][0][rank::world], failures, quiet, rank, log, todo[0][3]):
+                staging.write(vid, feats.numpy(), [(inset.to_dict(), x.numpy()) for inset, x in views])
         except KeyboardInterrupt:
             raise Interrupted(f"rank {rank}: the videos it extracted are kept in {staging.dir}; run the same "
                               f"command to continue") from None

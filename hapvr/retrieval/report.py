@@ -27,18 +27,29 @@ def spans_text(segments, most: int = 2) -> str:
     return text or "-"
 
 
+def view_text(rect: dict | None) -> str:
+    """A view's rectangle in words (``the whole frame`` for None)."""
+    if rect is None:
+        return "the whole frame"
+    return (f"{rect.get('kind', 'view')} {rect['width']}x{rect['height']} px at x={rect['left']}, y={rect['top']}")
+
+
 def search_table(results: list[dict], copy_threshold: float, segments_looked_for: bool = True) -> list[str]:
     """The lines of one query's results (``{"id", "similarity", "segments", "reason"}`` each, best
-    first): rank, similarity, whether it reaches ``copy_threshold``, the first segments; then, for
-    each copy without a segment, why."""
+    first, with ``query_view`` / ``target_view`` rectangles when views were compared): rank,
+    similarity, whether it reaches ``copy_threshold``, the first segments, the views that scored
+    it when not both whole frames; then, for each copy without a segment, why."""
     lines = [f"  {'rank':>4}  {'similarity':>10}  {'copy?':<5}  {'segments (query s -> target s)':<34}  id"]
     why = []
     for rank, r in enumerate(results, 1):
         copy = r["similarity"] >= copy_threshold
         if copy and not r["segments"] and segments_looked_for:
             why.append(f"  rank {rank}, {r['id']}: no copied segment: {r['reason']}")
+        views = ""
+        if r.get("query_view") is not None or r.get("target_view") is not None:
+            views = f"  (query: {view_text(r.get('query_view'))}; {r['id']}: {view_text(r.get('target_view'))})"
         lines.append(f"  {rank:>4}  {r['similarity']:>10.4f}  {'yes' if copy else 'no':<5}  "
-                     f"{spans_text(r['segments']):<34}  {r['id']}")
+                     f"{spans_text(r['segments']):<34}  {r['id']}{views}")
     return lines + why
 
 
