@@ -93,6 +93,86 @@ def test_persistent_lines_only_count_when_they_persist(fresh_seed):
     assert v[:, 99].mean() > 10 * max(np.median(v), 0.5)
 
 
+def _lines_reference(gray: np.ndarray, persistence: float) -> tuple[np.ndarray, np.ndarray]:
+    """line_responses written out with numpy: jumps, minus the mean of the jumps two pixels to
+    either side (wrapping), clipped at 0, at the ``persistence`` quantile over time."""
+    gx, gy = np.abs(np.diff(gray, axis=2)), np.abs(np.diff(gray, axis=1))
+    tx = np.clip(gx - 0.5 * (np.roll(gx, 2, axis=2) + np.roll(gx, -2, axis=2)), 0, None)
+    ty = np.clip(gy - 0.5 * (np.roll(gy, 2, axis=1) + np.roll(gy, -2, axis=1)), 0, None)
+    return np.quantile(tx, persistence, axis=0), np.quantile(ty, persistence, axis=0)
+
+
+def _rectangle_reference(v: np.ndarray, h: np.ndarray, H: int, W: int, cfg: InsetConfig):
+    """picture_in_picture's choice written out as loops over candidate rectangles: ``(top, left,
+    height, width, weakest side's contrast)`` or None."""
+    from hapvr.data.insets import _peaks
+
+    level = max(float(np.median(np.concatenate([v.ravel(), h.ravel()]))), 0.5)
+    xs = sorted(set([-1, W - 1] + _peaks(v.mean(axis=0), cfg.candidates)))
+    ys = sorted(set([-1, H - 1] + _peaks(h.mean(axis=1), cfg.candidates)))
+    best = None
+    for i, x0 in enumerate(xs):
+        for x1 in xs[i + 1:]:
+            for j, y0 in enumerate(ys):
+                for y1 in ys[j + 1:]:
+                    width, height = x1 - x0, y1 - y0
+                    if not (cfg.min_side * W <= width <= cfg.max_side * W and cfg.min_side * H <= height <= cfg.max_side * H):
+                        continue
+                    sides = [(v[y0 + 1:y1 + 1, x0].mean(), height) if x0 >= 0 else None,
+                             (v[y0 + 1:y1 + 1, x1].mean(), height) if x1 < W - 1 else None,
+                             (h[y0, x0 + 1:x1 + 1].mean(), width) if y0 >= 0 else None,
+                             (h[y1, x0 + 1:x1 + 1].mean(), width) if y1 < H - 1 else None]
+                    inside = [(m / level, n) for m, n in (s for s in sides if s is not None)]
+                    if len(inside) < 2 or min(m for m, _ in inside) < cfg.min_contrast:
+                        continue
+                    evidence = sum(m * n for m, n in inside)
+                    if best is None or evidence > best[0] + 1e-9:
+                        best = (evidence, (y0 + 1, x0 + 1, height, width, min(m for m, _ in inside)))
+    return None if best is None else best[1]
+
+
+def test_line_responses_and_the_rectangle_search_equal_their_references(fresh_seed):
+    """On fresh random frames with and without a darker pasted block, at several contrasts: the
+    torch line responses match numpy's, and the search over every rectangle at once picks the
+    rectangle the loops pick."""
+    rng = np.random.default_rng(fresh_seed)
+    found = 0
+    for i in range(60):
+        T, Hh, Ww = int(rng.integers(1, 10)), int(rng.integers(16, 90)), int(rng.integers(16, 90))
+        g = rng.uniform(0, 255, (T, Hh, Ww)).astype(np.float32)
+        if i % 2:
+            h, w = int(rng.integers(5, Hh)), int(rng.integers(5, Ww))
+            t, l = int(rng.integers(0, Hh - h + 1)), int(rng.integers(0, Ww - w + 1))
+            g[:, t:t + h, l:l + w] = rng.uniform(0, 60, (T, h, w))
+        cfg = InsetConfig(min_contrast=float(rng.uniform(0.5, 4)), persistence=float(rng.choice([0.0, 0.25, 0.5, 1.0])))
+        v, hz = line_responses(g, cfg.persistence)
+        rv, rh = _lines_reference(g, cfg.persistence)
+        np.testing.assert_allclose(v, rv, atol=1e-3)
+        np.testing.assert_allclose(hz, rh, atol=1e-3)
+        from hapvr.data.insets import picture_in_picture
+
+        got = picture_in_picture(g, cfg, (rv, rh))
+        want = _rectangle_reference(rv, rh, Hh, Ww, cfg)
+        if want is None:
+            assert got is None, got
+            continue
+        found += 1
+        assert (got.top, got.left, got.height, got.width) == want[:4] and got.score == pytest.approx(want[4])
+    assert found >= 10  # the search was exercised, not only its empty answer
+
+
+def test_a_long_video_is_looked_at_in_max_frames(fresh_seed):
+    """100 frames with a pasted inset: found, from 32 of them spread evenly, as from those alone."""
+    rng = np.random.default_rng(fresh_seed)
+    host = texture(rng, 96, 96, t=100, step=1)
+    host[:, 20:70, 30:80] = texture(rng, 50, 50, t=100, step=-1)
+    frames = rgb(host)
+    found = detect_insets(frames)
+    assert [f.kind for f in found] == ["picture-in-picture"] and found[0].iou((20, 30, 50, 50)) >= 0.85, found
+    picked = frames[np.linspace(0, 99, 32).round().astype(np.int64)]
+    assert detect_insets(picked) == found
+
+
 def test_bad_frames_are_refused():
     with pytest.raises(ValueError, match=r"frames must be \[T, 3, H, W\] or \[T, H, W\]"):
         detect_insets(torch.zeros(2, 4, 32, 32))
