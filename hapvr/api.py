@@ -120,17 +120,19 @@ class VideoModel:
         self._remember(key, feats)
         return feats
 
-    def views(self, video) -> list[tuple["Inset | None", torch.Tensor]]:
+    def views(self, video, insets: bool = True, mirror: bool = False) -> list[tuple["Inset | None", torch.Tensor]]:
         """The views of a video file or a folder of frames: ``(None, features of the whole frame)``
-        first, then one ``(inset, features)`` per rectangle :func:`hapvr.data.insets.detect_insets`
-        finds inside its frames (picture-in-picture, the picture inside borders, the halves of a
-        stack), the rectangle cropped from the decoded frames and resized to the backbone's
-        224 x 224. Rectangles are in pixels of the frames as decoded (shorter side 256). The video
-        is decoded once for all its views."""
+        first; with ``mirror``, the whole frame mirrored left-right (an ``Inset`` of kind
+        ``mirrored`` covering the frame: re-uploads are often mirrored, and the features are not
+        mirror-invariant); with ``insets``, one ``(inset, features)`` per rectangle
+        :func:`hapvr.data.insets.detect_insets` finds inside its frames (picture-in-picture, the
+        picture inside borders, the halves of a stack), the rectangle cropped from the decoded
+        frames and resized to the backbone's 224 x 224. Rectangles are in pixels of the frames as
+        decoded (shorter side 256). The video is decoded once for all its views."""
         if isinstance(video, torch.Tensor):
             raise ValueError("views need a video's frames (a video file or a folder of frames), not features")
         key = _file_key(video, self.fps)
-        cached = self._views.get(key + ("views",))
+        cached = self._views.get(key + ("views", insets, mirror))
         if cached is not None:
             return cached
         frames = decode_frames(str(video), self.fps)
@@ -139,8 +141,14 @@ class VideoModel:
             with torch.no_grad():
                 whole = self.extractor(center_crop(frames).to(self.device)).float().cpu()
             self._remember(key, whole)
-        out = [(None, whole)] + self.inset_views(frames)
-        self._views[key + ("views",)] = out
+        out = [(None, whole)]
+        if mirror:
+            with torch.no_grad():
+                flipped = self.extractor(center_crop(frames).flip(-1).to(self.device)).float().cpu()
+            out.append((Inset("mirrored", 0, 0, frames.shape[-2], frames.shape[-1], 1.0), flipped))
+        if insets:
+            out += self.inset_views(frames)
+        self._views[key + ("views", insets, mirror)] = out
         while len(self._views) > 8:  # the views of the last few files (compare and its callers reuse them)
             self._views.popitem(last=False)
         return out
@@ -287,7 +295,8 @@ class Comparison:
 
 
 def compare_videos(a, b, model: VideoModel | None = None, *, symmetric: bool = False,
-                   names: tuple[str, str] | None = None, insets: bool = False, **localize_options) -> Comparison:
+                   names: tuple[str, str] | None = None, insets: bool = False, mirror: bool = False,
+                   **localize_options) -> Comparison:
     """Compare video ``a`` (query) with video ``b`` (target): the video-level similarity, the
     ``[T, T']`` frame map and the copied segments (:func:`hapvr.localization.localize`, whose
     options can be passed here), times in seconds from each video's start.
@@ -300,13 +309,15 @@ def compare_videos(a, b, model: VideoModel | None = None, *, symmetric: bool = F
     halves of a stack): the pair of views with the highest similarity is reported, its
     rectangles in ``query_view`` / ``target_view``, its segments on its own frame map. Measured on
     the built-in test benchmark (benchmarks/bench_insets.py --score): picture-in-picture copies
-    found at the copy threshold 14 of 22 instead of 5, and 3 false copies instead of 1."""
+    found at the copy threshold 14 of 22 instead of 5, and 3 false copies instead of 1.
+    ``mirror=True`` (video files only) also compares the query mirrored left-right (its view
+    ``mirrored``)."""
     model = model or load_model()
     fa, fb = model.features(a), model.features(b)
     query_view = target_view = None
-    if insets:
+    if insets or mirror:
         pairs = [(model.similarity(x, y, symmetric=symmetric), i, j, x, y)
-                 for i, x in model.views(a) for j, y in model.views(b)]
+                 for i, x in model.views(a, insets, mirror) for j, y in model.views(b, insets)]
         sim, query_view, target_view, fa, fb = max(pairs, key=lambda p: p[0])
     else:
         sim = model.similarity(fa, fb, symmetric=symmetric)

@@ -52,7 +52,9 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--fps", type=positive_float(), default=1.0, help="frames per second decoded from video files")
     ap.add_argument("--insets", action="store_true",
                     help="also compare the rectangles found inside the frames (picture-in-picture, borders, two-up "
-                         "stacks; video files only): the best pair is reported with its rectangles (docs/scores.md)")
+                         "stacks; not with --features): the best pair is reported with its rectangles (docs/scores.md)")
+    ap.add_argument("--mirror", action="store_true",
+                    help="also compare QUERY mirrored left-right (video files only; reported as its view \"mirrored\")")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     add_precision(ap)
     return ap
@@ -82,9 +84,9 @@ def _main(argv=None) -> int:
         input_file(args.checkpoint, "--checkpoint")
     if args.features:
         input_file(args.features, "--features")
-    if args.insets and (args.features or os.path.isdir(args.query) or os.path.isdir(args.target)):
-        fail("--insets needs two video files: the rectangles are found in their frames (not in --features or "
-             "folders of frames)")
+    if (args.insets or args.mirror) and args.features:
+        fail(f"{'--insets' if args.insets else '--mirror'} needs the videos' frames (video files or folders of frames), "
+             "not --features")
     for arg, path in (("--json", args.json), ("--plot", args.plot)):
         if path:
             output_file(path, arg)
@@ -99,9 +101,9 @@ def _main(argv=None) -> int:
         fail(str(exc))
     fa, fb = _inputs(args, model)
     try:
-        if args.insets:  # the views come from the files' frames
+        if args.insets or args.mirror:  # the views come from the files' frames
             result = compare_videos(args.query, args.target, model, symmetric=args.symmetric,
-                                    names=(args.query, args.target), insets=True)
+                                    names=(args.query, args.target), insets=args.insets, mirror=args.mirror)
         else:
             result = compare_videos(fa, fb, model, symmetric=args.symmetric, names=(args.query, args.target))
     except (ValueError, VideoDecodeError) as exc:
@@ -113,7 +115,9 @@ def _main(argv=None) -> int:
     print(f"similarity {result.similarity:.4f} ({'symmetric' if args.symmetric else 'query -> target'}; "
           f"range [{model.scale.low:g}, {model.scale.high:g}], copy threshold {threshold:g}): {verdict}")
     for name, view in (("query", result.query_view), ("target", result.target_view)):
-        if view is not None:
+        if view is not None and view.kind == "mirrored":
+            print(f"compared the {name} mirrored left-right")
+        elif view is not None:
             print(f"compared inside the {name}'s {view.kind} rectangle: top {view.top}, left {view.left}, "
                   f"{view.height} x {view.width} pixels (of the frames as decoded, shorter side 256)")
     if result.segments:

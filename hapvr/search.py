@@ -9,8 +9,9 @@ model does; a result below the copy threshold gets none, and a copy without one 
 "target_view"}]}]} (docs/formats.md).
 
 With --insets (the default on an index built with --insets) the rectangles found inside the
-frames (picture-in-picture, borders, stacks) are compared too: a video scores its best pair of
-views, localised on it, with both rectangles in the result (docs/scores.md).
+frames (picture-in-picture, borders, stacks) are compared too, and with --mirror the query
+mirrored left-right: a video scores its best pair of views, localised on it, with both
+rectangles in the result (docs/scores.md).
 
 --duplicates lists every pair of indexed videos whose similarity reaches --threshold (default:
 the model's calibrated "copy" threshold, docs/scores.md), says how they relate (the same video,
@@ -81,6 +82,7 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--no-segments", action="store_true", help="skip the localisation of copied segments")
     ap.add_argument("--insets", action="store_true", help="also search the rectangles found inside the query's "
                     "frames (picture-in-picture, borders, stacks); the default on an index built with --insets")
+    ap.add_argument("--mirror", action="store_true", help="also search the query mirrored left-right")
     ap.add_argument("--checkpoint", help="the model's checkpoint (default: the one the index was built with, which "
                                          "it records; the default model for an index built without one)")
     ap.add_argument("--baseline", action="store_true",
@@ -99,7 +101,7 @@ def _search(args, model, store) -> int:
     features = []  # per query: its views, (rectangle or None, features), the whole frame first
     for q in args.queries:
         try:
-            features.append(model.views(q) if insets else [(None, model.features(q))])
+            features.append(model.views(q, insets, args.mirror) if insets or args.mirror else [(None, model.features(q))])
         except (VideoDecodeError, ValueError) as exc:
             fail(f"QUERY {exc}" if q in str(exc) else f"QUERY {q}: {exc}")
     coarse = CoarseConfig(kind=args.coarse, nprobe=args.nprobe or CoarseConfig.nprobe)

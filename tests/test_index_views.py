@@ -271,3 +271,38 @@ def test_insets_on_a_plain_index_is_refused(tmp_path, fresh_seed, capsys):
     lines = [x for x in err.splitlines() if x.startswith("error:")]
     assert lines == [f"error: --insets: --index {index} was built without inset views; build a new index with "
                      "--insets"], err
+
+
+def test_a_mirrored_copy_is_found_through_the_mirrored_query(tmp_path, fresh_seed, capsys):
+    """A clip re-encoded mirrored left-right: --mirror compares the query mirrored too, which
+    scores the pair as the clip scores itself, above the plain comparison."""
+    import hapvr
+    from hapvr.compare import main as compare_main
+    from hapvr.data.video import decode_video
+    from hapvr.index import main as index_main
+    from hapvr.search import main as search_main
+    from test_insets import _write
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    pip_pair(tmp_path, fresh_seed)
+    clip = decode_video(str(tmp_path / "clip.mp4"), 4).numpy()
+    _write(videos / "mirrored.mp4", np.ascontiguousarray(clip[..., ::-1]))
+    model = hapvr.load_model(fps=4)
+    query, copy = str(tmp_path / "clip.mp4"), str(videos / "mirrored.mp4")
+    plain = hapvr.compare_videos(query, copy, model)
+    found = hapvr.compare_videos(query, copy, model, mirror=True)
+    itself = hapvr.compare_videos(query, query, model)
+    assert found.query_view is not None and found.query_view.kind == "mirrored" and found.target_view is None
+    assert found.similarity > plain.similarity + 0.02 and found.similarity == pytest.approx(itself.similarity, abs=0.05)
+    assert compare_main([query, copy, "--mirror", "--fps", "4"]) == 0
+    assert "compared the query mirrored left-right" in capsys.readouterr().out
+    index = tmp_path / "i"
+    assert index_main(["build", "--videos", str(videos), "--index", str(index), "--fps", "4", "--no-progress"]) == 0
+    out = tmp_path / "s.json"
+    assert search_main(["--index", str(index), query, "--mirror", "--json", str(out)]) == 0
+    hit = json.loads(out.read_text())["queries"][0]["results"][0]
+    assert hit["query_view"]["kind"] == "mirrored" and hit["similarity"] == pytest.approx(found.similarity, abs=2e-3)
+    assert "(query: the whole frame mirrored; mirrored: the whole frame)" in capsys.readouterr().out
+    assert compare_main(["a", "b", "--features", str(out), "--mirror"]) == 2
+    assert "error: --mirror needs the videos' frames" in capsys.readouterr().err

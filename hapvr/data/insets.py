@@ -42,7 +42,10 @@ KINDS = ("picture-in-picture", "border", "stack")
 class InsetConfig:
     min_side: float = 0.2  # an inset's side, as a share of the frame's (smaller ones hold too little)
     max_side: float = 0.92  # larger ones are the frame itself
-    min_contrast: float = 4.0  # weakest side's line response over the frame's typical (median) response
+    # weakest side's line response over the frame's typical (median) response: on the built-in
+    # validation benchmark, every true inset scored >= 11.9 and every false rectangle <= 7.8
+    min_contrast: float = 10.0
+    stack_contrast: float = 4.0  # the same for a stack's dividing line (no false stack seen to set it by)
     candidates: int = 12  # strongest lines tried per axis
     border_std: float = 3.0  # a static border row / column: brightness spread (0-255) below this
     min_border: float = 0.04  # a border narrower than this share of the side is ignored
@@ -221,7 +224,7 @@ def two_up(gray: np.ndarray, cfg: InsetConfig = InsetConfig(), lines=None) -> li
         line = h[i] if axis == 0 else v[:, i]
         eighths = [line[k * len(line) // 8:(k + 1) * len(line) // 8].mean() for k in range(8)]
         score = min(eighths) / level
-        if score >= cfg.min_contrast:
+        if score >= cfg.stack_contrast:
             found.append((score, axis, i + 1))
     if not found:
         return []

@@ -31,6 +31,8 @@ def view_text(rect: dict | None) -> str:
     """A view's rectangle in words (``the whole frame`` for None)."""
     if rect is None:
         return "the whole frame"
+    if rect.get("kind") == "mirrored":
+        return "the whole frame mirrored"
     return (f"{rect.get('kind', 'view')} {rect['width']}x{rect['height']} px at x={rect['left']}, y={rect['top']}")
 
 
