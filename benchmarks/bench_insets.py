@@ -199,8 +199,8 @@ def search_with_views(bench, model, VR, kinds, related, threshold, candidates: i
     with tempfile.TemporaryDirectory() as d:
         dim = int(next(iter(VR.values()))[0][1].shape[-1])
         with IndexStore.create(Path(d) / "i", {"bench": "insets"}, (9, dim), durable=False, insets=True) as store:
-            for vid, vr in VR.items():
-                store.add(vid, vr[0][1], vr[1:])
+            for vid, vr in VR.items():  # the index keeps the insets (the mirrored view is the query's)
+                store.add(vid, vr[0][1], [(r, x) for r, x in vr[1:] if r.kind != "mirrored"])
             searcher = Searcher(store, model.scorer(), persist_coarse=False)
             for q in bench.queries:
                 hits = searcher.search(VR[q], k=len(store), candidates=candidates).hits

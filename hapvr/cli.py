@@ -131,6 +131,17 @@ def float_in(low: float, high: float, low_open: bool = False, high_open: bool = 
     return bounded(between(low, high, low_open, high_open))
 
 
+def shard_spec(text: str) -> tuple[int, int]:
+    """argparse type: ``I/N``, shard ``I`` (from 0) of ``N``."""
+    i, sep, n = text.partition("/")
+    if not (sep and i.strip().isdigit() and n.strip().isdigit() and 0 <= int(i) < int(n)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (shard I of N, from 0), got {text!r}")
+    return int(i), int(n)
+
+
+shard_spec.__name__ = "shard"
+
+
 def finite_float():
     """argparse type: any finite number (NaN and infinity refused)."""
     return bounded(FINITE)

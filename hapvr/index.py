@@ -41,6 +41,7 @@ from hapvr.cli import (
     output_folder,
     positive_float,
     run_main,
+    shard_spec,
 )
 from hapvr.data.inputs import check_unique, list_inputs
 from hapvr.progress import note
@@ -52,6 +53,7 @@ from hapvr.retrieval.building import (
     staging_area,
 )
 from hapvr.retrieval.index_store import is_index, read_manifest
+from hapvr.retrieval.shards import shard_of
 from hapvr.runtime import cores_per_rank, default_threads, job, process_device, set_threads
 
 EXAMPLES = """\
@@ -80,6 +82,9 @@ def build_parser() -> ArgumentParser:
         add_precision(p)
         add_threads(p, "one per core; under torchrun the cores divided among this machine's ranks")
         p.add_argument("--no-progress", action="store_true", help="no progress display")
+        p.add_argument("--shard", type=shard_spec, metavar="I/N",
+                       help="keep only the videos of shard I of N (ids by hapvr.retrieval.shards.shard_of): one index "
+                            "folder per shard, searched together with search --index A --index B ... (docs/scale.md)")
         if name == "build":
             p.add_argument("--insets", action="store_true",
                            help="also keep each video's inset views (picture-in-picture, the picture inside borders, "
@@ -102,6 +107,11 @@ def _check_build_args(args, create: bool) -> tuple[Path, list[tuple[str, str]], 
     if not inputs:
         fail(f"--videos {args.videos}: no video found")
     check_unique(inputs, args.videos)
+    if args.shard:
+        i, n = args.shard
+        kept = [(vid, path) for vid, path in inputs if shard_of(vid, n) == i]
+        note(f"--shard {i}/{n}: {len(kept)} of the {len(inputs)} videos")
+        inputs = kept
     index = Path(args.index)
     exists = is_index(index)
     if exists and getattr(args, "insets", False) and not read_manifest(index).get("insets"):

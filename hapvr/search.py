@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import ExitStack
 
 from hapvr.api import load_model
 from hapvr.cli import (ArgumentParser, add_precision, add_threads, check_device, fail, finite_float, float_in,
@@ -40,8 +41,9 @@ from hapvr.io.files import write_json, write_text
 from hapvr.retrieval.building import open_index
 from hapvr.retrieval.coarse import CoarseConfig
 from hapvr.retrieval.index_store import is_index, read_manifest
-from hapvr.retrieval.report import duplicates_csv, duplicates_json, pair_line, search_table
+from hapvr.retrieval.report import duplicates_csv, duplicates_json, hit_results, pair_line, search_table
 from hapvr.retrieval.search import DuplicatesConfig, Searcher, duplicates
+from hapvr.retrieval.shards import ShardedSearcher
 from hapvr.runtime import default_threads, set_threads
 
 EXAMPLES = """\
@@ -55,7 +57,8 @@ EXAMPLES = """\
 def build_parser() -> ArgumentParser:
     ap = ArgumentParser(prog="python -m hapvr.search", description=__doc__, examples=EXAMPLES)
     ap.add_argument("queries", nargs="*", metavar="QUERY_VIDEO", help="query video files")
-    ap.add_argument("--index", required=True, help="index folder made by python -m hapvr.index build")
+    ap.add_argument("--index", required=True, action="append", help="index folder made by python -m hapvr.index "
+                    "build; repeated: the shards of one collection, searched as one (docs/scale.md)")
     ap.add_argument("--top", type=int_at_least(1), default=10, help="results per query")
     ap.add_argument("--candidates", type=int_at_least(1), default=100,
                     help="videos (and views, with insets) the coarse stage passes to the exact scoring, per query view")
@@ -94,10 +97,10 @@ def build_parser() -> ArgumentParser:
     return ap
 
 
-def _search(args, model, store) -> int:
-    if len(store) == 0:
-        fail(f"--index {args.index}: the index is empty (add videos with python -m hapvr.index add)")
-    insets = args.insets or store.insets
+def _search(args, model, stores) -> int:
+    if not sum(len(s) for s in stores):
+        fail(f"--index {' '.join(args.index)}: the index is empty (add videos with python -m hapvr.index add)")
+    insets = args.insets or any(s.insets for s in stores)
     features = []  # per query: its views, (rectangle or None, features), the whole frame first
     for q in args.queries:
         try:
@@ -105,24 +108,22 @@ def _search(args, model, store) -> int:
         except (VideoDecodeError, ValueError) as exc:
             fail(f"QUERY {exc}" if q in str(exc) else f"QUERY {q}: {exc}")
     coarse = CoarseConfig(kind=args.coarse, nprobe=args.nprobe or CoarseConfig.nprobe)
-    searcher = Searcher(store, model.scorer(), coarse)
+    scorer = model.scorer()
+    try:  # several shards: refused when they share an id
+        searcher = Searcher(stores[0], scorer, coarse) if len(stores) == 1 else ShardedSearcher(stores, scorer, coarse)
+    except ValueError as exc:
+        fail(f"--index: {exc}")
     out = []
     copy = model.scale.threshold if args.threshold is None else args.threshold
     for q, views in zip(args.queries, features):
         res = searcher.search(views, k=args.top, candidates=args.candidates, exhaustive=args.exhaustive)
-        results = []
-        for hit in res.hits:  # segments of the copies only: a segment between unrelated videos misleads
-            query_view, fq = views[hit.query_view]
-            found, reason = ([], "not looked for (--no-segments)") if args.no_segments else \
-                ([], f"not a copy (below {copy:g}): not looked for") if hit.score < copy else \
-                model.locate_copies(fq, store.load(hit.target))
-            results.append({"id": hit.id, "similarity": hit.score, "segments": [s.to_dict() for s in found],
-                            "reason": reason, "query_view": None if query_view is None else query_view.to_dict(),
-                            "target_view": hit.target_view})
+        results = hit_results(res.hits, views, lambda h: next(s for s in stores if h.id in s).load(h.target),
+                              model.locate_copies, copy, segments=not args.no_segments)
         out.append({"query": q, "results": results})
-        print(f"\n{q}: {len(store)} indexed videos, {res.scored} scored"
+        print(f"\n{q}: {sum(len(s) for s in stores)} indexed videos"
+              + (f" in {len(stores)} shards" if len(stores) > 1 else "") + f", {res.scored} scored"
               + (f", {len(views)} views of the query" if len(views) > 1 else "") + " "
-              f"({'exhaustive' if args.exhaustive else f'coarse stage ({searcher.coarse.kind}) + exact scoring'}), "
+              f"({'exhaustive' if args.exhaustive else f'coarse stage ({searcher.kind}) + exact scoring'}), "
               f"{1000 * (res.coarse_seconds + res.rerank_seconds):.0f} ms")
         for line in search_table(results, copy, segments_looked_for=not args.no_segments):
             print(line)
@@ -165,12 +166,12 @@ def _duplicates(args, model, store) -> int:
 def _model_of_index(args):
     """The model the index was built with (checkpoint, baseline or not, fps), unless the options
     say otherwise; an index that recorded no checkpoint was built with the default model."""
-    manifest = read_manifest(args.index)
+    manifest = read_manifest(args.index[0])
     built = manifest.get("built_with", {})
     fps = args.fps if args.fps is not None else float(manifest["space"].get("model", {}).get("fps", 1.0))
     checkpoint = args.checkpoint or built.get("checkpoint")
     if checkpoint and not args.checkpoint and not os.path.isfile(checkpoint):
-        fail(f"--index {args.index} was built with the checkpoint {checkpoint}, which is not there any more; pass "
+        fail(f"--index {args.index[0]} was built with the checkpoint {checkpoint}, which is not there any more; pass "
              f"--checkpoint FILE")
     same = not args.checkpoint or (built.get("checkpoint") and os.path.realpath(args.checkpoint) == built["checkpoint"])
     baseline = args.baseline or bool(same and built.get("baseline"))
@@ -196,18 +197,19 @@ def _main(argv=None) -> int:
     for q in args.queries:
         if not os.path.isdir(q):
             input_file(q, "QUERY")
-    for arg, path in (("--json", args.json), ("--csv", args.csv)):
+    for arg, path in (("--json", args.json), ("--csv", args.csv), ("--checkpoint", args.checkpoint)):
         if path:
-            output_file(path, arg)
-    if args.checkpoint:
-        input_file(args.checkpoint, "--checkpoint")
-    if not is_index(args.index):
-        fail(f"--index {args.index}: no index there (make one with python -m hapvr.index build)")
+            input_file(path, arg) if arg == "--checkpoint" else output_file(path, arg)
+    if args.duplicates and len(args.index) > 1:
+        fail("--duplicates lists the duplicates within one index: give one --index")
+    for path in args.index:
+        if not is_index(path):
+            fail(f"--index {path}: no index there (make one with python -m hapvr.index build)")
     set_threads(args.threads or default_threads())
     model = _model_of_index(args)
-    store = open_index(args.index, model)
-    with store:
-        return _duplicates(args, model, store) if args.duplicates else _search(args, model, store)
+    with ExitStack() as opened:
+        stores = [opened.enter_context(open_index(path, model)) for path in args.index]
+        return _duplicates(args, model, stores[0]) if args.duplicates else _search(args, model, stores)
 
 
 def main(argv=None) -> int:

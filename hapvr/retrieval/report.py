@@ -55,6 +55,23 @@ def search_table(results: list[dict], copy_threshold: float, segments_looked_for
     return lines + why
 
 
+def hit_results(hits, views, load, locate, copy_threshold: float, segments: bool = True) -> list[dict]:
+    """One query's results as search prints and writes them (docs/formats.md): per hit (best
+    first) its id, similarity, segments, the reason there are none, and both views. ``views``:
+    the query's ``(rectangle or None, features)``; ``load(hit)``: the features of the entry
+    that scored it; ``locate(query, target)``: ``(segments, reason)``. Segments are looked for in
+    the copies only (``copy_threshold``): a segment between unrelated videos misleads."""
+    out = []
+    for hit in hits:
+        query_view, features = views[hit.query_view]
+        found, reason = ([], "not looked for (--no-segments)") if not segments else \
+            ([], f"not a copy (below {copy_threshold:g}): not looked for") if hit.score < copy_threshold else \
+            locate(features, load(hit))
+        out.append({"id": hit.id, "similarity": hit.score, "segments": [s.to_dict() for s in found], "reason": reason,
+                    "query_view": None if query_view is None else query_view.to_dict(), "target_view": hit.target_view})
+    return out
+
+
 def pair_line(p) -> str:
     """One duplicate pair (:class:`hapvr.retrieval.search.DuplicatePair`) in words."""
     if p.relation == "no segment":

@@ -135,6 +135,11 @@ class Searcher:
         self.coarse_cfg, self.persist_coarse = coarse, persist_coarse
         self.coarse = prebuilt if prebuilt is not None else coarse_index(store, coarse, persist_coarse)
 
+    @property
+    def kind(self) -> str:
+        """The coarse search: ``flat`` or ``ivf``."""
+        return self.coarse.kind
+
     def refresh(self) -> None:
         """Picks up videos added or removed since (the store's :meth:`refresh`; a saved IVF is
         extended, not trained again)."""
@@ -154,13 +159,12 @@ class Searcher:
     def _entry_candidates(self, views: list[torch.Tensor], candidates: int) -> tuple[list[str], np.ndarray]:
         """Index entries (videos and their views) proposed by any query view, with the best coarse
         similarity any view gave each; ``candidates`` per query view."""
-        best: dict[str, float] = {}
-        for x in views:
-            pos, sims = self.coarse.search(video_descriptors(x.numpy(), self.store.descriptor), candidates)
-            for i, s in zip(pos.tolist(), sims.tolist()):
-                key = self.coarse.ids[i]
-                best[key] = max(best.get(key, s), s)
-        return list(best), np.array(list(best.values()), np.float32)
+        return union_of_candidates([self.view_candidates(x, candidates) for x in views])
+
+    def view_candidates(self, view: torch.Tensor, candidates: int) -> list[tuple[str, float]]:
+        """The ``candidates`` entries of best coarse similarity to one query view, best first."""
+        pos, sims = self.coarse.search(video_descriptors(view.numpy(), self.store.descriptor), candidates)
+        return [(self.coarse.ids[i], s) for i, s in zip(pos.tolist(), sims.tolist())]
 
     def search(self, query, k: int = 10, candidates: int = DEFAULT_CANDIDATES,
                exhaustive: bool = False) -> SearchResult:
@@ -195,6 +199,10 @@ class Searcher:
                                         mid - start, time.perf_counter() - mid))
         return results
 
+    def query_views(self, query) -> list[torch.Tensor]:
+        """A query's views as checked features (the whole frame first): see :meth:`search_many`."""
+        return self._query_views(query)
+
     def _query_views(self, query) -> list[torch.Tensor]:
         if isinstance(query, (list, tuple)):
             if not query:
@@ -210,28 +218,43 @@ class Searcher:
         return x
 
     def _top(self, entries: list[str], scores: np.ndarray, coarse: np.ndarray | None, k: int) -> list[Hit]:
-        """The ``k`` best videos from the scores ``[query views, entries]``: a video at the best
-        pair of a query view and one of its entries (the first such pair on ties)."""
-        view_of = scores.argmax(0)
-        best = scores[view_of, np.arange(len(entries))]
-        parents = [parent_of(e) for e in entries]
-        chosen: dict[str, int] = {}  # video -> its best entry's position (its first on ties)
-        near: dict[str, float] = {}  # video -> its best coarse similarity over its entries
-        for j, p in enumerate(parents):
-            if p not in chosen or best[j] > best[chosen[p]]:
-                chosen[p] = j
-            if coarse is not None:
-                near[p] = max(near.get(p, -np.inf), float(coarse[j]))
-        vids = list(chosen)  # in the order of their first entry (the coarse order, or index order)
-        top = np.array([best[chosen[v]] for v in vids])
-        order = np.lexsort((np.arange(len(vids)), -top))[:k]  # ties: the coarse order, then index order
-        hits = []
-        for i in order:
-            j = chosen[vids[i]]
-            view = entries[j] != vids[i]
-            hits.append(Hit(vids[i], float(top[i]), near.get(vids[i]), int(view_of[j]),
-                            self.store.rect(entries[j]) if view else None, entries[j] if view else None))
-        return hits
+        return best_videos(entries, scores, coarse, k, self.store.rect)
+
+
+def union_of_candidates(lists: list[list[tuple[str, float]]]) -> tuple[list[str], np.ndarray]:
+    """Entries proposed by any of ``lists`` (one per query view), in order of first proposal, each
+    with the best coarse similarity it was proposed at."""
+    best: dict[str, float] = {}
+    for found in lists:
+        for key, s in found:
+            best[key] = max(best.get(key, s), s)
+    return list(best), np.array(list(best.values()), np.float32)
+
+
+def best_videos(entries: list[str], scores: np.ndarray, coarse: np.ndarray | None, k: int, rect_of) -> list[Hit]:
+    """The ``k`` best videos from the scores ``[query views, entries]``: a video at the best
+    pair of a query view and one of its entries (the first such pair on ties); ``rect_of``
+    gives a view entry's rectangle."""
+    view_of = scores.argmax(0)
+    best = scores[view_of, np.arange(len(entries))]
+    parents = [parent_of(e) for e in entries]
+    chosen: dict[str, int] = {}  # video -> its best entry's position (its first on ties)
+    near: dict[str, float] = {}  # video -> its best coarse similarity over its entries
+    for j, p in enumerate(parents):
+        if p not in chosen or best[j] > best[chosen[p]]:
+            chosen[p] = j
+        if coarse is not None:
+            near[p] = max(near.get(p, -np.inf), float(coarse[j]))
+    vids = list(chosen)  # in the order of their first entry (the coarse order, or index order)
+    top = np.array([best[chosen[v]] for v in vids])
+    order = np.lexsort((np.arange(len(vids)), -top))[:k]  # ties: the coarse order, then index order
+    hits = []
+    for i in order:
+        j = chosen[vids[i]]
+        view = entries[j] != vids[i]
+        hits.append(Hit(vids[i], float(top[i]), near.get(vids[i]), int(view_of[j]),
+                        rect_of(entries[j]) if view else None, entries[j] if view else None))
+    return hits
 
 
 def search(store: IndexStore, scorer: Scorer, query, k: int = 10, candidates: int = DEFAULT_CANDIDATES,

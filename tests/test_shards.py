@@ -1,0 +1,165 @@
+"""Shards: several index folders searched as one collection (hapvr/retrieval/shards.py).
+
+A 3-shard search must equal the search of one index holding the same videos in shard order,
+exhaustively and through the coarse stage, with and without inset views; shards sharing an id
+are refused; the commands split a collection with ``index build --shard I/N`` and search it
+with repeated ``--index``. Synthetic features are fresh random draws (``fresh_seed``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from hapvr.evaluation.scorers import ChamferBaseline
+from hapvr.retrieval.index_store import IndexStore, feature_space
+from hapvr.retrieval.search import Searcher
+from hapvr.retrieval.shards import ShardedSearcher, shard_of
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_api import _frames, _write, default, use_default  # noqa: E402,F401  (fixtures)
+
+R, D = 9, 64
+
+
+def unit(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    x = rng.standard_normal(shape).astype(np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_shard_of_is_the_crc_of_the_id_and_spreads_ids_evenly():
+    assert shard_of("a", 3) == zlib.crc32(b"a") % 3 and shard_of("\u00e9t\u00e9", 5) == zlib.crc32("\u00e9t\u00e9".encode()) % 5
+    assert shard_of("anything", 1) == 0
+    counts = np.bincount([shard_of(f"video{i:05d}.mp4", 4) for i in range(4000)], minlength=4)
+    assert counts.min() > 900, counts  # 1000 each expected
+    with pytest.raises(ValueError, match="shards must be >= 1"):
+        shard_of("a", 0)
+
+
+@pytest.fixture
+def collection(tmp_path, fresh_seed):
+    """40 videos, some copies of others and some with an inset view, split into 3 shards by
+    shard_of, and one index holding them all in shard order."""
+    rng = np.random.default_rng(fresh_seed)
+    videos = {}
+    for i in range(40):
+        base = unit(rng, int(rng.integers(3, 12)), R, D)
+        if i % 4 == 3:  # a noisy copy of an earlier video
+            src = videos[f"v{i - 3}"][0]
+            base = src + 0.3 * unit(rng, *src.shape)
+            base = base / np.linalg.norm(base, axis=-1, keepdims=True)
+        views = [({"kind": "picture-in-picture", "top": i, "left": 3, "height": 50, "width": 60},
+                  unit(rng, 6, R, D))] if i % 5 == 0 else []
+        videos[f"v{i}"] = (base.astype(np.float32), views)
+    shards = [[v for v in videos if shard_of(v, 3) == n] for n in range(3)]
+    assert all(shards), shards
+    space = feature_space(ChamferBaseline(), backbone="synthetic")
+    paths = []
+    for n, ids in enumerate(shards):
+        paths.append(tmp_path / f"shard{n}")
+        with IndexStore.create(paths[-1], space, (R, D), durable=False, insets=True) as store:
+            store.add_many((v, *videos[v]) for v in ids)
+    with IndexStore.create(tmp_path / "one", space, (R, D), durable=False, insets=True) as store:
+        store.add_many((v, *videos[v]) for ids in shards for v in ids)
+    return videos, paths, tmp_path / "one", rng
+
+
+def _same(a, b):
+    assert [h.id for h in a.hits] == [h.id for h in b.hits]
+    np.testing.assert_allclose([h.score for h in a.hits], [h.score for h in b.hits], rtol=1e-6, atol=1e-7)
+    assert [(h.query_view, h.target_view, h.entry) for h in a.hits] == [(h.query_view, h.target_view, h.entry)
+                                                                        for h in b.hits]
+    assert a.scored == b.scored
+    if a.hits[0].coarse is not None:
+        np.testing.assert_allclose([h.coarse for h in a.hits], [h.coarse for h in b.hits], rtol=1e-6)
+
+
+def test_three_shards_search_as_one_index(collection):
+    videos, paths, one, rng = collection
+    scorer = ChamferBaseline()
+    stores = [IndexStore.open(p) for p in paths]
+    try:
+        with IndexStore.open(one) as whole:
+            single, sharded = Searcher(whole, scorer), ShardedSearcher(stores, scorer)
+            assert len(sharded) == len(whole) == 40 and sharded.kind == "flat"
+            queries = []
+            for v in ("v0", "v3", "v10", "v17"):
+                x = videos[v][0]
+                queries.append(torch.from_numpy(x[: max(2, len(x) - 2)] + 0.05 * unit(rng, 1, R, D)))
+            queries.append([(None, torch.from_numpy(unit(rng, 5, R, D))),  # a query whose inset shows v7
+                            ({"kind": "picture-in-picture", "top": 0, "left": 0, "height": 9, "width": 9},
+                             torch.from_numpy(videos["v7"][0]))])
+            queries.append(torch.from_numpy(videos["v5"][1][0][1][:4]))  # what v5's inset shows
+            for q in queries:
+                for kwargs in ({"exhaustive": True}, {"candidates": 6}, {"candidates": 50}):
+                    _same(sharded.search(q, k=8, **kwargs), single.search(q, k=8, **kwargs))
+            assert sharded.search(queries[-1], k=1, candidates=6).hits[0].entry == "v5\x001"
+            together = sharded.search_many(queries[:3], k=5, exhaustive=True)
+            for q, res in zip(queries[:3], together):
+                _same(res, single.search(q, k=5, exhaustive=True))
+            with pytest.raises(ValueError, match=r"\[T, 9, 64\]"):
+                sharded.search(torch.zeros(3, R, D + 1), k=3)
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_shards_sharing_an_id_are_refused(collection):
+    videos, paths, one, _ = collection
+    with IndexStore.open(paths[0]) as a, IndexStore.open(one) as b:
+        with pytest.raises(ValueError, match=r"is in both .*shard0 and .*one: a video id lives in one shard"):
+            ShardedSearcher([a, b], ChamferBaseline())
+    with pytest.raises(ValueError, match="at least one index"):
+        ShardedSearcher([], ChamferBaseline())
+
+
+def test_the_commands_split_and_search_a_collection(use_default, tmp_path, capsys):  # noqa: F811
+    from hapvr.index import main as index_main
+    from hapvr.search import main as search_main
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    source = _frames(12, 0)
+    for i in range(4):
+        _write(videos / f"other{i}.mp4", _frames(8, 10 + i))
+    _write(videos / "source.mp4", source)
+    _write(videos / "reupload.mp4", source)
+    _write(videos / "excerpt.mp4", _frames(2, 20) + source[4:10] + _frames(2, 21))
+    one = tmp_path / "one"
+    assert index_main(["build", "--videos", str(videos), "--index", str(one), "--no-progress"]) == 0
+    shards = [tmp_path / f"shard{n}" for n in range(3)]
+    for n, path in enumerate(shards):
+        assert index_main(["build", "--videos", str(videos), "--index", str(path), "--shard", f"{n}/3",
+                           "--no-progress"]) == 0
+        assert f"--shard {n}/3: " in capsys.readouterr().err
+    held = []
+    for path in shards:
+        with IndexStore.open(path) as store:
+            held += store.ids()
+            assert all(shard_of(v, 3) == shards.index(path) for v in store.ids())
+    assert sorted(held) == sorted(p.stem for p in videos.iterdir())
+    out_one, out_three = tmp_path / "one.json", tmp_path / "three.json"
+    query = str(videos / "source.mp4")
+    assert search_main(["--index", str(one), query, "--json", str(out_one)]) == 0
+    argv = [x for path in shards for x in ("--index", str(path))]
+    assert search_main([*argv, query, "--json", str(out_three)]) == 0
+    assert "7 indexed videos in 3 shards" in capsys.readouterr().out
+    a, b = (json.loads(p.read_text())["queries"][0]["results"] for p in (out_one, out_three))
+    # the same results; "source" and "reupload" are the same file, so they tie and come in index order
+    assert {r["id"] for r in a[:2]} == {r["id"] for r in b[:2]} == {"source", "reupload"}
+    assert [r["id"] for r in a[2:]] == [r["id"] for r in b[2:]]
+    by_id = {r["id"]: r for r in b}
+    np.testing.assert_allclose([r["similarity"] for r in a], [by_id[r["id"]]["similarity"] for r in a], rtol=1e-5)
+    assert [r["segments"] for r in a] == [by_id[r["id"]]["segments"] for r in a]
+    # refusals: duplicates across shards, an id in two shards, a bad --shard
+    assert search_main([*argv, "--duplicates"]) == 2
+    assert "error: --duplicates lists the duplicates within one index: give one --index" in capsys.readouterr().err
+    assert search_main(["--index", str(one), "--index", str(shards[0]), query]) == 2
+    assert "a video id lives in one shard" in capsys.readouterr().err
+    assert index_main(["build", "--videos", str(videos), "--index", str(tmp_path / "x"), "--shard", "3/3"]) == 2
+    assert "expected I/N with 0 <= I < N" in capsys.readouterr().err
