@@ -97,10 +97,10 @@ def test_views_without_their_add_line_are_dropped(tmp_path, fresh_seed):
         store.add("keep", unit(rng, 2, R, D), [(RECT, unit(rng, 2, R, D))])
         real = store._write_entry
 
-        def killed(event, stored, desc):
+        def killed(event, *encoded):
             if event["op"] == "add":
                 raise KeyboardInterrupt  # the process dies before the add line
-            real(event, stored, desc)
+            real(event, *encoded)
 
         store._write_entry = killed
         with pytest.raises(KeyboardInterrupt):

@@ -73,12 +73,13 @@ class BuildReport:
     failures_file: Path | None = None
 
 
-def open_for_writing(index: Path, model, exists: bool, insets: bool = False) -> IndexStore:
-    """The index open for writing (created when it does not exist, with inset views if ``insets``)."""
+def open_for_writing(index: Path, model, exists: bool, insets: bool = False, storage: str = "float16") -> IndexStore:
+    """The index open for writing (created when it does not exist, with inset views if ``insets``
+    and its frames stored as ``storage``)."""
     if exists:
         return open_index(index, model, writable=True)
     return IndexStore.create(index, model_space(model), (9, int(model.model.dim)), built_with=model.source,
-                             insets=insets)
+                             insets=insets, storage=storage)
 
 
 def extract(model, todo, failures: list, quiet: bool, rank: int | None = None, log=print, insets: bool = False):
@@ -160,13 +161,13 @@ def finish(report: BuildReport, index: Path, inputs) -> BuildReport:
 
 
 def build(model, index: Path, inputs: list[tuple[str, str]], exists: bool, quiet: bool = False,
-          log=print, insets: bool = False) -> BuildReport:
+          log=print, insets: bool = False, storage: str = "float16") -> BuildReport:
     """Adds every video of ``inputs`` the index lacks, in one process (the index is created when
     ``exists`` is False, with inset views if ``insets``); staged videos of an interrupted sharded
     build are added first."""
     staging = staging_area(index)
     report = BuildReport(len(inputs))
-    with open_for_writing(index, model, exists, insets) as store:
+    with open_for_writing(index, model, exists, insets, storage) as store:
         todo, report.present, _ = plan(store, staging, inputs, index, model.name, log=log)
         report.resumed = len(add_staged(store, staging, inputs, report.failures))
         extracted = 0
@@ -182,7 +183,8 @@ def build(model, index: Path, inputs: list[tuple[str, str]], exists: bool, quiet
 
 
 def build_sharded(model, index: Path, inputs: list[tuple[str, str]], exists: bool, rank: int, world: int,
-                  quiet: bool = False, log=print, insets: bool = False) -> BuildReport | None:
+                  quiet: bool = False, log=print, insets: bool = False, storage: str = "float16"
+                  ) -> BuildReport | None:
     """Rank ``rank`` of ``world`` (see the module docstring); returns the report on rank 0, None
     on the others. A problem rank 0 finds before any extraction (another model, a locked index)
     is raised there as :class:`InputError`; the other ranks then return None."""
@@ -192,7 +194,7 @@ def build_sharded(model, index: Path, inputs: list[tuple[str, str]], exists: boo
     try:
         if rank == 0:
             try:
-                store = open_for_writing(index, model, exists, insets)
+                store = open_for_writing(index, model, exists, insets, storage)
                 for old in staging.dir.glob("failures.rank*.txt"):  # an earlier run's: its videos are retried
                     old.unlink()
                 todo = [(*plan(store, staging, inputs, index, model.name, world, log), store.insets)]
