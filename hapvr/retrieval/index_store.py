@@ -5,7 +5,8 @@ Layout of the folder (generation ``g`` counts compactions)::
 
     manifest.json   format, feature space (caller's dict), region shape, descriptor settings,
                     generation; written once (atomically: temporary file, fsync, rename)
-    g<g>.frames     every added video's frames back to back, float16 [T, R, D] each
+    g<g>.frames     every added video's frames back to back, float16 [T, R, D] each (or, with
+                    storage "int8", int8 codes [T, R, D] then float16 scales [T, R])
     g<g>.desc       their coarse descriptors back to back, float32 [rows, D] each
     g<g>.journal    one JSON line per event: ``add`` (id, frame offset, length, descriptor rows,
                     CRC-32s of both), ``view`` (the same for one inset view of a video, with its
