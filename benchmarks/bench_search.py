@@ -11,6 +11,11 @@ The runs recorded in ``benchmarks/results/search.json`` (each part < ~10 min on 
     python -m benchmarks.bench_search --part duplicates --size 20000 --min-coarse 0.5 --threads 1
     python -m benchmarks.bench_search --part coarse --rows 1000000 --threads 1
     python -m benchmarks.bench_search --part report                          # table + PASS/FAIL
+    python -m benchmarks.bench_search --part index,latency,recall --size 20000 --storage int8
+
+``--storage int8`` builds and measures an index whose frames are int8 codes (its own folder, its
+numbers under ``storage-int8`` in the JSON); its recall part also scores its two-stage top-10
+against the float16 index's exhaustive top-10 when that index is in ``--workdir``.
 
 Data: :class:`hapvr.retrieval.planted.PlantedCollection` (R = 9, D = 512, 10-60 frames a video;
 20 % of the videos in planted groups of a source and 3 copies made by frame drops, shuffles,
@@ -62,8 +67,9 @@ def space() -> dict:
     return feature_space(ChamferBaseline(), backbone="synthetic-planted", pca=None, region_shape=[9, 512])
 
 
-def index_path(args, size: int) -> Path:
-    return Path(args.workdir) / f"index-{size}"
+def index_path(args, size: int, storage: str | None = None) -> Path:
+    storage = storage or args.storage
+    return Path(args.workdir) / (f"index-{size}" + ("" if storage == "float16" else f"-{storage}"))
 
 
 def queries(col, n: int, first: int = 0) -> list[tuple[np.ndarray, str]]:
@@ -80,7 +86,7 @@ def part_index(args, size: int) -> dict:
     col = collection(size)
     path = index_path(args, size)
     store = IndexStore.open(path, space(), writable=True) if (path / "manifest.json").exists() \
-        else IndexStore.create(path, space(), (9, 512))
+        else IndexStore.create(path, space(), (9, 512), storage=args.storage)
     present = set(store.ids())
     todo = [v for v in col.ids if v not in present]
     index_seconds, generate_seconds, frames = 0.0, 0.0, 0
@@ -184,7 +190,7 @@ def latency_child(args, size: int) -> dict:
 
 def part_latency(args, size: int) -> dict:
     cmd = [sys.executable, "-m", __spec__.name, "--latency-child", str(size), "--workdir", args.workdir,
-           "--latency-queries", str(args.latency_queries)] + (["--threads", str(args.threads)] if args.threads else [])
+           "--latency-queries", str(args.latency_queries), "--storage", args.storage] + (["--threads", str(args.threads)] if args.threads else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=H.ROOT)
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)
@@ -225,7 +231,16 @@ def part_recall(args, size: int) -> dict:
         two_stage = [searcher.search(q, k=10) for q, _ in qs]
         two_stage_s = (time.perf_counter() - t0) / len(qs)
         same_top1 = float(np.mean([a.hits[0].id == b.hits[0].id for a, b in zip(two_stage, exhaustive)]))
-    return {"queries": len(qs), "candidates_default": DEFAULT_CANDIDATES,
+    reference = index_path(args, size, "float16")
+    if args.storage != "float16" and (reference / "manifest.json").exists():  # against float16's exhaustive top-10
+        with IndexStore.open(reference, space()) as store:
+            truth = Searcher(store, ChamferBaseline()).search_many([q for q, _ in qs], k=10, exhaustive=True)
+        kept = [len({h.id for h in a.hits} & {h.id for h in b.hits}) / len(b.hits) for a, b in zip(two_stage, truth)]
+        extra = {"recall_of_float16_exhaustive_top10": round(float(np.mean(kept)), 4),
+                 "recall_of_float16_exhaustive_top10_min": round(float(np.min(kept)), 2)}
+    else:
+        extra = {}
+    return extra | {"queries": len(qs), "candidates_default": DEFAULT_CANDIDATES,
             "recall_top10": {C: round(float(np.mean(v)), 4) for C, v in recall.items()},
             "recall_top10_min": {C: round(float(np.min(v)), 2) for C, v in recall.items()},
             "recall_planted_in_top10": {C: round(float(np.mean(v)), 4) if v else None
@@ -450,6 +465,8 @@ def main(argv=None):
                         "avoids OpenMP threads waiting on each other")
     p.add_argument("--json", default=str(HERE / "results" / "search.json"),
                    help="results file (merged; default: %(default)s)")
+    p.add_argument("--storage", choices=("float16", "int8"), default="float16",
+                   help="how the index stores its frames (default: %(default)s)")
     p.add_argument("--latency-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--coarse-child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -480,8 +497,9 @@ def main(argv=None):
     run = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
            "command": "python -m benchmarks.bench_search " + " ".join(argv if argv is not None else sys.argv[1:])}
     results["scorer"] = "ChamferBaseline (hapvr.evaluation.scorers, fp32, backend auto): chamfer-baseline-v1"
+    section = results if args.storage == "float16" else results.setdefault(f"storage-{args.storage}", {})
     for size in args.size or [1000]:
-        entry = results.setdefault(f"size-{size}", {})
+        entry = section.setdefault(f"size-{size}", {})
         for part in ("index", "latency", "recall", "duplicates"):
             if part in parts:
                 print(f"[{size}] {part} ...", flush=True)
