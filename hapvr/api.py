@@ -315,8 +315,9 @@ def compare_videos(a, b, model: VideoModel | None = None, *, symmetric: bool = F
     fa, fb = model.features(a), model.features(b)
     query_view = target_view = None
     if insets or mirror:
+        targets = model.views(b) if insets else [(None, fb)]  # the mirror is the query's only
         pairs = [(model.similarity(x, y, symmetric=symmetric), i, j, x, y)
-                 for i, x in model.views(a, insets, mirror) for j, y in model.views(b, insets)]
+                 for i, x in model.views(a, insets, mirror) for j, y in targets]
         sim, query_view, target_view, fa, fb = max(pairs, key=lambda p: p[0])
     else:
         sim = model.similarity(fa, fb, symmetric=symmetric)

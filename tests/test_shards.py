@@ -114,6 +114,9 @@ def test_shards_sharing_an_id_are_refused(collection):
     with IndexStore.open(paths[0]) as a, IndexStore.open(one) as b:
         with pytest.raises(ValueError, match=r"is in both .*shard0 and .*one: a video id lives in one shard"):
             ShardedSearcher([a, b], ChamferBaseline())
+    with IndexStore.open(paths[0]) as a, IndexStore.open(paths[0]) as b:
+        with pytest.raises(ValueError, match=r"shard0 is given twice"):
+            ShardedSearcher([a, b], ChamferBaseline())
     with pytest.raises(ValueError, match="at least one index"):
         ShardedSearcher([], ChamferBaseline())
 

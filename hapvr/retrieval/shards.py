@@ -43,6 +43,10 @@ def shard_of(vid: str, shards: int) -> int:
 
 def check_disjoint(stores: list[IndexStore]) -> None:
     """Refuses shards that share a video id (ValueError naming the id and both folders)."""
+    folders = [store.path.resolve() for store in stores]
+    for i, folder in enumerate(folders):
+        if folder in folders[:i]:
+            raise ValueError(f"{stores[i].path} is given twice")
     seen: dict[str, IndexStore] = {}
     for store in stores:
         for vid in store.ids():
