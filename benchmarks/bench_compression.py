@@ -10,7 +10,10 @@ exact, as they are extracted at search time):
   float16 (D + 2 bytes a region);
 - ``pq M``: faiss product quantisation, M sub-vectors of D / M dimensions with 256 centroids each
   (M bytes a region), trained on the other split's region vectors (the validation split for the
-  test benchmark), the stored vectors reconstructed from their codes for scoring.
+  test benchmark), the stored vectors reconstructed from their codes for scoring;
+- ``opq M`` / ``opq M/d``: the same after faiss's optimised rotation (OPQ), which balances the
+  variance over the sub-vectors; ``/d`` also reduces the vectors to ``d`` dimensions first
+  (M bytes a region either way).
 
 Scores: the default model over every query and database video. Printed per storage: bytes per
 region vector, the share of each query's float16 top-10 kept in its top-10 (mean over queries),
@@ -30,6 +33,7 @@ import torch
 from benchmarks import _harness as H
 
 PQ_SIZES = (32, 64, 128)
+OPQ_SIZES = ((64, None), (96, 384), (128, None))  # (bytes, dimensions after the rotation)
 
 
 @torch.no_grad()
@@ -75,6 +79,22 @@ def pq_round_trip(pq, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(pq.decode(pq.compute_codes(flat))).reshape(x.shape)
 
 
+def train_opq(vectors: np.ndarray, m: int, dims: int | None, seed: int = 0):
+    """faiss OPQ rotation (to ``dims`` dimensions, default D) and the PQ of the rotated vectors."""
+    import faiss
+
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    opq = faiss.OPQMatrix(x.shape[1], m, dims or x.shape[1])
+    opq.train(x)
+    return opq, train_pq(opq.apply_py(x), m, seed)
+
+
+def opq_round_trip(trained, x: torch.Tensor) -> torch.Tensor:
+    opq, pq = trained
+    flat = opq.apply_py(np.ascontiguousarray(x.reshape(-1, x.shape[-1]).numpy(), dtype=np.float32))
+    return torch.from_numpy(opq.reverse_transform(pq.decode(pq.compute_codes(flat)))).reshape(x.shape)
+
+
 def top_agreement(ref: dict, other: dict, k: int = 10) -> float:
     kept = []
     for q, row in ref.items():
@@ -89,6 +109,8 @@ def main() -> None:
     ap.add_argument("--set", default="test", choices=("test", "validation"))
     ap.add_argument("--train-sample", type=int, default=200_000, help="region vectors the PQ is trained on")
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--only", nargs="+", metavar="STORAGE", help="measure these storages only (float16 is always "
+                    "measured as the reference), e.g. --only \"opq 64\" \"opq 96/384\"")
     args = ap.parse_args()
     import hapvr
     from hapvr.evaluation.levels import bootstrap_levels, evaluate_levels, intervals_table
@@ -112,9 +134,19 @@ def main() -> None:
           f"{len(pool)} region vectors of the other split ({time.time() - t0:.0f} s)", file=sys.stderr)
     queries = {q: feats[q] for q in bench.queries}
     storages = {"float16": (2 * D, lambda x: x.half().float()), "int8": (D + 2, int8)}
+    wanted = lambda name: args.only is None or name in args.only or name == "float16"  # noqa: E731
+    storages = {name: v for name, v in storages.items() if wanted(name)}
     for m in PQ_SIZES:
-        pq = train_pq(pool, m)
-        storages[f"pq {m}"] = (m, lambda x, pq=pq: pq_round_trip(pq, x))
+        if wanted(f"pq {m}"):
+            pq = train_pq(pool, m)
+            storages[f"pq {m}"] = (m, lambda x, pq=pq: pq_round_trip(pq, x))
+    for m, dims in OPQ_SIZES:
+        name = f"opq {m}" + (f"/{dims}" if dims else "")
+        if wanted(name):
+            start = time.time()
+            trained = train_opq(pool, m, dims)
+            print(f"{name}: trained in {time.time() - start:.0f} s", file=sys.stderr)
+            storages[name] = (m, lambda x, t=trained: opq_round_trip(t, x))
     sims, rows, out = {}, [], {"set": args.set, "storages": {}}
     database = sorted(feats)
     for name, (nbytes, fn) in storages.items():

@@ -29,6 +29,7 @@ import torch
 
 from hapvr.data.insets import Inset, detect_insets
 from hapvr.data.video import CROP, center_crop, decode_frames, load_frames
+from hapvr.errors import InputError
 from hapvr.evaluation.scorers import ChamferBaseline, ModelScorer, state_dict_digest
 from hapvr.features.extractor import RegionFeatureExtractor
 from hapvr.io.checkpoint import load_default_model, read_model_file
@@ -37,6 +38,7 @@ from hapvr.models import VideoSimilarityModel
 from hapvr.models.scales import (BASELINE_SCALE, RESIDUAL_SCALE, TRAINED_SCALE,  # noqa: F401  (documented here)
                                  ScoreScale, scale_of)
 from hapvr.precision import check_precision, resolve_precision
+from hapvr.retrieval.index_store import read_manifest
 from hapvr.runtime import resolve_device
 
 
@@ -292,6 +294,23 @@ class Comparison:
         fig.colorbar(im, ax=ax, label="frame similarity")
         fig.tight_layout()
         fig.savefig(path, dpi=120)
+
+
+def model_of_index(index: str | Path, checkpoint: str | Path | None = None, *, baseline: bool = False,
+                   fps: float | None = None, device: str = "auto", precision: str = "auto") -> VideoModel:
+    """The model an index (``python -m hapvr.index``) was built with: its recorded checkpoint (the
+    default model when it recorded none), baseline or not, and frames per second, unless given.
+    InputError (argument ``checkpoint``) when the recorded checkpoint is not there any more."""
+    manifest = read_manifest(index)
+    built = manifest.get("built_with", {})
+    fps = fps if fps is not None else float(manifest["space"].get("model", {}).get("fps", 1.0))
+    recorded = built.get("checkpoint")
+    if recorded and not checkpoint and not os.path.isfile(recorded):
+        raise InputError(f"--index {index} was built with the checkpoint {recorded}, which is not there any more; "
+                         "pass --checkpoint FILE", "checkpoint")
+    same = not checkpoint or (recorded and os.path.realpath(checkpoint) == recorded)
+    return load_model(checkpoint or recorded, baseline=baseline or bool(same and built.get("baseline")),
+                      device=device, fps=fps, precision=precision)
 
 
 def compare_videos(a, b, model: VideoModel | None = None, *, symmetric: bool = False,

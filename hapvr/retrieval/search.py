@@ -140,6 +140,24 @@ class Searcher:
         """The coarse search: ``flat`` or ``ivf``."""
         return self.coarse.kind
 
+    @property
+    def insets(self) -> bool:
+        """Whether the index keeps its videos' inset views."""
+        return self.store.insets
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def load(self, key: str) -> torch.Tensor:
+        """The stored features of a video or view entry (a hit's ``target``)."""
+        return self.store.load(key)
+
+    def duplicates(self, threshold: float, symmetric: bool = False, cfg: "DuplicatesConfig | None" = None,
+                   progress: bool = False) -> "Duplicates":
+        """:func:`duplicates` of this index."""
+        return duplicates(self.store, self.scorer, threshold, symmetric, cfg or DuplicatesConfig(),
+                          engine=self.engine, searcher=self, progress=progress)
+
     def refresh(self) -> None:
         """Picks up videos added or removed since (the store's :meth:`refresh`; a saved IVF is
         extended, not trained again)."""
@@ -204,21 +222,31 @@ class Searcher:
         return self._query_views(query)
 
     def _query_views(self, query) -> list[torch.Tensor]:
-        if isinstance(query, (list, tuple)):
-            if not query:
-                raise ValueError("a query given as views needs at least one (the whole frame first)")
-            return [self._check_query(v[1] if isinstance(v, tuple) else v) for v in query]
-        return [self._check_query(query)]
+        return query_views(query, self.store.region_shape)
 
     def _check_query(self, query) -> torch.Tensor:
-        x = _as_tensor(query)
-        R, D = self.store.region_shape
-        if tuple(x.shape[1:]) != (R, D):
-            raise ValueError(f"query features are [T, {x.shape[1]}, {x.shape[2]}], the index holds [T, {R}, {D}]")
-        return x
+        return check_query(query, self.store.region_shape)
 
     def _top(self, entries: list[str], scores: np.ndarray, coarse: np.ndarray | None, k: int) -> list[Hit]:
         return best_videos(entries, scores, coarse, k, self.store.rect)
+
+
+def query_views(query, region_shape: tuple[int, int]) -> list[torch.Tensor]:
+    """A query's views as features checked against an index's ``[R, D]`` (the whole frame first):
+    ``[T, R, D]`` features, or a list of views, each features or ``(rectangle or None, features)``."""
+    if isinstance(query, (list, tuple)):
+        if not query:
+            raise ValueError("a query given as views needs at least one (the whole frame first)")
+        return [check_query(v[1] if isinstance(v, tuple) else v, region_shape) for v in query]
+    return [check_query(query, region_shape)]
+
+
+def check_query(query, region_shape: tuple[int, int]) -> torch.Tensor:
+    x = _as_tensor(query)
+    R, D = region_shape
+    if tuple(x.shape[1:]) != (R, D):
+        raise ValueError(f"query features are [T, {x.shape[1]}, {x.shape[2]}], the index holds [T, {R}, {D}]")
+    return x
 
 
 def union_of_candidates(lists: list[list[tuple[str, float]]]) -> tuple[list[str], np.ndarray]:
@@ -350,12 +378,33 @@ def duplicates(store: IndexStore, scorer: Scorer, threshold: float, symmetric: b
     searcher = searcher or Searcher(store, scorer, coarse, engine)
     t0 = time.perf_counter()
     proposals = _coarse_pairs(searcher, cfg, progress)
-    t1 = time.perf_counter()
-    lengths = {v: store.length(v) for v in store.ids()}
+    coarse_seconds = time.perf_counter() - t0
 
+    def score(items: list[tuple[str, list[str]]]) -> dict[tuple[str, str], float]:
+        out = {}
+        for a, targets in items:
+            sims = score_videos(scorer, store, [store.load(a)], targets, engine)[0]
+            out.update(((a, b), float(s)) for b, s in zip(targets, sims))
+        return out
+
+    def relate(pairs: list[DuplicatePair]) -> list[DuplicatePair]:
+        return [related(store.load(p.a), store.load(p.b), p, cfg) for p in pairs]
+
+    lengths = {v: store.length(v) for v in store.ids()}
+    return judge_pairs(proposals, lengths, score, relate, threshold, symmetric, coarse_seconds, progress)
+
+
+def judge_pairs(proposals: set[tuple[str, str]], lengths: dict[str, int], score, relate, threshold: float,
+                symmetric: bool, coarse_seconds: float = 0.0, progress: bool = False, block: int = 64) -> Duplicates:
+    """The :class:`Duplicates` of the coarse stage's unordered ``proposals``: each pair scored with
+    the shorter video as the query (and back, with ``symmetric``), those reaching ``threshold``
+    related and clustered. ``score([(a, targets)])`` gives ``{(a, b): s(a -> b)}`` for ``block``
+    query videos at a time; ``relate(pairs)`` gives the pairs with their segments and relation
+    (:func:`related`). Shared by one index and by shards (``hapvr.retrieval.shards``)."""
     def query_side(u: str, v: str) -> tuple[str, str]:
         return (u, v) if (lengths[u], u) <= (lengths[v], v) else (v, u)
 
+    t1 = time.perf_counter()
     pairs = sorted({query_side(u, v) for u, v in proposals})
     directed: dict[str, list[str]] = {}
     for a, b in pairs:
@@ -366,31 +415,30 @@ def duplicates(store: IndexStore, scorer: Scorer, threshold: float, symmetric: b
     if progress:
         bar = progress_bar(total=len(directed), unit="video", desc="scoring duplicate candidates")
     scores: dict[tuple[str, str], float] = {}
-    for a in sorted(directed):
-        targets = directed[a]
-        sims = score_videos(scorer, store, [store.load(a)], targets, engine)[0]
-        scores.update(((a, b), float(s)) for b, s in zip(targets, sims))
+    queries = sorted(directed)
+    for b0 in range(0, len(queries), block):
+        scores.update(score([(a, directed[a]) for a in queries[b0: b0 + block]]))
         if bar:
-            bar.update(1)
+            bar.update(len(queries[b0: b0 + block]))
     if bar:
         bar.close()
     found = []
     for a, b in pairs:
         forward = scores[(a, b)]
         backward = scores[(b, a)] if symmetric else None
-        score = (forward + backward) / 2 if symmetric else forward
-        if score >= threshold:
-            found.append(DuplicatePair(a, b, score, forward, backward))
+        value = (forward + backward) / 2 if symmetric else forward
+        if value >= threshold:
+            found.append(DuplicatePair(a, b, value, forward, backward))
     t2 = time.perf_counter()
-    found = sorted((_related(store, p, cfg) for p in found), key=lambda p: (-p.score, p.a, p.b))
+    found = sorted(relate(found), key=lambda p: (-p.score, p.a, p.b))
     t3 = time.perf_counter()
     return Duplicates(found, _components([(p.a, p.b) for p in found if p.relation == "same"]), len(pairs),
-                      {"coarse": t1 - t0, "scoring": t2 - t1, "relations": t3 - t2})
+                      {"coarse": coarse_seconds, "scoring": t2 - t1, "relations": t3 - t2})
 
 
-def _related(store: IndexStore, pair: DuplicatePair, cfg: DuplicatesConfig) -> DuplicatePair:
-    """``pair`` with its copied segments, the share of each video they cover, and the relation."""
-    a, b = store.load(pair.a), store.load(pair.b)
+def related(a: torch.Tensor, b: torch.Tensor, pair: DuplicatePair, cfg: DuplicatesConfig) -> DuplicatePair:
+    """``pair`` with its copied segments (on the frame map of ``a``'s and ``b``'s features), the
+    share of each video they cover, and the relation."""
     segments, reason = localize_explained(chamfer_frame_map(a, b, cfg.k_s), cfg.fps)
     if not segments:
         return replace(pair, relation="no segment", coverage=(0.0, 0.0), reason=reason)
@@ -411,30 +459,53 @@ def _covered(spans: list[tuple[float, float]]) -> float:
     return total
 
 
-def _coarse_pairs(searcher: Searcher, cfg: DuplicatesConfig, progress: bool = False) -> set[tuple[str, str]]:
-    """Unordered pairs ``(u, v)``, ``u < v``, where one proposed the other. Beyond ``flat_rows``
-    rows an IVF proposes them (the exact search would cost every row against every row)."""
+def duplicates_index(searcher: Searcher, cfg: DuplicatesConfig) -> CoarseIndex:
+    """The coarse index that proposes duplicates: the searcher's, or an IVF beyond ``cfg.flat_rows``
+    rows (the exact search would cost every row against every row)."""
     index = searcher.coarse
     if index.kind == "flat" and index.rows > cfg.flat_rows:
         index = coarse_index(searcher.store, replace(searcher.coarse_cfg, kind="ivf"), searcher.persist_coarse)
+    return index
+
+
+def neighbours(index: CoarseIndex, rows: list[np.ndarray], cfg: DuplicatesConfig) -> list[list[tuple[str, float]]]:
+    """For each video's descriptor rows, its ``cfg.neighbours + 1`` nearest entries (itself among
+    them when indexed here) with their coarse similarities, best first."""
+    found = index.search_many(rows, cfg.neighbours + 1, nprobe=cfg.nprobe, shortlist_per_row=cfg.shortlist_per_row,
+                              rescore=cfg.rescore_factor * (cfg.neighbours + 1))
+    return [[(index.ids[p], c) for p, c in zip(pos.tolist(), sims.tolist())] for pos, sims in found]
+
+
+def add_proposals(ids: list[str], found: list[list[tuple[str, float]]], cfg: DuplicatesConfig,
+                  out: set[tuple[str, str]]) -> None:
+    """Adds the unordered pairs ``(u, v)``, ``u < v``, of each video ``u`` of ``ids`` and its
+    neighbours ``found`` (a proposal through a view proposes its video; weak ones are dropped)."""
+    for u, cands in zip(ids, found):
+        for key, c in cands:
+            v = parent_of(key)
+            if u == v or (cfg.min_coarse is not None and c < cfg.min_coarse):
+                continue
+            out.add((u, v) if u < v else (v, u))
+
+
+def video_rows(index: CoarseIndex, starts: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    """The descriptor rows of the videos whose row runs are ``starts``, ``counts``."""
+    return [np.asarray(index.vectors[a: a + n], dtype=np.float32) for a, n in zip(starts.tolist(), counts.tolist())]
+
+
+def _coarse_pairs(searcher: Searcher, cfg: DuplicatesConfig, progress: bool = False) -> set[tuple[str, str]]:
+    """Unordered pairs ``(u, v)``, ``u < v``, where one proposed the other."""
+    index = duplicates_index(searcher, cfg)
     ids, starts, counts = searcher.store.row_layout()
     out: set[tuple[str, str]] = set()
     bar = None
     if progress:
         bar = progress_bar(total=len(ids), unit="video", desc="coarse neighbours")
     for b0 in range(0, len(ids), cfg.block):
-        block = range(b0, min(b0 + cfg.block, len(ids)))
-        rows = [np.asarray(index.vectors[starts[j]: starts[j] + counts[j]], dtype=np.float32) for j in block]
-        found = index.search_many(rows, cfg.neighbours + 1, nprobe=cfg.nprobe, shortlist_per_row=cfg.shortlist_per_row,
-                                  rescore=cfg.rescore_factor * (cfg.neighbours + 1))
-        for j, (pos, coarse) in zip(block, found):
-            for p, c in zip(pos.tolist(), coarse.tolist()):
-                u, v = ids[j], parent_of(index.ids[p])  # a proposal through a view proposes its video
-                if u == v or (cfg.min_coarse is not None and c < cfg.min_coarse):
-                    continue
-                out.add((u, v) if u < v else (v, u))
+        b1 = min(b0 + cfg.block, len(ids))
+        add_proposals(ids[b0:b1], neighbours(index, video_rows(index, starts[b0:b1], counts[b0:b1]), cfg), cfg, out)
         if bar:
-            bar.update(len(block))
+            bar.update(b1 - b0)
     if bar:
         bar.close()
     return out
