@@ -86,7 +86,7 @@ def build_parser() -> ArgumentParser:
                        help="keep only the videos of shard I of N (ids by hapvr.retrieval.shards.shard_of): one index "
                             "folder per shard, searched together with search --index A --index B ... (docs/scale.md)")
         if name == "build":
-            p.add_argument("--storage", choices=STORAGES,
+            p.add_argument("--storage", choices=("float16", "int8"),
                            help="how the frames are stored: float16 (the default), or int8 codes with a scale per region vector (half "
                                 "the bytes; mAP/uAP within 0.03 point on the built-in benchmark, docs/scale.md)")
             p.add_argument("--insets", action="store_true",

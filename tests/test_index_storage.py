@@ -1,6 +1,6 @@
-"""How an index stores its frames: float16 (the default) or int8 codes with one float16 scale
-per region vector (hapvr/retrieval/index_store.py). Fresh random features each run (seed printed
-by ``fresh_seed``)."""
+"""How an index stores its frames: float16 (the default), int8 codes with one float16 scale per
+region vector, or product-quantiser codes (hapvr/retrieval/index_store.py, codecs.py). Fresh
+random features each run (seed printed by ``fresh_seed``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 
 from hapvr.evaluation.scorers import ChamferBaseline
 from hapvr.io.serialization import CorruptFileError
+from hapvr.retrieval.codecs import ProductQuantizer
 from hapvr.retrieval.index_store import FORMAT, FORMAT_INT8, IndexStore, feature_space, read_manifest, view_key
 from hapvr.retrieval.planted import PlantedCollection, PlantedConfig
 from hapvr.retrieval.search import Searcher
@@ -92,7 +93,7 @@ def test_int8_search_agrees_with_float16(tmp_path):
 
 
 def test_storages_are_checked(tmp_path):
-    with pytest.raises(ValueError, match="storage must be one of float16, int8"):
+    with pytest.raises(ValueError, match="storage must be one of float16, int8, pq"):
         IndexStore.create(tmp_path / "x", space(), (R, D), storage="int4")
     IndexStore.create(tmp_path / "f", space(), (R, D)).close()
     manifest = read_manifest(tmp_path / "f")
@@ -117,3 +118,118 @@ def test_index_build_storage_option(tmp_path, capsys):
         capsys.readouterr().err
     with IndexStore.open(index) as store:
         assert store.storage == "int8" and len(store) == 1 and torch.isfinite(store.load(store.ids()[0])).all()
+
+
+# --- product quantisation ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def codebooks():
+    """A plain PQ and an OPQ to fewer dimensions, trained once on random unit vectors."""
+    rng = np.random.default_rng(1)
+    sample = unit(rng, 4000, D)
+    return {"pq": ProductQuantizer.train(sample, 16, rotate=False),
+            "opq": ProductQuantizer.train(sample, 8, rotate=True, dims=32, iterations=8)}
+
+
+def faiss_reference(pq: ProductQuantizer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """faiss's codes and reconstruction of ``x [N, D]`` with the same centroids and rotation."""
+    import faiss
+
+    y = x @ pq.rotation if pq.rotation is not None else x
+    ref = faiss.ProductQuantizer(pq.rotated_dim, pq.m, 8)
+    faiss.copy_array_to_vector(pq.centroids.ravel(), ref.centroids)
+    codes = ref.compute_codes(np.ascontiguousarray(y, dtype=np.float32))
+    back = ref.decode(codes)
+    return codes, back @ pq.rotation.T if pq.rotation is not None else back
+
+
+@pytest.mark.parametrize("kind", ["pq", "opq"])
+def test_product_quantiser_codes_as_faiss(codebooks, kind, tmp_path, fresh_seed):
+    pq = codebooks[kind]
+    rng = np.random.default_rng(fresh_seed)
+    x = unit(rng, 3, 7, D) * 1.5
+    codes = pq.encode(torch.from_numpy(x))
+    assert codes.dtype == torch.uint8 and codes.shape == (3, 7, pq.m)
+    ref_codes, ref_back = faiss_reference(pq, x.reshape(-1, D))
+    assert (codes.reshape(-1, pq.m).numpy() == ref_codes).mean() > 0.999  # ties may round either way
+    np.testing.assert_allclose(pq.decode(torch.from_numpy(ref_codes)).numpy(), ref_back, atol=1e-5)
+    if kind == "opq":  # orthonormal columns: decoding is the exact transpose of the rotation
+        np.testing.assert_allclose(pq.rotation.T @ pq.rotation, np.eye(pq.rotated_dim), atol=1e-4)
+        assert pq.name == "opq8x32" and pq.dim == D
+    crc = pq.save(tmp_path / "c.npz")
+    back = ProductQuantizer.load(tmp_path / "c.npz", crc)
+    assert torch.equal(back.encode(torch.from_numpy(x)), codes)
+    with pytest.raises(ValueError, match="damaged"):
+        ProductQuantizer.load(tmp_path / "c.npz", crc ^ 1)
+    np.savez(tmp_path / "bad.npz", centroids=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle|Object arrays"):  # data only, never a pickle
+        ProductQuantizer.load(tmp_path / "bad.npz")
+    np.savez(tmp_path / "other.npz", weights=np.zeros(3))
+    with pytest.raises(ValueError, match="not a codebook"):
+        ProductQuantizer.load(tmp_path / "other.npz")
+    with pytest.raises(ValueError, match=r"centroids must be \[M, 256, d\]"):
+        ProductQuantizer(np.zeros((4, 16, 8), np.float32))
+
+
+def test_pq_frames_round_trip_through_the_index(codebooks, tmp_path, fresh_seed):
+    pq = codebooks["opq"]
+    rng = np.random.default_rng(fresh_seed)
+    videos = {f"v{i}": unit(rng, int(rng.integers(1, 9)), R, D) for i in range(5)}
+    view = unit(rng, 3, R, D)
+    path = tmp_path / "i"
+    with IndexStore.create(path, space(), (R, D), storage="pq", codebook=pq, insets=True) as store:
+        assert store._frame_bytes == R * pq.m
+        for vid, x in videos.items():
+            store.add(vid, x, [({"top": 0, "left": 0, "height": 8, "width": 8}, view)] if vid == "v0" else [])
+        with pytest.raises(ValueError, match="NaN"):
+            store.add("nan", np.full((2, R, D), np.nan, np.float32))
+        store.remove("v2")
+        store.compact()
+    manifest = read_manifest(path)
+    assert manifest["format"] == FORMAT_INT8 and manifest["storage_dtype"] == "pq" and manifest["codebook"] == pq.name
+    frames = sum(len(x) for v, x in videos.items() if v != "v2") + len(view)
+    assert (path / "g1.frames").stat().st_size == frames * R * pq.m
+    with IndexStore.open(path, space()) as store:
+        for vid, x in videos.items():
+            if vid != "v2":
+                _, ref = faiss_reference(pq, x.reshape(-1, D))
+                np.testing.assert_allclose(store.load(vid).numpy().reshape(-1, D), ref, atol=1e-5)
+        np.testing.assert_allclose(store.load(view_key("v0", 1)).numpy().reshape(-1, D),
+                                   faiss_reference(pq, view.reshape(-1, D))[1], atol=1e-5)
+        store.descriptor_matrix()
+    with pytest.raises(ValueError, match="needs a codebook"):
+        IndexStore.create(tmp_path / "x", space(), (R, D), storage="pq")
+    with pytest.raises(ValueError, match="codes 64-dimensional vectors, the index holds D = 32"):
+        IndexStore.create(tmp_path / "y", space(), (R, 32), storage="pq", codebook=pq)
+    (path / "codebook.npz").write_bytes((path / "codebook.npz").read_bytes()[:-9])
+    with pytest.raises(CorruptFileError, match="its codebook cannot be read"):
+        IndexStore.open(path)
+
+
+def test_pq_search_keeps_the_planted_copies(codebooks, tmp_path):
+    """On the planted collection, a PQ index (16 bytes a 64-d region vector, an eighth of float16)
+    ranks every planted query's source first, as the float16 index does."""
+    planted = PlantedCollection(PlantedConfig(n_videos=60, dim=D, planted_fraction=0.35, seed=5))
+    sample = np.concatenate([x.reshape(-1, D) for _, x in planted])
+    sample = sample[np.random.default_rng(0).choice(len(sample), 5000, replace=False)]
+    pq = ProductQuantizer.train(sample, 16, rotate=True, iterations=8)
+    stores = {}
+    for storage in ("float16", "pq"):
+        with IndexStore.create(tmp_path / storage, space(), (R, D), durable=False, storage=storage,
+                               codebook=pq if storage == "pq" else None) as store:
+            store.add_many(iter(planted))
+        stores[storage] = IndexStore.open(tmp_path / storage)
+    try:
+        searchers = {k: Searcher(s, ChamferBaseline()) for k, s in stores.items()}
+        kept = []
+        for n in range(len(planted.sources)):
+            query, source = planted.query(n)
+            a, b = (searchers[k].search(query, k=10, exhaustive=True) for k in ("float16", "pq"))
+            assert a.hits[0].id == b.hits[0].id
+            kept.append(len({h.id for h in a.hits} & {h.id for h in b.hits}) / 10)
+        assert np.mean(kept) >= 0.8, kept
+        assert stores["pq"].disk_bytes() < 0.5 * stores["float16"].disk_bytes()
+    finally:
+        for s in stores.values():
+            s.close()

@@ -6,7 +6,9 @@ Layout of the folder (generation ``g`` counts compactions)::
     manifest.json   format, feature space (caller's dict), region shape, descriptor settings,
                     generation; written once (atomically: temporary file, fsync, rename)
     g<g>.frames     every added video's frames back to back, float16 [T, R, D] each (or, with
-                    storage "int8", int8 codes [T, R, D] then float16 scales [T, R])
+                    storage "int8", int8 codes [T, R, D] then float16 scales [T, R]; with
+                    storage "pq", uint8 codes [T, R, M])
+    codebook.npz    (storage "pq" only) the product quantiser, CRC-32 in the manifest
     g<g>.desc       their coarse descriptors back to back, float32 [rows, D] each
     g<g>.journal    one JSON line per event: ``add`` (id, frame offset, length, descriptor rows,
                     CRC-32s of both), ``view`` (the same for one inset view of a video, with its
@@ -71,16 +73,19 @@ import torch
 from hapvr.io.files import try_lock, write_json
 from hapvr.io.records import committed_lines, damaged, json_crc, parse_object
 from hapvr.io.serialization import CorruptFileError
+from hapvr.retrieval.codecs import ProductQuantizer
 from hapvr.retrieval.coarse import DescriptorConfig, video_descriptors
 
 FORMAT = "hapvr-video-index-1"
-FORMAT_INT8 = "hapvr-video-index-2"  # int8 frames: a new name, so that versions reading only float16 refuse it
+FORMAT_INT8 = "hapvr-video-index-2"  # coded frames: a new name, so that versions reading only float16 refuse it
 STORAGE_DTYPE = np.float16
 # How frames are stored: float16 (2 D bytes a region vector), or int8 codes with one float16 scale
 # per region vector (D + 2 bytes; a video's codes [T, R, D] then its scales [T, R]). Measured on
 # the built-in test benchmark (benchmarks/bench_compression.py, docs/scale.md): int8 moves every
-# mAP / uAP by at most 0.03 point and keeps 0.997 of the float16 top-10.
-STORAGES = ("float16", "int8")
+# mAP / uAP by at most 0.03 point and keeps 0.997 of the float16 top-10. Or "pq": M bytes a region
+# vector, codes of a product quantiser (hapvr.retrieval.codecs) kept in the folder.
+STORAGES = ("float16", "int8", "pq")
+CODEBOOK = "codebook.npz"
 DESCRIPTOR_DTYPE = np.float32
 _GENERATION_FILE = re.compile(r"^g(\d+)\.(frames|desc|journal)$")
 VIEW_SEP = "\x00"  # an entry key of a view is ``video id + VIEW_SEP + view number`` (ids never hold it)
@@ -229,6 +234,12 @@ class IndexStore:
         if self.storage not in STORAGES:
             raise CorruptFileError(f"index {path}: its frames are stored as {self.storage!r}, which this version of "
                                    f"hapvr cannot read (it reads {', '.join(STORAGES)})")
+        self.codebook: ProductQuantizer | None = None
+        if self.storage == "pq":
+            try:
+                self.codebook = ProductQuantizer.load(self.path / CODEBOOK, manifest.get("codebook_crc"))
+            except (OSError, ValueError) as exc:
+                raise CorruptFileError(f"index {path}: its codebook cannot be read ({exc})") from None
         self.descriptor = DescriptorConfig(**manifest["descriptor"])
         self.generation = int(manifest["generation"])
         self._lock_fh = None
@@ -248,7 +259,8 @@ class IndexStore:
     @classmethod
     def create(cls, path: str | Path, space: dict, region_shape: tuple[int, int],
                descriptor: DescriptorConfig = DescriptorConfig(), durable: bool = True,
-               built_with: dict | None = None, insets: bool = False, storage: str = "float16") -> "IndexStore":
+               built_with: dict | None = None, insets: bool = False, storage: str = "float16",
+               codebook: ProductQuantizer | None = None) -> "IndexStore":
         """A new empty index at ``path`` (a folder that does not exist or is empty), open for writing.
 
         ``space`` describes the feature space, e.g. ``{"scorer": scorer.fingerprint(), "backbone":
@@ -257,9 +269,12 @@ class IndexStore:
         ``built_with``: how to load that model again (a checkpoint path, ...), kept for the tools
         and not compared. ``insets``: the index also stores the videos' inset views (the module
         docstring); recorded in the manifest, so every later ``add`` gives them. ``storage``: how
-        frames are stored, ``float16`` or ``int8`` (:data:`STORAGES`)."""
+        frames are stored, ``float16``, ``int8`` or ``pq`` (:data:`STORAGES`) with ``codebook``, a
+        :class:`~hapvr.retrieval.codecs.ProductQuantizer` of D-dimensional vectors."""
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+        if (storage == "pq") != (codebook is not None):
+            raise ValueError("storage 'pq' needs a codebook (hapvr.retrieval.codecs.ProductQuantizer), and only it")
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise FileExistsError(f"cannot create an index at {path}: it exists and is not an empty folder "
@@ -267,6 +282,8 @@ class IndexStore:
         R, D = (int(v) for v in region_shape)
         if R < 1 or D < 1:
             raise ValueError(f"region_shape must be (R, D) with both >= 1, got {tuple(region_shape)}")
+        if codebook is not None and codebook.dim != D:
+            raise ValueError(f"the codebook codes {codebook.dim}-dimensional vectors, the index holds D = {D}")
         space = _as_json(space)
         path.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT if storage == "float16" else FORMAT_INT8, "uid": uuid.uuid4().hex, "space": space, "region_shape": [R, D],
@@ -276,6 +293,9 @@ class IndexStore:
             manifest["insets"] = True
         if built_with is not None:
             manifest["built_with"] = _as_json(built_with)
+        if codebook is not None:  # written before the manifest: an index is never without its codebook
+            manifest["codebook_crc"] = codebook.save(path / CODEBOOK)
+            manifest["codebook"] = codebook.name
         store = cls(path, manifest, writable=True, durable=durable)
         store._lock()
         for kind in ("frames", "desc", "journal"):
@@ -486,6 +506,10 @@ class IndexStore:
                 codes = np.clip(np.round(x / step), -127, 127).astype(np.int8)
                 payload, ok = codes.tobytes() + scale.tobytes(), np.isfinite(scale).all() and np.isfinite(x).all()
                 stored = codes.astype(np.float32) * scale.astype(np.float32)[..., None]
+            elif self.storage == "pq":
+                ok = np.isfinite(x).all()
+                codes = self.codebook.encode(torch.from_numpy(np.where(np.isfinite(x), x, 0).astype(np.float32)))
+                payload, stored = codes.numpy().tobytes(), self.codebook.decode(codes).numpy()
             else:
                 stored = np.ascontiguousarray(x, dtype=STORAGE_DTYPE)
                 payload, ok = stored.tobytes(), np.isfinite(stored).all()
@@ -607,6 +631,8 @@ class IndexStore:
     @property
     def _frame_bytes(self) -> int:
         R, D = self.region_shape
+        if self.storage == "pq":
+            return R * self.codebook.m
         return R * (D + 2) if self.storage == "int8" else R * D * np.dtype(STORAGE_DTYPE).itemsize
 
     @property
@@ -685,6 +711,8 @@ class IndexStore:
                 codes = torch.from_numpy(buf[: rec.frames * R * D].view(np.int8)).view(rec.frames, R, D)
                 scale = torch.from_numpy(buf[rec.frames * R * D:].view(np.float16)).view(rec.frames, R, 1)
                 out[i] = codes.float() * scale.float()
+            elif self.storage == "pq":
+                out[i] = self.codebook.decode(torch.from_numpy(buf).view(rec.frames, R, self.codebook.m))
             else:  # torch converts float16 ~20x faster than numpy
                 out[i] = torch.from_numpy(buf.view(np.float16)).view(rec.frames, R, D).float()
         return out
