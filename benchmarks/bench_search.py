@@ -14,7 +14,9 @@ The runs recorded in ``benchmarks/results/search.json`` (each part < ~10 min on 
     python -m benchmarks.bench_search --part index,latency,recall --size 20000 --storage int8
 
 ``--storage int8`` builds and measures an index whose frames are int8 codes (its own folder, its
-numbers under ``storage-int8`` in the JSON); its recall part also scores its two-stage top-10
+numbers under ``storage-int8`` in the JSON); ``--storage opq64`` (or ``pqM`` / ``opqM``) one whose
+frames are the codes of a product quantiser trained on 50,000 region vectors of the collection's
+first videos; the recall part of either also scores its two-stage top-10
 against the float16 index's exhaustive top-10 when that index is in ``--workdir``.
 
 Data: :class:`hapvr.retrieval.planted.PlantedCollection` (R = 9, D = 512, 10-60 frames a video;
@@ -79,14 +81,40 @@ def queries(col, n: int, first: int = 0) -> list[tuple[np.ndarray, str]]:
 # --- parts ------------------------------------------------------------------------------------
 
 
+def stored_as(storage: str, col, sample_vectors: int = 50_000) -> tuple[str, object]:
+    """``(IndexStore storage, codebook)`` of ``--storage``: ``pqM`` / ``opqM`` train a product
+    quantiser of M bytes (with OPQ's rotation for ``opq``) on ``sample_vectors`` region vectors of
+    the collection's first videos (timed, printed)."""
+    if storage in ("float16", "int8"):
+        return storage, None
+    from hapvr.retrieval.codecs import ProductQuantizer
+
+    rotate, m = storage.startswith("opq"), int(storage.lstrip("opq"))
+    vectors, n = [], 0
+    for vid in col.ids:
+        x = col.video(vid).reshape(-1, 512)
+        vectors.append(x)
+        n += len(x)
+        if n >= sample_vectors:
+            break
+    t0 = time.perf_counter()
+    codebook = ProductQuantizer.train(np.concatenate(vectors)[:sample_vectors], m, rotate=rotate)
+    print(f"{codebook.name}: trained on {min(n, sample_vectors)} region vectors in {time.perf_counter() - t0:.0f} s",
+          flush=True)
+    return "pq", codebook
+
+
 def part_index(args, size: int) -> dict:
     """Builds (or resumes) the index of ``size`` videos; times only the index's own work."""
     from hapvr.retrieval.index_store import IndexStore
 
     col = collection(size)
     path = index_path(args, size)
-    store = IndexStore.open(path, space(), writable=True) if (path / "manifest.json").exists() \
-        else IndexStore.create(path, space(), (9, 512), storage=args.storage)
+    if (path / "manifest.json").exists():
+        store = IndexStore.open(path, space(), writable=True)
+    else:
+        storage, codebook = stored_as(args.storage, col)
+        store = IndexStore.create(path, space(), (9, 512), storage=storage, codebook=codebook)
     present = set(store.ids())
     todo = [v for v in col.ids if v not in present]
     index_seconds, generate_seconds, frames = 0.0, 0.0, 0
@@ -445,6 +473,14 @@ def verdicts(results: dict) -> list[str]:
     return lines
 
 
+def storage_name(text: str) -> str:
+    import re
+
+    if text in ("float16", "int8") or re.fullmatch(r"o?pq(8|16|32|64|128)", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected float16, int8, pqM or opqM (M in 8, 16, 32, 64, 128), got {text!r}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -465,8 +501,9 @@ def main(argv=None):
                         "avoids OpenMP threads waiting on each other")
     p.add_argument("--json", default=str(HERE / "results" / "search.json"),
                    help="results file (merged; default: %(default)s)")
-    p.add_argument("--storage", choices=("float16", "int8"), default="float16",
-                   help="how the index stores its frames (default: %(default)s)")
+    p.add_argument("--storage", default="float16", type=storage_name,
+                   help="how the index stores its frames: float16, int8, pqM or opqM (M bytes a region vector, "
+                        "the codebook trained on the collection's first videos) (default: %(default)s)")
     p.add_argument("--latency-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--coarse-child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

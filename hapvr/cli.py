@@ -17,6 +17,7 @@ import os
 import sys
 
 from hapvr.errors import InputError
+from hapvr.retrieval.codecs import parse_storage
 from hapvr.settings import FINITE, POSITIVE, Bound, at_least, between
 from hapvr.io.paths import input_file, input_folder, output_file, output_folder  # noqa: F401  (the commands' checks)
 from hapvr.precision import PRECISION_CHOICES, configure_tf32
@@ -140,6 +141,18 @@ def shard_spec(text: str) -> tuple[int, int]:
 
 
 shard_spec.__name__ = "shard"
+
+
+def storage_spec(text: str) -> str:
+    """argparse type: how an index stores its frames, ``float16``, ``int8``, ``pqM`` or ``opqM``."""
+    try:
+        parse_storage(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+storage_spec.__name__ = "storage"
 
 
 def finite_float():

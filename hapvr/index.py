@@ -42,6 +42,7 @@ from hapvr.cli import (
     positive_float,
     run_main,
     shard_spec,
+    storage_spec,
 )
 from hapvr.data.inputs import check_unique, list_inputs
 from hapvr.progress import note
@@ -52,7 +53,7 @@ from hapvr.retrieval.building import (
     open_index,
     staging_area,
 )
-from hapvr.retrieval.index_store import STORAGES, is_index, read_manifest
+from hapvr.retrieval.index_store import is_index, read_manifest
 from hapvr.retrieval.shards import shard_of
 from hapvr.runtime import cores_per_rank, default_threads, job, process_device, set_threads
 
@@ -86,9 +87,11 @@ def build_parser() -> ArgumentParser:
                        help="keep only the videos of shard I of N (ids by hapvr.retrieval.shards.shard_of): one index "
                             "folder per shard, searched together with search --index A --index B ... (docs/scale.md)")
         if name == "build":
-            p.add_argument("--storage", choices=("float16", "int8"),
-                           help="how the frames are stored: float16 (the default), or int8 codes with a scale per region vector (half "
-                                "the bytes; mAP/uAP within 0.03 point on the built-in benchmark, docs/scale.md)")
+            p.add_argument("--storage", type=storage_spec, metavar="{float16,int8,pqM,opqM}",
+                           help="how the frames are stored: float16 (the default); int8 codes with a scale per region "
+                                "vector (half the bytes; mAP/uAP within 0.03 point on the built-in benchmark); pqM or "
+                                "opqM: M bytes a region vector (8-128), a product quantiser (opq: rotated first) "
+                                "trained on the first videos' features (docs/scale.md)")
             p.add_argument("--insets", action="store_true",
                            help="also keep each video's inset views (picture-in-picture, the picture inside borders, "
                                 "the halves of a stack), found and extracted at build and add time; search then "
@@ -119,7 +122,7 @@ def _check_build_args(args, create: bool) -> tuple[Path, list[tuple[str, str]], 
     exists = is_index(index)
     if exists and getattr(args, "insets", False) and not read_manifest(index).get("insets"):
         fail(f"--insets: --index {args.index} was built without inset views; build a new index with --insets")
-    stored = read_manifest(index).get("storage_dtype", "float16") if exists else None
+    stored = read_manifest(index).get("codebook", read_manifest(index).get("storage_dtype", "float16")) if exists else None
     if exists and getattr(args, "storage", None) not in (None, stored):
         fail(f"--storage: --index {args.index} stores its frames as {stored}; build a new index for {args.storage}")
     if not exists:
@@ -191,7 +194,7 @@ def _info(args) -> int:
         views = sum(len(store.views(v)) for v in store.ids()) if store.insets else 0
         print(f"index {args.index}: {len(store)} videos"
               + (f" ({views} inset views, kept for {sum(bool(store.views(v)) for v in store.ids())} of them)"
-                 if store.insets else "") + f", frames stored as {store.storage}, {store.disk_bytes() / 2**20:.1f} MiB on disk")
+                 if store.insets else "") + f", frames stored as {store.manifest.get('codebook', store.storage)}, {store.disk_bytes() / 2**20:.1f} MiB on disk")
         print("built with: " + json.dumps(store.space, sort_keys=True))
         staged = set(staging_area(args.index).done()) - set(store.ids())
     if staged:

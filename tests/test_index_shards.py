@@ -66,7 +66,7 @@ def _contents(index):
         return store.ids(), {v: store.load(v) for v in store.ids()}
 
 
-def _torchrun(argv, log):
+def _torchrun(argv, log, expect: int = 0):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                HAPVR_PROGRESS_INTERVAL="1000")  # the progress lines: each rank's last one only
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -75,7 +75,7 @@ def _torchrun(argv, log):
     with open(log, "w") as out:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=240)
     text = open(log).read()
-    assert proc.returncode == 0, text[-3000:]
+    assert proc.returncode == expect, text[-3000:]
     print(f"2-rank build: {time.perf_counter() - start:.1f} s")
     return text
 
@@ -165,3 +165,25 @@ def test_a_sharded_build_keeps_the_inset_views_of_a_one_process_build(tmp_path, 
         assert [one.rect(k) for k in one.entries()] == [two.rect(k) for k in two.entries()]
         for key in one.entries():
             assert torch.equal(one.load(key), two.load(key)), key
+
+
+def test_a_codebook_index_is_started_by_one_process_and_extended_under_torchrun(clips, tmp_path, restore_threads):
+    """--storage pq8: a sharded build of a new index is refused with one line (one process trains
+    the codebook on its first videos); once started, torchrun adds to it with that codebook."""
+    index = tmp_path / "pq.index"
+    argv = ["build", "--videos", str(clips), "--index", str(index), "--threads", "1", "--storage", "pq8"]
+    log = _torchrun(argv, tmp_path / "refused.log", expect=2)
+    assert "error: --storage pq8: a new index with a codebook is started by one process" in log, log
+    first = tmp_path / "first"
+    first.mkdir()
+    for name in ("carphone_distorted", "carphone_pristine"):  # ~27 frames: 243 region vectors x 2
+        shutil.copy(next(clips.glob(f"{name}.*")), first)
+    assert index_main([*argv[:2], str(first), *argv[3:], "--no-progress"]) == 0
+    with IndexStore.open(index) as store:
+        codebook = store.codebook.centroids.copy()
+    log = _torchrun(["add", "--videos", str(clips), "--index", str(index), "--threads", "1"], tmp_path / "add.log",
+                    expect=3)  # broken.mp4 failed (listed)
+    assert "added 2" in log, log
+    with IndexStore.open(index) as store:
+        assert sorted(store.ids()) == sorted(CLIPS) and np.array_equal(store.codebook.centroids, codebook)
+        assert all(torch.isfinite(store.load(v)).all() for v in store.ids())

@@ -1,8 +1,11 @@
 """Search over an indexed video collection: an on-disk index of region features
 (:mod:`~hapvr.retrieval.index_store`), a coarse stage over per-segment descriptors
 (:mod:`~hapvr.retrieval.coarse`), exact re-ranking by a scorer and near-duplicate detection
-(:mod:`~hapvr.retrieval.search`). :mod:`~hapvr.retrieval.planted` makes synthetic collections
-with planted copies for tests and benchmarks.
+(:mod:`~hapvr.retrieval.search`). :mod:`~hapvr.retrieval.codecs` codes stored frames smaller
+(product quantisation); :mod:`~hapvr.retrieval.shards` searches several index folders as one,
+in this process or on a Dask cluster (:mod:`~hapvr.retrieval.cluster`).
+:mod:`~hapvr.retrieval.planted` makes synthetic collections with planted copies for tests and
+benchmarks.
 
 The one-call ``search(store, scorer, query)`` is not re-exported here: the name would hide the
 ``hapvr.retrieval.search`` module (import it from there)."""

@@ -13,6 +13,12 @@ staged videos in the order of the inputs, deletes them, and writes ``INDEX/failu
 all ranks. The index is the one a single process would build (bit for bit with the same
 threads). What is in the index or staged is never extracted again.
 
+A new index stored as ``pqM`` / ``opqM`` (``index build --storage opq64``) first trains its
+codebook (:class:`~hapvr.retrieval.codecs.ProductQuantizer`) on the region vectors of its first
+videos, :data:`CODEBOOK_SAMPLE` of them (the features extracted for it are then added, not
+extracted again); later adds code with the same codebook. A sharded build extends such an index
+once one process has started it.
+
 An index created with ``insets=True`` (``index build --insets``) also keeps each video's inset
 views (:meth:`hapvr.api.VideoModel.views`: the rectangles :func:`hapvr.data.insets.detect_insets`
 finds, each cropped and extracted); staged videos carry theirs.
@@ -20,10 +26,13 @@ finds, each cropped and extracted); staged videos carry theirs.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from itertools import chain
 from pathlib import Path
 
+import numpy as np
 import torch.distributed as dist
 
 from hapvr.data.video import VideoDecodeError
@@ -31,11 +40,13 @@ from hapvr.errors import InputError, Interrupted
 from hapvr.io.files import write_text
 from hapvr.io.staging import StagedVideos
 from hapvr.progress import progress as progress_bar
+from hapvr.retrieval.codecs import CENTROIDS, ProductQuantizer, parse_storage
 from hapvr.retrieval.index_store import IndexLockedError, IndexStore, feature_space
 from hapvr.runtime import join_group, leave_group
 
 STAGING = "staging"  # INDEX/staging/: videos extracted by the ranks of a sharded build, not yet in the index
 GROUP_TIMEOUT_DAYS = 30  # ranks wait for the slowest at the end; a large collection extracts for days
+CODEBOOK_SAMPLE = 50_000  # region vectors a new pq index's codebook is trained on (~150 videos of 34 frames)
 
 
 def model_space(model) -> dict:
@@ -73,13 +84,37 @@ class BuildReport:
     failures_file: Path | None = None
 
 
-def open_for_writing(index: Path, model, exists: bool, insets: bool = False, storage: str = "float16") -> IndexStore:
+def open_for_writing(index: Path, model, exists: bool, insets: bool = False, storage: str = "float16",
+                     codebook: ProductQuantizer | None = None) -> IndexStore:
     """The index open for writing (created when it does not exist, with inset views if ``insets``
-    and its frames stored as ``storage``)."""
+    and its frames stored as ``storage``: float16, int8, or pqM / opqM coded by ``codebook``)."""
     if exists:
         return open_index(index, model, writable=True)
     return IndexStore.create(index, model_space(model), (9, int(model.model.dim)), built_with=model.source,
-                             insets=insets, storage=storage)
+                             insets=insets, storage=parse_storage(storage)[0], codebook=codebook)
+
+
+def train_codebook(items, storage: str, dim: int, sample: int = CODEBOOK_SAMPLE, log=print):
+    """``(codebook, the items read)`` of a new index stored as ``storage`` (``pqM`` / ``opqM``): the
+    product quantiser trained on the region vectors of the first ``items`` (``(id, features,
+    views)`` as :func:`extract` yields them, views included) up to ``sample`` vectors, or all."""
+    _, m, rotate = parse_storage(storage)
+    head, vectors, n = [], [], 0
+    for item in items:
+        head.append(item)
+        vectors += [np.asarray(x, np.float32).reshape(-1, dim) for x in [item[1], *(v for _, v in item[2])]]
+        n = sum(len(v) for v in vectors)
+        if n >= sample:
+            break
+    if n < CENTROIDS:
+        raise InputError(f"{storage}: the codebook is trained on the region vectors of the first videos, and these "
+                         f"give {n} (at least {CENTROIDS}; tens of thousands for a good codebook)", "storage")
+    start = time.perf_counter()
+    codebook = ProductQuantizer.train(np.concatenate(vectors)[:sample], m, rotate=rotate)
+    few = "; few for a good codebook (tens of thousands make one)" if min(n, sample) < 10_000 else ""
+    log(f"codebook {codebook.name} ({m} bytes a region vector) trained on {min(n, sample)} region vectors of the "
+        f"first {len(head)} videos in {time.perf_counter() - start:.0f} s{few}")
+    return codebook, head
 
 
 def extract(model, todo, failures: list, quiet: bool, rank: int | None = None, log=print, insets: bool = False):
@@ -167,12 +202,20 @@ def build(model, index: Path, inputs: list[tuple[str, str]], exists: bool, quiet
     build are added first."""
     staging = staging_area(index)
     report = BuildReport(len(inputs))
-    with open_for_writing(index, model, exists, insets, storage) as store:
+    codebook, items = None, None
+    if not exists and parse_storage(storage)[0] == "pq":  # a new index: nothing in it or staged
+        items = extract(model, inputs, report.failures, quiet, log=log, insets=insets)
+        try:
+            codebook, head = train_codebook(items, storage, int(model.model.dim), log=log)
+        except KeyboardInterrupt:
+            raise Interrupted(f"nothing saved yet (the codebook of {index} was being trained)") from None
+        items = chain(head, items)
+    with open_for_writing(index, model, exists, insets, storage, codebook) as store:
         todo, report.present, _ = plan(store, staging, inputs, index, model.name, log=log)
         report.resumed = len(add_staged(store, staging, inputs, report.failures))
         extracted = 0
         try:
-            for vid, feats, views in extract(model, todo, report.failures, quiet, log=log, insets=store.insets):
+            for vid, feats, views in items or extract(model, todo, report.failures, quiet, log=log, insets=store.insets):
                 store.add(vid, feats, views)
                 extracted += 1
         except KeyboardInterrupt:
@@ -194,6 +237,9 @@ def build_sharded(model, index: Path, inputs: list[tuple[str, str]], exists: boo
     try:
         if rank == 0:
             try:
+                if not exists and parse_storage(storage)[0] == "pq":
+                    raise InputError(f"{storage}: a new index with a codebook is started by one process (it trains "
+                                     "the codebook on its first videos); add the rest under torchrun", "storage")
                 store = open_for_writing(index, model, exists, insets, storage)
                 for old in staging.dir.glob("failures.rank*.txt"):  # an earlier run's: its videos are retried
                     old.unlink()

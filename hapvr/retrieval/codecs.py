@@ -27,6 +27,20 @@ import torch
 from hapvr.io.files import atomic_path
 
 CENTROIDS = 256  # per sub-quantiser: one byte a code
+PQ_BYTES = (8, 16, 32, 64, 128)  # M of the storages "pqM" / "opqM" a build can be asked for
+
+
+def parse_storage(text: str) -> tuple[str, int | None, bool]:
+    """``(IndexStore storage, M, rotate)`` of a storage as the commands name it: ``float16``,
+    ``int8``, ``pqM`` (a product quantiser of M bytes a region vector) or ``opqM`` (the same after
+    OPQ's rotation), M in :data:`PQ_BYTES`. ValueError naming the choices otherwise."""
+    if text in ("float16", "int8"):
+        return text, None, False
+    rotate = text.startswith("opq")
+    digits = text[3:] if rotate else text[2:] if text.startswith("pq") else ""
+    if not digits.isdigit() or int(digits) not in PQ_BYTES:
+        raise ValueError(f"expected float16, int8, pqM or opqM with M in {', '.join(map(str, PQ_BYTES))}, got {text!r}")
+    return "pq", int(digits), rotate
 
 
 @dataclass
@@ -55,6 +69,7 @@ class ProductQuantizer:
             self.rotation = r
         self._c = torch.from_numpy(self.centroids)
         self._r = None if self.rotation is None else torch.from_numpy(self.rotation)
+        self._pq = None  # faiss encoder, made on first use
 
     @property
     def m(self) -> int:
@@ -74,18 +89,23 @@ class ProductQuantizer:
         return ("opq" if self.rotation is not None else "pq") + f"{self.m}" + \
             (f"x{self.rotated_dim}" if self.rotation is not None and self.rotated_dim != self.dim else "")
 
-    def encode(self, x: torch.Tensor, block: int = 65536) -> torch.Tensor:
-        """uint8 codes ``[..., M]`` of float vectors ``[..., D]``: the nearest centroid (L2) per sub-vector."""
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 codes ``[..., M]`` of float vectors ``[..., D]``: the nearest centroid (L2) per
+        sub-vector (faiss's encoder; the tests hold it to the distances written out)."""
         flat = x.reshape(-1, x.shape[-1]).float()
-        out = torch.empty(flat.shape[0], self.m, dtype=torch.uint8)
-        sq = (self._c * self._c).sum(-1)  # [M, 256]
-        for a in range(0, flat.shape[0], block):
-            y = flat[a: a + block]
-            y = (y @ self._r if self._r is not None else y).reshape(-1, self.m, self.centroids.shape[2])
-            # ||y - c||^2 = ||y||^2 - 2 y.c + ||c||^2; the first term does not change the argmin
-            dots = torch.bmm(y.transpose(0, 1), self._c.transpose(1, 2))  # [M, n, 256]
-            out[a: a + block] = (sq[:, None, :] - 2 * dots).argmin(-1).T.to(torch.uint8)
-        return out.reshape(*x.shape[:-1], self.m)
+        if self._r is not None:
+            flat = flat @ self._r
+        codes = self._faiss().compute_codes(np.ascontiguousarray(flat.numpy(), dtype=np.float32))
+        return torch.from_numpy(codes).reshape(*x.shape[:-1], self.m)
+
+    def _faiss(self):
+        """A faiss ProductQuantizer with these centroids, made once."""
+        if self._pq is None:
+            import faiss
+
+            self._pq = faiss.ProductQuantizer(self.rotated_dim, self.m, 8)
+            faiss.copy_array_to_vector(self.centroids.ravel(), self._pq.centroids)
+        return self._pq
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """float32 vectors ``[..., D]`` of codes ``[..., M]``."""
@@ -115,13 +135,17 @@ class ProductQuantizer:
         if rotate:
             opq = faiss.OPQMatrix(x.shape[1], m, d_out)
             opq.verbose, opq.niter = False, iterations
+            inner = faiss.ProductQuantizer(d_out, m, 8)  # its own PQ, as quiet about few vectors (kept
+            inner.cp.min_points_per_centroid = 1  # referenced here while opq points at it)
+            opq.pq = inner
             opq.train(x)
             rotation = faiss.vector_to_array(opq.A).reshape(d_out, x.shape[1]).T  # y = x @ A.T
             x = x @ rotation
         elif d_out != x.shape[1]:
             raise ValueError("fewer dimensions need the rotation (rotate=True)")
         pq = faiss.ProductQuantizer(d_out, m, 8)
-        pq.cp.seed = seed
+        pq.cp.seed, pq.cp.min_points_per_centroid = seed, 1  # few vectors: the caller says so, not faiss
+        pq.cp.max_points_per_centroid = 256  # faiss's default: at most 65,536 vectors a sub-quantiser
         pq.train(np.ascontiguousarray(x))
         return cls(faiss.vector_to_array(pq.centroids).reshape(m, CENTROIDS, d_out // m), rotation)
 
