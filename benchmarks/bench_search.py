@@ -333,9 +333,10 @@ def coarse_child(rows: int) -> dict:
     qs = [vectors[s: s + per_query] + 0.3 / np.sqrt(512) * rng.standard_normal((per_query, 512)).astype(np.float32)
           for s in rng.choice(rows - per_query, 20, replace=False)]
     results = {}
-    for kind in ("flat", "ivf"):
+    for kind in ("flat", "ivf", "ivfpq64"):
         t0 = time.perf_counter()
-        index = CoarseIndex.build(vectors, CoarseConfig(kind=kind))
+        index = CoarseIndex.build(vectors, CoarseConfig(kind=kind[:3] if kind != "flat" else kind,
+                                                        ivf_bytes=64 if kind == "ivfpq64" else 0))
         build = time.perf_counter() - t0
         index.set_videos(ids, starts, counts)
         entry = {"build_s": build, "rss_after_build_bytes": H._status_kib("VmRSS:") * 1024}
@@ -352,14 +353,19 @@ def coarse_child(rows: int) -> dict:
             name = "search" if nprobe is None else f"nprobe{nprobe}-shortlist{shortlist}"
             entry[name] = {"median_s": statistics.median(times), "max_s": max(times)}
             results.setdefault("_found", {})[name] = found
-        if kind == "ivf":
+        if kind != "flat":
             entry["nlist"] = int(index.ann.nlist)
+            entry["list_bytes"] = int(index.ann.ntotal * (index.ann.code_size + 8))  # codes and ids
+            for name in list(results["_found"]):
+                if name != "search" and not name.startswith("ivf"):
+                    results["_found"][f"{kind}:{name}"] = results["_found"].pop(name)
         results[kind] = entry
         del index
     exact = results["_found"]["search"]
     for name, approx in results["_found"].items():
         if name != "search":
-            results["ivf"][name]["overlap_with_flat_top100"] = float(np.mean(
+            kind, setting = name.split(":")
+            results[kind][setting]["overlap_with_flat_top100"] = float(np.mean(
                 [len(set(a) & set(e)) / len(e) for a, e in zip(approx, exact)]))
     del results["_found"]
     out.update(results)

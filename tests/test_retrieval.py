@@ -333,6 +333,35 @@ def test_exact_and_ivf_agree():
     assert CoarseIndex.build(vectors, CoarseConfig(ivf_threshold=4000)).kind == "flat"
 
 
+def test_ivf_with_pq_lists_shortlists_and_scores_exactly(tmp_path, planted):
+    """ivf_bytes: the lists keep PQ codes (an IndexIVFPQ) that only choose the shortlist; the
+    videos shortlisted are scored on their exact rows, so with every list and row asked the result
+    is the exact search's, and a near copy is still first with a quarter of the lists."""
+    vectors = np.concatenate(list(planted_descriptors(12000, dim=32, seed=3)))
+    counts = np.full(3000, 4)
+    ids, starts = _videos(counts)
+    flat = CoarseIndex.build(vectors, CoarseConfig(kind="flat"))
+    pq = CoarseIndex.build(vectors, CoarseConfig(kind="ivf", nlist=16, ivf_bytes=8))
+    assert type(pq.ann).__name__ == "IndexIVFPQ" and pq.ann.pq.M == 8 and pq.ann.ntotal == 12000
+    for index in (flat, pq):
+        index.set_videos(ids, starts, counts)
+    rng = np.random.default_rng(0)
+    for number in range(0, 3000, 300):
+        q = vectors[number * 4: number * 4 + 4] + 0.05 * rng.standard_normal((4, 32)).astype(np.float32)
+        exact = flat.search(q, 20)
+        everywhere = pq.search(q, 20, nprobe=16, shortlist_per_row=12000)
+        np.testing.assert_array_equal(exact[0], everywhere[0])
+        np.testing.assert_allclose(exact[1], everywhere[1], rtol=1e-5)  # exact rows, not the codes
+        assert pq.search(q, 20, nprobe=4, shortlist_per_row=200)[0][0] == number
+    with pytest.raises(ValueError, match="ivf_bytes must divide the descriptor dimension 32"):
+        CoarseIndex.build(vectors, CoarseConfig(kind="ivf", ivf_bytes=5))
+    # a saved IVF of full rows is not taken for a PQ one (trained again)
+    with IndexStore.create(tmp_path / "i", space(), (R, D)) as store:
+        store.add_many((vid, planted.video(vid)) for vid in planted.ids)
+        assert type(coarse_index(store, CoarseConfig(kind="ivf", nlist=4)).ann).__name__ == "IndexIVFFlat"
+        assert type(coarse_index(store, CoarseConfig(kind="ivf", nlist=4, ivf_bytes=8)).ann).__name__ == "IndexIVFPQ"
+
+
 def test_saved_ivf_is_reused_and_extended(tmp_path, planted):
     cfg = CoarseConfig(kind="ivf", nlist=4)
     with IndexStore.create(tmp_path / "i", space(), (R, D)) as store:

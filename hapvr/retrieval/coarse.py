@@ -99,6 +99,7 @@ class CoarseConfig:
     nprobe: int = 16  # IVF lists searched per query row
     shortlist_per_row: int = 2000  # IVF: nearest rows per query row whose videos are scored exactly
     train_per_list: int = 40  # IVF training rows per list (faiss warns below 39)
+    ivf_bytes: int = 0  # IVF lists holding PQ codes of this many bytes a row (IndexIVFPQ); 0: full rows
     block_rows: int = 65536  # flat: rows per GEMM block (bounds the transient [n, block] scores)
     seed: int = 1234
 
@@ -299,17 +300,26 @@ def retrieved_chamfer(sims: np.ndarray, videos: np.ndarray, n_videos: int, top: 
 
 
 def train_ivf(vectors: np.ndarray, cfg: CoarseConfig, live_rows: np.ndarray | None = None):
-    """An empty, trained faiss ``IndexIVFFlat`` (inner product) for these rows; ids are added by
-    the caller. Trained on ``train_per_list x nlist`` rows drawn with ``cfg.seed``."""
+    """An empty, trained faiss ``IndexIVFFlat`` (inner product) for these rows, or with
+    ``cfg.ivf_bytes`` an ``IndexIVFPQ`` whose lists keep that many bytes a row (its similarities
+    only pick the shortlist, which the exact rows then score); ids are added by the caller.
+    Trained on ``train_per_list x nlist`` rows (at least 10,000 with PQ) drawn with ``cfg.seed``."""
     import faiss
 
     pool = np.arange(len(vectors)) if live_rows is None else np.asarray(live_rows, np.int64)
     M, D = len(pool), vectors.shape[1]
     nlist = cfg.nlist or max(1, int(round(4 * math.sqrt(max(M, 1)))))
     nlist = max(1, min(nlist, M // 39))  # faiss wants >= 39 training rows per list
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(D), D, nlist, faiss.METRIC_INNER_PRODUCT)
+    quantizer = faiss.IndexFlatIP(D)
+    if cfg.ivf_bytes:
+        if D % cfg.ivf_bytes:
+            raise ValueError(f"ivf_bytes must divide the descriptor dimension {D}, got {cfg.ivf_bytes}")
+        index = faiss.IndexIVFPQ(quantizer, D, nlist, cfg.ivf_bytes, 8, faiss.METRIC_INNER_PRODUCT)
+        index.pq.cp.min_points_per_centroid = 1  # small collections: trained on what there is
+    else:
+        index = faiss.IndexIVFFlat(quantizer, D, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = cfg.seed
-    n_train = min(M, cfg.train_per_list * nlist)
+    n_train = min(M, max(cfg.train_per_list * nlist, 10_000 if cfg.ivf_bytes else 0))
     sample = np.sort(np.random.default_rng(cfg.seed).choice(pool, n_train, replace=False))
     index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
     index.nprobe = min(cfg.nprobe, nlist)
@@ -317,7 +327,7 @@ def train_ivf(vectors: np.ndarray, cfg: CoarseConfig, live_rows: np.ndarray | No
 
 
 COARSE_FILE = "coarse-ivf.faiss"
-_BUILD_FIELDS = ("nlist", "train_per_list", "seed")  # settings that shape a trained IVF
+_BUILD_FIELDS = ("nlist", "train_per_list", "seed", "ivf_bytes")  # settings that shape a trained IVF
 
 
 def coarse_index(store, cfg: CoarseConfig = CoarseConfig(), persist: bool = True) -> CoarseIndex:
@@ -362,7 +372,8 @@ def _load_ivf(path: Path, state: dict, cfg: CoarseConfig):
         saved = meta["store"]
         fits = (saved["uid"] == state["uid"] and saved["generation"] == state["generation"]
                 and int(meta["rows_indexed"]) <= state["rows"]
-                and all(meta["config"].get(k) == getattr(cfg, k) for k in _BUILD_FIELDS))
+                and all(meta["config"].get(k, 0 if k == "ivf_bytes" else None) == getattr(cfg, k)
+                        for k in _BUILD_FIELDS))  # an IVF saved before ivf_bytes existed has full rows
         if not fits:
             return None, 0
         return faiss.read_index(str(path)), int(meta["rows_indexed"])
