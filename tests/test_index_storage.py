@@ -41,6 +41,17 @@ def int8_reference(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def fill(store: IndexStore, videos: dict, view: np.ndarray, removed: str) -> None:
+    """Adds ``videos`` (``v0`` with ``view`` as an inset view), refuses NaN features, removes
+    ``removed`` and compacts: every path a stored frame takes."""
+    for vid, x in videos.items():
+        store.add(vid, x, [({"top": 0, "left": 0, "height": 8, "width": 8}, view)] if vid == "v0" else [])
+    with pytest.raises(ValueError, match="NaN"):
+        store.add("nan", np.full((2, R, D), np.nan, np.float32))
+    store.remove(removed)
+    store.compact()
+
+
 def test_int8_frames_round_trip_as_written_out(tmp_path, fresh_seed):
     rng = np.random.default_rng(fresh_seed)
     videos = {f"v{i}": unit(rng, int(rng.integers(1, 9)), R, D) * float(rng.uniform(0.1, 3)) for i in range(6)}
@@ -49,12 +60,7 @@ def test_int8_frames_round_trip_as_written_out(tmp_path, fresh_seed):
     path = tmp_path / "i"
     with IndexStore.create(path, space(), (R, D), storage="int8", insets=True) as store:
         assert store.storage == "int8" and store._frame_bytes == R * (D + 2)
-        for vid, x in videos.items():
-            store.add(vid, x, [({"top": 0, "left": 0, "height": 8, "width": 8}, view)] if vid == "v0" else [])
-        with pytest.raises(ValueError, match="NaN"):
-            store.add("nan", np.full((2, R, D), np.nan, np.float32))
-        store.remove("v3")
-        store.compact()
+        fill(store, videos, view, "v3")
     assert read_manifest(path)["format"] == FORMAT_INT8 and read_manifest(path)["storage_dtype"] == "int8"
     frames = sum(len(x) for v, x in videos.items() if v != "v3") + len(view)
     assert (path / "g1.frames").stat().st_size == frames * R * (D + 2)  # half of float16's 2 D bytes, plus a scale
@@ -189,12 +195,7 @@ def test_pq_frames_round_trip_through_the_index(codebooks, tmp_path, fresh_seed)
     path = tmp_path / "i"
     with IndexStore.create(path, space(), (R, D), storage="pq", codebook=pq, insets=True) as store:
         assert store._frame_bytes == R * pq.m
-        for vid, x in videos.items():
-            store.add(vid, x, [({"top": 0, "left": 0, "height": 8, "width": 8}, view)] if vid == "v0" else [])
-        with pytest.raises(ValueError, match="NaN"):
-            store.add("nan", np.full((2, R, D), np.nan, np.float32))
-        store.remove("v2")
-        store.compact()
+        fill(store, videos, view, "v2")
     manifest = read_manifest(path)
     assert manifest["format"] == FORMAT_INT8 and manifest["storage_dtype"] == "pq" and manifest["codebook"] == pq.name
     frames = sum(len(x) for v, x in videos.items() if v != "v2") + len(view)

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import zlib
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -79,34 +80,40 @@ def _same(a, b):
         np.testing.assert_allclose([h.coarse for h in a.hits], [h.coarse for h in b.hits], rtol=1e-6)
 
 
-def test_three_shards_search_as_one_index(collection):
-    videos, paths, one, rng = collection
-    scorer = ChamferBaseline()
+@contextmanager
+def one_and_three(collection):
+    """``(one index, its Searcher, the 3 shards' ShardedSearcher)``, the stores closed after."""
+    _, paths, one, _ = collection
     stores = [IndexStore.open(p) for p in paths]
     try:
         with IndexStore.open(one) as whole:
-            single, sharded = Searcher(whole, scorer), ShardedSearcher(stores, scorer)
-            assert len(sharded) == len(whole) == 40 and sharded.kind == "flat"
-            queries = []
-            for v in ("v0", "v3", "v10", "v17"):
-                x = videos[v][0]
-                queries.append(torch.from_numpy(x[: max(2, len(x) - 2)] + 0.05 * unit(rng, 1, R, D)))
-            queries.append([(None, torch.from_numpy(unit(rng, 5, R, D))),  # a query whose inset shows v7
-                            ({"kind": "picture-in-picture", "top": 0, "left": 0, "height": 9, "width": 9},
-                             torch.from_numpy(videos["v7"][0]))])
-            queries.append(torch.from_numpy(videos["v5"][1][0][1][:4]))  # what v5's inset shows
-            for q in queries:
-                for kwargs in ({"exhaustive": True}, {"candidates": 6}, {"candidates": 50}):
-                    _same(sharded.search(q, k=8, **kwargs), single.search(q, k=8, **kwargs))
-            assert sharded.search(queries[-1], k=1, candidates=6).hits[0].entry == "v5\x001"
-            together = sharded.search_many(queries[:3], k=5, exhaustive=True)
-            for q, res in zip(queries[:3], together):
-                _same(res, single.search(q, k=5, exhaustive=True))
-            with pytest.raises(ValueError, match=r"\[T, 9, 64\]"):
-                sharded.search(torch.zeros(3, R, D + 1), k=3)
+            yield whole, Searcher(whole, ChamferBaseline()), ShardedSearcher(stores, ChamferBaseline())
     finally:
         for s in stores:
             s.close()
+
+
+def test_three_shards_search_as_one_index(collection):
+    videos, _, _, rng = collection
+    with one_and_three(collection) as (whole, single, sharded):
+        assert len(sharded) == len(whole) == 40 and sharded.kind == "flat"
+        queries = []
+        for v in ("v0", "v3", "v10", "v17"):
+            x = videos[v][0]
+            queries.append(torch.from_numpy(x[: max(2, len(x) - 2)] + 0.05 * unit(rng, 1, R, D)))
+        queries.append([(None, torch.from_numpy(unit(rng, 5, R, D))),  # a query whose inset shows v7
+                        ({"kind": "picture-in-picture", "top": 0, "left": 0, "height": 9, "width": 9},
+                         torch.from_numpy(videos["v7"][0]))])
+        queries.append(torch.from_numpy(videos["v5"][1][0][1][:4]))  # what v5's inset shows
+        for q in queries:
+            for kwargs in ({"exhaustive": True}, {"candidates": 6}, {"candidates": 50}):
+                _same(sharded.search(q, k=8, **kwargs), single.search(q, k=8, **kwargs))
+        assert sharded.search(queries[-1], k=1, candidates=6).hits[0].entry == "v5\x001"
+        together = sharded.search_many(queries[:3], k=5, exhaustive=True)
+        for q, res in zip(queries[:3], together):
+            _same(res, single.search(q, k=5, exhaustive=True))
+        with pytest.raises(ValueError, match=r"\[T, 9, 64\]"):
+            sharded.search(torch.zeros(3, R, D + 1), k=3)
 
 
 def _same_duplicates(a, b):
@@ -122,25 +129,15 @@ def test_three_shards_find_the_duplicates_of_one_index(collection, symmetric):
     query video's features brought over: one index's duplicates, pairs, relations and clusters."""
     from hapvr.retrieval.search import DuplicatesConfig
 
-    _, paths, one, _ = collection
-    scorer = ChamferBaseline()
-    stores = [IndexStore.open(p) for p in paths]
-    try:
-        with IndexStore.open(one) as whole:
-            single, sharded = Searcher(whole, scorer), ShardedSearcher(stores, scorer)
-            for cfg in (DuplicatesConfig(neighbours=3), DuplicatesConfig(neighbours=10, min_coarse=0.1)):
-                found = sharded.duplicates(0.3, symmetric, cfg)
-                _same_duplicates(found, single.duplicates(0.3, symmetric, cfg))
-                assert found.pairs and found.candidate_pairs > len(found.pairs)
-                where = sharded.where
-                assert any(where[p.a] != where[p.b] for p in found.pairs)  # pairs across shards, not only within
-                if not symmetric:  # every noisy copy is found with its source, and they make a cluster
-                    assert all([f"v{i - 3}", f"v{i}"] in found.clusters or [f"v{i}", f"v{i - 3}"] in found.clusters
-                               or any({f"v{i - 3}", f"v{i}"} <= set(c) for c in found.clusters)
-                               for i in range(3, 40, 4))
-    finally:
-        for s in stores:
-            s.close()
+    with one_and_three(collection) as (_, single, sharded):
+        for cfg in (DuplicatesConfig(neighbours=3), DuplicatesConfig(neighbours=10, min_coarse=0.1)):
+            found = sharded.duplicates(0.3, symmetric, cfg)
+            _same_duplicates(found, single.duplicates(0.3, symmetric, cfg))
+            assert found.pairs and found.candidate_pairs > len(found.pairs)
+            where = sharded.where
+            assert any(where[p.a] != where[p.b] for p in found.pairs)  # pairs across shards, not only within
+            if not symmetric:  # every noisy copy is found with its source, in one cluster
+                assert all(any({f"v{i - 3}", f"v{i}"} <= set(c) for c in found.clusters) for i in range(3, 40, 4))
 
 
 def test_a_local_dask_cluster_gives_the_same_results(collection):
