@@ -45,15 +45,11 @@ from hapvr.cli import (
     storage_spec,
 )
 from hapvr.data.inputs import check_unique, list_inputs
+from hapvr.errors import InputError
 from hapvr.progress import note
-from hapvr.retrieval.building import (
-    BuildReport,
-    build,
-    build_sharded,
-    open_index,
-    staging_area,
-)
-from hapvr.retrieval.index_store import is_index, read_manifest
+from hapvr.retrieval.building import (LARGE_COLLECTION, BuildReport, build, build_sharded, check_against,
+                                      default_storage, open_index, staging_area)
+from hapvr.retrieval.index_store import is_index
 from hapvr.retrieval.shards import shard_of
 from hapvr.runtime import cores_per_rank, default_threads, job, process_device, set_threads
 
@@ -88,10 +84,11 @@ def build_parser() -> ArgumentParser:
                             "folder per shard, searched together with search --index A --index B ... (docs/scale.md)")
         if name == "build":
             p.add_argument("--storage", type=storage_spec, metavar="{float16,int8,pqM,opqM}",
-                           help="how the frames are stored: float16 (the default); int8 codes with a scale per region "
-                                "vector (half the bytes; mAP/uAP within 0.03 point on the built-in benchmark); pqM or "
-                                "opqM: M bytes a region vector (8-128), a product quantiser (opq: rotated first) "
-                                "trained on the first videos' features (docs/scale.md)")
+                           help="how the frames are stored: float16; int8 codes with a scale per region vector (half "
+                                "the bytes; mAP/uAP within 0.03 point on the built-in benchmark); pqM or opqM: M bytes a "
+                                "region vector (8-128), a product quantiser (opq: rotated first) trained on the first "
+                                f"videos' features. Default: float16 below {LARGE_COLLECTION:,} videos, int8 from there "
+                                "(docs/scale.md)")
             p.add_argument("--insets", action="store_true",
                            help="also keep each video's inset views (picture-in-picture, the picture inside borders, "
                                 "the halves of a stack), found and extracted at build and add time; search then "
@@ -120,12 +117,9 @@ def _check_build_args(args, create: bool) -> tuple[Path, list[tuple[str, str]], 
         inputs = kept
     index = Path(args.index)
     exists = is_index(index)
-    if exists and getattr(args, "insets", False) and not read_manifest(index).get("insets"):
-        fail(f"--insets: --index {args.index} was built without inset views; build a new index with --insets")
-    stored = read_manifest(index).get("codebook", read_manifest(index).get("storage_dtype", "float16")) if exists else None
-    if exists and getattr(args, "storage", None) not in (None, stored):
-        fail(f"--storage: --index {args.index} stores its frames as {stored}; build a new index for {args.storage}")
-    if not exists:
+    if exists:
+        check_against(index, getattr(args, "insets", False), getattr(args, "storage", None))
+    else:
         if not create:
             fail(f"--index {args.index}: no index there (make one with python -m hapvr.index build)")
         if index.exists() and (not index.is_dir() or any(index.iterdir())):
@@ -143,9 +137,13 @@ def _summary(report: BuildReport) -> None:
         note(f"  failed: {vid}: {why}")
 
 
-def _creation(args) -> dict:
+def _creation(args, inputs, exists: bool) -> dict:
     """How a new index is made (build's options; an existing index keeps its own)."""
-    return {"insets": getattr(args, "insets", False), "storage": getattr(args, "storage", None) or "float16"}
+    storage = getattr(args, "storage", None) or default_storage(len(inputs))
+    if not (exists or getattr(args, "storage", None)) and storage != "float16":
+        note(f"frames stored as {storage}: the default for {LARGE_COLLECTION:,} videos or more (--storage float16 to keep "
+             "float16; docs/scale.md)")
+    return {"insets": getattr(args, "insets", False), "storage": storage}
 
 
 def _build(args, create: bool) -> int:
@@ -159,15 +157,15 @@ def _build(args, create: bool) -> int:
                                fps=args.fps, precision=args.precision)
         except (ValueError, FileNotFoundError) as exc:
             fail(str(exc))
-    except UserError:
+    except (UserError, InputError):
         if here.rank == 0:
             raise
         return 2  # every rank checks the same input: rank 0 alone says what is wrong
     if here.world == 1:
-        report = build(model, index, inputs, exists, args.no_progress, note, **_creation(args))
+        report = build(model, index, inputs, exists, args.no_progress, note, **_creation(args, inputs, exists))
     else:
         report = build_sharded(model, index, inputs, exists, here.rank, here.world, args.no_progress, note,
-                               **_creation(args))
+                               **_creation(args, inputs, exists))
     if report is None:  # a rank other than 0
         return EXIT_OK
     _summary(report)

@@ -25,9 +25,9 @@ Repeated --index folders are the shards of one collection (python -m hapvr.index
 searched and deduplicated as one index; --cluster runs the shards on a Dask cluster, at once.
 
 --coarse chooses the coarse search: flat (exact, over the memory-mapped descriptor file) or ivf
-(a faiss IVF, trained on first use and saved in the index folder, searching --nprobe lists per
-descriptor row); auto picks flat up to 1M descriptor rows (~60k videos) and IVF above
-(hapvr/retrieval/coarse.py has the measurements behind it).
+(a faiss IVF, trained on first use and saved in the index, searching --nprobe lists per row;
+ivfpq: lists of PQ codes, for millions of rows); auto picks flat up to 1M descriptor rows (~60k
+videos) and IVF above (hapvr/retrieval/coarse.py has the measurements behind it).
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--candidates", type=int_at_least(1), default=100,
                     help="videos (and views, with insets) the coarse stage passes to the exact scoring, per query view")
     ap.add_argument("--exhaustive", action="store_true", help="score every indexed video (no coarse stage)")
-    ap.add_argument("--coarse", choices=("auto", "flat", "ivf"), default=CoarseConfig.kind,
-                    help=f"coarse search: flat (exact), ivf (faiss IVF, trained once and saved in the index), or "
+    ap.add_argument("--coarse", choices=("auto", "flat", "ivf", "ivfpq"), default=CoarseConfig.kind,
+                    help=f"coarse search: flat (exact), ivf (faiss IVF, trained once and saved in the index; ivfpq: "
+                         f"its lists hold 64-byte codes of the rows, ~30x less memory), or "
                          f"auto: flat up to {CoarseConfig.ivf_threshold:,} descriptor rows (~60k videos), IVF above")
     ap.add_argument("--nprobe", type=int_at_least(1),
                     help=f"IVF lists searched per query descriptor row (default: {CoarseConfig.nprobe}; with "
@@ -165,7 +166,7 @@ def _duplicates(args, model, searcher) -> int:
 
 def _open(args, model, opened: ExitStack):
     """The searcher of the --index folders: one index, shards in this process, or shards on --cluster."""
-    coarse, scorer = CoarseConfig(kind=args.coarse, nprobe=args.nprobe or CoarseConfig.nprobe), model.scorer()
+    coarse, scorer = CoarseConfig.named(args.coarse, nprobe=args.nprobe or CoarseConfig.nprobe), model.scorer()
     try:  # several shards: refused when they share an id
         if args.cluster:
             return ShardedSearcher(opened.enter_context(dask_shards(args.cluster, args.index, scorer, model_space(model),

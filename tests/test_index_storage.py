@@ -245,6 +245,32 @@ def test_pq_search_keeps_the_planted_copies(codebooks, tmp_path):
             s.close()
 
 
+def test_a_large_build_stores_int8_unless_told(tmp_path, capsys, monkeypatch):
+    """From LARGE_COLLECTION inputs a new index stores int8 frames (said in one line); --storage
+    float16 keeps float16; below it float16."""
+    import shutil
+
+    import hapvr.retrieval.building as building
+    from hapvr.data.media import clip_paths
+    from hapvr.index import main as index_main
+
+    assert building.default_storage(building.LARGE_COLLECTION - 1) == "float16"
+    assert building.default_storage(building.LARGE_COLLECTION) == "int8"
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("v2s", "v1"):
+        shutil.copy(clip_paths()[name], videos)
+    monkeypatch.setattr(building, "LARGE_COLLECTION", 2)
+    for argv, storage in (([], "int8"), (["--storage", "float16"], "float16")):
+        index = tmp_path / storage
+        assert index_main(["build", "--videos", str(videos), "--index", str(index), "--no-progress", *argv]) == 0
+        assert ("frames stored as int8: the default for" in capsys.readouterr().err) == (storage == "int8")
+        assert read_manifest(index)["storage_dtype"] == storage
+    monkeypatch.setattr(building, "LARGE_COLLECTION", 3)
+    assert index_main(["build", "--videos", str(videos), "--index", str(tmp_path / "small"), "--no-progress"]) == 0
+    assert read_manifest(tmp_path / "small")["storage_dtype"] == "float16"
+
+
 def test_index_build_trains_a_codebook_on_its_first_videos(tmp_path, capsys):
     """``--storage pq8``: the codebook is trained on the first videos' region vectors (those videos
     are then added without a second extraction), kept in the folder and used by later adds."""

@@ -85,7 +85,7 @@ def test_index_search_duplicates(use_default, collection, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["empty index", "unreadable query", "no decodable frame", "no index",
                                   "other model", "query and duplicates", "symmetric without duplicates",
-                                  "remove unknown id"])
+                                  "remove unknown id", "ivfpq on a small index"])
 def test_search_bad_input(use_default, collection, tmp_path, capsys, case):
     index = tmp_path / "i"
     (tmp_path / "junk.mp4").write_bytes(os.urandom(3000))
@@ -114,6 +114,8 @@ def test_search_bad_input(use_default, collection, tmp_path, capsys, case):
             "symmetric without duplicates": (["--index", str(index), str(collection / "source.mp4"), "--symmetric"],
                                              "--symmetric goes with --duplicates"),
             "remove unknown id": (None, "zz"),
+            "ivfpq on a small index": (["--index", str(index), str(collection / "source.mp4"), "--coarse", "ivfpq"],
+                                       "IVF lists of PQ codes (--coarse ivfpq) are trained on at least 256"),
         }[case]
     if case == "remove unknown id":
         code = index_main(["remove", "--index", str(index), "zz"])
