@@ -10,6 +10,7 @@ benchmarks.
 The one-call ``search(store, scorer, query)`` is not re-exported here: the name would hide the
 ``hapvr.retrieval.search`` module (import it from there)."""
 
+from hapvr.retrieval.codecs import ProductQuantizer
 from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex, DescriptorConfig, coarse_index, video_descriptors
 from hapvr.retrieval.index_store import IndexLockedError, IndexStore, feature_space
 from hapvr.retrieval.search import (
@@ -23,6 +24,7 @@ from hapvr.retrieval.search import (
     duplicates,
     score_videos,
 )
+from hapvr.retrieval.shards import ShardedSearcher, shard_of
 
 __all__ = [
     "DEFAULT_CANDIDATES",
@@ -35,11 +37,14 @@ __all__ = [
     "Hit",
     "IndexLockedError",
     "IndexStore",
+    "ProductQuantizer",
     "SearchResult",
     "Searcher",
+    "ShardedSearcher",
     "coarse_index",
     "duplicates",
     "feature_space",
     "score_videos",
+    "shard_of",
     "video_descriptors",
 ]
