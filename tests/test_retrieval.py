@@ -355,11 +355,15 @@ def test_ivf_with_pq_lists_shortlists_and_scores_exactly(tmp_path, planted):
         assert pq.search(q, 20, nprobe=4, shortlist_per_row=200)[0][0] == number
     with pytest.raises(ValueError, match="ivf_bytes must divide the descriptor dimension 32"):
         CoarseIndex.build(vectors, CoarseConfig(kind="ivf", ivf_bytes=5))
-    # a saved IVF of full rows is not taken for a PQ one (trained again)
+    # a saved IVF of full rows is not taken for a PQ one (trained again); auto: flat, full rows, then PQ
     with IndexStore.create(tmp_path / "i", space(), (R, D)) as store:
         store.add_many((vid, planted.video(vid)) for vid in planted.ids)
         assert type(coarse_index(store, CoarseConfig(kind="ivf", nlist=4)).ann).__name__ == "IndexIVFFlat"
         assert type(coarse_index(store, CoarseConfig(kind="ivf", nlist=4, ivf_bytes=8)).ann).__name__ == "IndexIVFPQ"
+        rows = store.state()["rows"]
+        for ivf, pq, expect in ((rows, rows, "flat"), (rows - 1, rows, "IndexIVFFlat"), (rows - 1, rows - 1, "IndexIVFPQ")):
+            found = coarse_index(store, CoarseConfig(nlist=4, ivf_threshold=ivf, ivfpq_threshold=pq), persist=False)
+            assert (found.kind if found.ann is None else type(found.ann).__name__) == expect
 
 
 def test_saved_ivf_is_reused_and_extended(tmp_path, planted):
