@@ -56,8 +56,11 @@ shortlist, which the exact rows then score as before. Measured at 1M rows (``pyt
 benchmarks.bench_search --part coarse --rows 1000000 --threads 1``, 2026-12-07; ``coarse-ivfpq``
 in benchmarks/results/search.json), 16 lists and 2000 rows a row: agreement with the flat top-100
 0.938 instead of 0.951, 0.44 s instead of 0.48 s a query, trained in 156 s instead of 117 s.
-``auto`` keeps full rows up to ``ivfpq_threshold`` = 4M rows (~235k videos, 8 GB of lists) and
-uses PQ lists beyond, where the memory, not the 1.3 points of shortlist agreement, decides.
+``auto`` uses PQ lists whenever it uses an IVF (beyond ``ivfpq_threshold`` = ``ivf_threshold`` = 1M
+rows): at 100,000 planted videos (1.7M rows) full-row lists took 3.5 GB of memory and the search
+peaked at 9.1 GB resident, with PQ lists at 5.1 GB and the same 0.38 s a query (``bench_search
+--part latency --size 100000 --storage pq128``), so the memory, not the 1.3 points of shortlist
+agreement, decides; ``--coarse ivf`` keeps full rows.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ class CoarseConfig:
     shortlist_per_row: int = 2000  # IVF: nearest rows per query row whose videos are scored exactly
     train_per_list: int = 40  # IVF training rows per list (faiss warns below 39)
     ivf_bytes: int = 0  # IVF lists holding PQ codes of this many bytes a row (IndexIVFPQ); 0: full rows
-    ivfpq_threshold: int = 4_000_000  # auto: beyond this many rows (~235k videos, 8 GB of full-row lists) PQ lists
+    ivfpq_threshold: int = 1_000_000  # auto: beyond this many rows, IVF lists of PQ codes (module docstring)
     block_rows: int = 65536  # flat: rows per GEMM block (bounds the transient [n, block] scores)
     seed: int = 1234
 
@@ -369,7 +372,7 @@ def coarse_index(store, cfg: CoarseConfig = CoarseConfig(), persist: bool = True
     kind = choose_kind(len(live), cfg)
     if cfg.kind == "auto" and not cfg.ivf_bytes and len(live) > cfg.ivfpq_threshold and \
             vectors.shape[1] % IVFPQ_BYTES == 0:
-        cfg = replace(cfg, ivf_bytes=IVFPQ_BYTES)  # full rows would not fit in memory for long
+        cfg = replace(cfg, ivf_bytes=IVFPQ_BYTES)  # full rows: a second copy of the descriptors in memory
     index = CoarseIndex(vectors, None, cfg)
     if kind == "ivf":
         path = Path(store.path) / COARSE_FILE
