@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -267,7 +268,7 @@ def part_recall(args, size: int) -> dict:
     qs = queries(col, args.recall_queries)
     exhaustive, batched_s = exhaustive_top10(args, size, args.storage, qs)
     with IndexStore.open(index_path(args, size), space()) as store:
-        searcher = Searcher(store, ChamferBaseline())
+        searcher = Searcher(store, ChamferBaseline(), coarse_config(args), persist_coarse=args.coarse == "auto")
         single_s = None
         if size <= 20_000:  # one more exhaustive query alone: minutes past that
             t0 = time.perf_counter()
@@ -308,6 +309,78 @@ def part_recall(args, size: int) -> dict:
             "per_query": per_query}
 
 
+def _io_written() -> int:
+    """Bytes this process has passed to write calls so far (``wchar`` of /proc/self/io)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+def part_add(args, size: int) -> dict:
+    """``--add`` new videos into a copy of the ``size`` index (the index itself stays as the other
+    parts measured it): the appends' time per thousand videos, the bytes written against the
+    index's size (appends, not a rewrite: the files' earlier bytes are left as they were, checked
+    by CRC), and the search's pick-up of them (the saved IVF extended, not trained again)."""
+    import shutil
+    import zlib
+
+    from hapvr.evaluation.scorers import ChamferBaseline
+    from hapvr.retrieval.index_store import IndexStore
+    from hapvr.retrieval.planted import PlantedCollection, PlantedConfig
+    from hapvr.retrieval.search import Searcher
+
+    source = index_path(args, size)
+    if not (source / "manifest.json").exists():
+        raise SystemExit(f"--part add needs the index of {size} videos: run --part index first")
+    copy = Path(args.workdir) / f"add-{source.name}"
+    shutil.rmtree(copy, ignore_errors=True)
+    t0 = time.perf_counter()
+    shutil.copytree(source, copy)
+    copy_s = time.perf_counter() - t0
+    try:
+        with IndexStore.open(copy, space()) as store:  # the coarse file as a search leaves it
+            Searcher(store, ChamferBaseline())
+        before = {p.name: (p.stat().st_size, p.stat().st_ino) for p in copy.iterdir()}
+        crc_of = lambda p, n: zlib.crc32(p.open("rb").read(min(n, 1 << 26)))  # noqa: E731  first 64 MiB
+        crcs = {n: crc_of(copy / n, sz) for n, (sz, _) in before.items()}
+        extra = PlantedCollection(PlantedConfig(n_videos=args.add, seed=7))  # others than the index's
+        store = IndexStore.open(copy, space(), writable=True)
+        wrote0, add_s, frames = _io_written(), 0.0, 0
+        for b0 in range(0, args.add, 256):
+            batch = [(f"add-{v}", extra.video(v)) for v in extra.ids[b0: b0 + 256]]
+            frames += sum(len(x) for _, x in batch)
+            t1 = time.perf_counter()
+            store.add_many(batch)
+            add_s += time.perf_counter() - t1
+        written = _io_written() - wrote0
+        store.close()
+        t1 = time.perf_counter()
+        with IndexStore.open(copy, space()) as store:
+            searcher = Searcher(store, ChamferBaseline())  # extends the saved IVF by the new rows, saves it
+            pickup_s = time.perf_counter() - t1
+            kind, found = searcher.kind, searcher.search(extra.video(extra.ids[0])[:QUERY_FRAMES], k=1).hits[0].id
+        after = {p.name: (p.stat().st_size, p.stat().st_ino) for p in copy.iterdir()}
+        kept = {n: after.get(n, (0, 0))[1] == ino and after[n][0] >= sz and crc_of(copy / n, sz) == crcs[n]
+                for n, (sz, ino) in before.items() if not n.endswith((".faiss", ".json"))}
+        return {"index_videos": size, "added": args.add, "frames_added": frames, "copy_s": round(copy_s, 1),
+                "add_s": round(add_s, 2), "add_s_per_1000": round(add_s * 1000 / args.add, 2),
+                "bytes_written": written, "index_bytes_before": sum(sz for sz, _ in before.values()),
+                "files_appended_not_rewritten": kept, "coarse": kind,
+                "search_pickup_s": round(pickup_s, 1), "first_added_found_first": found == f"add-{extra.ids[0]}"}
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def coarse_config(args):
+    """The coarse settings of ``--coarse``, ``--nprobe`` and ``--shortlist`` (a non-default one is not saved in the
+    index folder, so the IVF that searches use stays as it was)."""
+    from hapvr.retrieval.coarse import CoarseConfig
+
+    settings = {k: v for k, v in (("nprobe", args.nprobe), ("shortlist_per_row", args.shortlist)) if v}
+    return CoarseConfig.named(args.coarse, **settings)
+
+
 def part_duplicates(args, size: int) -> dict:
     from hapvr.evaluation.scorers import ChamferBaseline
     from hapvr.retrieval.index_store import IndexStore
@@ -331,6 +404,116 @@ def part_duplicates(args, size: int) -> dict:
                                                 or col.group_of.get(p.a) != col.group_of.get(p.b)),
             "clusters": len(found.clusters), "planted_groups": len(planted_clusters),
             "clusters_equal_to_a_planted_group": exact}
+
+
+def part_rowcodes(args, size: int) -> dict:
+    """Descriptor rows stored as PQ codes (``IndexStore.create(desc_codebook=...)``), simulated on the
+    ``size`` index: its rows coded and decoded with a codebook of M bytes (trained on 20,000 of
+    them), then per query against the float32 rows: the overlap of the coarse top-100, the
+    two-stage top-10's agreement, and whether the planted copies of that top-10 stay."""
+    from hapvr.evaluation.scorers import ChamferBaseline
+    from hapvr.retrieval.codecs import ProductQuantizer
+    from hapvr.retrieval.coarse import CoarseConfig, CoarseIndex
+    from hapvr.retrieval.index_store import IndexStore
+    from hapvr.retrieval.search import Searcher
+
+    col = collection(size)
+    qs = queries(col, args.recall_queries)
+    out = {"queries": len(qs)}
+    with IndexStore.open(index_path(args, size), space()) as store:
+        rows = np.asarray(store.descriptor_matrix())
+        layout = store.row_layout(views=True)
+
+        def run(vectors):
+            coarse = CoarseIndex(vectors, None, CoarseConfig(kind="flat"))
+            coarse.set_videos(*layout)
+            searcher = Searcher(store, ChamferBaseline(), prebuilt=coarse)
+            return [(searcher.candidates(q, 100)[0], [h.id for h in searcher.search(q, k=10).hits]) for q, _ in qs]
+
+        exact = run(rows)
+        sample = rows[np.sort(np.random.default_rng(0).choice(len(rows), min(len(rows), 20_000), replace=False))]
+        for m in (16, 32, 64, 128):
+            book = ProductQuantizer.train(sample, m, rotate=False)
+            decoded = np.concatenate([book.decode(book.encode(torch.from_numpy(np.ascontiguousarray(rows[i: i + 65536]))))
+                                     .numpy() for i in range(0, len(rows), 65536)])
+            got = run(decoded)
+            agree = [len(set(a[1]) & set(b[1])) / len(b[1]) for a, b in zip(got, exact)]
+            planted = [[v for v in b[1] if col.group_of.get(v) == src] for b, (_, src) in zip(exact, qs)]
+            out[f"pq{m}"] = {"bytes_per_row": m, "relative_mse": float(((decoded - rows) ** 2).sum() / (rows ** 2).sum()),
+                             "coarse_top100_overlap": float(np.mean([len(set(a[0]) & set(b[0])) / 100
+                                                                     for a, b in zip(got, exact)])),
+                             "two_stage_top10_agreement": float(np.mean(agree)),
+                             "two_stage_top10_agreement_min": float(np.min(agree)),
+                             "planted_kept": float(np.mean([all(v in a[1] for v in pl) for a, pl in zip(got, planted)]))}
+            print(f"  rows as pq{m}: {out[f'pq{m}']}", flush=True)
+    return out
+
+
+def part_bound(args, size: int) -> dict:
+    """How far any 128-byte code of a 512-d region vector (2 bits a dimension) can keep the float16
+    top-10, on the float16 index of ``size`` videos: each query's 400 coarse candidates (which hold
+    ~0.99 of its exhaustive top-10) re-ranked from their float16 features, from those features
+    through the PQ 128 codebook of the ``pq128`` index (or one trained here), and through the
+    Gaussian test channel of relative error ``d`` (``x' = (1 - d) x + sqrt(d (1 - d)) |x| z / sqrt(D)``,
+    the error of a rate-distortion-optimal code of a Gaussian source: ``d = 2^(-2 R)`` at R bits a
+    dimension); per variant the agreement of its top-10 with float16's."""
+    from hapvr.evaluation.scorers import ChamferBaseline
+    from hapvr.retrieval.codecs import ProductQuantizer
+    from hapvr.retrieval.index_store import CODEBOOK, IndexStore
+    from hapvr.retrieval.search import Searcher
+
+    col = collection(size)
+    qs = queries(col, args.recall_queries)
+    book_path = index_path(args, size, "pq128") / CODEBOOK
+    book = ProductQuantizer.load(book_path) if book_path.exists() else stored_as("pq128", col)[1]
+    scorer, rng = ChamferBaseline(), np.random.default_rng(0)
+    channels = {"pq128": None, "gauss-2.0bit": 1 / 16, "gauss-2.5bit": 1 / 32, "gauss-3.0bit": 1 / 64}
+    agree = {k: [] for k in channels}
+    err = {k: [] for k in channels}
+    with IndexStore.open(index_path(args, size, "float16"), space()) as store:
+        searcher = Searcher(store, scorer)
+        for q, _ in qs:
+            cands, _ = searcher.candidates(q, 400)
+            feats = store.load_many(cands)
+
+            def top10(xs):
+                scores = np.concatenate([_pairwise(scorer, q, xs[i: i + 64]) for i in range(0, len(xs), 64)])
+                return {cands[i] for i in np.lexsort((np.arange(len(xs)), -scores))[:10]}
+
+            exact = top10(feats)
+            for name, d in channels.items():
+                if d is None:
+                    xs = [book.decode(book.encode(x.float())) for x in feats]
+                else:
+                    xs = [(1 - d) * x.float() + math.sqrt(d * (1 - d)) * x.float().norm(dim=-1, keepdim=True)
+                          * torch.from_numpy(rng.standard_normal(x.shape, dtype=np.float32)) / math.sqrt(x.shape[-1])
+                          for x in feats]
+                err[name].append(float(sum(((a - b.float()) ** 2).sum() for a, b in zip(xs, feats))
+                                       / sum((b.float() ** 2).sum() for b in feats)))
+                agree[name].append(len(top10(xs) & exact) / 10)
+    out = {"queries": len(qs), "candidates": 400}
+    for name in channels:
+        out[name] = {"relative_mse": round(float(np.mean(err[name])), 4), "top10_agreement": round(float(np.mean(agree[name])), 4),
+                     "top10_agreement_ci95": _bootstrap_ci(agree[name])}
+        print(f"  {name}: {out[name]}", flush=True)
+    return out
+
+
+def _bootstrap_ci(values: list[float], n: int = 2000) -> list[float]:
+    """95 % percentile bootstrap interval of the mean over queries."""
+    v = np.asarray(values, np.float64)
+    means = v[np.random.default_rng(0).integers(0, len(v), (n, len(v)))].mean(axis=1)
+    return [round(float(x), 4) for x in np.percentile(means, [2.5, 97.5])]
+
+
+def _pairwise(scorer, q: np.ndarray, xs: list) -> np.ndarray:
+    """ChamferBaseline scores of one query against a few videos (padded)."""
+    qi = scorer.index(torch.as_tensor(q))[None]
+    lengths = torch.tensor([len(x) for x in xs])
+    batch = torch.zeros(len(xs), int(lengths.max()), *xs[0].shape[1:])
+    for i, x in enumerate(xs):
+        batch[i, : len(x)] = scorer.index(x)
+    return scorer.pairwise(qi, torch.tensor([len(qi[0])]), batch, lengths)[0].numpy()
 
 
 def part_coarse(args) -> dict:
@@ -474,6 +657,13 @@ def report(results: dict) -> None:
                          f"{d['copy_source_pairs_recall']:.3f}; {d['clusters_equal_to_a_planted_group']}/"
                          f"{d['planted_groups']} clusters exactly a planted group; "
                          f"{d['pairs_outside_planted_groups']} pairs outside them"])
+        if "add" in r:
+            a = r["add"]
+            rows.append([f"{size}", f"add {a['added']} videos ({a['frames_added']} frames)",
+                         f"{a['add_s_per_1000']:.1f} s per 1000 videos; {H.fmt_bytes(a['bytes_written'])} written to an "
+                         f"index of {H.fmt_bytes(a['index_bytes_before'])}, files appended "
+                         f"({'all' if all(a['files_appended_not_rewritten'].values()) else 'NOT all'}); "
+                         f"search picks them up in {a['search_pickup_s']} s ({a['coarse']})"])
     if "coarse" in results:
         c = results["coarse"]
         flat, ivf = c["flat"], c["ivf"]
@@ -521,7 +711,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", default="index,latency,recall,duplicates",
-                   help="comma-separated: index, latency, recall, duplicates, coarse; or report (print the "
+                   help="comma-separated: index, latency, recall, duplicates, add, rowcodes, bound, coarse; or report (print the "
                         "results file) (default: %(default)s)")
     p.add_argument("--size", type=int, action="append", help="indexed videos (repeatable; default 1000)")
     p.add_argument("--rows", type=int, default=1_000_000,
@@ -540,6 +730,14 @@ def main(argv=None):
     p.add_argument("--storage", default="float16", type=storage_name,
                    help="how the index stores its frames: float16, int8, pqM or opqM (M bytes a region vector, "
                         "the codebook trained on the collection's first videos) (default: %(default)s)")
+    p.add_argument("--add", type=int, default=10_000, help="videos the add part appends (default: %(default)s)")
+    p.add_argument("--coarse", default="auto", choices=("auto", "flat", "ivf", "ivfpq"),
+                   help="the recall part's coarse stage (hapvr.search's --coarse); other than auto its numbers "
+                        "are kept as recall_coarse-KIND[-nprobeN][-shortlistN] (default: %(default)s)")
+    p.add_argument("--nprobe", type=int, default=None, help="the recall part's IVF lists per query row "
+                                                            "(default: CoarseConfig's)")
+    p.add_argument("--shortlist", type=int, default=None, help="the recall part's IVF rows per query row scored "
+                                                               "exactly (default: CoarseConfig's)")
     p.add_argument("--latency-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--coarse-child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -561,7 +759,7 @@ def main(argv=None):
         for line in verdicts(results):
             print(line)
         return
-    unknown = set(parts) - {"index", "latency", "recall", "duplicates", "coarse"}
+    unknown = set(parts) - {"index", "latency", "recall", "duplicates", "add", "rowcodes", "bound", "coarse"}
     if unknown:
         p.error(f"unknown part(s) {sorted(unknown)}")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
@@ -573,16 +771,20 @@ def main(argv=None):
     section = results if args.storage == "float16" else results.setdefault(f"storage-{args.storage}", {})
     for size in args.size or [1000]:
         entry = section.setdefault(f"size-{size}", {})
-        for part in ("index", "latency", "recall", "duplicates"):
+        for part in ("index", "latency", "recall", "duplicates", "add", "rowcodes", "bound"):
             if part in parts:
                 print(f"[{size}] {part} ...", flush=True)
                 t0 = time.perf_counter()
                 fn = {"index": part_index, "latency": part_latency, "recall": part_recall,
-                      "duplicates": part_duplicates}[part]
+                      "duplicates": part_duplicates, "add": part_add, "rowcodes": part_rowcodes,
+                      "bound": part_bound}[part]
                 result = fn(args, size) | {"date": run["date"], "load_average": os.getloadavg(),
                                            "threads": torch.get_num_threads()}
                 if part == "index" and result["added"] == 0 and "index" in entry:
                     entry["index"]["checked_complete"] = run["date"]  # keep the build's own numbers
+                elif part == "recall" and (args.coarse != "auto" or args.nprobe or args.shortlist):
+                    entry[f"recall_coarse-{args.coarse}" + (f"-nprobe{args.nprobe}" if args.nprobe else "")
+                          + (f"-shortlist{args.shortlist}" if args.shortlist else "")] = result
                 else:
                     entry[part] = result
                 if part == "latency":  # kept per thread count too: both are worth comparing

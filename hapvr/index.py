@@ -83,12 +83,12 @@ def build_parser() -> ArgumentParser:
                        help="keep only the videos of shard I of N (ids by hapvr.retrieval.shards.shard_of): one index "
                             "folder per shard, searched together with search --index A --index B ... (docs/scale.md)")
         if name == "build":
-            p.add_argument("--storage", type=storage_spec, metavar="{float16,int8,pqM,opqM}",
+            p.add_argument("--storage", type=storage_spec, metavar="{float16,int8,pqM,opqM}[:rowsM]",
                            help="how the frames are stored: float16; int8 codes with a scale per region vector (half "
                                 "the bytes; mAP/uAP within 0.03 point on the built-in benchmark); pqM or opqM: M bytes a "
                                 "region vector (8-128), a product quantiser (opq: rotated first) trained on the first "
-                                f"videos' features. Default: float16 below {LARGE_COLLECTION:,} videos, int8 from there "
-                                "(docs/scale.md)")
+                                f"videos' features; :rowsM also codes the coarse descriptor rows (M bytes instead of 2 KiB a "
+                                f"row). Default: float16 below {LARGE_COLLECTION:,} videos, int8 from there (docs/scale.md)")
             p.add_argument("--insets", action="store_true",
                            help="also keep each video's inset views (picture-in-picture, the picture inside borders, "
                                 "the halves of a stack), found and extracted at build and add time; search then "
@@ -192,7 +192,9 @@ def _info(args) -> int:
         views = sum(len(store.views(v)) for v in store.ids()) if store.insets else 0
         print(f"index {args.index}: {len(store)} videos"
               + (f" ({views} inset views, kept for {sum(bool(store.views(v)) for v in store.ids())} of them)"
-                 if store.insets else "") + f", frames stored as {store.manifest.get('codebook', store.storage)}, {store.disk_bytes() / 2**20:.1f} MiB on disk")
+                 if store.insets else "") + f", frames stored as {store.manifest.get('codebook', store.storage)}"
+              + (f", descriptor rows as {store.desc_codebook.name}" if store.desc_codebook else "")
+              + f", {store.disk_bytes() / 2**20:.1f} MiB on disk")
         print("built with: " + json.dumps(store.space, sort_keys=True))
         staged = set(staging_area(args.index).done()) - set(store.ids())
     if staged:

@@ -13,7 +13,10 @@ import torch
 from hapvr.evaluation.scorers import ChamferBaseline
 from hapvr.io.serialization import CorruptFileError
 from hapvr.retrieval.codecs import ProductQuantizer
-from hapvr.retrieval.index_store import FORMAT, FORMAT_INT8, IndexStore, feature_space, read_manifest, view_key
+from hapvr.retrieval.coarse import CoarseConfig, segment_chamfer, video_descriptors
+from hapvr.retrieval.codecs import DecodedRows
+from hapvr.retrieval.index_store import (FORMAT, FORMAT_CODED_ROWS, FORMAT_INT8, IndexStore, feature_space, read_manifest,
+                                        view_key)
 from hapvr.retrieval.planted import PlantedCollection, PlantedConfig
 from hapvr.retrieval.search import Searcher
 
@@ -210,10 +213,10 @@ def test_pq_frames_round_trip_through_the_index(codebooks, tmp_path, fresh_seed)
         store.descriptor_matrix()
     with pytest.raises(ValueError, match="needs a codebook"):
         IndexStore.create(tmp_path / "x", space(), (R, D), storage="pq")
-    with pytest.raises(ValueError, match="codes 64-dimensional vectors, the index holds D = 32"):
+    with pytest.raises(ValueError, match="codebook codes 64-dimensional vectors, the index holds D = 32"):
         IndexStore.create(tmp_path / "y", space(), (R, 32), storage="pq", codebook=pq)
     (path / "codebook.npz").write_bytes((path / "codebook.npz").read_bytes()[:-9])
-    with pytest.raises(CorruptFileError, match="its codebook cannot be read"):
+    with pytest.raises(CorruptFileError, match="its codebook codebook.npz cannot be read"):
         IndexStore.open(path)
 
 
@@ -243,6 +246,79 @@ def test_pq_search_keeps_the_planted_copies(codebooks, tmp_path):
     finally:
         for s in stores.values():
             s.close()
+
+
+def test_coded_descriptor_rows_round_trip_and_search(codebooks, tmp_path, fresh_seed):
+    """Descriptor rows stored as PQ codes (``desc_codebook``): M bytes a row on disk, read back as
+    faiss's reconstruction of the exact rows, through every path (views, compaction, the coarse
+    search flat and IVF, a damaged row or codebook refused)."""
+    rng = np.random.default_rng(fresh_seed)
+    rows = np.concatenate([video_descriptors(unit(rng, 6, R, D)) for _ in range(300)])
+    book = ProductQuantizer.train(rows, 8, rotate=False)
+    videos = {f"v{i}": unit(rng, int(rng.integers(1, 9)), R, D) for i in range(40)}
+    view = unit(rng, 3, R, D)
+    path = tmp_path / "i"
+    with IndexStore.create(path, space(), (R, D), insets=True, desc_codebook=book) as store:
+        fill(store, videos, view, "v2")
+    manifest = read_manifest(path)
+    assert manifest["format"] == FORMAT_CODED_ROWS and manifest["desc_codebook"] == "pq8"
+    kept = {k: x for k, x in videos.items() if k != "v2"}
+    exact = {k: video_descriptors(x.astype(np.float16).astype(np.float32)) for k, x in kept.items()}
+    exact[view_key("v0", 1)] = video_descriptors(view.astype(np.float16).astype(np.float32))
+    assert (path / "g1.desc").stat().st_size == sum(len(r) for r in exact.values()) * book.m
+    with IndexStore.open(path, space()) as store:
+        matrix = store.descriptor_matrix()
+        assert isinstance(matrix, DecodedRows) and matrix.shape == (sum(len(r) for r in exact.values()), D)
+        ids, starts, counts = store.row_layout(views=True)
+        for key, s, c in zip(ids, starts, counts):
+            _, ref = faiss_reference(book, exact[key])
+            np.testing.assert_allclose(matrix[s: s + c], ref, atol=1e-5)
+            np.testing.assert_array_equal(matrix[np.arange(s, s + c)], matrix[s: s + c])
+        got = store.descriptors()
+        for k, vid in enumerate(got.ids):
+            np.testing.assert_allclose(got.vectors[got.owners == k], faiss_reference(book, exact[vid])[1], atol=1e-5)
+        q = video_descriptors(unit(rng, 7, R, D))
+        order = np.argsort(starts)
+        want = segment_chamfer(q, np.asarray(matrix), starts[order], counts[order])
+        for kind in ("flat", "ivf"):
+            searcher = Searcher(store, ChamferBaseline(), CoarseConfig(kind=kind, nlist=2, nprobe=2),
+                                persist_coarse=False)
+            pos, sims = searcher.coarse.search(q, len(ids))
+            np.testing.assert_allclose(sims, np.sort(want)[::-1], rtol=1e-5, atol=1e-6)
+    desc = path / "g1.desc"
+    raw = bytearray(desc.read_bytes())
+    raw[3] ^= 0xFF
+    desc.write_bytes(bytes(raw))
+    with IndexStore.open(path) as store, pytest.raises(CorruptFileError, match="descriptor of .* damaged"):
+        store.descriptor_matrix()
+    (path / "desc-codebook.npz").write_bytes(b"x")
+    with pytest.raises(CorruptFileError, match="desc-codebook.npz cannot be read"):
+        IndexStore.open(path)
+    with pytest.raises(ValueError, match="desc_codebook codes 64-dimensional vectors"):
+        IndexStore.create(tmp_path / "y", space(), (R, 32), desc_codebook=book)
+
+
+def test_a_build_codes_descriptor_rows_with_a_codebook_of_its_first_videos(tmp_path):
+    """``:rowsM``: the rows' codebook is trained on the descriptor rows (two-frame and one-frame)
+    of the videos the frames' codebook reads, the index made with both, and ``--storage`` of an
+    existing index compared with both parts."""
+    from hapvr.errors import InputError
+    from hapvr.retrieval import building
+
+    rng = np.random.default_rng(3)
+    items = [(f"v{i}", unit(rng, 20, 9, D), []) for i in range(40)]
+    logged = []
+    (frames, rows), head = building.train_codebook(iter(items), "pq16:rows8", D, sample=9 * 20 * 30, log=logged.append)
+    assert len(head) == 30 and frames.m == 16 and rows.m == 8 and rows.rotation is None
+    assert logged[1].startswith("descriptor rows' codebook pq8 trained on 900 rows")  # 30 x (10 + 20)
+    (none, int8_rows), _ = building.train_codebook(iter(items), "int8:rows16", D, log=logged.append)
+    assert none is None and int8_rows.m == 16
+    with IndexStore.create(tmp_path / "i", space(), (9, D), storage="pq", codebook=frames, desc_codebook=rows) as store:
+        store.add_many((v, x) for v, x, _ in head)
+        assert (tmp_path / "i" / "g0.desc").stat().st_size == 30 * 10 * 8
+    building.check_against(tmp_path / "i", False, "pq16:rows8")
+    with pytest.raises(InputError, match="stores its frames as pq16:rows8; build a new index for pq16"):
+        building.check_against(tmp_path / "i", False, "pq16")
 
 
 def test_a_large_build_stores_int8_unless_told(tmp_path, capsys, monkeypatch):
@@ -287,6 +363,10 @@ def test_index_build_trains_a_codebook_on_its_first_videos(tmp_path, capsys):
     for name in names[:-1]:
         shutil.copy(clips[name], videos / f"{name}.mp4")
     index = tmp_path / "i"
+    assert index_main(["build", "--videos", str(videos), "--index", str(tmp_path / "r"), "--storage", "pq8:rows8",
+                       "--no-progress"]) == 2  # 6 short clips: too few descriptor rows for a rows' codebook
+    assert "error: --storage rows8: the descriptor rows' codebook is trained on the descriptor rows of the first videos, and " \
+           "these give 55 (at least 256)" in capsys.readouterr().err
     assert index_main(["build", "--videos", str(videos), "--index", str(index), "--storage", "pq8", "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "codebook pq8 (8 bytes a region vector) trained on" in err and "few for a good codebook" in err
@@ -303,6 +383,8 @@ def test_index_build_trains_a_codebook_on_its_first_videos(tmp_path, capsys):
     assert first and first[0].split()[-1] == names[0]  # a video is found first by itself
     assert index_main(["build", "--videos", str(videos), "--index", str(index), "--storage", "int8"]) == 2
     assert "stores its frames as pq8; build a new index for int8" in capsys.readouterr().err
+    assert index_main(["build", "--videos", str(videos), "--index", str(index), "--storage", "pq8:rows7"]) == 2
+    assert "the descriptor rows' part of a storage is rowsM with M in 8, 16" in capsys.readouterr().err
     one = tmp_path / "one"
     one.mkdir()
     shutil.copy(clips[names[0]], one / "a.mp4")

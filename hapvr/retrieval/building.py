@@ -16,8 +16,10 @@ threads). What is in the index or staged is never extracted again.
 A new index stored as ``pqM`` / ``opqM`` (``index build --storage opq64``) first trains its
 codebook (:class:`~hapvr.retrieval.codecs.ProductQuantizer`) on the region vectors of its first
 videos, :data:`CODEBOOK_SAMPLE` of them (the features extracted for it are then added, not
-extracted again); later adds code with the same codebook. A sharded build extends such an index
-once one process has started it.
+extracted again); later adds code with the same codebook. ``:rowsM`` (``--storage pq128:rows64``)
+also stores the coarse descriptor rows as M-byte PQ codes, their codebook trained on the same
+videos' rows (docs/scale.md measures what that costs the coarse stage). A sharded build extends
+such an index once one process has started it.
 
 An index created with ``insets=True`` (``index build --insets``) also keeps each video's inset
 views (:meth:`hapvr.api.VideoModel.views`: the rectangles :func:`hapvr.data.insets.detect_insets`
@@ -40,7 +42,8 @@ from hapvr.errors import InputError, Interrupted
 from hapvr.io.files import write_text
 from hapvr.io.staging import StagedVideos
 from hapvr.progress import progress as progress_bar
-from hapvr.retrieval.codecs import CENTROIDS, ProductQuantizer, parse_storage
+from hapvr.retrieval.coarse import DescriptorConfig, video_descriptors
+from hapvr.retrieval.codecs import CENTROIDS, ProductQuantizer, coded_rows, needs_training, parse_storage
 from hapvr.retrieval.index_store import IndexLockedError, IndexStore, feature_space, read_manifest
 from hapvr.runtime import join_group, leave_group
 
@@ -100,27 +103,32 @@ def check_against(index: Path, insets: bool, storage: str | None) -> None:
     if insets and not manifest.get("insets"):
         raise InputError(f"--insets: --index {index} was built without inset views; build a new index with --insets",
                          "insets")
-    stored = manifest.get("codebook", manifest.get("storage_dtype", "float16"))
+    stored = manifest.get("codebook", manifest.get("storage_dtype", "float16")) + \
+        (f":rows{manifest['desc_codebook'][2:]}" if "desc_codebook" in manifest else "")
     if storage not in (None, stored):
         raise InputError(f"--storage: --index {index} stores its frames as {stored}; build a new index for {storage}",
                          "storage")
 
 
 def open_for_writing(index: Path, model, exists: bool, insets: bool = False, storage: str = "float16",
-                     codebook: ProductQuantizer | None = None) -> IndexStore:
+                     codebooks: tuple = (None, None)) -> IndexStore:
     """The index open for writing (created when it does not exist, with inset views if ``insets``
-    and its frames stored as ``storage``: float16, int8, or pqM / opqM coded by ``codebook``)."""
+    and its frames stored as ``storage``: float16, int8, or pqM / opqM coded by the first of
+    ``codebooks``, its descriptor rows coded by the second with ``:rowsM``)."""
     if exists:
         return open_index(index, model, writable=True)
     return IndexStore.create(index, model_space(model), (9, int(model.model.dim)), built_with=model.source,
-                             insets=insets, storage=parse_storage(storage)[0], codebook=codebook)
+                             insets=insets, storage=parse_storage(storage)[0], codebook=codebooks[0],
+                             desc_codebook=codebooks[1])
 
 
 def train_codebook(items, storage: str, dim: int, sample: int = CODEBOOK_SAMPLE, log=print):
-    """``(codebook, the items read)`` of a new index stored as ``storage`` (``pqM`` / ``opqM``): the
-    product quantiser trained on the region vectors of the first ``items`` (``(id, features,
-    views)`` as :func:`extract` yields them, views included) up to ``sample`` vectors, or all."""
-    _, m, rotate = parse_storage(storage)
+    """``((frames' codebook, rows' codebook), the items read)`` of a new index stored as ``storage``
+    (``pqM`` / ``opqM`` frames, ``:rowsM`` rows; None for what is not coded): the product quantisers
+    trained on the region vectors of the first ``items`` (``(id, features, views)`` as
+    :func:`extract` yields them, views included) up to ``sample`` vectors, or all, and on the
+    descriptor rows of the same videos (:func:`train_row_codebook`)."""
+    kind, m, rotate = parse_storage(storage)
     head, vectors, n = [], [], 0
     for item in items:
         head.append(item)
@@ -131,12 +139,33 @@ def train_codebook(items, storage: str, dim: int, sample: int = CODEBOOK_SAMPLE,
     if n < CENTROIDS:
         raise InputError(f"{storage}: the codebook is trained on the region vectors of the first videos, and these "
                          f"give {n} (at least {CENTROIDS}; tens of thousands for a good codebook)", "storage")
-    start = time.perf_counter()
-    codebook = ProductQuantizer.train(np.concatenate(vectors)[:sample], m, rotate=rotate)
+    start, codebook = time.perf_counter(), None
     few = "; few for a good codebook (tens of thousands make one)" if min(n, sample) < 10_000 else ""
-    log(f"codebook {codebook.name} ({m} bytes a region vector) trained on {min(n, sample)} region vectors of the "
-        f"first {len(head)} videos in {time.perf_counter() - start:.0f} s{few}")
-    return codebook, head
+    if kind == "pq":
+        codebook = ProductQuantizer.train(np.concatenate(vectors)[:sample], m, rotate=rotate)
+        log(f"codebook {codebook.name} ({m} bytes a region vector) trained on {min(n, sample)} region vectors of "
+            f"the first {len(head)} videos in {time.perf_counter() - start:.0f} s{few}")
+    rows = coded_rows(storage)
+    return (codebook, rows and train_row_codebook(head, rows, dim, log)), head
+
+
+def train_row_codebook(head: list, m: int, dim: int, log=print) -> ProductQuantizer:
+    """The product quantiser of ``m`` bytes of an index's coarse descriptor rows, trained on the rows
+    of ``head``'s videos and views, with their one-frame rows beside (the same space; more rows)."""
+    rows = []
+    for item in head:
+        for x in [item[1], *(v for _, v in item[2])]:
+            x = np.asarray(x, np.float32).reshape(-1, 9, dim)
+            rows += [video_descriptors(x, DescriptorConfig()), video_descriptors(x, DescriptorConfig(segment_frames=1))]
+    rows = np.concatenate(rows)
+    if len(rows) < CENTROIDS:
+        raise InputError(f"rows{m}: the descriptor rows' codebook is trained on the descriptor rows of the first videos, and "
+                         f"these give {len(rows)} (at least {CENTROIDS})", "storage")
+    start = time.perf_counter()
+    codebook = ProductQuantizer.train(rows, m, rotate=False)
+    log(f"descriptor rows' codebook {codebook.name} trained on {len(rows)} rows in {time.perf_counter() - start:.0f} s"
+        + ("; few for a good codebook (tens of thousands make one)" if len(rows) < 10_000 else ""))
+    return codebook
 
 
 def extract(model, todo, failures: list, quiet: bool, rank: int | None = None, log=print, insets: bool = False):
@@ -224,15 +253,15 @@ def build(model, index: Path, inputs: list[tuple[str, str]], exists: bool, quiet
     build are added first."""
     staging = staging_area(index)
     report = BuildReport(len(inputs))
-    codebook, items = None, None
-    if not exists and parse_storage(storage)[0] == "pq":  # a new index: nothing in it or staged
+    codebooks, items = (None, None), None
+    if not exists and needs_training(storage):  # a new index: nothing in it or staged
         items = extract(model, inputs, report.failures, quiet, log=log, insets=insets)
         try:
-            codebook, head = train_codebook(items, storage, int(model.model.dim), log=log)
+            codebooks, head = train_codebook(items, storage, int(model.model.dim), log=log)
         except KeyboardInterrupt:
             raise Interrupted(f"nothing saved yet (the codebook of {index} was being trained)") from None
         items = chain(head, items)
-    with open_for_writing(index, model, exists, insets, storage, codebook) as store:
+    with open_for_writing(index, model, exists, insets, storage, codebooks) as store:
         todo, report.present, _ = plan(store, staging, inputs, index, model.name, log=log)
         report.resumed = len(add_staged(store, staging, inputs, report.failures))
         extracted = 0
@@ -259,7 +288,7 @@ def build_sharded(model, index: Path, inputs: list[tuple[str, str]], exists: boo
     try:
         if rank == 0:
             try:
-                if not exists and parse_storage(storage)[0] == "pq":
+                if not exists and needs_training(storage):
                     raise InputError(f"{storage}: a new index with a codebook is started by one process (it trains "
                                      "the codebook on its first videos); add the rest under torchrun", "storage")
                 store = open_for_writing(index, model, exists, insets, storage)

@@ -31,16 +31,36 @@ PQ_BYTES = (8, 16, 32, 64, 128)  # M of the storages "pqM" / "opqM" a build can 
 
 
 def parse_storage(text: str) -> tuple[str, int | None, bool]:
-    """``(IndexStore storage, M, rotate)`` of a storage as the commands name it: ``float16``,
-    ``int8``, ``pqM`` (a product quantiser of M bytes a region vector) or ``opqM`` (the same after
-    OPQ's rotation), M in :data:`PQ_BYTES`. ValueError naming the choices otherwise."""
-    if text in ("float16", "int8"):
-        return text, None, False
-    rotate = text.startswith("opq")
-    digits = text[3:] if rotate else text[2:] if text.startswith("pq") else ""
+    """``(IndexStore storage, M, rotate)`` of the frames of a storage as the commands name it:
+    ``float16``, ``int8``, ``pqM`` (a product quantiser of M bytes a region vector) or ``opqM``
+    (the same after OPQ's rotation), M in :data:`PQ_BYTES`; optionally followed by ``:rowsM``,
+    the coarse descriptor rows as PQ codes of M bytes (:func:`coded_rows`). ValueError naming the
+    choices otherwise."""
+    frames, _, rows = text.partition(":")
+    if rows and not (rows.startswith("rows") and rows[4:].isdigit() and int(rows[4:]) in PQ_BYTES):
+        raise ValueError(f"the descriptor rows' part of a storage is rowsM with M in {', '.join(map(str, PQ_BYTES))}, "
+                         f"got {text!r}")
+    if frames in ("float16", "int8"):
+        return frames, None, False
+    rotate = frames.startswith("opq")
+    digits = frames[3:] if rotate else frames[2:] if frames.startswith("pq") else ""
     if not digits.isdigit() or int(digits) not in PQ_BYTES:
-        raise ValueError(f"expected float16, int8, pqM or opqM with M in {', '.join(map(str, PQ_BYTES))}, got {text!r}")
+        raise ValueError(f"expected float16, int8, pqM or opqM with M in {', '.join(map(str, PQ_BYTES))} (then "
+                         f"optionally :rowsM), got {text!r}")
     return "pq", int(digits), rotate
+
+
+def coded_rows(text: str) -> int | None:
+    """M of a storage's ``:rowsM`` (descriptor rows stored as M-byte PQ codes), None without it."""
+    parse_storage(text)
+    _, _, rows = text.partition(":")
+    return int(rows[4:]) if rows else None
+
+
+def needs_training(text: str) -> bool:
+    """Whether a new index of this storage trains a codebook on its first videos (pq frames or
+    coded rows)."""
+    return parse_storage(text)[0] == "pq" or coded_rows(text) is not None
 
 
 @dataclass
@@ -171,3 +191,33 @@ class ProductQuantizer:
             if not names <= {"centroids", "rotation"} or "centroids" not in names:
                 raise ValueError(f"{path}: not a codebook (arrays {sorted(names)}; expected centroids[, rotation])")
             return cls(z["centroids"], z["rotation"] if "rotation" in names else None)
+
+
+class DecodedRows:
+    """Float32 rows ``[N, D]`` read through ``codebook`` from their codes ``[N, M]`` (a memory map
+    of an index's coded descriptor file): indexing (a slice, or an array of row numbers) decodes
+    the rows it selects and nothing else, so a caller of a ``[N, D]`` array (the coarse stage's
+    GEMM blocks, an IVF's training sample and additions) needs no other path."""
+
+    def __init__(self, codes: np.ndarray, codebook: ProductQuantizer):
+        if codes.ndim != 2 or codes.shape[1] != codebook.m or codes.dtype != np.uint8:
+            raise ValueError(f"codes must be uint8 [N, {codebook.m}], got {codes.dtype} {list(codes.shape)}")
+        self.codes, self.codebook = codes, codebook
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.codes.shape[0]), self.codebook.dim
+
+    dtype = np.dtype(np.float32)
+    ndim = 2
+
+    def __len__(self) -> int:
+        return int(self.codes.shape[0])
+
+    def __getitem__(self, rows) -> np.ndarray:
+        codes = np.ascontiguousarray(self.codes[rows])
+        return self.codebook.decode(torch.from_numpy(codes)).numpy()
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)

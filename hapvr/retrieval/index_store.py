@@ -9,7 +9,9 @@ Layout of the folder (generation ``g`` counts compactions)::
                     storage "int8", int8 codes [T, R, D] then float16 scales [T, R]; with
                     storage "pq", uint8 codes [T, R, M])
     codebook.npz    (storage "pq" only) the product quantiser, CRC-32 in the manifest
-    g<g>.desc       their coarse descriptors back to back, float32 [rows, D] each
+    g<g>.desc       their coarse descriptors back to back, float32 [rows, D] each (or, with a
+                    descriptor codebook, uint8 PQ codes [rows, M]: format 3)
+    desc-codebook.npz  (coded descriptor rows only) their product quantiser, CRC-32 in the manifest
     g<g>.journal    one JSON line per event: ``add`` (id, frame offset, length, descriptor rows,
                     CRC-32s of both), ``view`` (the same for one inset view of a video, with its
                     rectangle; written before the video's ``add``), ``remove`` (a tombstone, of the
@@ -73,11 +75,13 @@ import torch
 from hapvr.io.files import try_lock, write_json
 from hapvr.io.records import committed_lines, damaged, json_crc, parse_object
 from hapvr.io.serialization import CorruptFileError
-from hapvr.retrieval.codecs import ProductQuantizer
+from hapvr.retrieval.codecs import DecodedRows, ProductQuantizer
 from hapvr.retrieval.coarse import DescriptorConfig, video_descriptors
 
 FORMAT = "hapvr-video-index-1"
 FORMAT_INT8 = "hapvr-video-index-2"  # coded frames: a new name, so that versions reading only float16 refuse it
+FORMAT_CODED_ROWS = "hapvr-video-index-3"  # coded descriptor rows too: refused by versions that read them as float32
+FORMATS = (FORMAT, FORMAT_INT8, FORMAT_CODED_ROWS)
 STORAGE_DTYPE = np.float16
 # How frames are stored: float16 (2 D bytes a region vector), or int8 codes with one float16 scale
 # per region vector (D + 2 bytes; a video's codes [T, R, D] then its scales [T, R]). Measured on
@@ -86,6 +90,7 @@ STORAGE_DTYPE = np.float16
 # vector, codes of a product quantiser (hapvr.retrieval.codecs) kept in the folder.
 STORAGES = ("float16", "int8", "pq")
 CODEBOOK = "codebook.npz"
+DESC_CODEBOOK = "desc-codebook.npz"  # coded descriptor rows: their product quantiser (docs/scale.md)
 DESCRIPTOR_DTYPE = np.float32
 _GENERATION_FILE = re.compile(r"^g(\d+)\.(frames|desc|journal)$")
 VIEW_SEP = "\x00"  # an entry key of a view is ``video id + VIEW_SEP + view number`` (ids never hold it)
@@ -152,9 +157,9 @@ def read_manifest(path: str | Path) -> dict:
             raise ValueError("not an object")
     except ValueError as exc:
         raise CorruptFileError(f"index {path}: unreadable manifest.json ({exc})") from None
-    if manifest.get("format") not in (FORMAT, FORMAT_INT8):
-        raise CorruptFileError(f"index {path}: manifest format {manifest.get('format')!r}, expected {FORMAT!r} or "
-                               f"{FORMAT_INT8!r}")
+    if manifest.get("format") not in FORMATS:
+        raise CorruptFileError(f"index {path}: manifest format {manifest.get('format')!r}, expected one of "
+                               f"{', '.join(map(repr, FORMATS))} (a newer hapvr wrote it?)")
     return manifest
 
 
@@ -234,12 +239,9 @@ class IndexStore:
         if self.storage not in STORAGES:
             raise CorruptFileError(f"index {path}: its frames are stored as {self.storage!r}, which this version of "
                                    f"hapvr cannot read (it reads {', '.join(STORAGES)})")
-        self.codebook: ProductQuantizer | None = None
-        if self.storage == "pq":
-            try:
-                self.codebook = ProductQuantizer.load(self.path / CODEBOOK, manifest.get("codebook_crc"))
-            except (OSError, ValueError) as exc:
-                raise CorruptFileError(f"index {path}: its codebook cannot be read ({exc})") from None
+        self.codebook = self._codebook(CODEBOOK, "codebook") if self.storage == "pq" else None
+        # descriptor rows as PQ codes (None: float32 rows)
+        self.desc_codebook = self._codebook(DESC_CODEBOOK, "desc_codebook") if "desc_codebook" in manifest else None
         self.descriptor = DescriptorConfig(**manifest["descriptor"])
         self.generation = int(manifest["generation"])
         self._lock_fh = None
@@ -254,13 +256,20 @@ class IndexStore:
         self._dead_frames = 0
         self._fds: dict[str, int] = {}
 
+    def _codebook(self, name: str, key: str) -> ProductQuantizer:
+        try:
+            return ProductQuantizer.load(self.path / name, self.manifest.get(f"{key}_crc"))
+        except (OSError, ValueError) as exc:
+            raise CorruptFileError(f"index {self.path}: its codebook {name} cannot be read ({exc})") from None
+
     # --- opening --------------------------------------------------------------------------------
 
     @classmethod
     def create(cls, path: str | Path, space: dict, region_shape: tuple[int, int],
                descriptor: DescriptorConfig = DescriptorConfig(), durable: bool = True,
                built_with: dict | None = None, insets: bool = False, storage: str = "float16",
-               codebook: ProductQuantizer | None = None) -> "IndexStore":
+               codebook: ProductQuantizer | None = None, desc_codebook: ProductQuantizer | None = None
+               ) -> "IndexStore":
         """A new empty index at ``path`` (a folder that does not exist or is empty), open for writing.
 
         ``space`` describes the feature space, e.g. ``{"scorer": scorer.fingerprint(), "backbone":
@@ -270,7 +279,8 @@ class IndexStore:
         and not compared. ``insets``: the index also stores the videos' inset views (the module
         docstring); recorded in the manifest, so every later ``add`` gives them. ``storage``: how
         frames are stored, ``float16``, ``int8`` or ``pq`` (:data:`STORAGES`) with ``codebook``, a
-        :class:`~hapvr.retrieval.codecs.ProductQuantizer` of D-dimensional vectors."""
+        :class:`~hapvr.retrieval.codecs.ProductQuantizer` of D-dimensional vectors. ``desc_codebook``:
+        store the coarse descriptor rows as its codes instead of float32 (M bytes a row instead of 4 D)."""
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
         if (storage == "pq") != (codebook is not None):
@@ -282,11 +292,13 @@ class IndexStore:
         R, D = (int(v) for v in region_shape)
         if R < 1 or D < 1:
             raise ValueError(f"region_shape must be (R, D) with both >= 1, got {tuple(region_shape)}")
-        if codebook is not None and codebook.dim != D:
-            raise ValueError(f"the codebook codes {codebook.dim}-dimensional vectors, the index holds D = {D}")
+        for name, book in (("codebook", codebook), ("desc_codebook", desc_codebook)):
+            if book is not None and book.dim != D:
+                raise ValueError(f"{name} codes {book.dim}-dimensional vectors, the index holds D = {D}")
         space = _as_json(space)
         path.mkdir(parents=True, exist_ok=True)
-        manifest = {"format": FORMAT if storage == "float16" else FORMAT_INT8, "uid": uuid.uuid4().hex, "space": space, "region_shape": [R, D],
+        form = FORMAT_CODED_ROWS if desc_codebook is not None else FORMAT if storage == "float16" else FORMAT_INT8
+        manifest = {"format": form, "uid": uuid.uuid4().hex, "space": space, "region_shape": [R, D],
                     "storage_dtype": storage, "descriptor": asdict(descriptor),
                     "generation": 0}
         if insets:
@@ -296,6 +308,9 @@ class IndexStore:
         if codebook is not None:  # written before the manifest: an index is never without its codebook
             manifest["codebook_crc"] = codebook.save(path / CODEBOOK)
             manifest["codebook"] = codebook.name
+        if desc_codebook is not None:
+            manifest["desc_codebook_crc"] = desc_codebook.save(path / DESC_CODEBOOK)
+            manifest["desc_codebook"] = desc_codebook.name
         store = cls(path, manifest, writable=True, durable=durable)
         store._lock()
         for kind in ("frames", "desc", "journal"):
@@ -516,8 +531,10 @@ class IndexStore:
         if not ok:
             bad = "NaN or infinite values" if not np.isfinite(x).all() else "values beyond float16's range (65504)"
             raise ValueError(f"{what}: features hold {bad}; index only finite, normalised features")
-        desc = video_descriptors(stored.astype(np.float32), self.descriptor)
-        return payload, int(x.shape[0]), np.ascontiguousarray(desc, dtype=DESCRIPTOR_DTYPE)
+        desc = np.ascontiguousarray(video_descriptors(stored.astype(np.float32), self.descriptor), DESCRIPTOR_DTYPE)
+        if self.desc_codebook is not None:
+            desc = self.desc_codebook.encode(torch.from_numpy(desc)).numpy()  # uint8 [rows, M]
+        return payload, int(x.shape[0]), desc
 
     def add(self, vid: str, features, views=()) -> None:
         """Appends one video (``[T, R, D]`` float, torch or numpy) and its inset ``views``
@@ -637,6 +654,8 @@ class IndexStore:
 
     @property
     def _row_bytes(self) -> int:
+        if self.desc_codebook is not None:
+            return self.desc_codebook.m
         return self.region_shape[1] * np.dtype(DESCRIPTOR_DTYPE).itemsize
 
     def _pread(self, kind: str, offset: int, size: int) -> bytes:
@@ -733,22 +752,25 @@ class IndexStore:
         return ([r.id for r in recs], np.array([r.row for r in recs], np.int64),
                 np.array([r.rows for r in recs], np.int64))
 
-    def descriptor_matrix(self, verify: bool = True) -> np.ndarray:
+    def descriptor_matrix(self, verify: bool = True) -> np.ndarray | DecodedRows:
         """Every stored descriptor row by global row number, ``[rows, D]`` float32, memory-mapped
-        (rows of removed videos included: see :meth:`row_layout` for the live runs).
+        (rows of removed videos included: see :meth:`row_layout` for the live runs); coded rows
+        come as :class:`~hapvr.retrieval.codecs.DecodedRows` over the mapped codes, decoded as read.
         ``verify``: check the live videos' rows against their CRCs first (one read of the file)."""
         D = self.region_shape[1]
         if self._row_end == 0:
             return np.zeros((0, D), DESCRIPTOR_DTYPE)
         # copy-on-write: writable as torch.from_numpy wants, though nothing writes it (the file is never changed)
-        matrix = np.memmap(self._file("desc"), dtype=DESCRIPTOR_DTYPE, mode="c", shape=(self._row_end, D))
+        coded = self.desc_codebook is not None
+        matrix = np.memmap(self._file("desc"), dtype=np.uint8 if coded else DESCRIPTOR_DTYPE, mode="c",
+                           shape=(self._row_end, self._row_bytes if coded else D))
         if verify:
             flat = matrix.reshape(-1).view(np.uint8)
             for rec in [*self._records.values(), *self._view_records.values()]:
                 if zlib.crc32(flat[rec.row * self._row_bytes: (rec.row + rec.rows) * self._row_bytes]) != rec.desc_crc:
                     raise CorruptFileError(f"index {self.path}: the descriptor of {_describe(rec.id)} is damaged on "
                                            "disk (CRC mismatch); remove and re-add it")
-        return matrix
+        return DecodedRows(matrix, self.desc_codebook) if coded else matrix
 
     def descriptors(self, since_row: int = 0) -> Descriptors:
         """Descriptor rows of the live videos added at or after global row ``since_row`` (all by
@@ -765,12 +787,19 @@ class IndexStore:
             if zlib.crc32(chunk) != rec.desc_crc:
                 raise CorruptFileError(f"index {self.path}: the descriptor of video {rec.id!r} is damaged on disk "
                                        "(CRC mismatch); remove and re-add it")
-            vectors[at: at + rec.rows] = np.frombuffer(chunk, dtype=DESCRIPTOR_DTYPE).reshape(rec.rows, D)
+            vectors[at: at + rec.rows] = self._rows_of(chunk, rec.rows)
             at += rec.rows
         owners = np.repeat(np.arange(len(recs), dtype=np.int64), counts)
         rows = np.concatenate([np.arange(r.row, r.row + r.rows, dtype=np.int64) for r in recs]) if recs \
             else np.zeros(0, np.int64)
         return Descriptors([r.id for r in recs], vectors, owners, rows)
+
+    def _rows_of(self, chunk, rows: int) -> np.ndarray:
+        """float32 ``[rows, D]`` of a run of stored descriptor bytes."""
+        if self.desc_codebook is None:
+            return np.frombuffer(chunk, dtype=DESCRIPTOR_DTYPE).reshape(rows, self.region_shape[1])
+        codes = np.frombuffer(chunk, dtype=np.uint8).reshape(rows, self.desc_codebook.m)
+        return self.desc_codebook.decode(torch.from_numpy(codes.copy())).numpy()
 
     def state(self) -> dict:
         """What identifies this index's content, for caches built on it (the coarse index file):
