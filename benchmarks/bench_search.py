@@ -12,6 +12,20 @@ The runs recorded in ``benchmarks/results/search.json`` (each part < ~10 min on 
     python -m benchmarks.bench_search --part coarse --rows 1000000 --threads 1
     python -m benchmarks.bench_search --part report                          # table + PASS/FAIL
     python -m benchmarks.bench_search --part index,latency,recall --size 20000 --storage int8
+    python -m benchmarks.bench_search --part index,latency,recall --size 20000 --storage pq128
+    python -m benchmarks.bench_search --part index,latency --size 100000 --storage pq128
+    python -m benchmarks.bench_search --part recall --size 100000 --storage pq128 --recall-queries 30
+    python -m benchmarks.bench_search --part recall --size 100000 --storage pq128 --recall-queries 10 \
+        --coarse flat            # or ivf, ivfpq with --nprobe / --shortlist: recall_coarse-... entries
+    python -m benchmarks.bench_search --part add --size 100000 --storage pq128 --add 10000
+    python -m benchmarks.bench_search --part rowcodes --size 20000 --storage pq128
+    python -m benchmarks.bench_search --part bound --size 20000 --recall-queries 30
+
+``add`` appends ``--add`` new videos to a copy of an index (time per thousand, bytes written,
+files appended rather than rewritten, the search's pick-up of them); ``rowcodes`` simulates
+descriptor rows stored as PQ codes (``--storage ...:rowsM``) on an index; ``bound`` re-ranks
+each query's 400 candidates of the float16 index from its features through PQ 128 and through
+the Gaussian test channel at 2-3 bits a dimension (what any code of that size can keep).
 
 ``--storage int8`` builds and measures an index whose frames are int8 codes (its own folder, its
 numbers under ``storage-int8`` in the JSON); ``--storage pq128`` (or ``pqM`` / ``opqM``) one whose

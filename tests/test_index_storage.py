@@ -298,7 +298,7 @@ def test_coded_descriptor_rows_round_trip_and_search(codebooks, tmp_path, fresh_
         IndexStore.create(tmp_path / "y", space(), (R, 32), desc_codebook=book)
 
 
-def test_a_build_codes_descriptor_rows_with_a_codebook_of_its_first_videos(tmp_path):
+def test_a_build_codes_descriptor_rows_with_a_codebook_of_its_first_videos(tmp_path, capsys):
     """``:rowsM``: the rows' codebook is trained on the descriptor rows (two-frame and one-frame)
     of the videos the frames' codebook reads, the index made with both, and ``--storage`` of an
     existing index compared with both parts."""
@@ -317,6 +317,10 @@ def test_a_build_codes_descriptor_rows_with_a_codebook_of_its_first_videos(tmp_p
         store.add_many((v, x) for v, x, _ in head)
         assert (tmp_path / "i" / "g0.desc").stat().st_size == 30 * 10 * 8
     building.check_against(tmp_path / "i", False, "pq16:rows8")
+    from hapvr.index import main as index_main
+
+    assert index_main(["info", "--index", str(tmp_path / "i")]) == 0
+    assert "30 videos, frames stored as pq16, descriptor rows as pq8" in capsys.readouterr().out
     with pytest.raises(InputError, match="stores its frames as pq16:rows8; build a new index for pq16"):
         building.check_against(tmp_path / "i", False, "pq16")
 
