@@ -201,6 +201,7 @@ def latency_child(args, size: int) -> dict:
             coarse_s.append(r.coarse_seconds)
             rerank_s.append(r.rerank_seconds)
         out[f"query_{name}"] = {"median_s": statistics.median(totals), "max_s": max(totals),
+                                "p95_s": float(np.percentile(totals, 95)),
                                 "coarse_median_s": statistics.median(coarse_s),
                                 "rerank_median_s": statistics.median(rerank_s)}
     out["peak_rss_bytes"] = H._status_kib("VmHWM:") * 1024  # open, coarse index and queries
@@ -647,7 +648,8 @@ def report(results: dict) -> None:
                     rows.append([f"{size}", f"{QUERY_FRAMES}-frame query, {name} cache (C={run['candidates']}), "
                                  f"{run.get('threads')} thread(s), load {load:.1f}",
                                  f"median {fmt_s(q['median_s'])} (coarse {fmt_s(q['coarse_median_s'])}, "
-                                 f"re-rank {fmt_s(q['rerank_median_s'])}), max {fmt_s(q['max_s'])}"])
+                                 f"re-rank {fmt_s(q['rerank_median_s'])}), "
+                                 + (f"p95 {fmt_s(q['p95_s'])}, " if "p95_s" in q else "") + f"max {fmt_s(q['max_s'])}"])
             rows.append([f"{size}", "peak resident memory (whole process)", f"{H.fmt_bytes(lat['peak_rss_bytes'])} "
                          f"searching; {H.fmt_bytes(lat.get('peak_rss_with_ivf_training_bytes'))} "
                          "with the IVF trained beside"])
