@@ -316,6 +316,7 @@ def part_recall(args, size: int) -> dict:
     return extra | {"queries": len(qs), "candidates_default": DEFAULT_CANDIDATES,
             "recall_top10": {C: round(float(np.mean(v)), 4) for C, v in recall.items()},
             "recall_top10_min": {C: round(float(np.min(v)), 2) for C, v in recall.items()},
+            "recall_top10_ci95": {C: _bootstrap_ci(v) for C, v in recall.items()},
             "recall_planted_in_top10": {C: round(float(np.mean(v)), 4) if v else None
                                         for C, v in recall_copies.items()},
             "exhaustive_single_query_s": single_s, "exhaustive_batched_per_query_s": batched_s,

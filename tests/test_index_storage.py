@@ -14,7 +14,7 @@ from hapvr.evaluation.scorers import ChamferBaseline
 from hapvr.io.serialization import CorruptFileError
 from hapvr.retrieval.codecs import ProductQuantizer
 from hapvr.retrieval.coarse import CoarseConfig, segment_chamfer, video_descriptors
-from hapvr.retrieval.codecs import DecodedRows
+from hapvr.retrieval.codecs import DecodedRows, coded_rows, parse_storage
 from hapvr.retrieval.index_store import (FORMAT, FORMAT_CODED_ROWS, FORMAT_INT8, IndexStore, feature_space, read_manifest,
                                         view_key)
 from hapvr.retrieval.planted import PlantedCollection, PlantedConfig
@@ -285,6 +285,26 @@ def test_coded_descriptor_rows_round_trip_and_search(codebooks, tmp_path, fresh_
                                 persist_coarse=False)
             pos, sims = searcher.coarse.search(q, len(ids))
             np.testing.assert_allclose(sims, np.sort(want)[::-1], rtol=1e-5, atol=1e-6)
+        with pytest.raises(IndexError, match="selects rows"):
+            matrix[0:2, :4]
+        with pytest.raises(ValueError, match="without a copy"):
+            matrix.__array__(copy=False)
+    reader = IndexStore.open(path, space())
+    with IndexStore.open(path, space(), writable=True) as store:  # appends after a reopen, seen by a reader
+        more = unit(rng, 5, R, D)
+        store.add("late", more)
+    reader.refresh()
+    s, c = (int(a[-1]) for a in reader.row_layout()[1:])
+    np.testing.assert_allclose(reader.descriptor_matrix()[s: s + c],
+                               faiss_reference(book, video_descriptors(more.astype(np.float16).astype(np.float32)))[1],
+                               atol=1e-5)
+    reader.close()
+    manifest = json.loads((path / "manifest.json").read_text())
+    for broken in ({**manifest, "format": FORMAT_INT8}, {k: v for k, v in manifest.items() if k != "desc_codebook"}):
+        (path / "manifest.json").write_text(json.dumps(broken))
+        with pytest.raises(CorruptFileError, match="a descriptor codebook"):
+            IndexStore.open(path)
+    (path / "manifest.json").write_text(json.dumps(manifest))
     desc = path / "g1.desc"
     raw = bytearray(desc.read_bytes())
     raw[3] ^= 0xFF
@@ -317,6 +337,10 @@ def test_a_build_codes_descriptor_rows_with_a_codebook_of_its_first_videos(tmp_p
         store.add_many((v, x) for v, x, _ in head)
         assert (tmp_path / "i" / "g0.desc").stat().st_size == 30 * 10 * 8
     building.check_against(tmp_path / "i", False, "pq16:rows8")
+    for text in ("pq16:", "pq16:rows08", "pq016", "float16:rows8:rows8"):
+        with pytest.raises(ValueError, match="expected float16|rowsM with M in"):
+            parse_storage(text)
+    assert parse_storage("opq64:rows16") == ("pq", 64, True) and coded_rows("opq64:rows16") == 16
     from hapvr.index import main as index_main
 
     assert index_main(["info", "--index", str(tmp_path / "i")]) == 0

@@ -28,6 +28,7 @@ finds, each cropped and extracted); staged videos carry theirs.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,6 +36,7 @@ from itertools import chain
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
 from hapvr.data.video import VideoDecodeError
@@ -103,8 +105,8 @@ def check_against(index: Path, insets: bool, storage: str | None) -> None:
     if insets and not manifest.get("insets"):
         raise InputError(f"--insets: --index {index} was built without inset views; build a new index with --insets",
                          "insets")
-    stored = manifest.get("codebook", manifest.get("storage_dtype", "float16")) + \
-        (f":rows{manifest['desc_codebook'][2:]}" if "desc_codebook" in manifest else "")
+    rows = re.fullmatch(r"o?pq(\d+).*", manifest.get("desc_codebook", ""))  # the rows' codebook: its M bytes
+    stored = manifest.get("codebook", manifest.get("storage_dtype", "float16")) + (f":rows{rows[1]}" if rows else "")
     if storage not in (None, stored):
         raise InputError(f"--storage: --index {index} stores its frames as {stored}; build a new index for {storage}",
                          "storage")
@@ -129,38 +131,37 @@ def train_codebook(items, storage: str, dim: int, sample: int = CODEBOOK_SAMPLE,
     :func:`extract` yields them, views included) up to ``sample`` vectors, or all, and on the
     descriptor rows of the same videos (:func:`train_row_codebook`)."""
     kind, m, rotate = parse_storage(storage)
-    head, vectors, n = [], [], 0
+    rows_m = coded_rows(storage)
+    head, clips, n = [], [], 0
     for item in items:
         head.append(item)
-        vectors += [np.asarray(x, np.float32).reshape(-1, dim) for x in [item[1], *(v for _, v in item[2])]]
-        n = sum(len(v) for v in vectors)
+        clips += [np.asarray(x, np.float32) for x in [item[1], *(v for _, v in item[2])]]  # [T, R, D] each
+        n = sum(x.shape[0] * x.shape[1] for x in clips)
         if n >= sample:
             break
-    if n < CENTROIDS:
+    if kind == "pq" and n < CENTROIDS:
         raise InputError(f"{storage}: the codebook is trained on the region vectors of the first videos, and these "
                          f"give {n} (at least {CENTROIDS}; tens of thousands for a good codebook)", "storage")
+    rows = sum(x.shape[0] + -(-x.shape[0] // DescriptorConfig().segment_frames) for x in clips)
+    if rows_m and rows < CENTROIDS:  # checked before the frames' codebook is trained for nothing
+        raise InputError(f"rows{rows_m}: the descriptor rows' codebook is trained on the descriptor rows of the first "
+                         f"videos, and these give {rows} (at least {CENTROIDS})", "storage")
     start, codebook = time.perf_counter(), None
     few = "; few for a good codebook (tens of thousands make one)" if min(n, sample) < 10_000 else ""
     if kind == "pq":
-        codebook = ProductQuantizer.train(np.concatenate(vectors)[:sample], m, rotate=rotate)
+        codebook = ProductQuantizer.train(np.concatenate([x.reshape(-1, dim) for x in clips])[:sample], m, rotate=rotate)
         log(f"codebook {codebook.name} ({m} bytes a region vector) trained on {min(n, sample)} region vectors of "
             f"the first {len(head)} videos in {time.perf_counter() - start:.0f} s{few}")
-    rows = coded_rows(storage)
-    return (codebook, rows and train_row_codebook(head, rows, dim, log)), head
+        clips = [codebook.decode(codebook.encode(torch.from_numpy(x))).numpy() for x in clips]  # as stored
+    return (codebook, rows_m and train_row_codebook(clips, rows_m, log)), head
 
 
-def train_row_codebook(head: list, m: int, dim: int, log=print) -> ProductQuantizer:
+def train_row_codebook(clips: list[np.ndarray], m: int, log=print) -> ProductQuantizer:
     """The product quantiser of ``m`` bytes of an index's coarse descriptor rows, trained on the rows
-    of ``head``'s videos and views, with their one-frame rows beside (the same space; more rows)."""
-    rows = []
-    for item in head:
-        for x in [item[1], *(v for _, v in item[2])]:
-            x = np.asarray(x, np.float32).reshape(-1, 9, dim)
-            rows += [video_descriptors(x, DescriptorConfig()), video_descriptors(x, DescriptorConfig(segment_frames=1))]
-    rows = np.concatenate(rows)
-    if len(rows) < CENTROIDS:
-        raise InputError(f"rows{m}: the descriptor rows' codebook is trained on the descriptor rows of the first videos, and "
-                         f"these give {len(rows)} (at least {CENTROIDS})", "storage")
+    of ``clips`` (``[T, R, D]`` features as the index stores them), with their one-frame rows
+    beside (the same space; more rows)."""
+    rows = np.concatenate([video_descriptors(x, cfg) for x in clips
+                           for cfg in (DescriptorConfig(), DescriptorConfig(segment_frames=1))])
     start = time.perf_counter()
     codebook = ProductQuantizer.train(rows, m, rotate=False)
     log(f"descriptor rows' codebook {codebook.name} trained on {len(rows)} rows in {time.perf_counter() - start:.0f} s"

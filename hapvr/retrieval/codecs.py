@@ -17,6 +17,7 @@ What each costs in retrieval quality is measured by ``benchmarks/bench_compressi
 from __future__ import annotations
 
 import io
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +37,18 @@ def parse_storage(text: str) -> tuple[str, int | None, bool]:
     (the same after OPQ's rotation), M in :data:`PQ_BYTES`; optionally followed by ``:rowsM``,
     the coarse descriptor rows as PQ codes of M bytes (:func:`coded_rows`). ValueError naming the
     choices otherwise."""
-    frames, _, rows = text.partition(":")
-    if rows and not (rows.startswith("rows") and rows[4:].isdigit() and int(rows[4:]) in PQ_BYTES):
+    frames, colon, rows = text.partition(":")
+    sizes = "|".join(map(str, PQ_BYTES))
+    if colon and not re.fullmatch(f"rows({sizes})", rows):
         raise ValueError(f"the descriptor rows' part of a storage is rowsM with M in {', '.join(map(str, PQ_BYTES))}, "
                          f"got {text!r}")
     if frames in ("float16", "int8"):
         return frames, None, False
-    rotate = frames.startswith("opq")
-    digits = frames[3:] if rotate else frames[2:] if frames.startswith("pq") else ""
-    if not digits.isdigit() or int(digits) not in PQ_BYTES:
+    found = re.fullmatch(f"(o?)pq({sizes})", frames)
+    if not found:
         raise ValueError(f"expected float16, int8, pqM or opqM with M in {', '.join(map(str, PQ_BYTES))} (then "
                          f"optionally :rowsM), got {text!r}")
-    return "pq", int(digits), rotate
+    return "pq", int(found[2]), bool(found[1])
 
 
 def coded_rows(text: str) -> int | None:
@@ -215,9 +216,13 @@ class DecodedRows:
         return int(self.codes.shape[0])
 
     def __getitem__(self, rows) -> np.ndarray:
+        if isinstance(rows, tuple):  # rows only: a column of codes is not a column of the vectors
+            raise IndexError("DecodedRows selects rows (a slice or row numbers), not columns")
         codes = np.ascontiguousarray(self.codes[rows])
         return self.codebook.decode(torch.from_numpy(codes)).numpy()
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if copy is False:
+            raise ValueError("DecodedRows decodes into a new array: it cannot be viewed without a copy")
         out = self[:]
         return out if dtype is None else out.astype(dtype, copy=False)

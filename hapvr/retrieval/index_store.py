@@ -240,7 +240,10 @@ class IndexStore:
             raise CorruptFileError(f"index {path}: its frames are stored as {self.storage!r}, which this version of "
                                    f"hapvr cannot read (it reads {', '.join(STORAGES)})")
         self.codebook = self._codebook(CODEBOOK, "codebook") if self.storage == "pq" else None
-        # descriptor rows as PQ codes (None: float32 rows)
+        # descriptor rows as PQ codes (None: float32 rows); the format says so as well, or the manifest is damaged
+        if (manifest.get("format") == FORMAT_CODED_ROWS) != ("desc_codebook" in manifest):
+            raise CorruptFileError(f"index {path}: manifest format {manifest.get('format')!r} "
+                                   f"{'with' if 'desc_codebook' in manifest else 'without'} a descriptor codebook")
         self.desc_codebook = self._codebook(DESC_CODEBOOK, "desc_codebook") if "desc_codebook" in manifest else None
         self.descriptor = DescriptorConfig(**manifest["descriptor"])
         self.generation = int(manifest["generation"])
