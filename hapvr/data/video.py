@@ -107,7 +107,9 @@ def decode_samples(path: str, fps: float = 1.0, keep=None, max_frames: int | Non
                     if t + 1e-6 < next_t:
                         continue
                     if keep is None or count in keep:
-                        images[count] = resize_short_side(frame.to_image(), short_side)
+                        # one scaling thread: libswscale's slice threads have hung a forked DataLoader
+                        # worker (waiting on threads it did not have); decoding keeps its own threads
+                        images[count] = resize_short_side(frame.to_image(threads=1), short_side)
                     count += 1
                     next_t = (np.floor(t * fps + 1e-6) + 1) / fps
                     if max_frames is not None and count >= max_frames:
