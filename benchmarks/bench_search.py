@@ -65,6 +65,7 @@ import numpy as np
 import torch
 
 from benchmarks import _harness as H
+from hapvr.cli import int_at_least
 
 HERE = Path(__file__).resolve().parent
 
@@ -347,8 +348,6 @@ def part_add(args, size: int) -> dict:
     from hapvr.retrieval.search import Searcher
 
     source = index_path(args, size)
-    if not (source / "manifest.json").exists():
-        raise SystemExit(f"--part add needs the index of {size} videos: run --part index first")
     copy = Path(args.workdir) / f"add-{source.name}"
     shutil.rmtree(copy, ignore_errors=True)
     t0 = time.perf_counter()
@@ -517,8 +516,9 @@ def part_bound(args, size: int) -> dict:
 
 def _bootstrap_ci(values: list[float], n: int = 2000) -> list[float]:
     """95 % percentile bootstrap interval of the mean over queries."""
-    v = np.asarray(values, np.float64)
-    means = v[np.random.default_rng(0).integers(0, len(v), (n, len(v)))].mean(axis=1)
+    from hapvr.evaluation.bootstrap import resamples
+
+    means = np.asarray(values, np.float64)[resamples(len(values), n)].mean(axis=1)
     return [round(float(x), 4) for x in np.percentile(means, [2.5, 97.5])]
 
 
@@ -747,13 +747,13 @@ def main(argv=None):
     p.add_argument("--storage", default="float16", type=storage_name,
                    help="how the index stores its frames: float16, int8, pqM or opqM (M bytes a region vector, "
                         "the codebook trained on the collection's first videos) (default: %(default)s)")
-    p.add_argument("--add", type=int, default=10_000, help="videos the add part appends (default: %(default)s)")
+    p.add_argument("--add", type=int_at_least(1), default=10_000, help="videos the add part appends (default: %(default)s)")
     p.add_argument("--coarse", default="auto", choices=("auto", "flat", "ivf", "ivfpq"),
                    help="the recall part's coarse stage (hapvr.search's --coarse); other than auto its numbers "
                         "are kept as recall_coarse-KIND[-nprobeN][-shortlistN] (default: %(default)s)")
-    p.add_argument("--nprobe", type=int, default=None, help="the recall part's IVF lists per query row "
+    p.add_argument("--nprobe", type=int_at_least(1), default=None, help="the recall part's IVF lists per query row "
                                                             "(default: CoarseConfig's)")
-    p.add_argument("--shortlist", type=int, default=None, help="the recall part's IVF rows per query row scored "
+    p.add_argument("--shortlist", type=int_at_least(1), default=None, help="the recall part's IVF rows per query row scored "
                                                                "exactly (default: CoarseConfig's)")
     p.add_argument("--latency-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--coarse-child", type=int, help=argparse.SUPPRESS)
@@ -779,6 +779,12 @@ def main(argv=None):
     unknown = set(parts) - {"index", "latency", "recall", "duplicates", "add", "rowcodes", "bound", "coarse"}
     if unknown:
         p.error(f"unknown part(s) {sorted(unknown)}")
+    for size in args.size or [1000]:  # the parts that read an index someone else built
+        for part, storage in (("add", args.storage), ("rowcodes", args.storage), ("bound", "float16")):
+            built_here = "index" in parts and storage == args.storage
+            if part in parts and not built_here and not (index_path(args, size, storage) / "manifest.json").exists():
+                p.error(f"--part {part} needs the {storage} index of {size} videos in {args.workdir}: run --part index "
+                        f"--size {size}" + ("" if storage == "float16" else f" --storage {storage}") + " first")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     results = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
     runs = results.setdefault("runs", [])
