@@ -45,7 +45,10 @@ class InsetConfig:
     # weakest side's line response over the frame's typical (median) response: on the built-in
     # validation benchmark, every true inset scored >= 11.9 and every false rectangle <= 7.8
     min_contrast: float = 10.0
-    stack_contrast: float = 4.0  # the same for a stack's dividing line (no false stack seen to set it by)
+    # the same for a stack's dividing line, along each eighth of it (no false stack seen to set it
+    # by); two halves meeting at the same grey along a stretch in over a quarter of the frames
+    # leave that eighth below it, and the stack is not split
+    stack_contrast: float = 4.0
     candidates: int = 12  # strongest lines tried per axis
     border_std: float = 3.0  # a static border row / column: brightness spread (0-255) below this
     min_border: float = 0.04  # a border narrower than this share of the side is ignored
