@@ -27,10 +27,11 @@ from pathlib import Path
 
 import torch
 
-from hapvr.data.insets import Inset, detect_insets
-from hapvr.data.video import CROP, center_crop, decode_frames, load_frames
+from hapvr.data.insets import Inset
+from hapvr.data.video import center_crop, decode_frames, load_frames
 from hapvr.errors import InputError
 from hapvr.evaluation.scorers import ChamferBaseline, ModelScorer, state_dict_digest
+from hapvr.features.extraction import inset_views
 from hapvr.features.extractor import RegionFeatureExtractor
 from hapvr.io.checkpoint import load_default_model, read_model_file
 from hapvr.localization import Segment, chamfer_frame_map, localize_explained
@@ -157,15 +158,9 @@ class VideoModel:
 
     def inset_views(self, frames: torch.Tensor) -> list[tuple["Inset", torch.Tensor]]:
         """``(inset, features)`` per rectangle :func:`hapvr.data.insets.detect_insets` finds in
-        decoded ``uint8 [T, 3, H, W]`` frames: the rectangle cropped and resized to 224 x 224."""
-        out = []
-        for inset in detect_insets(frames):
-            crop = frames[:, :, inset.top:inset.top + inset.height, inset.left:inset.left + inset.width].float()
-            crop = torch.nn.functional.interpolate(crop, size=(CROP, CROP), mode="bilinear", antialias=True)
-            with torch.no_grad():
-                feats = self.extractor(crop.round().clamp(0, 255).to(torch.uint8).to(self.device)).float().cpu()
-            out.append((inset, feats))
-        return out
+        decoded ``uint8 [T, 3, H, W]`` frames: the rectangle cropped and resized to 224 x 224
+        (:func:`hapvr.features.extraction.inset_views`, as ``python -m hapvr.extract --insets``)."""
+        return inset_views(self.extractor, frames)
 
     def _remember(self, key: tuple, feats: torch.Tensor) -> None:
         """Keeps ``feats`` in the cache, dropping the least recently used beyond its byte bound."""
@@ -323,25 +318,33 @@ def compare_videos(a, b, model: VideoModel | None = None, *, symmetric: bool = F
     ``a`` and ``b`` are video paths or features ``[T, 9, D]``; ``model`` defaults to
     :func:`load_model` ``()``. (``model.compare(a, b)`` is the same call.)
 
-    ``insets=True`` (videos' frames, not features) also compares the rectangles found inside the
-    frames (:meth:`VideoModel.views`: a picture-in-picture inset, the picture inside borders,
-    the halves of a stack), ``mirror=True`` the query mirrored left-right: the pair of views with
-    the highest similarity is reported, its views in ``query_view`` / ``target_view``, its
-    segments on its own frame map. Measured on the built-in test benchmark (docs/scores.md):
+    ``insets=True`` also compares the rectangles found inside the frames
+    (:meth:`VideoModel.views`: a picture-in-picture inset, the picture inside borders, the halves
+    of a stack), ``mirror=True`` the query mirrored left-right: the pair of views with the highest
+    similarity is reported, its views in ``query_view`` / ``target_view``, its segments on its own
+    frame map. Views come from the videos' frames, or are given: ``a`` / ``b`` as a list of
+    ``(view, features)``, whole frame first (:meth:`VideoModel.views`, or
+    :meth:`hapvr.evaluation.feature_store.FeatureStore.views` of ``extract --insets`` after
+    ``(None, features)``). Measured on the built-in test benchmark (docs/scores.md):
     with both, picture-in-picture copies found at the copy threshold 17 of 22 instead of 5,
     re-edits 36 of 45 instead of 30, 2 false copies instead of 1."""
     model = model or load_model()
-    fa, fb = model.features(a), model.features(b)
+    given = [x if isinstance(x, list) else None for x in (a, b)]
+    for name, views in zip(("a", "b"), given):
+        if views is not None and (not views or views[0][0] is not None):
+            raise ValueError(f"{name}: views start with the whole frame's (None, features)")
+    fa, fb = (model.features(x) if v is None else v[0][1] for x, v in zip((a, b), given))
     query_view = target_view = None
     if insets or mirror:
-        targets = model.views(b) if insets else [(None, fb)]  # the mirror is the query's only
-        pairs = [(model.similarity(x, y, symmetric=symmetric), i, j, x, y)
-                 for i, x in model.views(a, insets, mirror) for j, y in targets]
+        # the mirror is the query's only
+        targets = (given[1] or model.views(b)) if insets else [(None, fb)]
+        queries = given[0] or model.views(a, insets, mirror)
+        pairs = [(model.similarity(x, y, symmetric=symmetric), i, j, x, y) for i, x in queries for j, y in targets]
         sim, query_view, target_view, fa, fb = max(pairs, key=lambda p: p[0])
     else:
         sim = model.similarity(fa, fb, symmetric=symmetric)
     fmap = model.frame_map(fa, fb)
     segments, reason = localize_explained(fmap, model.fps, **localize_options)
-    qa, qb = names or (str(a) if not isinstance(a, torch.Tensor) else "query",
-                       str(b) if not isinstance(b, torch.Tensor) else "target")
+    qa, qb = names or (str(a) if not isinstance(a, (torch.Tensor, list)) else "query",
+                       str(b) if not isinstance(b, (torch.Tensor, list)) else "target")
     return Comparison(qa, qb, float(sim), float(model.fps), fmap, segments, reason, query_view, target_view)

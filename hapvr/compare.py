@@ -52,7 +52,8 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--fps", type=positive_float(), default=1.0, help="frames per second decoded from video files")
     ap.add_argument("--insets", action="store_true",
                     help="also compare the rectangles found inside the frames (picture-in-picture, borders, two-up "
-                         "stacks; not with --features): the best pair is reported with its rectangles (docs/scores.md)")
+                         "stacks; with --features, those python -m hapvr.extract --insets stored): the best pair is "
+                         "reported with its rectangles (docs/scores.md)")
     ap.add_argument("--mirror", action="store_true",
                     help="also compare QUERY mirrored left-right (video files only; reported as its view \"mirrored\")")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
@@ -66,7 +67,16 @@ def _inputs(args, model):
         for arg, vid in (("QUERY", args.query), ("TARGET", args.target)):
             if vid not in store:
                 fail(f"{arg} {vid!r}: no such id in --features {args.features}")
-        return store.load(args.query), store.load(args.target)
+        if not args.insets:
+            return store.load(args.query), store.load(args.target)
+        out = []
+        for arg, vid in (("QUERY", args.query), ("TARGET", args.target)):
+            views = store.views(vid)
+            if views is None:
+                fail(f"--insets: {arg} {vid!r} has no inset views in --features {args.features} (extract it with "
+                     "python -m hapvr.extract --insets)")
+            out.append([(None, store.load(vid))] + views)
+        return out
     out = []
     for arg, path in (("QUERY", args.query), ("TARGET", args.target)):
         try:
@@ -84,9 +94,8 @@ def _main(argv=None) -> int:
         input_file(args.checkpoint, "--checkpoint")
     if args.features:
         input_file(args.features, "--features")
-    if (args.insets or args.mirror) and args.features:
-        fail(f"{'--insets' if args.insets else '--mirror'} needs the videos' frames (video files or folders of frames), "
-             "not --features")
+    if args.mirror and args.features:
+        fail("--mirror needs the videos' frames (video files or folders of frames), not --features")
     for arg, path in (("--json", args.json), ("--plot", args.plot)):
         if path:
             output_file(path, arg)
@@ -101,9 +110,12 @@ def _main(argv=None) -> int:
         fail(str(exc))
     fa, fb = _inputs(args, model)
     try:
-        if args.insets or args.mirror:  # the views come from the files' frames
+        if (args.insets or args.mirror) and not args.features:  # the views come from the files' frames
             result = compare_videos(args.query, args.target, model, symmetric=args.symmetric,
                                     names=(args.query, args.target), insets=args.insets, mirror=args.mirror)
+        elif args.insets:  # ... or from --features (extract --insets)
+            result = compare_videos(fa, fb, model, symmetric=args.symmetric, names=(args.query, args.target),
+                                    insets=True)
         else:
             result = compare_videos(fa, fb, model, symmetric=args.symmetric, names=(args.query, args.target))
     except (ValueError, VideoDecodeError) as exc:

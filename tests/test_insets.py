@@ -245,4 +245,94 @@ def test_compare_finds_a_copy_inside_a_picture_in_picture_inset(tmp_path, fresh_
                          "--json", str(out)]) == 0
     view = json.loads(out.read_text())["target_view"]
     assert view["kind"] == "picture-in-picture" and abs(view["top"] - top) <= 6 and abs(view["left"] - left) <= 6
-    assert compare_main(["a", "b", "--features", str(out), "--insets"]) == 2
+    assert compare_main(["a", "b", "--features", str(out), "--mirror"]) == 2
+
+
+def test_extract_insets_keeps_the_views_for_compare_features(tmp_path, fresh_seed, capsys):
+    """python -m hapvr.extract --insets (the default model's features): the picture-in-picture
+    video's inset view in group hapvr_views, none for the plain clip (an empty group); compare
+    --features --insets finds the copy inside the inset, as compare does on the files; a file
+    extracted without --insets is refused for --insets with one line."""
+    import json
+
+    import h5py
+
+    import hapvr
+    from hapvr.compare import main as compare_main
+    from hapvr.evaluation.feature_store import FeatureStore
+    from hapvr.extract import main as extract_main
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    top, left, side = pip_pair(videos, fresh_seed)
+    out = tmp_path / "f.hdf5"
+    assert extract_main(["--videos", str(videos), "--output", str(out), "--fps", "4", "--insets", "--no-progress"]) == 0
+    with h5py.File(out) as f:
+        assert sorted(f) == ["clip", "hapvr_views", "pip"] and sorted(f["hapvr_views"]) == ["clip", "pip"]
+        assert len(f["hapvr_views/clip"]) == 0 and sorted(f["hapvr_views/pip"]) == ["1"]
+    with FeatureStore(out) as store:
+        assert store.ids() == {"clip", "pip"} and store.views("clip") == []
+        (view, x), = store.views("pip")
+        assert view.kind == "picture-in-picture" and view.iou((top, left, side, side)) >= 0.85, view
+        assert x.shape == store.load("pip").shape
+    model = hapvr.load_model(fps=4)
+    want = hapvr.compare_videos(str(videos / "clip.mp4"), str(videos / "pip.mp4"), model, insets=True)
+    js = tmp_path / "c.json"
+    assert compare_main(["clip", "pip", "--features", str(out), "--insets", "--json", str(js)]) == 0
+    got = json.loads(js.read_text())
+    assert got["target_view"] == want.target_view.to_dict() and got["query_view"] is None
+    assert got["similarity"] == pytest.approx(want.similarity, abs=1e-4) and got["segments"]
+    plain = tmp_path / "plain.hdf5"
+    assert extract_main(["--videos", str(videos / "clip.mp4"), "--output", str(plain), "--no-progress"]) == 0
+    with FeatureStore(plain) as store:
+        assert store.views("clip") is None
+    capsys.readouterr()
+    assert compare_main(["clip", "clip", "--features", str(plain), "--insets"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --insets: QUERY 'clip' has no inset views in --features {plain} (extract it with "
+                   "python -m hapvr.extract --insets)"], err
+    assert extract_main(["--videos", str(videos), "--output", str(tmp_path / "r.hdf5"), "--raw", "--insets"]) == 2
+    assert not (tmp_path / "r.hdf5").exists()
+
+
+def test_staged_views_merge_into_a_feature_file_and_read_back_checked(tmp_path, fresh_seed):
+    """Parts staged with insets (one with a view, one with none) and one without: merged, the
+    first two get their group under hapvr_views (views in order, the empty one empty), the third
+    none (None: not looked at); a view of the wrong layout or holding NaN is refused by name."""
+    import json
+
+    import h5py
+
+    from hapvr.evaluation.feature_store import FeatureStore
+    from hapvr.io.serialization import CorruptFileError
+    from hapvr.io.staging import StagedVideos
+
+    rng = np.random.default_rng(fresh_seed)
+    x = {v: rng.standard_normal((int(rng.integers(1, 6)), 9, 8)).astype(np.float32) for v in "abc"}
+    rect = Inset("picture-in-picture", 10, 20, 100, 120, 12.5)
+    views = [rng.standard_normal((int(rng.integers(1, 6)), 9, 8)).astype(np.float32) for _ in range(2)]
+    parts = StagedVideos(tmp_path / "parts")
+    parts.write("a", x["a"], [(rect.to_dict(), views[0]), (Inset("stack", 0, 0, 5, 5, 4.0).to_dict(), views[1])],
+                insets=True)
+    parts.write("b", x["b"], [], insets=True)
+    parts.write("c", x["c"])
+    out = tmp_path / "f.hdf5"
+    parts.merge_into(out, {"hapvr_space": "whitened"}, parts.done())
+    with FeatureStore(out) as store:
+        assert store.ids() == {"a", "b", "c"} and store.views("b") == [] and store.views("c") is None
+        got = store.views("a")
+        assert [r for r, _ in got] == [rect, Inset("stack", 0, 0, 5, 5, 4.0)]
+        for (_, v), want in zip(got, views):
+            np.testing.assert_array_equal(v.numpy(), want)
+    with h5py.File(out, "a") as f:
+        f["hapvr_views/b"].create_dataset("1", data=np.zeros((3, 9, 7), np.float32)).attrs["rect"] = json.dumps(
+            rect.to_dict())
+        bad = np.array(views[0])
+        bad[0, 0, 0] = np.nan
+        del f["hapvr_views/a/2"]
+        f["hapvr_views/a"].create_dataset("2", data=bad).attrs["rect"] = json.dumps(rect.to_dict())
+    with FeatureStore(out) as store:
+        with pytest.raises(ValueError, match="view '1' of 'b'.*\\[T, 9, 8\\]"):
+            store.views("b")
+        with pytest.raises(CorruptFileError, match="view '2' of 'a' holds NaN"):
+            store.views("a")

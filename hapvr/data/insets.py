@@ -24,8 +24,9 @@ false rectangle; test (not tuned on): 22 of 22 with IoU >= 0.85, 10 of 280 other
 rectangle (9 insets, 1 stack: rendered scenes with a fixed camera, whose horizon and walls are
 persistent edges too); 16-17 ms a video (the line responses once for all kinds, every candidate
 rectangle scored at once; a video of more than ``max_frames`` frames is looked at in that many, so
-the cost per video is bounded). Used by ``compare --insets``, ``index build --insets`` and
-``search --insets`` (hapvr.api.VideoModel.views); not by ``extract``.
+the cost per video is bounded). Used by ``compare --insets``, ``index build --insets``,
+``search --insets`` (hapvr.api.VideoModel.views) and ``extract --insets``
+(hapvr.features.extraction.inset_views).
 """
 
 from __future__ import annotations

@@ -4,12 +4,15 @@ public FIVR / EVVE / SVD feature files), read lazily so a database of any size s
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hapvr.data.insets import KINDS, Inset
 from hapvr.io.serialization import CorruptFileError
+from hapvr.io.staging import VIEWS_GROUP
 
 
 def _first_line(exc: BaseException) -> str:
@@ -28,7 +31,7 @@ class FeatureStore:
       :class:`~hapvr.io.serialization.CorruptFileError`); every top-level dataset is ``[T, R, D]``
       of a float dtype with ``T >= 1`` and one ``(R, D)`` shared by all, and holds stored data
       (a dataset created but never written reads as zeros). Layout errors raise ``ValueError``.
-      Groups are skipped (the public files hold none).
+      Groups are skipped (the public files hold none; `extract --insets` keeps views in one, :meth:`views`).
     - On every :meth:`load` (lazily, because checking all values up front would read the whole
       file once more): the bytes read back without an HDF5 error and hold no NaN or infinity.
       Both raise ``CorruptFileError`` naming the file, the video id and the frame range, so a
@@ -110,6 +113,37 @@ class FeatureStore:
         if not bool(torch.isfinite(x).all()):
             self.not_finite(vid, start, stop)
         return x
+
+    def views(self, vid: str) -> list[tuple[Inset, torch.Tensor]] | None:
+        """The inset views ``python -m hapvr.extract --insets`` stored for ``vid`` (group
+        ``hapvr_views/<vid>``): ``(rectangle, float32 [T', R, D])`` each, in their order, ``[]`` when
+        none was found; None when the video was not extracted with ``--insets``. Each view is
+        checked as :meth:`load` checks a video (layout, finite values)."""
+        if vid not in self._lengths:
+            raise KeyError(f"feature file {self.path} has no video {vid!r}")
+        group = self._file.get(VIEWS_GROUP)
+        if group is None or vid not in group:
+            return None
+        out = []
+        for name in sorted(group[vid], key=lambda n: int(n) if n.isdigit() else -1):
+            where = f"feature file {self.path}: view {name!r} of {vid!r}"
+            ds = group[vid][name]
+            try:
+                rect = json.loads(ds.attrs["rect"])
+                inset = Inset(**rect)
+                arr = ds[()]
+            except (KeyError, TypeError, ValueError, OSError, RuntimeError) as exc:
+                raise CorruptFileError(f"{where} cannot be read ({_first_line(exc)}); re-extract it") from None
+            if not name.isdigit() or inset.kind not in KINDS or arr.ndim != 3 or tuple(arr.shape[1:]) != self.region_shape \
+                    or arr.shape[0] < 1:
+                raise ValueError(f"{where}: expected a view numbered from 1 holding [T, {self.region_shape[0]}, "
+                                 f"{self.region_shape[1]}] features of a rectangle of a kind in {KINDS}, got "
+                                 f"{inset.kind!r} {tuple(arr.shape)}")
+            x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+            if not bool(torch.isfinite(x).all()):
+                raise CorruptFileError(f"{where} holds NaN or infinite values; re-extract it")
+            out.append((inset, x))
+        return out
 
     def read_into(self, out: np.ndarray, vid: str, start: int, end: int) -> None:
         """Frames ``start:end`` of ``vid`` read straight into ``out`` (a C-contiguous float32

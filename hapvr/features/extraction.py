@@ -2,7 +2,10 @@
 
 One dataset ``[T, 9, D]`` per video id; the file's attributes say which features it holds
 (``hapvr_space``: ``whitened`` or ``raw``, the descriptors before PCA; ``backbone``), and one file
-never mixes two kinds. Each finished video is kept in ``OUTPUT.parts/``
+never mixes two kinds. With ``insets``, each video's inset views (:func:`inset_views`) go into the
+group ``hapvr_views/<id>`` (datasets ``1``, ``2``... with the rectangle as JSON in attribute
+``rect``; an empty group for a video in which none was found), which readers of the public layout
+skip (docs/formats.md). Each finished video is kept in ``OUTPUT.parts/``
 (:class:`~hapvr.io.staging.StagedVideos`) until the run ends, then the HDF5 file is written (a
 new one atomically, an existing one extended), so a killed run resumes where it stopped. Videos
 that fail to decode or are truncated are reported (:class:`ExtractionReport`) and listed in
@@ -16,12 +19,19 @@ from pathlib import Path
 
 import torch
 
-from hapvr.data.video import VideoDecodeError, load_frames
+from hapvr.data.insets import Inset, detect_insets
+from hapvr.data.video import (
+    CROP,
+    VideoDecodeError,
+    center_crop,
+    decode_frames,
+    load_frames,
+)
 from hapvr.errors import InputError, Interrupted
 from hapvr.features.extractor import RegionFeatureExtractor
 from hapvr.features.pca import pca_file_content, read_pca_file
 from hapvr.io.files import save_torch, write_text
-from hapvr.io.staging import StagedVideos
+from hapvr.io.staging import VIEWS_GROUP, StagedVideos
 from hapvr.precision import precision_dtype
 from hapvr.progress import progress as progress_bar
 
@@ -38,6 +48,21 @@ class ExtractionReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)
     failures_file: Path | None = None
+
+
+def inset_views(extractor, frames: torch.Tensor) -> list[tuple[Inset, torch.Tensor]]:
+    """``(inset, features)`` per rectangle :func:`hapvr.data.insets.detect_insets` finds in
+    decoded ``uint8 [T, 3, H, W]`` frames (shorter side 256, before the centre crop): the rectangle
+    cropped and resized to 224 x 224, through ``extractor`` on its device (float32 on the CPU)."""
+    device = next(extractor.parameters()).device
+    out = []
+    for inset in detect_insets(frames):
+        crop = frames[:, :, inset.top:inset.top + inset.height, inset.left:inset.left + inset.width].float()
+        crop = torch.nn.functional.interpolate(crop, size=(CROP, CROP), mode="bilinear", antialias=True)
+        with torch.no_grad():
+            feats = extractor(crop.round().clamp(0, 255).to(torch.uint8).to(device)).float().cpu()
+        out.append((inset, feats))
+    return out
 
 
 def check_space(f, space: str, backbone: str, path) -> None:
@@ -58,7 +83,7 @@ def existing_ids(out: Path, space: str, backbone: str) -> set[str]:
     try:
         with h5py.File(out, "r") as f:
             check_space(f, space, backbone, out)
-            return set(f.keys())
+            return set(f.keys()) - {VIEWS_GROUP}
     except OSError as exc:
         raise InputError(f"{out}: exists but is not a readable HDF5 file ({exc}); move it away or choose another "
                          f"--output", "output") from None
@@ -88,10 +113,18 @@ def fit_pca(extractor: RegionFeatureExtractor, inputs, pca_file: Path, fps: floa
 
 def extract_to_hdf5(extractor: RegionFeatureExtractor, inputs: list[tuple[str, str]], output: Path, fps: float = 1.0,
                     max_frames: int | None = None, raw: bool = False, precision: str = "fp32",
-                    fit_pca_videos: int | None = None, progress: bool = True, log=print) -> ExtractionReport:
+                    fit_pca_videos: int | None = None, progress: bool = True, log=print,
+                    insets: bool = False) -> ExtractionReport:
     """Extracts every ``(id, path)`` of ``inputs`` not yet in ``output`` (or staged by a killed
     run) and writes the file; see the module docstring. ``raw``: the descriptors before PCA.
-    ``fit_pca_videos``: learn the whitening from the first N inputs first (``OUTPUT.pca.pt``)."""
+    ``fit_pca_videos``: learn the whitening from the first N inputs first (``OUTPUT.pca.pt``).
+    ``insets``: each video's inset views too (one decode; not with ``raw``); videos already in
+    ``output`` keep what they have."""
+    if insets and raw:
+        raise InputError("inset views are compared, not used to learn a PCA: not with raw descriptors", "insets")
+    if any(vid == VIEWS_GROUP for vid, _ in inputs):
+        raise InputError(f"the id {VIEWS_GROUP!r} names the group of inset views in a feature file; give that "
+                         "video another id (ID<TAB>PATH in a list file)", "videos")
     device = next(extractor.parameters()).device
     space = "raw" if raw else "whitened"
     in_output = existing_ids(output, space, extractor.backbone_name)
@@ -115,9 +148,10 @@ def extract_to_hdf5(extractor: RegionFeatureExtractor, inputs: list[tuple[str, s
                 continue
             warnings: list[str] = []
             try:
-                frames = load_frames(path, fps, max_frames, warnings)
+                frames = decode_frames(path, fps, max_frames, warnings)
                 with torch.autocast(device.type, dtype=low, enabled=precision != "fp32"):
-                    feats = encode(frames.to(device)).float().cpu()
+                    feats = encode(center_crop(frames).to(device)).float().cpu()
+                    views = inset_views(extractor, frames) if insets else None
             except VideoDecodeError as exc:
                 log(f"warning: skipping {vid}: {exc}")
                 report.failures.append((vid, str(exc)))
@@ -125,7 +159,8 @@ def extract_to_hdf5(extractor: RegionFeatureExtractor, inputs: list[tuple[str, s
             for w in warnings:
                 log(f"warning: {vid}: {w}")
                 report.warnings.append((vid, w))
-            parts.write(vid, feats.numpy())
+            parts.write(vid, feats.numpy(), [(r.to_dict(), x.numpy()) for r, x in views or ()],
+                        insets=views is not None)
     except KeyboardInterrupt:
         raise Interrupted(f"{len(parts.done())} videos saved in {parts.dir}; run the same command to continue "
                           f"(they go into {output} when it finishes)") from None

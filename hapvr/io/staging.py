@@ -15,6 +15,8 @@ from pathlib import Path
 
 from hapvr.io.files import atomic_path
 
+VIEWS_GROUP = "hapvr_views"  # extract --insets: the views of video ID in group hapvr_views/ID of the output
+
 
 class StagedVideos:
     """The folder of staged videos: ``done()`` lists them, ``write`` adds one, ``read`` gives its
@@ -40,13 +42,16 @@ class StagedVideos:
                 print(f"warning: ignoring unreadable part {p}", file=sys.stderr)
         return found
 
-    def write(self, vid: str, feats, views=()) -> None:
-        """Stages one video's features and its inset views (``(rectangle dict, features)``)."""
+    def write(self, vid: str, feats, views=(), insets: bool = False) -> None:
+        """Stages one video's features and its inset views (``(rectangle dict, features)``);
+        ``insets``: the video was looked at for views (so none found is recorded as such)."""
         import h5py
 
         with atomic_path(self._name(vid)) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["id"] = vid
+                if insets:
+                    f.attrs["insets"] = True
                 f.create_dataset("features", data=feats)
                 for k, (rect, x) in enumerate(views, 1):
                     f.create_dataset(f"view{k}", data=x).attrs["rect"] = json.dumps(rect)
@@ -78,6 +83,7 @@ class StagedVideos:
                 f.attrs[key] = value
             for vid, p in sorted(parts.items()):
                 if vid not in f:
+                    self._views_into(f, vid, p)  # before the video: a file holding the video holds its views
                     f.create_dataset(vid, data=self.read(p))
 
         if output.exists():
@@ -89,6 +95,20 @@ class StagedVideos:
                 with h5py.File(tmp, "w") as f:
                     fill(f)
         self.clear(parts)
+
+    def _views_into(self, f, vid: str, path: Path) -> None:
+        """A part staged with ``insets``: its views into group ``hapvr_views/<vid>`` of ``f``."""
+        import h5py
+
+        with h5py.File(path, "r") as part:
+            if not part.attrs.get("insets", False):
+                return
+        group = f.require_group(VIEWS_GROUP)
+        if vid in group:
+            del group[vid]  # left by a merge killed before the video was written
+        views = group.create_group(vid)
+        for k, (rect, x) in enumerate(self.read_views(path), 1):
+            views.create_dataset(str(k), data=x).attrs["rect"] = json.dumps(rect)
 
     def clear(self, parts: dict[str, Path]) -> None:
         """Deletes ``parts`` (moved into the output), the temporary files of killed writers, and the
