@@ -518,9 +518,11 @@ def test_vcdb_folder_localises_its_segment_pairs_and_matches_extensions(corpus, 
     assert set(lines) == {"VCSL", "VSC"} and "1 pairs without features left out" in captured.out
     for name in ("VCSL", "VSC"):
         # both copies found whole (recall 100); on these random 16-d features the localiser also
-        # reports a weak extra run beside qa's copy, so precision is below 100
-        pairs, recall, f1 = int(lines[name][2]), float(lines[name][4]), float(lines[name][5])
-        assert pairs == 2 and recall >= 99.9 and f1 >= 75.0, lines[name]
+        # reports a weak extra run beside qa's copy, so precision is below 100 (57.8-59.2 at the
+        # lowest in about 200 seeds, where an F1 bound of 75 failed 3 of them): the extra run is never
+        # as long as the copies
+        pairs, precision, recall = int(lines[name][2]), float(lines[name][3]), float(lines[name][4])
+        assert pairs == 2 and recall >= 99.9 and precision >= 50.0, lines[name]
     # --localization with annotations that hold no segments is refused
     ann = fivr_annotations(tmp_path)
     assert evaluate_main(["--dataset", "fivr-5k", "--annotations", str(ann), "--features", str(path),
