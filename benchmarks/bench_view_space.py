@@ -91,16 +91,13 @@ def features(bench, model, dino):
     """Per video, in both spaces: whole frame, mirrored (queries), inset views."""
     import torch
 
-    from hapvr.data.insets import detect_insets
     from hapvr.data.video import center_crop
+    from hapvr.features.extraction import inset_crops
 
     out = {}
     for vid, frames in bench.videos.items():
         crops = [center_crop(frames)] + ([center_crop(frames).flip(-1)] if vid in bench.queries else [None])
-        for r in detect_insets(frames):
-            box = frames[:, :, r.top:r.top + r.height, r.left:r.left + r.width].float()
-            box = torch.nn.functional.interpolate(box, size=(224, 224), mode="bilinear", antialias=True)
-            crops.append(box.round().clamp(0, 255).to(torch.uint8))
+        crops += [crop for _, crop in inset_crops(frames)]
         with torch.no_grad():
             out[vid] = {space: [None if c is None else enc(c).float() for c in crops]
                         for space, enc in (("default", model.extractor), ("dinov2", dino))}

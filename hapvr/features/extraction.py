@@ -50,19 +50,24 @@ class ExtractionReport:
     failures_file: Path | None = None
 
 
-def inset_views(extractor, frames: torch.Tensor) -> list[tuple[Inset, torch.Tensor]]:
-    """``(inset, features)`` per rectangle :func:`hapvr.data.insets.detect_insets` finds in
-    decoded ``uint8 [T, 3, H, W]`` frames (shorter side 256, before the centre crop): the rectangle
-    cropped and resized to 224 x 224, through ``extractor`` on its device (float32 on the CPU)."""
-    device = next(extractor.parameters()).device
+def inset_crops(frames: torch.Tensor) -> list[tuple[Inset, torch.Tensor]]:
+    """``(inset, uint8 [T, 3, 224, 224])`` per rectangle :func:`hapvr.data.insets.detect_insets`
+    finds in decoded ``uint8 [T, 3, H, W]`` frames (shorter side 256, before the centre crop): the
+    rectangle cropped and resized to 224 x 224."""
     out = []
     for inset in detect_insets(frames):
         crop = frames[:, :, inset.top:inset.top + inset.height, inset.left:inset.left + inset.width].float()
         crop = torch.nn.functional.interpolate(crop, size=(CROP, CROP), mode="bilinear", antialias=True)
-        with torch.no_grad():
-            feats = extractor(crop.round().clamp(0, 255).to(torch.uint8).to(device)).float().cpu()
-        out.append((inset, feats))
+        out.append((inset, crop.round().clamp(0, 255).to(torch.uint8)))
     return out
+
+
+def inset_views(extractor, frames: torch.Tensor) -> list[tuple[Inset, torch.Tensor]]:
+    """``(inset, features)`` per rectangle of :func:`inset_crops`, through ``extractor`` on its
+    device (float32 on the CPU)."""
+    device = next(extractor.parameters()).device
+    with torch.no_grad():
+        return [(inset, extractor(crop.to(device)).float().cpu()) for inset, crop in inset_crops(frames)]
 
 
 def check_space(f, space: str, backbone: str, path) -> None:
